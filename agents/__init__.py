@@ -1,0 +1,1 @@
+"""Node-local log agent and the stream shipper (plain Python, no Celery)."""

@@ -1,0 +1,1 @@
+"""The ``opsq`` command line: thin adapters over producers, agents and engines."""

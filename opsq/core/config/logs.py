@@ -1,0 +1,92 @@
+"""Log agent and shipper settings (the ``logs:`` section).
+
+Shape::
+
+    logs:
+      stream: opsq:logs
+      agent:
+        paths: ["/var/log/app/*.log"]
+        exclude: ["*.gz"]
+        checkpoint_dir: /var/lib/opsq/agent
+        read_from: head
+      shipper:
+        group: shippers
+        sink: {type: file, path: /var/log/opsq/shipped.jsonl}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from opsq.core import keys
+from opsq.core.config.base import Section
+from opsq.core.durations import Duration
+
+
+class MultilineSettings(Section):
+    start_pattern: str
+    """A line matching this regex starts a new record; others are appended to it."""
+    timeout: Annotated[Duration, Field(gt=0)] = 2.0
+    max_lines: Annotated[int, Field(ge=1)] = 500
+
+
+class AgentSettings(Section):
+    paths: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    checkpoint_dir: Path = Path(".opsq/agent")
+    read_from: Literal["head", "tail"] = "head"
+    max_line_bytes: Annotated[int, Field(ge=64)] = 256 * 1024
+    multiline: MultilineSettings | None = None
+    ignore_older: Annotated[Duration, Field(ge=0)] | None = None
+    rescan_interval: Annotated[Duration, Field(gt=0)] = 10.0
+    poll: bool = False
+    """Force polling instead of inotify (network filesystems)."""
+    rotated_grace: Annotated[Duration, Field(gt=0)] = 60.0
+    """Keep reading a renamed/deleted file to EOF for at most this long."""
+    max_open_deleted: Annotated[int, Field(ge=0)] = 16
+    batch_lines: Annotated[int, Field(ge=1)] = 2000
+    batch_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
+    queue_entries: Annotated[int, Field(ge=1)] = 64
+    """Bounded queue between readers and the sender, in stream entries."""
+    on_full: Literal["block", "drop"] = "block"
+    checkpoint_every_lines: Annotated[int, Field(ge=1)] = 10000
+    checkpoint_every: Annotated[Duration, Field(gt=0)] = 1.0
+    on_corrupt_checkpoint: Literal["head", "tail"] = "head"
+    """Where to start when a checkpoint file is unreadable: re-send (head) or skip (tail)."""
+    shutdown_grace: Annotated[Duration, Field(gt=0)] = 10.0
+    maxlen: Annotated[int, Field(ge=1)] | None = None
+    """Hard cap on stream length (drops unacknowledged entries, counted). Off by default."""
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9465
+
+
+class SinkSettings(Section):
+    type: Literal["file", "stdout", "loki", "elasticsearch"] = "stdout"
+    path: Path | None = None
+    max_bytes: Annotated[int, Field(ge=1024)] = 100 * 1024 * 1024
+    backups: Annotated[int, Field(ge=0)] = 5
+    url: str | None = None
+    index: str = "opsq-logs"
+    labels: dict[str, str] = Field(default_factory=dict)
+    timeout: Annotated[Duration, Field(gt=0)] = 10.0
+
+
+class ShipperSettings(Section):
+    group: str = keys.LOG_GROUP
+    consumer: str | None = None
+    """Stable consumer name; default: host name."""
+    batch: Annotated[int, Field(ge=1)] = 100
+    block: Annotated[Duration, Field(ge=0)] = 1.0
+    claim_idle: Annotated[Duration, Field(gt=0)] = 60.0
+    max_deliveries: Annotated[int, Field(ge=1)] = 5
+    trim_interval: Annotated[Duration, Field(gt=0)] = 10.0
+    sink: SinkSettings = Field(default_factory=SinkSettings)
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9466
+
+
+class LogsSettings(Section):
+    stream: str = keys.LOG_STREAM
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    shipper: ShipperSettings = Field(default_factory=ShipperSettings)

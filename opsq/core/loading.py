@@ -1,0 +1,97 @@
+"""Read YAML files and turn validation failures into "file, field, fix" messages.
+
+Every user-facing input (the main config, targets files) goes through here, so every
+bad input fails the same way: a :class:`ConfigError` the CLI prints before exiting 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from opsq.core.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
+
+_FIXES = {
+    "extra_forbidden": "remove it or check its spelling against the README's reference",
+    "missing": "add it",
+    "int_parsing": "use a whole number",
+    "float_parsing": "use a number",
+    "bool_parsing": "use true or false",
+    "string_type": "use a string (quote it in YAML)",
+    "list_type": "use a YAML list",
+    "dict_type": "use a YAML mapping",
+    "model_type": "use a YAML mapping",
+    "too_short": "add at least one item",
+}
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Load a YAML mapping from *path* or raise ConfigError naming the file and problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: file not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from exc
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; expected a YAML mapping")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: expected a YAML mapping at the top level, got a {type(data).__name__}"
+        )
+    return data
+
+
+def describe_errors(exc: ValidationError, source: str, data: object = None) -> str:
+    """One line per problem: ``source: field a.b.c: message (fix: ...)``."""
+    lines = [f"{source}: {exc.error_count()} problem(s):"]
+    for err in exc.errors():
+        loc = _location(err["loc"], data)
+        fix = _FIXES.get(err["type"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"  {loc}: {msg}" + (f" (fix: {fix})" if fix else ""))
+    return "\n".join(lines)
+
+
+def _location(loc: tuple[int | str, ...], data: object) -> str:
+    """``('targets', 3, 'expect')`` -> ``targets[3] (name 'api') field expect``."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            entry = node[item] if isinstance(node, list) and item < len(node) else None
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                label += f" (name {entry['name']!r})"
+            parts.append(label)
+            node = entry
+        else:
+            parts.append(("." if parts else "") + str(item))
+            node = node.get(item) if isinstance(node, dict) else None
+    path = "".join(parts) or "(top level)"
+    return f"field {path}"
+
+
+def validate_file(model: type[M], path: Path) -> M:
+    """Read *path* and validate it as *model*, or raise ConfigError."""
+    data = read_yaml(path)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, str(path), data)) from exc

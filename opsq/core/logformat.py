@@ -1,0 +1,81 @@
+"""The stream entry format between the log agent and the shipper (version 1).
+
+One stream entry carries many records from one file (one XADD per line cannot keep
+up; see the README's log benchmark). Fields, all bytes:
+
+- ``v``: format version (``1``)
+- ``host``, ``path``: where the records came from
+- ``fid``: file identity ``<dev>:<inode>:<fingerprint hex>``
+- ``start``, ``end``: byte offsets in the file covered by this entry
+- ``data``: the records' bytes concatenated (a record may hold ``\\n`` when multiline
+  joining is on, and may hold any bytes: invalid UTF-8 is kept as is)
+- ``lens``: comma-separated byte length of each record within ``data``
+- ``offs``: comma-separated absolute file offset where each record starts
+
+A record's id is ``<fid>:<offset>``: deterministic, so a redelivered entry yields the
+same ids (idempotent ``_id`` in Elasticsearch, dedupable anywhere else).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VERSION = b"1"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    id: str
+    offset: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    host: str
+    path: str
+    fid: str
+    start: int
+    end: int
+    records: tuple[tuple[int, bytes], ...]
+    """(absolute offset, record bytes) pairs."""
+
+    def encode(self) -> dict[bytes, bytes]:
+        return {
+            b"v": VERSION,
+            b"host": self.host.encode(),
+            b"path": self.path.encode("utf-8", "surrogateescape"),
+            b"fid": self.fid.encode(),
+            b"start": str(self.start).encode(),
+            b"end": str(self.end).encode(),
+            b"data": b"".join(r for _, r in self.records),
+            b"lens": ",".join(str(len(r)) for _, r in self.records).encode(),
+            b"offs": ",".join(str(o) for o, _ in self.records).encode(),
+        }
+
+
+def record_id(fid: str, offset: int) -> str:
+    return f"{fid}:{offset}"
+
+
+def decode(fields: dict[bytes, bytes]) -> Entry:
+    """Parse a stream entry; raise ValueError on anything malformed (a poison entry)."""
+    if fields.get(b"v") != VERSION:
+        raise ValueError(f"unknown entry version {fields.get(b'v')!r}")
+    data = fields[b"data"]
+    lens = [int(x) for x in fields[b"lens"].split(b",")] if fields[b"lens"] else []
+    offs = [int(x) for x in fields[b"offs"].split(b",")] if fields[b"offs"] else []
+    if len(lens) != len(offs) or sum(lens) != len(data):
+        raise ValueError("entry lens/offs do not match its data")
+    records, pos = [], 0
+    for off, size in zip(offs, lens, strict=True):
+        records.append((off, data[pos : pos + size]))
+        pos += size
+    return Entry(
+        host=fields[b"host"].decode(),
+        path=fields[b"path"].decode("utf-8", "surrogateescape"),
+        fid=fields[b"fid"].decode(),
+        start=int(fields[b"start"]),
+        end=int(fields[b"end"]),
+        records=tuple(records),
+    )

@@ -1,0 +1,163 @@
+"""The small HTTP server every long-running opsq process exposes.
+
+- ``/metrics``: Prometheus text format (multiprocess-aware).
+- ``/healthz``: liveness. Cheap and local: the process is serving, nothing else. A
+  liveness probe that checks Redis would restart every pod during a Redis blip.
+- ``/readyz``: readiness. Runs the process's checks (Redis reachable, informer cache
+  synced, ...); 503 with the failing check names otherwise.
+- ``/debug/stacks``, ``/debug/tasks``, ``/debug/tracemalloc``: the Python counterpart
+  of Go's pprof. Only served when the server is bound to loopback, unless the operator
+  explicitly allows it, because stacks can show arguments.
+
+A ``ThreadingHTTPServer`` in a daemon thread: no event loop to share, no framework.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import sys
+import threading
+import traceback
+import tracemalloc
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from opsq.core.metrics import collector_registry
+
+Check = Callable[[], bool]
+
+
+def thread_stacks() -> str:
+    frames = sys._current_frames()
+    names = {t.ident: t.name for t in threading.enumerate()}
+    out = []
+    for ident, frame in frames.items():
+        out.append(f"--- thread {names.get(ident, '?')} ({ident})")
+        out.extend(line.rstrip() for line in traceback.format_stack(frame))
+    return "\n".join(out) + "\n"
+
+
+def asyncio_tasks(loops: list[asyncio.AbstractEventLoop]) -> str:
+    out = []
+    for loop in loops:
+        with contextlib.suppress(RuntimeError):
+            for task in asyncio.all_tasks(loop):
+                out.append(f"--- {task.get_name()} {task.get_coro()!r}")
+                out.extend(str(f) for f in task.get_stack(limit=10))
+    return "\n".join(out) + "\n"
+
+
+def top_allocations(limit: int = 25) -> str:
+    """Start tracemalloc on first call (on demand: it costs memory), then report."""
+    if not tracemalloc.is_tracing():
+        tracemalloc.start(10)
+        return "tracemalloc started; request again to see the top allocations\n"
+    stats = tracemalloc.take_snapshot().statistics("lineno")[:limit]
+    return "\n".join(str(s) for s in stats) + "\n"
+
+
+class ObserveServer:
+    """Serve metrics, health and diagnostics on *bind*:*port* (port 0 picks one)."""
+
+    def __init__(
+        self,
+        bind: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        ready_checks: dict[str, Check] | None = None,
+        allow_remote_debug: bool = False,
+    ) -> None:
+        self.ready_checks = dict(ready_checks or {})
+        self.loops: list[asyncio.AbstractEventLoop] = []
+        self.debug_enabled = allow_remote_debug or _is_loopback(bind)
+        self._httpd = ThreadingHTTPServer((bind, port), _handler_for(self))
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> ObserveServer:
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, name="opsq-observe", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def readiness(self) -> tuple[bool, dict[str, bool]]:
+        results: dict[str, bool] = {}
+        for name, check in self.ready_checks.items():
+            try:
+                results[name] = bool(check())
+            except Exception:
+                results[name] = False
+        return all(results.values()), results
+
+
+def _is_loopback(bind: str) -> bool:
+    try:
+        return ipaddress.ip_address(bind).is_loopback
+    except ValueError:
+        return bind == "localhost"
+
+
+def _handler_for(server: ObserveServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            route = _ROUTES.get(path)
+            if route is None or (path.startswith("/debug/") and not server.debug_enabled):
+                self._send(404, "text/plain", b"not found\n")
+                return
+            status, ctype, body = route(server)
+            self._send(status, ctype, body)
+
+        def _send(self, status: int, ctype: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return  # scrapes every few seconds would drown the real logs
+
+    return Handler
+
+
+def _metrics(_: ObserveServer) -> tuple[int, str, bytes]:
+    return 200, CONTENT_TYPE_LATEST, generate_latest(collector_registry())
+
+
+def _healthz(_: ObserveServer) -> tuple[int, str, bytes]:
+    return 200, "text/plain", b"ok\n"
+
+
+def _readyz(server: ObserveServer) -> tuple[int, str, bytes]:
+    ok, results = server.readiness()
+    return (200 if ok else 503), "application/json", json.dumps(results).encode() + b"\n"
+
+
+def _text(render: Callable[[ObserveServer], str]) -> Callable[[ObserveServer], Any]:
+    return lambda s: (200, "text/plain; charset=utf-8", render(s).encode())
+
+
+_ROUTES: dict[str, Callable[[ObserveServer], tuple[int, str, bytes]]] = {
+    "/metrics": _metrics,
+    "/healthz": _healthz,
+    "/readyz": _readyz,
+    "/debug/stacks": _text(lambda s: thread_stacks()),
+    "/debug/tasks": _text(lambda s: asyncio_tasks(s.loops)),
+    "/debug/tracemalloc": _text(lambda s: top_allocations()),
+}

@@ -1,0 +1,138 @@
+"""Effective settings: CLI flags > environment > YAML config file > package defaults.
+
+Built on pydantic-settings. Sources, highest first:
+
+1. keyword overrides (what the CLI parsed from flags),
+2. ``OPSQ_*`` environment variables (nested with ``__``: ``OPSQ_PROBES__BATCH_SIZE``),
+3. the YAML file named by ``--config`` or ``OPSQ_CONFIG``,
+4. ``defaults.yaml`` shipped inside the package.
+
+Mappings are deep-merged across sources, so a config file may set one field of a
+section and inherit the rest. Validation happens at construction; :func:`load_settings`
+turns a failure into a :class:`ConfigError` naming the file and field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from opsq.core.config.base import Section
+from opsq.core.config.cleanup import CleanupSettings
+from opsq.core.config.logs import LogsSettings
+from opsq.core.config.probes import ProbeSet
+from opsq.core.durations import Duration
+from opsq.core.errors import ConfigError
+from opsq.core.loading import describe_errors, read_yaml
+
+DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
+LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class ProbesSettings(Section):
+    batch_size: Annotated[int, Field(ge=1, le=5000)] = 100
+    concurrency: Annotated[int, Field(ge=1, le=4096)] = 128
+    per_host_concurrency: Annotated[int, Field(ge=1, le=4096)] = 64
+    per_host_rate: Annotated[float, Field(ge=0)] = 0.0
+    per_host_burst: Annotated[int, Field(ge=1)] = 50
+    task_rate_limit: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?/[smh]$")
+    soft_time_limit: Annotated[Duration, Field(gt=0)] = 300.0
+    time_limit: Annotated[Duration, Field(gt=0)] = 360.0
+    max_redeliveries: Annotated[int, Field(ge=0, le=100)] = 3
+    sets: dict[str, ProbeSet] = Field(default_factory=dict)
+
+
+class MetricsSettings(Section):
+    port: Annotated[int, Field(ge=0, le=65535)] = 9464
+    bind: str = "127.0.0.1"
+    url_labels: bool = False
+    """Label probe metrics with the URL (unbounded cardinality: opt in knowingly)."""
+
+
+class FlowerSettings(Section):
+    port: Annotated[int, Field(ge=0, le=65535)] = 5555
+    user: str = "opsq"
+    password: SecretStr | None = None
+    """None: `opsq up` generates one and prints it once."""
+
+
+class Settings(BaseSettings):
+    """The whole configuration tree."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OPSQ_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    redis_url: str | None = None
+    data_dir: Path = Path(".opsq")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    probes: ProbesSettings = Field(default_factory=ProbesSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    flower: FlowerSettings = Field(default_factory=FlowerSettings)
+    cleanup: CleanupSettings = Field(default_factory=CleanupSettings)
+    logs: LogsSettings = Field(default_factory=LogsSettings)
+
+    @property
+    def broker_url(self) -> str:
+        """The configured Redis URL, or a local Redis when none is configured."""
+        return self.redis_url or LOCAL_REDIS_URL
+
+
+class _YamlSource(PydanticBaseSettingsSource):
+    """A YAML file as a settings source (already validated to be a mapping)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def config_path(explicit: str | Path | None = None) -> Path | None:
+    """The config file in effect: ``--config``, else ``OPSQ_CONFIG``, else none."""
+    chosen = explicit or os.environ.get("OPSQ_CONFIG")
+    return Path(chosen) if chosen else None
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the effective settings or raise ConfigError naming file and field."""
+    path = config_path(config_file)
+    file_data = read_yaml(path) if path is not None else {}
+    defaults = read_yaml(DEFAULTS_FILE)
+
+    class _Effective(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (
+                init_settings,
+                env_settings,
+                _YamlSource(settings_cls, file_data),
+                _YamlSource(settings_cls, defaults),
+            )
+
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return _Effective(**clean)
+    except ValidationError as exc:
+        source = str(path) if path else "configuration (environment and defaults)"
+        raise ConfigError(describe_errors(exc, source, file_data)) from exc

@@ -1,0 +1,24 @@
+"""Task names and routing: the only contract between producers and workers.
+
+Producers send tasks *by name* (``app.send_task``) so they never import ``tasks``;
+workers register their tasks under exactly these names.
+"""
+
+from __future__ import annotations
+
+from opsq.core import keys
+
+PROBE_BATCH = "opsq.probe_batch"
+"""kwargs: run_id, batch_id, targets (list of Target dicts), total."""
+
+PROBE_SET = "opsq.probe_set"
+"""Beat entry point. kwargs: name (a probe set from the config)."""
+
+CLEANUP_OBJECT = "opsq.cleanup_object"
+"""kwargs: rule, resource, namespace, name, uid, dry_run."""
+
+ROUTES = {
+    PROBE_BATCH: {"queue": keys.QUEUE_PROBES},
+    PROBE_SET: {"queue": keys.QUEUE_PROBES},
+    CLEANUP_OBJECT: {"queue": keys.QUEUE_CLEANUP},
+}

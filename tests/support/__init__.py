@@ -1,0 +1,1 @@
+"""Test support: real servers and real worker processes, started by the test session."""
