@@ -57,21 +57,20 @@ def test_sigterm_drains_flushes_checkpoints_and_exits_zero(tmp_path: Path, redis
         agent.stop()
 
 
-def test_empty_paths_is_a_config_error_exit_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("yaml_text", "field"),
+    [
+        ("logs: {agent: {paths: []}}\n", "logs.agent.paths"),
+        ("logs: {agent: {paths: [x], multiline: {start_pattern: '(['}}}\n", "start_pattern"),
+    ],
+)
+def test_bad_agent_settings_are_a_config_error_exit_2(
+    tmp_path: Path, yaml_text: str, field: str
+) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("logs: {agent: {paths: []}}\n")
+    cfg.write_text(yaml_text)
     res = subprocess.run(
         check=False, args=[OPSQ, "agent", "--config", str(cfg)], capture_output=True, text=True
     )
     assert res.returncode == 2
-    assert "logs.agent.paths" in res.stderr
-
-
-def test_bad_multiline_regex_is_a_config_error_exit_2(tmp_path: Path) -> None:
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("logs: {agent: {paths: [x], multiline: {start_pattern: '(['}}}\n")
-    res = subprocess.run(
-        check=False, args=[OPSQ, "agent", "--config", str(cfg)], capture_output=True, text=True
-    )
-    assert res.returncode == 2
-    assert "start_pattern" in res.stderr
+    assert field in res.stderr
