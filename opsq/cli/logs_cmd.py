@@ -1,25 +1,85 @@
-"""``opsq ship``: run the log shipper (stream -> sink) until SIGTERM.
+"""``opsq agent`` and ``opsq ship``: the two ends of log shipping, as thin CLI adapters.
 
-A thin adapter: parse options, build the Redis client, the sink and the observe
-server, then hand over to :class:`agents.shipper.Shipper`. SIGTERM and SIGINT only set
-the stop flag; the shipper finishes its in-flight batch (sink write + XACK) and the
-command exits 0.
+``opsq agent`` tails log files on this node into the Redis log stream: it loads and
+checks settings, starts the metrics/health server, wires SIGTERM/SIGINT to a graceful
+stop (stop reading, drain within ``shutdown_grace``, flush checkpoints, exit 0) and runs
+:class:`agents.agent.Agent` in the main thread.
+
+``opsq ship`` runs the log shipper (stream -> sink) until SIGTERM: it builds the Redis
+client, the sink and the observe server, then hands over to
+:class:`agents.shipper.Shipper`. SIGTERM and SIGINT only set the stop flag; the shipper
+finishes its in-flight batch (sink write + XACK) and the command exits 0.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import signal
 import threading
+from types import FrameType
 from typing import Any
 
 import click
 import redis
 
+from agents.agent import Agent
 from agents.shipper import Shipper, default_consumer, group_exists
 from agents.sinks import make_sink
 from opsq.cli.options import common_options, settings_from
+from opsq.core.errors import ConfigError
 from opsq.core.logsetup import setup_logging
 from opsq.core.observe import ObserveServer
+from opsq.core.settings import Settings, config_path
+
+log = logging.getLogger("opsq.agent")
+
+
+def _check_agent_settings(settings: Settings) -> None:
+    source = str(config_path() or "configuration")
+    agent = settings.logs.agent
+    if not agent.paths:
+        raise ConfigError(
+            f"{source}: logs.agent.paths is empty; set at least one glob, "
+            'e.g. paths: ["/var/log/app/*.log"]'
+        )
+    if agent.multiline is not None:
+        try:
+            re.compile(agent.multiline.start_pattern)
+        except re.error as exc:
+            raise ConfigError(
+                f"{source}: logs.agent.multiline.start_pattern is not a valid regex ({exc}); "
+                "fix the pattern"
+            ) from exc
+
+
+@click.command()
+@common_options
+def agent(**opts: Any) -> None:
+    """Tail logs.agent.paths into the log stream (at-least-once, checkpointed)."""
+    settings = settings_from(**opts)
+    _check_agent_settings(settings)
+    setup_logging(settings.log_level, settings.log_format)
+    engine = Agent(settings.logs, settings.broker_url)
+    server = ObserveServer(
+        settings.metrics.bind,
+        settings.logs.agent.metrics_port,
+        ready_checks={"redis": engine.redis_reachable},
+    ).start()
+    log.info("metrics on %s:%d", settings.metrics.bind, server.port)
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: stopping, draining for up to %.0fs", signum,
+                 settings.logs.agent.shutdown_grace)  # fmt: skip
+        engine.stop()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        engine.run()
+    finally:
+        server.stop()
+    log.info("agent stopped")
 
 
 @click.command()
