@@ -10,6 +10,7 @@ verification, name resolution, other TLS trouble, timeouts, connection errors.
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 import ssl
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import httpx
 
 from opsq.engines.probe.result import ErrorKind
 
+log = logging.getLogger(__name__)
 E = TypeVar("E", bound=BaseException)
 
 
@@ -47,10 +49,13 @@ def classify(exc: BaseException, *, timeout: float) -> tuple[ErrorKind, str]:
     if isinstance(exc, ProbeFailure):
         return exc.kind, exc.message
     links = list(chain(exc))
-    for rule in (_tls_verify, _dns, _tls_other, _timeout, _connect):
-        found = rule(links, timeout)
-        if found is not None:
-            return found
+    try:
+        for rule in (_tls_verify, _dns, _tls_other, _timeout, _connect):
+            found = rule(links, timeout)
+            if found is not None:
+                return found
+    except Exception:  # a verdict must come out whatever the library raised
+        log.warning("could not classify %r; reporting kind 'other'", exc, exc_info=True)
     return "other", _short(exc)
 
 
@@ -78,7 +83,10 @@ def _dns(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | 
 
 def _tls_other(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | None:
     err = _first(links, ssl.SSLError)
-    return None if err is None else ("tls", f"TLS error: {err.reason or _short(err)}")
+    if err is None:
+        return None
+    # SSLError.reason is only set when OpenSSL raised it, not on hand-made instances.
+    return "tls", f"TLS error: {getattr(err, 'reason', None) or _short(err)}"
 
 
 def _timeout(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | None:
