@@ -1,1 +1,94 @@
-"""Placeholder: filled in by its feature."""
+"""The ``opsq.cleanup_object`` task: a few lines around the cleanup executor.
+
+The worker re-judges the object itself (see :mod:`opsq.engines.cleanup.executor`):
+a DELETE with the planned uid+resourceVersion as preconditions, and on 409 a fresh GET
+and re-evaluation of the rule. It maps the engine's errors to Celery:
+
+- :class:`TemporaryError` (429, 5xx, timeouts, Redis down) -> ``self.retry`` with
+  exponential backoff and full jitter; when retries are exhausted the outcome is a
+  recorded failure and the object's backoff counter grows, so ``opsq watch`` waits
+  longer before sending it again;
+- :class:`PermanentError` (403, 422) -> a failed outcome, never retried.
+
+The in-flight key that ``opsq watch`` set to dedupe the object is cleared when the
+task finishes either way. The kube client is built lazily in each pool process (after
+the fork), from ``cleanup.kubeconfig`` / ``OPSQ_CLEANUP__KUBECONFIG`` or the standard
+sources.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from typing import Any
+
+import redis
+
+from opsq.core import keys, signatures
+from opsq.core.errors import TemporaryError
+from opsq.engines.cleanup.executor import Executor, Outcome, Target, backoff_delay
+from opsq.engines.cleanup.kube import Kube
+from opsq.engines.cleanup.owners import OwnerResolver
+from opsq.engines.cleanup.ratelimit import RedisRateLimiter
+from tasks.app import app, settings
+
+BACKOFF_TTL_S = 24 * 3600
+"""A per-object failure count is forgotten after a day without failures."""
+
+
+@functools.cache
+def _redis() -> redis.Redis[Any]:
+    return redis.Redis.from_url(settings.broker_url)
+
+
+@functools.cache
+def _executor() -> Executor:
+    cfg = settings.cleanup
+    kube = Kube.connect(cfg.kubeconfig, cfg.context, request_timeout=cfg.request_timeout)
+    limiter = RedisRateLimiter(_redis(), cfg.delete_rate)
+    # Celery owns the retry loop here: one quick in-process retry, then self.retry.
+    return Executor(kube, cfg, owners=OwnerResolver(kube), limiter=limiter, retries=1)
+
+
+def _finish(uid: str, *, failed: bool) -> None:
+    client = _redis()
+    pipe = client.pipeline()
+    pipe.delete(keys.cleanup_inflight(uid))
+    if failed:
+        pipe.incr(keys.cleanup_backoff(uid))
+        pipe.expire(keys.cleanup_backoff(uid), BACKOFF_TTL_S)
+    else:
+        pipe.delete(keys.cleanup_backoff(uid))
+    pipe.execute()
+
+
+@app.task(  # type: ignore[untyped-decorator]  # celery is untyped
+    name=signatures.CLEANUP_OBJECT, bind=True, max_retries=settings.cleanup.retries
+)
+def cleanup_object(
+    self: Any,
+    *,
+    rule: str,
+    resource: str,
+    namespace: str,
+    name: str,
+    uid: str,
+    dry_run: bool,
+    resource_version: str | None = None,
+    reason: str = "",
+) -> dict[str, Any]:
+    target = Target(rule, resource, namespace, name, uid, resource_version, reason)
+    try:
+        outcome = _executor().execute(target, dry_run=dry_run)
+    except TemporaryError as exc:
+        if self.request.retries < self.max_retries:
+            cfg = settings.cleanup
+            delay = backoff_delay(
+                self.request.retries, cfg.backoff_base, cfg.backoff_cap, exc.delay, random.random
+            )
+            # A countdown past the visibility timeout would be redelivered early (kombu#1306).
+            delay = min(delay, keys.VISIBILITY_TIMEOUT_S / 2)
+            raise self.retry(exc=exc, countdown=delay) from exc
+        outcome = Outcome("failed", "unavailable", resource, namespace, name, uid, rule, str(exc))
+    _finish(uid, failed=outcome.result == "failed")
+    return outcome.to_json()

@@ -1,11 +1,225 @@
-"""Kubernetes cleanup rules (filled in by the cleanup feature)."""
+"""Kubernetes cleanup rules: the ``cleanup:`` section of the main config.
+
+Shape::
+
+    cleanup:
+      dry_run: true                 # --apply or dry_run: false deletes for real
+      max_deletions_per_run: 500
+      delete_rate: 10               # deletions per second, across all workers
+      events: false                 # create a Kubernetes Event for each deletion
+      ttl_annotation: opsq.io/ttl
+      rules:
+        - name: finished-jobs
+          resource: batch/v1/jobs
+          namespaces: {include: ["*"], exclude: ["kube-system"]}
+          label_selector: "team=batch"
+          when: {finished: true, older_than: 1h}
+
+Everything is validated before any API call so that a typo in a rule fails the whole
+command at start (exit 2) instead of silently matching nothing, or everything. A rule
+with no condition at all is refused: "delete every Pod" must never be one missing line
+away. Errors name the rule by index and name (``rules[1] (name 'dead-pods')``) via
+:func:`opsq.core.loading.describe_errors`.
+"""
 
 from __future__ import annotations
 
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
 from opsq.core.config.base import Section
+from opsq.core.durations import Duration
+
+# DNS-1123 subdomain for groups, DNS-1035-ish label for plurals and versions.
+_GROUP = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+_VERSION = r"v[0-9]+((alpha|beta)[0-9]+)?"
+_PLURAL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_RESOURCE = re.compile(rf"^(?:(?P<group>{_GROUP})/)?(?P<version>{_VERSION})/(?P<plural>{_PLURAL})$")
+
+# Label selector grammar (k8s.io/apimachinery/pkg/labels): key[=|==|!=]value,
+# key in (a,b), key notin (a,b), key, !key. Keys may carry a DNS prefix.
+_KEY = r"([a-z0-9A-Z.-]{1,253}/)?[a-z0-9A-Z]([-a-z0-9A-Z_.]{0,61}[a-z0-9A-Z])?"
+_VALUE = r"([a-z0-9A-Z]([-a-z0-9A-Z_.]{0,61}[a-z0-9A-Z])?)?"
+_REQUIREMENT = re.compile(
+    rf"^\s*(?:!\s*{_KEY}"
+    rf"|{_KEY}\s*(?:(?:==|!=|=)\s*{_VALUE}"
+    rf"|\s(?:in|notin)\s*\(\s*{_VALUE}(?:\s*,\s*{_VALUE})*\s*\)"
+    rf")?)\s*$"
+)
+_FIELD_REQ = re.compile(r"^\s*[A-Za-z0-9_.]+\s*(==|!=|=)\s*[^,=!]*\s*$")
+
+PropagationPolicy = Literal["Background", "Foreground", "Orphan"]
+PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
+
+
+def split_requirements(selector: str) -> list[str]:
+    """Split a label selector on commas that are not inside ``in (...)`` sets."""
+    parts, depth, current = [], 0, ""
+    for char in selector:
+        depth += char == "("
+        depth -= char == ")"
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return parts
+
+
+def check_label_selector(selector: str) -> str:
+    """Raise ValueError unless *selector* parses as a Kubernetes label selector."""
+    for requirement in split_requirements(selector):
+        if not _REQUIREMENT.match(requirement):
+            raise ValueError(
+                f"label_selector {selector!r}: {requirement.strip()!r} is not a requirement "
+                "such as app=web, tier!=db, env in (a,b), !legacy"
+            )
+    return selector
+
+
+class ResourceRef(Section):
+    """``group/version/plural`` (``v1/pods`` for the core group)."""
+
+    group: str
+    version: str
+    plural: str
+
+    @classmethod
+    def parse(cls, text: str) -> ResourceRef:
+        match = _RESOURCE.match(text.strip())
+        if match is None:
+            raise ValueError(
+                f"resource {text!r} is not group/version/plural such as batch/v1/jobs, "
+                "or v1/pods for the core group"
+            )
+        return cls(group=match["group"] or "", version=match["version"], plural=match["plural"])
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def __str__(self) -> str:
+        return f"{self.api_version}/{self.plural}"
+
+
+class Namespaces(Section):
+    include: Annotated[list[str], Field(min_length=1)] = Field(default_factory=lambda: ["*"])
+    """Namespace names or globs (``*``, ``team-*``)."""
+    exclude: list[str] = Field(default_factory=list)
+
+
+class When(Section):
+    """Conditions that must all hold for an object to be due."""
+
+    finished: bool | None = None
+    """Jobs: condition Complete or Failed is True. Age then counts from completion."""
+    phase: list[PodPhase] | None = None
+    """Pods: status.phase is one of these. Age counts from the pod's end."""
+    older_than: Duration | None = None
+    evicted: bool | None = None
+    """Pods evicted by the kubelet (phase Failed, reason Evicted)."""
+    pending_longer_than: Duration | None = None
+    """Pods stuck in Pending for longer than this since creation."""
+
+    @field_validator("phase")
+    @classmethod
+    def _phase(cls, value: list[PodPhase] | None) -> list[PodPhase] | None:
+        if value is not None and not value:
+            raise ValueError("phase list is empty; omit it or list phases such as Succeeded")
+        return value
+
+    def is_empty(self) -> bool:
+        return all(v is None or v is False for v in self.model_dump().values())
+
+
+class Rule(Section):
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+    resource: ResourceRef
+    namespaces: Namespaces = Field(default_factory=Namespaces)
+    label_selector: str | None = None
+    field_selector: str | None = None
+    when: When = Field(default_factory=When)
+    propagation_policy: PropagationPolicy = "Background"
+    """Explicit on every DELETE: batch/v1 Jobs default to Orphan, stranding their pods."""
+    grace_period_seconds: Annotated[int, Field(ge=0)] | None = None
+    """None: the object's own terminationGracePeriodSeconds."""
+    delete_if_owner_exists: bool = False
+
+    @field_validator("resource", mode="before")
+    @classmethod
+    def _resource(cls, value: object) -> object:
+        return ResourceRef.parse(value) if isinstance(value, str) else value
+
+    @field_validator("label_selector")
+    @classmethod
+    def _labels(cls, value: str | None) -> str | None:
+        return None if value is None else check_label_selector(value)
+
+    @field_validator("field_selector")
+    @classmethod
+    def _fields(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for requirement in value.split(","):
+            if not _FIELD_REQ.match(requirement):
+                raise ValueError(
+                    f"field_selector {value!r}: {requirement.strip()!r} is not a requirement "
+                    "such as status.phase=Failed or metadata.name!=keep"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _has_condition(self) -> Rule:
+        if self.when.is_empty():
+            raise ValueError(
+                f"rule {self.name!r} has no condition in 'when'; add e.g. older_than: 1h "
+                "(a rule without conditions would delete everything it matches)"
+            )
+        return self
 
 
 class CleanupSettings(Section):
-    """Placeholder until the cleanup feature lands."""
-
     dry_run: bool = True
+    max_deletions_per_run: Annotated[int, Field(ge=0)] = 500
+    delete_rate: Annotated[float, Field(gt=0)] = 10.0
+    """Deletions per second across all workers (token bucket)."""
+    events: bool = False
+    ttl_annotation: str | None = "opsq.io/ttl"
+    verify_with_get: bool = False
+    """GET before every DELETE (TTL-controller style, 2 requests per object). Off: the
+    DELETE carries the observed uid+resourceVersion as preconditions, which the server
+    checks atomically; a 409 then triggers the fresh GET and re-evaluation."""
+    rules: list[Rule] = Field(default_factory=list)
+    kubeconfig: str | None = None
+    context: str | None = None
+    page_size: Annotated[int, Field(ge=1, le=10000)] = 500
+    resync: Annotated[Duration, Field(gt=0)] = 600.0
+    """Informer resync: re-evaluate every cached object this often."""
+    relist: Annotated[Duration, Field(gt=0)] | None = None
+    """Optional periodic full relist (None: relist only on 410 Expired)."""
+    watch_timeout: Annotated[Duration, Field(gt=0)] = 300.0
+    """Server-side timeoutSeconds of one WATCH; the client read timeout is a bit longer."""
+    request_timeout: Annotated[Duration, Field(gt=0)] = 30.0
+    retries: Annotated[int, Field(ge=0, le=20)] = 5
+    backoff_base: Annotated[Duration, Field(ge=0)] = 0.5
+    backoff_cap: Annotated[Duration, Field(gt=0)] = 60.0
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9467
+    metrics_bind: str = "127.0.0.1"
+
+    @model_validator(mode="after")
+    def _unique_rules(self) -> CleanupSettings:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.name in seen:
+                raise ValueError(f"rule name {rule.name!r} appears twice; names must be unique")
+            seen.add(rule.name)
+        return self
+
+    def rule(self, name: str) -> Rule:
+        for rule in self.rules:
+            if rule.name == name:
+                return rule
+        raise KeyError(name)

@@ -1,0 +1,171 @@
+{{/* Shared names, labels and pod pieces for every opsq component. */}}
+
+{{- define "opsq.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "opsq.name" -}}
+{{- printf "%s-%s" (include "opsq.fullname" .root) .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "opsq.selectorLabels" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "opsq.labels" -}}
+{{ include "opsq.selectorLabels" . }}
+app.kubernetes.io/part-of: opsq
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
+{{- end -}}
+
+{{- define "opsq.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{- define "opsq.redisSecretName" -}}
+{{- .Values.redis.existingSecret | default (printf "%s-redis" (include "opsq.fullname" .)) -}}
+{{- end -}}
+
+{{- define "opsq.flowerSecretName" -}}
+{{- .Values.flower.auth.existingSecret | default (printf "%s-flower" (include "opsq.fullname" .)) -}}
+{{- end -}}
+
+{{/* The opsq config file: values.config plus the cleanup section when it has rules. */}}
+{{- define "opsq.configFile" -}}
+{{- $config := deepCopy .Values.config -}}
+{{- if .Values.cleanup.rules -}}
+{{- $_ := set $config "cleanup" (deepCopy .Values.cleanup) -}}
+{{- end -}}
+{{- toYaml $config -}}
+{{- end -}}
+
+{{/*
+Watcher RBAC rules from cleanup.rules: one rule per (apiGroup, resource), first
+appearance first; "v1/pods" is the core group "". `opsq cleanup rbac` prints the same.
+*/}}
+{{- define "opsq.watcherRules" -}}
+{{- $seen := dict -}}
+{{- $rules := list -}}
+{{- range .Values.cleanup.rules -}}
+{{- $parts := splitList "/" .resource -}}
+{{- $group := "" -}}
+{{- $plural := "" -}}
+{{- if eq (len $parts) 2 -}}
+{{- $plural = index $parts 1 -}}
+{{- else if eq (len $parts) 3 -}}
+{{- $group = index $parts 0 -}}
+{{- $plural = index $parts 2 -}}
+{{- else -}}
+{{- fail (printf "cleanup.rules[].resource %q must be \"group/version/plural\" or \"v1/plural\"" .resource) -}}
+{{- end -}}
+{{- $key := printf "%s/%s" $group $plural -}}
+{{- if not (hasKey $seen $key) -}}
+{{- $_ := set $seen $key true -}}
+{{- $rules = append $rules (dict "apiGroups" (list $group) "resources" (list $plural) "verbs" (list "get" "list" "watch" "delete")) -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.cleanup.events -}}
+{{- $rules = append $rules (dict "apiGroups" (list "") "resources" (list "events") "verbs" (list "create")) -}}
+{{- end -}}
+{{- toYaml $rules -}}
+{{- end -}}
+
+{{/* Environment shared by every container: Redis URL from the Secret, config path. */}}
+{{- define "opsq.env" -}}
+- name: OPSQ_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "opsq.redisSecretName" . }}
+      key: {{ .Values.redis.existingSecretKey }}
+- name: OPSQ_CONFIG
+  value: /etc/opsq/config.yaml
+- name: OPSQ_DATA_DIR
+  value: /var/lib/opsq
+- name: OPSQ_METRICS__PORT
+  value: {{ .Values.metrics.port | quote }}
+- name: OPSQ_METRICS__BIND
+  value: "0.0.0.0"
+- name: HOME
+  value: /tmp
+{{- end -}}
+
+{{/* Writable scratch for a read-only root filesystem, and the config file. */}}
+{{- define "opsq.volumeMounts" -}}
+- name: config
+  mountPath: /etc/opsq
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+- name: data
+  mountPath: /var/lib/opsq
+{{- end -}}
+
+{{- define "opsq.volumes" -}}
+- name: config
+  configMap:
+    name: {{ include "opsq.fullname" . }}-config
+- name: tmp
+  emptyDir: {}
+- name: data
+  emptyDir: {}
+{{- end -}}
+
+{{/* Liveness /healthz (cheap) and readiness /readyz (Redis reachable) on a port name. */}}
+{{- define "opsq.probes" -}}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: {{ . }}
+  periodSeconds: 10
+  timeoutSeconds: 3
+  failureThreshold: 6
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: {{ . }}
+  periodSeconds: 10
+  timeoutSeconds: 3
+  failureThreshold: 3
+{{- end -}}
+
+{{/* Pod-level fields every component shares. */}}
+{{- define "opsq.podCommon" -}}
+{{- with .root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+serviceAccountName: {{ include "opsq.name" . }}
+automountServiceAccountToken: {{ eq .component "watcher" }}
+{{- $podSecurity := deepCopy .root.Values.podSecurityContext }}
+{{- with .values.supplementalGroups }}
+{{- $_ := set $podSecurity "supplementalGroups" . }}
+{{- end }}
+securityContext:
+  {{- toYaml $podSecurity | nindent 2 }}
+{{- with .values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+terminationGracePeriodSeconds: {{ .values.terminationGracePeriodSeconds }}
+{{- end -}}
+
+{{/* Checksum so a config change rolls the pods. */}}
+{{- define "opsq.podAnnotations" -}}
+checksum/config: {{ include "opsq.configFile" . | sha256sum }}
+{{- end -}}

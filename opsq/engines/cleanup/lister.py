@@ -1,0 +1,92 @@
+"""Paginated LIST that survives an expired continue token.
+
+A LIST of 10,000 Jobs in one response is a multi-megabyte allocation on both sides and
+can time out; ``limit``/``continue`` fetches it in pages that the server serves from
+one consistent snapshot. If the snapshot is compacted away while we page (etcd keeps
+about five minutes of history), the server answers 410 Expired with no way to resume
+from that token: the only correct recovery is to start the LIST again (client-go's
+pager does the same, falling back to a full list).
+
+``managedFields`` are dropped from every object: the planner never reads them and they
+are often the largest part of an object, which matters for the informer cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from opsq.core.config.cleanup import ResourceRef
+from opsq.engines.cleanup.kube import ApiUnavailable, Expired, Kube
+
+Obj = dict[str, Any]
+
+MAX_RESTARTS = 5
+"""Full restarts after 410 Expired before reporting the API as unavailable."""
+
+
+@dataclass
+class Listing:
+    items: list[Obj] = field(default_factory=list)
+    resource_version: str = ""
+    """The collection's resourceVersion: where a WATCH continues from."""
+    pages: int = 0
+    restarts: int = 0
+
+
+def slim(obj: Obj) -> Obj:
+    """Drop what the planner never reads (``managedFields``) to keep caches small."""
+    metadata = obj.get("metadata")
+    if isinstance(metadata, dict):
+        metadata.pop("managedFields", None)
+    return obj
+
+
+def list_all(
+    kube: Kube,
+    resource: ResourceRef,
+    namespace: str | None,
+    *,
+    page_size: int,
+    label_selector: str | None = None,
+    field_selector: str | None = None,
+) -> Listing:
+    """Every object of *resource* in *namespace* (None: all), restarting on 410."""
+    listing = Listing()
+    for restart in range(MAX_RESTARTS + 1):
+        listing = Listing(restarts=restart)
+        try:
+            pages = _pages(
+                kube, resource, namespace, page_size=page_size,
+                label_selector=label_selector, field_selector=field_selector,
+            )  # fmt: skip
+            for page in pages:
+                listing.pages += 1
+                listing.items.extend(slim(o) for o in page.get("items") or [])
+                listing.resource_version = str(page.get("metadata", {}).get("resourceVersion", ""))
+            return listing
+        except Expired:
+            continue  # the snapshot behind the continue token is gone: start over
+    raise ApiUnavailable(f"LIST of {resource} expired {MAX_RESTARTS + 1} times in a row")
+
+
+def _pages(
+    kube: Kube,
+    resource: ResourceRef,
+    namespace: str | None,
+    *,
+    page_size: int,
+    label_selector: str | None,
+    field_selector: str | None,
+) -> Iterator[Obj]:
+    token: str | None = None
+    while True:
+        page = kube.list(
+            resource, namespace, limit=page_size, continue_token=token,
+            label_selector=label_selector, field_selector=field_selector,
+        )  # fmt: skip
+        yield page
+        token = page.get("metadata", {}).get("continue") or None
+        if not token:
+            return

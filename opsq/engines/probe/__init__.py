@@ -1,0 +1,23 @@
+"""The probe engine: HTTP(S), TCP and DNS probes with deadlines, retries and phases.
+
+Plain Python and asyncio, no Celery: the Celery task, the CLI and the benchmark are
+thin adapters over :class:`ProbeEngine`. Input is :class:`opsq.core.config.probes.Target`
+(validated before any work starts); output is :class:`ProbeResult`, JSON-safe.
+"""
+
+from opsq.engines.probe.backoff import Deadline, full_jitter
+from opsq.engines.probe.engine import ProbeEngine, RateLimiter, ResultCallback, run_probes
+from opsq.engines.probe.result import ERROR_KINDS, PHASES, ErrorKind, ProbeResult
+
+__all__ = [
+    "ERROR_KINDS",
+    "PHASES",
+    "Deadline",
+    "ErrorKind",
+    "ProbeEngine",
+    "ProbeResult",
+    "RateLimiter",
+    "ResultCallback",
+    "full_jitter",
+    "run_probes",
+]

@@ -1,0 +1,298 @@
+"""The probe engine: many targets concurrently, each under one deadline.
+
+Design:
+
+* **One deadline per probe** (``target.timeout``) bounds every attempt *and* backoff
+  sleep together. Each attempt runs under ``asyncio.timeout(remaining)``, so no attempt
+  outlives the deadline whatever the transport's own per-operation timeouts do.
+* **Retries only for temporary failures** whose kind is in ``target.retry_on``
+  (timeout, connect, 5xx, dns), with full-jitter backoff (:mod:`.backoff`) that is
+  skipped when the sleep would cross the deadline. A 4xx, an assertion failure or a
+  TLS verification failure is final.
+* **Bounded concurrency**: a global semaphore, a per-host semaphore and, when given,
+  a shared :class:`RateLimiter` (the pipeline implements it as a Redis token bucket)
+  awaited before every attempt.
+* **Nothing escapes**: every exception from an attempt is translated once
+  (:func:`.errors.classify`) into an error kind and a short reason; ``probe_many``
+  returns one :class:`ProbeResult` per target, in input order.
+* **No loop captured at construction**: httpx transports and aiohttp sessions are created
+  lazily inside the running loop, so an engine can be built anywhere (and tests need
+  no patching).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+import httpx
+
+from opsq.core.config.probes import Target
+from opsq.core.metrics import probes as metrics
+from opsq.engines.probe import checks, net
+from opsq.engines.probe.backoff import Deadline, full_jitter
+from opsq.engines.probe.errors import ProbeFailure, classify
+from opsq.engines.probe.http import fetch, judge
+from opsq.engines.probe.phases import CURRENT, PhaseClock
+from opsq.engines.probe.result import ErrorKind, ProbeResult
+from opsq.engines.probe.transports import TransportName, build_transport
+
+ResultCallback = Callable[[ProbeResult], Awaitable[None] | None]
+
+
+class RateLimiter(Protocol):
+    """Waits until ``host`` may be probed again (a token bucket shared by workers)."""
+
+    async def acquire(self, host: str) -> None: ...
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """The verdict of one attempt."""
+
+    status_code: int | None = None
+    failure: ProbeFailure | None = None
+    cert_days_left: float | None = None
+    phases: dict[str, float] | None = None
+
+
+class _HostLimits:
+    """Per-host semaphores, dropped when no probe of that host is running."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._sems: dict[str, tuple[asyncio.Semaphore, int]] = {}
+
+    def enter(self, host: str) -> asyncio.Semaphore:
+        sem, users = self._sems.get(host, (None, 0))
+        sem = sem or asyncio.Semaphore(self._limit)
+        self._sems[host] = (sem, users + 1)
+        return sem
+
+    def leave(self, host: str) -> None:
+        sem, users = self._sems[host]
+        if users <= 1:
+            del self._sems[host]
+        else:
+            self._sems[host] = (sem, users - 1)
+
+
+class ProbeEngine:
+    """Probes HTTP(S), TCP and DNS targets; see the module docstring for the design."""
+
+    def __init__(
+        self,
+        *,
+        concurrency: int = 128,
+        per_host_concurrency: int = 64,
+        rate_limiter: RateLimiter | None = None,
+        url_labels: bool = False,
+        transport: TransportName = "aiohttp",
+        ssl_context: ssl.SSLContext | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if concurrency < 1 or per_host_concurrency < 1:
+            raise ValueError("concurrency and per_host_concurrency must be at least 1")
+        self._concurrency = concurrency
+        self._per_host = per_host_concurrency
+        self._rate_limiter = rate_limiter
+        self._url_labels = url_labels
+        self._transport: TransportName = transport
+        self._ssl_context = ssl_context
+        self._rng = rng or random.Random()  # noqa: S311 -- jitter, not cryptography
+        self._transports: dict[tuple[bool, bool], httpx.AsyncBaseTransport] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._global = asyncio.Semaphore(concurrency)
+        self._hosts = _HostLimits(per_host_concurrency)
+        self._certs: dict[str, bytes] = {}
+
+    async def __aenter__(self) -> ProbeEngine:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every transport (and its connections) this engine opened."""
+        transports, self._transports = list(self._transports.values()), {}
+        for transport in transports:
+            await transport.aclose()
+
+    async def probe_many(
+        self, targets: Sequence[Target], on_result: ResultCallback | None = None
+    ) -> list[ProbeResult]:
+        """Probe all targets concurrently; results in input order, one per target."""
+
+        async def one(target: Target) -> ProbeResult:
+            result = await self.probe(target)
+            if on_result is not None:
+                maybe = on_result(result)
+                if inspect.isawaitable(maybe):
+                    await maybe
+            return result
+
+        return list(await asyncio.gather(*(one(t) for t in targets)))
+
+    async def probe(self, target: Target) -> ProbeResult:
+        """Probe one target; never raises for the target's failure."""
+        self._bind_loop()
+        host = target.host
+        host_sem = self._hosts.enter(host)
+        try:
+            async with self._global, host_sem:
+                metrics.PROBES_IN_FLIGHT.inc()
+                try:
+                    result = await self._probe_with_retries(target)
+                finally:
+                    metrics.PROBES_IN_FLIGHT.dec()
+        finally:
+            self._hosts.leave(host)
+        self._record(result)
+        return result
+
+    def _bind_loop(self) -> None:
+        """Tie semaphores and transports to the running loop (a new loop gets new ones).
+
+        asyncio primitives and aiohttp sessions belong to one loop; an engine reused
+        across ``asyncio.run`` calls (one per Celery task, say) must not carry them
+        over. Call :meth:`aclose` before a loop ends to close its connections.
+        """
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        self._loop = loop
+        self._global = asyncio.Semaphore(self._concurrency)
+        self._hosts = _HostLimits(self._per_host)
+        self._transports = {}
+
+    async def _probe_with_retries(self, target: Target) -> ProbeResult:
+        started_at = time.time()
+        deadline = Deadline(target.timeout)
+        attempts = 0
+        while True:
+            attempts += 1
+            outcome = await self._attempt(target, deadline)
+            failure = outcome.failure
+            if failure is None or not self._retryable(target, failure, attempts):
+                break
+            pause = full_jitter(
+                attempts - 1, base=target.backoff_base, cap=target.backoff_cap, rng=self._rng
+            )
+            if not deadline.fits(pause):
+                break
+            await asyncio.sleep(pause)
+        return ProbeResult(
+            name=target.name,
+            url=target.url,
+            group=target.group,
+            up=failure is None,
+            status_code=outcome.status_code,
+            attempts=attempts,
+            duration_s=round(deadline.elapsed(), 6),
+            phases=outcome.phases or {},
+            error=failure.message if failure else None,
+            error_kind=failure.kind if failure else None,
+            cert_days_left=outcome.cert_days_left,
+            started_at=started_at,
+        )
+
+    @staticmethod
+    def _retryable(target: Target, failure: ProbeFailure, attempts: int) -> bool:
+        return attempts <= target.retries and failure.kind in target.retry_on
+
+    async def _attempt(self, target: Target, deadline: Deadline) -> _Outcome:
+        """One try, bounded by what is left of the deadline; never raises."""
+        clock = PhaseClock()
+        token = CURRENT.set(clock)
+        outcome = _Outcome()
+        try:
+            async with asyncio.timeout(deadline.remaining()):
+                if self._rate_limiter is not None:
+                    await self._rate_limiter.acquire(target.host)
+                await self._dispatch(target, deadline, clock, outcome)
+        except Exception as exc:  # every library error becomes a verdict here
+            kind, message = classify(exc, timeout=target.timeout)
+            outcome.failure = ProbeFailure(kind, message)
+        finally:
+            CURRENT.reset(token)
+        outcome.phases = clock.snapshot()
+        return outcome
+
+    async def _dispatch(
+        self, target: Target, deadline: Deadline, clock: PhaseClock, outcome: _Outcome
+    ) -> None:
+        scheme = target.scheme
+        if scheme == "tcp":
+            await net.tcp_connect(target, clock)
+            return
+        if scheme == "dns":
+            await net.dns_lookup(target, clock)
+            return
+        transport = self._transport_for(target)
+        reply = await fetch(transport, target, max(deadline.remaining(), 0.001), clock)
+        outcome.status_code = reply.status_code
+        outcome.cert_days_left = self._cert_days(target, clock)
+        outcome.failure = judge(target, reply, outcome.cert_days_left)
+
+    def _cert_days(self, target: Target, clock: PhaseClock) -> float | None:
+        if target.scheme != "https":
+            return None
+        key = f"{target.host}:{httpx.URL(target.url).port or 443}"
+        der = clock.peer_cert_der or self._certs.get(key)  # reused connection: last seen
+        if clock.peer_cert_der is not None:
+            self._certs[key] = clock.peer_cert_der
+        days = checks.cert_days_left(der)
+        return None if days is None else round(days, 3)
+
+    def _transport_for(self, target: Target) -> httpx.AsyncBaseTransport:
+        key = (target.verify_tls, target.reuse_connections)
+        transport = self._transports.get(key)
+        if transport is None:
+            verify: ssl.SSLContext | bool = False
+            if target.verify_tls:
+                verify = self._ssl_context or ssl.create_default_context()
+            transport = build_transport(
+                self._transport, verify=verify, reuse=target.reuse_connections
+            )
+            self._transports[key] = transport
+        return transport
+
+    def _record(self, result: ProbeResult) -> None:
+        group = result.group
+        verdict = "up" if result.up else "down"
+        metrics.PROBE_TOTAL.labels(group, verdict).inc()
+        metrics.PROBE_DURATION.labels(group).observe(result.duration_s)
+        for phase, seconds in result.phases.items():
+            metrics.PROBE_PHASE_DURATION.labels(group, phase).observe(seconds)
+        if result.attempts > 1:
+            metrics.PROBE_RETRIES.labels(group).inc(result.attempts - 1)
+        if result.error_kind is not None:
+            metrics.PROBE_FAILURES.labels(group, result.error_kind).inc()
+        if self._url_labels:
+            metrics.PROBE_URL_TOTAL.labels(group, result.url, verdict).inc()
+            metrics.PROBE_URL_DURATION.labels(group, result.url).observe(result.duration_s)
+
+
+def run_probes(targets: Sequence[Target], **engine_kwargs: Any) -> list[ProbeResult]:
+    """Synchronous convenience: probe ``targets`` in a fresh event loop."""
+
+    async def main() -> list[ProbeResult]:
+        async with ProbeEngine(**engine_kwargs) as engine:
+            return await engine.probe_many(targets)
+
+    return asyncio.run(main())
+
+
+__all__ = ["ErrorKind", "ProbeEngine", "RateLimiter", "ResultCallback", "run_probes"]

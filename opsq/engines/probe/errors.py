@@ -1,0 +1,119 @@
+"""Library exceptions -> (error kind, short human reason), at the one place they enter.
+
+httpx, httpcore, aiohttp, httpx-aiohttp and asyncio each wrap socket errors their own
+way (httpx-aiohttp even maps every aiohttp connection error to ``ConnectTimeout``), so
+the outermost type says little. We walk the whole ``__cause__``/``__context__`` chain
+and decide by the most specific fact found, in a fixed priority: certificate
+verification, name resolution, other TLS trouble, timeouts, connection errors.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import ssl
+from collections.abc import Iterator
+from typing import TypeVar
+
+import aiohttp
+import httpx
+
+from opsq.engines.probe.result import ErrorKind
+
+log = logging.getLogger(__name__)
+E = TypeVar("E", bound=BaseException)
+
+
+class ProbeFailure(Exception):
+    """Raised inside an attempt for failures the engine itself detects."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind: ErrorKind = kind
+        self.message = message
+
+
+def chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it was raised from or during, without cycles."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def classify(exc: BaseException, *, timeout: float) -> tuple[ErrorKind, str]:
+    """The error kind and a one-line reason for an exception raised by an attempt."""
+    if isinstance(exc, ProbeFailure):
+        return exc.kind, exc.message
+    links = list(chain(exc))
+    try:
+        for rule in (_tls_verify, _dns, _tls_other, _timeout, _connect):
+            found = rule(links, timeout)
+            if found is not None:
+                return found
+    except Exception:  # a verdict must come out whatever the library raised
+        log.warning("could not classify %r; reporting kind 'other'", exc, exc_info=True)
+    return "other", _short(exc)
+
+
+def _first(links: list[BaseException], kind: type[E]) -> E | None:
+    return next((link for link in links if isinstance(link, kind)), None)
+
+
+def _tls_verify(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | None:
+    failures = [link for link in links if isinstance(link, ssl.SSLCertVerificationError)]
+    if not failures:
+        return None
+    # aiohttp's ClientConnectorCertificateError subclasses the ssl error without its
+    # attributes; the ssl module's own error underneath has the precise reason.
+    detail = next((m for f in failures if (m := getattr(f, "verify_message", None))), None)
+    return "tls", f"certificate verify failed: {detail or _short(failures[0])}"
+
+
+def _dns(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | None:
+    gai = _first(links, socket.gaierror)
+    if gai is not None:
+        return "dns", f"cannot resolve host: {gai.strerror or gai}"
+    wrapped = _first(links, aiohttp.ClientConnectorDNSError)
+    return None if wrapped is None else ("dns", f"cannot resolve host {wrapped.host}")
+
+
+def _tls_other(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | None:
+    err = _first(links, ssl.SSLError)
+    if err is None:
+        return None
+    # SSLError.reason is only set when OpenSSL raised it, not on hand-made instances.
+    return "tls", f"TLS error: {getattr(err, 'reason', None) or _short(err)}"
+
+
+def _timeout(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | None:
+    # httpx-aiohttp maps any aiohttp connection error to httpx.ConnectTimeout, so an
+    # httpx timeout only counts when no aiohttp error sits underneath it.
+    under_aiohttp = any(isinstance(link, aiohttp.ClientError) for link in links)
+    for link in links:
+        if isinstance(link, TimeoutError) or (
+            isinstance(link, httpx.TimeoutException) and not under_aiohttp
+        ):
+            return "timeout", f"timeout after {timeout:g}s"
+    return None
+
+
+def _connect(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | None:
+    for link in links:
+        if isinstance(link, ConnectionRefusedError) or (
+            isinstance(link, OSError) and link.errno == errno.ECONNREFUSED
+        ):
+            return "connect", "connection refused"
+    for link in links:
+        if isinstance(link, OSError | aiohttp.ClientConnectionError | httpx.TransportError):
+            return "connect", f"connection failed: {_short(link)}"
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    first = text.splitlines()[0]
+    return first if len(first) <= 200 else first[:197] + "..."

@@ -1,0 +1,63 @@
+"""What one probe reports: :class:`ProbeResult`, the engine's only output.
+
+It crosses process boundaries (Celery JSON payloads, the Redis results store), so it is
+a frozen dataclass with an explicit JSON-safe :meth:`ProbeResult.to_dict` /
+:meth:`ProbeResult.from_dict` pair instead of pickling: the wire shape is visible here
+and a stored result from an older worker still loads (unknown keys are ignored).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+ErrorKind = Literal[
+    "timeout", "connect", "dns", "tls", "5xx", "status", "assertion", "redirect", "other"
+]
+ERROR_KINDS: tuple[ErrorKind, ...] = (
+    "timeout",
+    "connect",
+    "dns",
+    "tls",
+    "5xx",
+    "status",
+    "assertion",
+    "redirect",
+    "other",
+)
+PHASES = ("dns", "connect", "tls", "ttfb", "transfer")
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """The verdict on one target, with the numbers behind it."""
+
+    name: str
+    url: str
+    group: str
+    up: bool
+    status_code: int | None
+    attempts: int
+    duration_s: float
+    """The whole probe: every attempt and backoff sleep."""
+    phases: dict[str, float]
+    """Seconds per phase of the last attempt (only the phases that happened)."""
+    error: str | None
+    error_kind: ErrorKind | None
+    cert_days_left: float | None
+    started_at: float
+    """Epoch seconds."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (plain str, int, float, bool, None and dicts of them)."""
+        data = asdict(self)
+        data["phases"] = dict(self.phases)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeResult:
+        """Inverse of :meth:`to_dict`; ignores keys it does not know."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["phases"] = {str(k): float(v) for k, v in (values.get("phases") or {}).items()}
+        return cls(**values)

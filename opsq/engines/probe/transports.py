@@ -1,0 +1,167 @@
+"""httpx clients for probing, over aiohttp (default) or httpx's own transport.
+
+Users see httpx either way. The transport was chosen by measurement on the project's
+2-core machine (see ``bench/probe_transports.py`` and the README): httpx's own
+transport tops out near 1.1k fresh connections/s, the ``httpx-aiohttp`` transport
+reaches about twice that, so it is the default and ``transport="httpx"`` remains.
+
+Phase timings come from hooks that feed the attempt's :class:`PhaseClock`:
+
+* aiohttp: a ``TraceConfig`` (dns, ttfb) plus :class:`TimedConnector`, which opens the
+  TCP socket and performs the TLS handshake as two timed steps (aiohttp's own
+  connection trace covers both at once) and keeps the peer certificate in DER form,
+  available even when verification is off (``getpeercert(binary_form=True)``).
+* httpx/httpcore: the ``trace`` request extension (connect, tls, ttfb).
+
+Fresh connection per probe is the default, as blackbox_exporter does: a keep-alive
+pool would hide connect and TLS costs and keep probing a backend that the load
+balancer already took out of rotation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any, Literal
+
+import aiohappyeyeballs
+import aiohttp
+import httpx
+from aiohttp.client_reqrep import ClientRequest
+from httpx_aiohttp import AiohttpTransport
+
+from opsq.engines.probe.phases import current
+
+TransportName = Literal["aiohttp", "httpx"]
+HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305 section 5 recommends 250 ms
+TraceHook = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+def _peer_cert(transport: Any) -> bytes | None:
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+        return None
+    return ssl_object.getpeercert(binary_form=True)
+
+
+class TimedConnector(aiohttp.TCPConnector):
+    """A TCPConnector that times TCP connect and TLS handshake separately.
+
+    It overrides aiohttp's connection hook (a private method, stable since 3.9) and
+    falls back to the stock path whenever no probe clock is active.
+    """
+
+    async def _wrap_create_connection(
+        self,
+        *args: Any,
+        addr_infos: list[Any],
+        req: ClientRequest,
+        timeout: aiohttp.ClientTimeout,
+        client_error: type[Exception] = aiohttp.ClientConnectorError,
+        **kwargs: Any,
+    ) -> tuple[asyncio.Transport, Any]:
+        clock = current()
+        if clock is None:
+            return await super()._wrap_create_connection(
+                *args, addr_infos=addr_infos, req=req, timeout=timeout,
+                client_error=client_error, **kwargs,
+            )  # fmt: skip
+        clock.start("connect")
+        sock = await self._open_socket(addr_infos, req, timeout, client_error)
+        clock.stop("connect")
+        if not kwargs.get("ssl"):
+            kwargs.pop("server_hostname", None)
+        else:
+            clock.start("tls")
+        try:
+            transport, proto = await self._wrap_existing_connection(
+                *args, sock=sock, req=req, timeout=timeout, client_error=client_error, **kwargs
+            )
+        except BaseException:
+            sock.close()
+            raise
+        if kwargs.get("ssl"):
+            clock.stop("tls")
+            clock.peer_cert_der = _peer_cert(transport)
+        return transport, proto
+
+    async def _open_socket(
+        self,
+        addr_infos: list[Any],
+        req: ClientRequest,
+        timeout: aiohttp.ClientTimeout,
+        client_error: type[Exception],
+    ) -> socket.socket:
+        try:
+            async with asyncio.timeout(timeout.sock_connect):
+                return await aiohappyeyeballs.start_connection(
+                    addr_infos=addr_infos,
+                    happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY,
+                    loop=asyncio.get_running_loop(),
+                )
+        except OSError as exc:
+            if isinstance(exc, TimeoutError) and exc.errno is None:
+                raise
+            raise client_error(req.connection_key, exc) from exc
+
+
+def _clock_callback(action: str, phase: str) -> Callable[..., Awaitable[None]]:
+    async def callback(session: Any, ctx: SimpleNamespace, params: Any) -> None:
+        clock = current()
+        if clock is not None:
+            getattr(clock, action)(phase)
+
+    return callback
+
+
+def _trace_config() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_dns_resolvehost_start.append(_clock_callback("start", "dns"))
+    trace.on_dns_resolvehost_end.append(_clock_callback("stop", "dns"))
+    trace.on_request_headers_sent.append(_clock_callback("start", "ttfb"))
+    trace.on_request_end.append(_clock_callback("stop", "ttfb"))
+    return trace
+
+
+_HTTPCORE_EVENTS = {
+    "connection.connect_tcp.started": ("start", "connect"),
+    "connection.connect_tcp.complete": ("stop", "connect"),
+    "connection.start_tls.started": ("start", "tls"),
+    "connection.start_tls.complete": ("stop", "tls"),
+    "http11.send_request_headers.started": ("start", "ttfb"),
+    "http11.receive_response_headers.complete": ("stop", "ttfb"),
+}
+
+
+async def httpcore_trace(event: str, info: dict[str, Any]) -> None:
+    """httpcore's ``trace`` extension hook: feeds the current attempt's clock."""
+    clock = current()
+    step = _HTTPCORE_EVENTS.get(event)
+    if clock is None or step is None:
+        return
+    getattr(clock, step[0])(step[1])
+    if event == "connection.start_tls.complete":
+        stream = info.get("return_value")
+        if stream is not None:
+            clock.peer_cert_der = _peer_cert(stream)
+
+
+def build_transport(
+    transport: TransportName, *, verify: ssl.SSLContext | bool, reuse: bool
+) -> httpx.AsyncBaseTransport:
+    """An httpx transport for one (verify, reuse) combination; call inside a running loop."""
+    if transport == "aiohttp":
+        connector = TimedConnector(ssl=verify, force_close=not reuse, limit=0, use_dns_cache=reuse)
+        session = aiohttp.ClientSession(
+            connector=connector,
+            trace_configs=[_trace_config()],
+            # Probes are independent: one target's Set-Cookie must not reach the next.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,  # httpx decodes content-encoding itself
+        )
+        return AiohttpTransport(client=session)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None if reuse else 0)
+    return httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=False)

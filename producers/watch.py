@@ -1,0 +1,183 @@
+"""``opsq watch``: informers feed due times; due objects go to the ``cleanup`` queue.
+
+The :class:`~opsq.engines.cleanup.watcher.Watcher` keeps a due-time queue current from
+list+watch. This producer wakes when the next object is due and sends it by task name
+with a ``countdown`` of at most :data:`DISPATCH_AHEAD_S`: far-future objects stay in
+the local queue, because a Celery countdown is held un-acked by a worker and would be
+redelivered after :data:`opsq.core.keys.VISIBILITY_TIMEOUT_S` (kombu#1306).
+
+Before sending, the object's UID is claimed in Redis (``SET NX EX`` on
+:func:`opsq.core.keys.cleanup_inflight`) so an object re-announced by a watch event
+or a resync while its task is queued is not sent twice; the worker clears the claim.
+An object whose previous attempts failed waits longer each time (the worker counts
+failures in :func:`opsq.core.keys.cleanup_backoff`). Nothing is sent before every
+informer has synced (no action on a partial view). At most
+``max_deletions_per_run`` objects are sent per ``resync`` window; the rest wait for
+the next window.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from opsq.core import keys, signatures
+from opsq.core.config.cleanup import CleanupSettings
+from opsq.core.errors import RedisUnavailable
+from opsq.engines.cleanup.executor import Target, backoff_delay
+from opsq.engines.cleanup.watcher import Due, Watcher
+from producers.cleanup import task_kwargs
+
+log = logging.getLogger(__name__)
+
+DISPATCH_AHEAD_S = 30.0
+"""Objects due within this horizon are sent now with a countdown (<< visibility timeout)."""
+INFLIGHT_MARGIN_S = 900
+"""The in-flight claim outlives the countdown by this much, then expires by itself (a
+worker that died without clearing it must not block the object forever)."""
+IDLE_WAIT_S = 1.0
+"""Longest sleep between checks, so stop requests and new due objects are seen quickly."""
+
+Send = Callable[[Target, float], None]
+
+
+class Claims(Protocol):
+    def claim(self, uid: str, ttl: int) -> bool:
+        """True when *uid* was not in flight and now is."""
+
+    def failures(self, uid: str) -> int:
+        """How many times deleting *uid* failed recently."""
+
+
+class RedisClaims:
+    def __init__(self, client: redis.Redis[Any]) -> None:
+        self.client = client
+
+    def claim(self, uid: str, ttl: int) -> bool:
+        try:
+            return bool(self.client.set(keys.cleanup_inflight(uid), "1", nx=True, ex=ttl))
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"cannot claim {uid}: {exc}") from exc
+
+    def failures(self, uid: str) -> int:
+        try:
+            return int(self.client.get(keys.cleanup_backoff(uid)) or 0)
+        except redis.RedisError as exc:
+            raise RedisUnavailable(f"cannot read backoff of {uid}: {exc}") from exc
+
+
+class NoClaims:
+    """In-process execution (``--local``, benchmarks): nothing is ever in flight."""
+
+    def claim(self, uid: str, ttl: int) -> bool:
+        return True
+
+    def failures(self, uid: str) -> int:
+        return 0
+
+
+def celery_sender(app: Celery, *, dry_run: bool) -> Send:
+    def send(target: Target, countdown: float) -> None:
+        try:
+            app.send_task(
+                signatures.CLEANUP_OBJECT, kwargs=task_kwargs(target, dry_run), countdown=countdown
+            )
+        except OperationalError as exc:
+            raise RedisUnavailable(f"cannot enqueue {target.name}: {exc}") from exc
+
+    return send
+
+
+class WatchProducer:
+    def __init__(
+        self,
+        settings: CleanupSettings,
+        watcher: Watcher,
+        send: Send,
+        claims: Claims,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.watcher = watcher
+        self.send = send
+        self.claims = claims
+        self.clock = clock
+        self.rng = rng
+        self.sent = 0
+        self._window_start = clock()
+        self._window_sent = 0
+
+    def tick(self) -> int:
+        """Send everything due soon; returns how many were sent. No-op before sync."""
+        if not self.watcher.synced:
+            return 0
+        now = self.clock()
+        self._roll_window(now)
+        sent = 0
+        for due in self.watcher.due(now + DISPATCH_AHEAD_S):
+            try:
+                sent += self._dispatch(due, now)
+            except RedisUnavailable as exc:
+                log.warning("deferring %s: %s", due.target.name, exc)
+                self.watcher.queue.upsert(Due(due.target, now + IDLE_WAIT_S * 5))
+        self.sent += sent
+        return sent
+
+    def _roll_window(self, now: float) -> None:
+        if now - self._window_start >= self.settings.resync:
+            self._window_start, self._window_sent = now, 0
+
+    def _dispatch(self, due: Due, now: float) -> int:
+        target = due.target
+        countdown = max(0.0, due.due_at - now)
+        failures = self.claims.failures(target.uid)
+        if failures:
+            cfg = self.settings
+            countdown += backoff_delay(failures, cfg.backoff_base, cfg.backoff_cap, None, self.rng)
+        if countdown > DISPATCH_AHEAD_S:
+            self.watcher.queue.upsert(Due(target, now + countdown))  # wait locally
+            return 0
+        if self._window_sent >= self.settings.max_deletions_per_run:
+            window_end = self._window_start + self.settings.resync
+            self.watcher.queue.upsert(Due(target, max(due.due_at, window_end)))
+            return 0
+        if not self.claims.claim(target.uid, int(countdown + INFLIGHT_MARGIN_S)):
+            return 0  # already queued by an earlier announcement
+        self.send(target, countdown)
+        self._window_sent += 1
+        return 1
+
+    def wait_time(self) -> float:
+        """Seconds until the next object enters the dispatch horizon (capped)."""
+        next_due = self.watcher.queue.next_due()
+        if next_due is None or not self.watcher.synced:
+            return IDLE_WAIT_S
+        return min(IDLE_WAIT_S, max(0.0, next_due - DISPATCH_AHEAD_S - self.clock()))
+
+    def start_informers(self, stop: threading.Event) -> list[threading.Thread]:
+        threads = [
+            threading.Thread(target=i.run, args=(stop,), name=f"informer-{i.resource}", daemon=True)
+            for i in self.watcher.informers
+        ]
+        for thread in threads:
+            thread.start()
+        return threads
+
+    def run(self, stop: threading.Event) -> None:
+        """Run informers in threads and dispatch in this one until *stop* is set."""
+        threads = self.start_informers(stop)
+        while not stop.is_set():
+            self.tick()
+            stop.wait(self.wait_time())
+        for thread in threads:
+            thread.join(timeout=self.settings.watch_timeout + 10)

@@ -1,0 +1,103 @@
+"""docker-compose.yml against the Compose specification, and the Dockerfile's promises.
+
+There is no Docker here, so the file is checked the way `docker compose config` starts:
+against the Compose specification's JSON schema (vendored in tests/data/compose-spec.json,
+taken from the docker-compose 1.29.2 wheel's compose/config/compose_spec.json so the test
+needs no network), then for the properties opsq relies on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
+OPSQ_SERVICES = ("worker", "beat", "flower", "agent", "shipper", "watcher")
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return data
+
+
+def test_compose_file_matches_the_compose_specification(compose: dict[str, Any]) -> None:
+    """Every key and type in docker-compose.yml is allowed by the Compose spec schema."""
+    schema = json.loads(SCHEMA.read_text())
+    jsonschema.Draft7Validator(schema).validate(compose)
+
+
+def test_schema_check_catches_a_wrong_key(compose: dict[str, Any]) -> None:
+    """The schema is strict enough to reject a misspelt service key."""
+    schema = json.loads(SCHEMA.read_text())
+    broken = {**compose, "services": {**compose["services"], "worker": {"comand": ["x"]}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(schema).validate(broken)
+
+
+def test_every_component_is_a_service(compose: dict[str, Any]) -> None:
+    """redis plus all six opsq components, all from the same image."""
+    services = compose["services"]
+    assert set(services) == {"redis", *OPSQ_SERVICES}
+    assert len({services[name]["image"] for name in OPSQ_SERVICES}) == 1
+
+
+def test_redis_keeps_work_aof_on_and_never_evicts(compose: dict[str, Any]) -> None:
+    """appendonly yes and maxmemory-policy noeviction, with data on a named volume."""
+    cmd = compose["services"]["redis"]["command"]
+    assert cmd[cmd.index("--appendonly") + 1] == "yes"
+    assert cmd[cmd.index("--maxmemory-policy") + 1] == "noeviction"
+    assert "redis-data:/data" in compose["services"]["redis"]["volumes"]
+
+
+def test_worker_can_be_scaled(compose: dict[str, Any]) -> None:
+    """`--scale worker=N` works: no fixed container name, no host port to clash on."""
+    worker = compose["services"]["worker"]
+    assert "container_name" not in worker
+    assert "ports" not in worker
+    assert worker["command"][:4] == ["celery", "-A", "tasks", "worker"]
+
+
+def test_flower_requires_a_password_from_the_environment(compose: dict[str, Any]) -> None:
+    """FLOWER_BASIC_AUTH is mandatory (${VAR:?}) and never part of the command line."""
+    flower = compose["services"]["flower"]
+    assert ":?" in flower["environment"]["FLOWER_BASIC_AUTH"]
+    assert not any("auth" in part for part in flower["command"])
+
+
+def test_agent_reads_logs_read_only_and_keeps_checkpoints(compose: dict[str, Any]) -> None:
+    """The host log dir is mounted :ro; checkpoints live on a named volume."""
+    volumes = compose["services"]["agent"]["volumes"]
+    assert any(v.endswith(":/var/log/host:ro") for v in volumes)
+    assert "agent-checkpoints:/var/lib/opsq-agent" in volumes
+
+
+def test_opsq_containers_are_hardened(compose: dict[str, Any]) -> None:
+    """Read-only root, non-root user, all capabilities dropped, no privilege escalation."""
+    for name in OPSQ_SERVICES:
+        svc = compose["services"][name]
+        assert svc["read_only"] is True, name
+        assert not svc["user"].startswith("0"), name
+        assert svc["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in svc["security_opt"], name
+        assert "stop_grace_period" in svc, name
+
+
+def test_dockerfile_is_slim_non_root_and_health_checked() -> None:
+    """python:3.11-slim base, a numeric non-root USER, a HEALTHCHECK, no .pyc writes."""
+    text = (ROOT / "Dockerfile").read_text()
+    froms = [line.split()[1] for line in text.splitlines() if line.startswith("FROM ")]
+    assert froms
+    assert all(f == "python:3.11-slim" for f in froms)
+    users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
+    assert users
+    assert users[-1].split(":")[0] not in ("0", "root")
+    assert "HEALTHCHECK" in text
+    assert "/healthz" in text
+    assert "PYTHONDONTWRITEBYTECODE=1" in text

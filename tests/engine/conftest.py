@@ -1,0 +1,192 @@
+"""Local servers for the probe engine tests, started by the tests themselves.
+
+One background thread runs an event loop hosting three aiohttp sites on free ports of
+127.0.0.1: plain HTTP, HTTPS with a ``trustme`` certificate valid for a year, and HTTPS
+with one that expires in three days. Tests are synchronous and drive the engine with
+``asyncio.run`` in their own thread, exactly as a worker would; server-side counters
+(hits per key, most requests in flight) let tests check what the server saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import socket
+import ssl
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import trustme
+from aiohttp import web
+
+from opsq.core.config.probes import Target
+
+HOLD_RELEASE_AT = 4  # /hold answers early once this many requests are in flight together
+
+
+@dataclass
+class ServerState:
+    hits: Counter[str] = field(default_factory=Counter)
+    in_flight: Counter[str] = field(default_factory=Counter)
+    max_in_flight: Counter[str] = field(default_factory=Counter)
+
+
+def _app(state: ServerState) -> web.Application:
+    routes = web.RouteTableDef()
+
+    @routes.get("/ok")
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="all ok", headers={"X-Probe": "yes-123"})
+
+    @routes.route("*", "/hits/{key}/{code}")
+    async def hits(request: web.Request) -> web.Response:
+        state.hits[request.match_info["key"]] += 1
+        return web.Response(status=int(request.match_info["code"]), text="counted")
+
+    @routes.get("/flaky/{key}/{failures}")
+    async def flaky(request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        state.hits[key] += 1
+        failing = state.hits[key] <= int(request.match_info["failures"])
+        return web.Response(status=503 if failing else 200, text="flaky")
+
+    @routes.get("/slow")
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("delay", "10")))
+        return web.Response(text="slow")
+
+    @routes.get("/loop")
+    async def loop(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/loop")
+
+    @routes.get("/redirect")
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound("/ok")
+
+    @routes.post("/echo")
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.text()
+        return web.Response(text=f"{request.method} {request.headers.get('X-Token')} {body}")
+
+    @routes.get("/hold/{key}")
+    async def hold(request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        state.in_flight[key] += 1
+        state.max_in_flight[key] = max(state.max_in_flight[key], state.in_flight[key])
+        try:
+            for _ in range(30):  # up to 0.3 s, less once enough requests overlap
+                if state.in_flight[key] >= HOLD_RELEASE_AT:
+                    break
+                await asyncio.sleep(0.01)
+            return web.Response(text="held")
+        finally:
+            state.in_flight[key] -= 1
+
+    app = web.Application()
+    app.add_routes(routes)
+    return app
+
+
+@dataclass
+class Servers:
+    http: str
+    https: str
+    https_expiring: str
+    http_port: int
+    ca: trustme.CA
+    state: ServerState
+
+    def client_context(self) -> ssl.SSLContext:
+        """An SSL context that trusts the test CA."""
+        ctx = ssl.create_default_context()
+        self.ca.configure_trust(ctx)
+        return ctx
+
+
+def _server_context(ca: trustme.CA, days: float) -> ssl.SSLContext:
+    now = dt.datetime.now(dt.UTC)
+    leaf = ca.issue_cert(
+        "127.0.0.1", "localhost", not_before=now - dt.timedelta(days=1),
+        not_after=now + dt.timedelta(days=days),
+    )  # fmt: skip
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    leaf.configure_cert(ctx)
+    return ctx
+
+
+class _ServerThread(threading.Thread):
+    def __init__(self, state: ServerState, ca: trustme.CA) -> None:
+        super().__init__(daemon=True, name="probe-test-servers")
+        self.state, self.ca = state, ca
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.ports: list[int] = []
+        self.runner: web.AppRunner | None = None
+
+    def run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._start())
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _start(self) -> None:
+        self.runner = web.AppRunner(
+            _app(self.state), handle_signals=False, handler_cancellation=True, shutdown_timeout=1
+        )
+        await self.runner.setup()
+        for ssl_ctx in (None, _server_context(self.ca, 365), _server_context(self.ca, 3)):
+            site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=ssl_ctx)
+            await site.start()
+            server: Any = site._server  # the only way aiohttp exposes the bound port
+            self.ports.append(server.sockets[0].getsockname()[1])
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.join(10)
+        self.loop.close()
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[Servers]:
+    state, ca = ServerState(), trustme.CA()
+    thread = _ServerThread(state, ca)
+    thread.start()
+    assert thread.ready.wait(10), "test servers did not start"
+    http_port, https_port, expiring_port = thread.ports
+    yield Servers(
+        http=f"http://127.0.0.1:{http_port}",
+        https=f"https://127.0.0.1:{https_port}",
+        https_expiring=f"https://127.0.0.1:{expiring_port}",
+        http_port=http_port,
+        ca=ca,
+        state=state,
+    )
+    thread.stop()
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def key() -> str:
+    """A fresh key so server-side counters are private to the test."""
+    return uuid.uuid4().hex[:12]
+
+
+def target(url: str, **fields: Any) -> Target:
+    """A validated Target with quick retry pacing unless the test says otherwise."""
+    data: dict[str, Any] = {"name": "t", "url": url, "backoff_base": 0.01, "timeout": 5}
+    data.update(fields)
+    return Target.model_validate(data)
