@@ -13,7 +13,7 @@ import errno
 import logging
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
 import aiohttp
@@ -63,14 +63,21 @@ def _first(links: list[BaseException], kind: type[E]) -> E | None:
     return next((link for link in links if isinstance(link, kind)), None)
 
 
+def _detail(errors: Sequence[BaseException], attribute: str) -> str:
+    """The first non-empty ``attribute`` among ``errors``, else the first one's text.
+
+    aiohttp's ClientConnector{SSL,Certificate}Error subclass the ssl errors without
+    their attributes; the ssl module's own error underneath has the precise reason.
+    """
+    found = next((v for e in errors if (v := getattr(e, attribute, None))), None)
+    return str(found) if found else _short(errors[0])
+
+
 def _tls_verify(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | None:
     failures = [link for link in links if isinstance(link, ssl.SSLCertVerificationError)]
     if not failures:
         return None
-    # aiohttp's ClientConnectorCertificateError subclasses the ssl error without its
-    # attributes; the ssl module's own error underneath has the precise reason.
-    detail = next((m for f in failures if (m := getattr(f, "verify_message", None))), None)
-    return "tls", f"certificate verify failed: {detail or _short(failures[0])}"
+    return "tls", f"certificate verify failed: {_detail(failures, 'verify_message')}"
 
 
 def _dns(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | None:
@@ -82,11 +89,10 @@ def _dns(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | 
 
 
 def _tls_other(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | None:
-    err = _first(links, ssl.SSLError)
-    if err is None:
+    errors = [link for link in links if isinstance(link, ssl.SSLError)]
+    if not errors:
         return None
-    # SSLError.reason is only set when OpenSSL raised it, not on hand-made instances.
-    return "tls", f"TLS error: {getattr(err, 'reason', None) or _short(err)}"
+    return "tls", f"TLS error: {_detail(errors, 'reason')}"
 
 
 def _timeout(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | None:
