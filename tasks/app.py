@@ -3,18 +3,29 @@
 Settings come from the environment and ``OPSQ_CONFIG`` (there are no CLI flags on
 ``celery -A tasks worker``). A worker started without ``-Q`` consumes every queue in
 :data:`opsq.core.keys.ALL_QUEUES`.
+
+Order matters in this module: ``PROMETHEUS_MULTIPROC_DIR`` is set right after the
+settings are read and before anything imports ``prometheus_client`` (which picks its
+value storage at import), so every prefork pool process writes its metrics to
+``<data_dir>/metrics`` and the main process serves their sum. The worker's main
+process wipes that directory at start (values of a previous run must not be summed
+in), starts the :class:`~opsq.core.observe.ObserveServer` once the pool is up, and
+each pool process marks itself dead on exit so its live gauges disappear.
+
+``celery -A tasks beat`` uses RedBeat (set in :mod:`opsq.core.celeryconf`): its
+schedule is built from ``probes.sets`` here, and its Redis lock lets several beat
+replicas run without firing an entry twice.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+from typing import Any
 
-from celery import Celery
-from kombu import Queue  # type: ignore[attr-defined]  # kombu ships no stubs for it
-
-from opsq.core import keys
-from opsq.core.celeryconf import celery_config
 from opsq.core.errors import ConfigError
+from opsq.core.metrics import enable_multiprocess, mark_process_dead
 from opsq.core.settings import Settings, load_settings
 
 
@@ -27,7 +38,84 @@ def _settings() -> Settings:
 
 
 settings = _settings()
+METRICS_DIR = (settings.data_dir / "metrics").resolve()
+enable_multiprocess(METRICS_DIR, wipe=False)
+
+# Everything below may import prometheus_client.
+import redis  # noqa: E402
+from celery import Celery  # noqa: E402
+from celery.signals import (  # noqa: E402
+    celeryd_init,
+    worker_process_shutdown,
+    worker_ready,
+    worker_shutdown,
+)
+from kombu import Exchange, Queue  # type: ignore[attr-defined]  # noqa: E402  # kombu ships no stubs
+
+from opsq.core import keys, signatures  # noqa: E402
+from opsq.core.celeryconf import celery_config  # noqa: E402
+from opsq.core.observe import ObserveServer  # noqa: E402
+
+log = logging.getLogger("opsq.worker")
+
+
+def beat_schedule(current: Settings) -> dict[str, dict[str, Any]]:
+    """One entry per probe set; a missed tick expires instead of piling up."""
+    return {
+        f"probe-set:{name}": {
+            "task": signatures.PROBE_SET,
+            "schedule": probe_set.interval,
+            "kwargs": {"name": name},
+            "options": {"expires": probe_set.interval},
+        }
+        for name, probe_set in current.probes.sets.items()
+    }
+
+
 app = Celery("opsq")
 app.conf.update(celery_config(settings))
-app.conf.task_queues = [Queue(name) for name in keys.ALL_QUEUES]  # type: ignore[no-untyped-call]
+# Each queue gets its own exchange and routing key (what Celery creates for a missing
+# queue on the producer side). A bare Queue(name) would bind every queue to the default
+# exchange with the default routing key, so one probe batch would land in every queue.
+app.conf.task_queues = [
+    Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
+    for name in keys.ALL_QUEUES
+]
 app.conf.include = ["tasks.probes", "tasks.cleanup"]
+app.conf.beat_schedule = beat_schedule(settings)
+
+_observe: ObserveServer | None = None
+
+
+def _redis_ready() -> bool:
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return bool(client.ping())
+    finally:
+        client.close()
+
+
+@celeryd_init.connect  # type: ignore[untyped-decorator]  # celery is untyped
+def _fresh_metrics(**_: Any) -> None:
+    """Worker main process, before the pool forks: start from empty metric files."""
+    enable_multiprocess(METRICS_DIR, wipe=True)
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]  # celery is untyped
+def _start_observe(**_: Any) -> None:
+    global _observe  # noqa: PLW0603 - one server per worker process
+    _observe = ObserveServer(
+        settings.metrics.bind, settings.metrics.port, ready_checks={"redis": _redis_ready}
+    ).start()
+    log.warning("opsq worker metrics on http://%s:%d/metrics", settings.metrics.bind, _observe.port)
+
+
+@worker_shutdown.connect  # type: ignore[untyped-decorator]  # celery is untyped
+def _stop_observe(**_: Any) -> None:
+    if _observe is not None:
+        _observe.stop()
+
+
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]  # celery is untyped
+def _pool_process_exit(**_: Any) -> None:
+    mark_process_dead(os.getpid())

@@ -6,8 +6,10 @@ A plain dict so the core needs no Celery import. Choices that protect work:
   to Redis.
 - ``acks_late`` + ``reject_on_worker_lost``: a message is acknowledged after the task
   finished, and a worker killed mid-task hands it back instead of losing it.
-- ``visibility_timeout`` longer than the longest hard time limit, so a slow batch is
-  not redelivered while still running.
+- ``visibility_timeout`` (``settings.visibility_timeout``, validated to exceed
+  ``probes.time_limit``), so a slow batch is not redelivered while still running.
+- RedBeat is the default beat scheduler: plain ``celery -A tasks beat`` takes a Redis
+  lock, so a second beat replica waits instead of firing every entry twice.
 - prefetch 1: a long batch does not hold other batches hostage on one worker.
 """
 
@@ -21,7 +23,7 @@ from opsq.core.settings import Settings
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     transport = {
-        "visibility_timeout": keys.VISIBILITY_TIMEOUT_S,
+        "visibility_timeout": settings.visibility_timeout,
         "socket_keepalive": True,
         "health_check_interval": 10,
     }
@@ -48,6 +50,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
+        "beat_scheduler": "redbeat.RedBeatScheduler",
         "redbeat_redis_url": settings.broker_url,
         "redbeat_key_prefix": keys.REDBEAT_PREFIX,
         "redbeat_lock_timeout": keys.REDBEAT_LOCK_TIMEOUT_S,

@@ -18,10 +18,11 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from opsq.core import keys
 from opsq.core.config.base import Section
 from opsq.core.config.cleanup import CleanupSettings
 from opsq.core.config.logs import LogsSettings
@@ -45,6 +46,17 @@ class ProbesSettings(Section):
     time_limit: Annotated[Duration, Field(gt=0)] = 360.0
     max_redeliveries: Annotated[int, Field(ge=0, le=100)] = 3
     sets: dict[str, ProbeSet] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> ProbesSettings:
+        # The soft limit is the batch's chance to write what it has; it is useless
+        # once the hard limit has already killed the process.
+        if self.soft_time_limit >= self.time_limit:
+            raise ValueError(
+                f"soft_time_limit ({self.soft_time_limit:g}s) must be below time_limit "
+                f"({self.time_limit:g}s); lower soft_time_limit or raise time_limit"
+            )
+        return self
 
 
 class MetricsSettings(Section):
@@ -75,11 +87,25 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".opsq")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    visibility_timeout: Annotated[Duration, Field(gt=0)] = float(keys.VISIBILITY_TIMEOUT_S)
+    """Seconds before Redis hands an un-acknowledged task to another worker."""
     probes: ProbesSettings = Field(default_factory=ProbesSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     cleanup: CleanupSettings = Field(default_factory=CleanupSettings)
     logs: LogsSettings = Field(default_factory=LogsSettings)
+
+    @model_validator(mode="after")
+    def _visibility_exceeds_time_limit(self) -> Settings:
+        # A batch still running when its message becomes visible again would be
+        # delivered twice at once (kombu's Redis transport has no lease renewal).
+        if self.visibility_timeout <= self.probes.time_limit:
+            raise ValueError(
+                f"visibility_timeout ({self.visibility_timeout:g}s) must exceed "
+                f"probes.time_limit ({self.probes.time_limit:g}s); raise visibility_timeout "
+                "or lower probes.time_limit"
+            )
+        return self
 
     @property
     def broker_url(self) -> str:

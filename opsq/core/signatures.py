@@ -9,7 +9,8 @@ from __future__ import annotations
 from opsq.core import keys
 
 PROBE_BATCH = "opsq.probe_batch"
-"""kwargs: run_id, batch_id, targets (list of Target dicts), total."""
+"""kwargs: run_id, batch_id, offset (index of the first target in the run), targets
+(Target dicts without their defaults)."""
 
 PROBE_SET = "opsq.probe_set"
 """Beat entry point. kwargs: name (a probe set from the config)."""

@@ -34,6 +34,12 @@ def _parse_status(item: object) -> tuple[int, int]:
         raise ValueError("status must be a code such as 200, a range '200-299' or '2xx'")
     if isinstance(item, int):
         lo = hi = item
+    elif (
+        isinstance(item, list | tuple)
+        and len(item) == 2
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in item)
+    ):
+        lo, hi = item  # the dumped form [[200, 399]], as a target travels in a task
     elif isinstance(item, str) and re.fullmatch(r"[1-5]xx", item.strip()):
         lo = int(item.strip()[0]) * 100
         hi = lo + 99

@@ -1,0 +1,199 @@
+"""Per-file read checkpoints that survive kill -9 and power loss.
+
+One JSON document maps each file identity (``fid``) to the byte offset up to which
+Redis has acknowledged the file's records. It is written the way a crash cannot tear:
+a temporary file in the same directory, ``fsync``, ``rename`` over the old one, then
+``fsync`` of the directory so the rename itself is durable (Filebeat once shipped a
+registry without that and corrupted it on power loss).
+
+Offsets move only when the sender reports an acknowledged XADD (at-least-once: a crash
+re-sends at most what was in flight; Fluent Bit saves offsets before delivery and
+loses lines, fluent-bit#5912). A corrupt document is never a crash loop: it is moved
+aside with a warning and the agent continues as configured (``on_corrupt_checkpoint``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agents.identity import FileIdentity
+from opsq.core.metrics import logs_agent as metrics
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "checkpoints.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    identity: FileIdentity
+    offset: int
+    path: str
+
+
+class CheckpointStore:
+    """Thread-safe map fid -> :class:`Checkpoint`, persisted atomically on :meth:`flush`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.file = directory / FILE_NAME
+        self.corrupt = False
+        """True when the last load found an unreadable document (and moved it aside)."""
+        self._lock = threading.Lock()
+        self._items: dict[str, Checkpoint] = {}
+        self._dirty = False
+
+    # --- loading ----------------------------------------------------------------------
+    def load(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            raw = self.file.read_bytes()
+        except FileNotFoundError:
+            return
+        try:
+            items = _parse(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            self._move_aside(exc)
+            return
+        with self._lock:
+            self._items = {cp.identity.fid: cp for cp in items}
+
+    def _move_aside(self, exc: Exception) -> None:
+        aside = self.file.with_name(f"{FILE_NAME}.corrupt-{int(time.time())}")
+        os.replace(self.file, aside)
+        self.corrupt = True
+        metrics.CHECKPOINT_ERRORS.inc()
+        log.warning(
+            "checkpoint file %s is corrupt (%s); moved to %s, continuing with "
+            "on_corrupt_checkpoint fallback",
+            self.file,
+            exc,
+            aside,
+        )
+
+    # --- queries and updates ----------------------------------------------------------
+    def candidates(self, dev: int, ino: int) -> list[Checkpoint]:
+        """Checkpoints recorded for this device and inode (any fingerprint)."""
+        with self._lock:
+            return [
+                cp
+                for cp in self._items.values()
+                if cp.identity.dev == dev and cp.identity.ino == ino
+            ]
+
+    def get(self, fid: str) -> Checkpoint | None:
+        with self._lock:
+            return self._items.get(fid)
+
+    def put(self, identity: FileIdentity, offset: int, path: str) -> None:
+        with self._lock:
+            current = self._items.get(identity.fid)
+            if current is not None and current.offset == offset and current.path == path:
+                return
+            self._items[identity.fid] = Checkpoint(identity, offset, path)
+            self._dirty = True
+
+    def advance(self, fid: str, offset: int) -> None:
+        """Move an existing checkpoint forward (never backward: acks may arrive late)."""
+        with self._lock:
+            current = self._items.get(fid)
+            if current is not None and offset > current.offset:
+                current.offset = offset
+                self._dirty = True
+
+    def forget(self, fid: str) -> None:
+        with self._lock:
+            if self._items.pop(fid, None) is not None:
+                self._dirty = True
+
+    def forget_all_except(self, keep: set[str]) -> None:
+        with self._lock:
+            for fid in [f for f in self._items if f not in keep]:
+                del self._items[fid]
+                self._dirty = True
+
+    def snapshot(self) -> dict[str, Checkpoint]:
+        with self._lock:
+            return {
+                fid: Checkpoint(cp.identity, cp.offset, cp.path) for fid, cp in self._items.items()
+            }
+
+    # --- persistence ------------------------------------------------------------------
+    def flush(self) -> bool:
+        """Write the document atomically if anything changed; False if the write failed."""
+        with self._lock:
+            if not self._dirty:
+                return True
+            body = _render(self._items.values())
+            self._dirty = False
+        try:
+            atomic_write(self.file, body)
+        except OSError as exc:
+            with self._lock:
+                self._dirty = True
+            metrics.CHECKPOINT_ERRORS.inc()
+            log.warning("could not write checkpoint file %s: %s (will retry)", self.file, exc)
+            return False
+        return True
+
+
+def atomic_write(path: Path, body: bytes) -> None:
+    """Replace *path* with *body* so that a crash leaves either the old or the new file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, body)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _render(items: Any) -> bytes:
+    files = [
+        {
+            "dev": cp.identity.dev,
+            "ino": cp.identity.ino,
+            "fingerprint": cp.identity.fingerprint,
+            "fp_len": cp.identity.fp_len,
+            "offset": cp.offset,
+            "path": cp.path,
+        }
+        for cp in items
+    ]
+    return json.dumps({"version": FORMAT_VERSION, "files": files}, indent=1).encode()
+
+
+def _parse(raw: bytes) -> list[Checkpoint]:
+    doc = json.loads(raw)
+    if not isinstance(doc, dict) or doc.get("version") != FORMAT_VERSION:
+        raise ValueError(f"expected a version {FORMAT_VERSION} checkpoint document")
+    out = []
+    for item in doc["files"]:
+        identity = FileIdentity(
+            dev=_int(item["dev"]),
+            ino=_int(item["ino"]),
+            fingerprint=str(item["fingerprint"]),
+            fp_len=_int(item["fp_len"]),
+        )
+        out.append(Checkpoint(identity, _int(item["offset"]), str(item["path"])))
+    return out
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"expected a non-negative integer, got {value!r}")
+    return value

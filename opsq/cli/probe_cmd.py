@@ -1,0 +1,175 @@
+"""``opsq probe TARGETS.yaml`` and ``opsq runs show|list``.
+
+The targets file is validated completely before anything is enqueued (a bad entry
+exits 2 naming file, entry and field). Exit codes: 0 every target up, 1 any target
+down (or still pending when ``--timeout`` ran out, or Redis unreachable), 2 bad input.
+Machine-readable output (``--output json``) goes to stdout alone; the run id and the
+progress bar go to stderr so they never corrupt it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
+from rich.progress import Progress as Bar
+
+from opsq.cli.options import common_options, settings_from
+from opsq.core.config.probes import TargetsFile
+from opsq.core.durations import format_duration
+from opsq.core.loading import validate_file
+from opsq.core.logsetup import setup_logging
+from opsq.core.runs import Progress, RunStore
+from producers.probes import ProbeProducer
+
+OUTPUT = click.option(
+    "--output", type=click.Choice(["table", "json"]), default="table", help="Summary format."
+)
+PLAIN_PROGRESS_EVERY_S = 2.0
+ERROR_WIDTH = 60
+
+
+@click.command()
+@click.argument("targets_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--wait", is_flag=True, help="Wait for every result, then print the summary.")
+@OUTPUT
+@click.option("--timeout", type=float, default=None, help="Stop waiting after S seconds.")
+@common_options
+def probe(targets_file: Path, wait: bool, output: str, timeout: float | None, **opts: Any) -> None:
+    """Probe every target in TARGETS_FILE on the workers; print the run id (and summary)."""
+    settings = settings_from(**opts)
+    setup_logging(settings.log_level, settings.log_format)
+    targets = validate_file(TargetsFile, targets_file).targets
+    producer = ProbeProducer(settings)
+    try:
+        submitted = producer.submit(targets, source=str(targets_file))
+        if not wait:
+            _print_submitted(submitted.run_id, submitted.total, submitted.batches, output)
+            return
+        click.echo(f"run {submitted.run_id}: {submitted.total} targets", err=True)
+        with _progress_reporter(submitted.total) as report:
+            summary = producer.wait(submitted.run_id, timeout=timeout, on_progress=report)
+    finally:
+        producer.close()
+    _print_summary(summary, output)
+    raise click.exceptions.Exit(exit_code(summary))
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    return 0 if summary["down"] == 0 and summary["pending"] == 0 else 1
+
+
+def _print_submitted(run_id: str, total: int, batches: int, output: str) -> None:
+    if output == "json":
+        click.echo(json.dumps({"run_id": run_id, "total": total, "batches": batches}))
+    else:
+        click.echo(run_id)
+
+
+@contextmanager
+def _progress_reporter(total: int) -> Iterator[Callable[[Progress], None]]:
+    """A rich progress bar on a terminal; a line every few seconds otherwise (CI logs)."""
+    if sys.stderr.isatty():
+        with Bar(
+            "probing", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=Console(stderr=True), transient=True,
+        ) as bar:  # fmt: skip
+            task = bar.add_task("probing", total=total)
+            yield lambda p: bar.update(task, completed=p.done)
+        return
+    last = [0.0]
+
+    def plain(progress: Progress) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PLAIN_PROGRESS_EVERY_S or progress.complete:
+            last[0] = now
+            click.echo(f"progress: {progress.done}/{progress.total}", err=True)
+
+    yield plain
+
+
+def _print_summary(summary: dict[str, Any], output: str) -> None:
+    if output == "json":
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(render_table(summary))
+
+
+def render_table(summary: dict[str, Any]) -> str:
+    header = ("NAME", "URL", "STATE", "STATUS", "ATTEMPTS", "DURATION", "ERROR")
+    rows = [header]
+    for r in summary["results"]:
+        rows.append(
+            (
+                str(r["name"]),
+                str(r["url"]),
+                "up" if r["up"] else "DOWN",
+                "-" if r["status_code"] is None else str(r["status_code"]),
+                str(r["attempts"]),
+                format_duration(float(r["duration_s"] or 0)),
+                _shorten(r.get("error") or ""),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]  # fmt: skip
+    pending = f", {summary['pending']} PENDING" if summary["pending"] else ""
+    lines.append(
+        f"\nrun {summary['run_id']}: {summary['total']} targets, {summary['up']} up, "
+        f"{summary['down']} down{pending} in {format_duration(summary['duration_s'])}"
+    )
+    return "\n".join(lines)
+
+
+def _shorten(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= ERROR_WIDTH else text[: ERROR_WIDTH - 1] + "…"
+
+
+@click.group()
+def runs() -> None:
+    """Inspect probe runs stored in Redis (kept for a week)."""
+
+
+@runs.command()
+@click.argument("run_id")
+@OUTPUT
+@common_options
+def show(run_id: str, output: str, **opts: Any) -> None:
+    """Print the summary of RUN_ID (partial while the run is in progress)."""
+    store = RunStore.from_url(settings_from(**opts).broker_url)
+    try:
+        summary = store.summary(run_id)
+    finally:
+        store.close()
+    if summary is None:
+        click.echo(f"error: run {run_id} not found (unknown or expired)", err=True)
+        raise click.exceptions.Exit(1)
+    _print_summary(summary, output)
+    raise click.exceptions.Exit(exit_code(summary))
+
+
+@runs.command(name="list")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20)
+@OUTPUT
+@common_options
+def list_runs(limit: int, output: str, **opts: Any) -> None:
+    """List recent runs, newest first, with their progress."""
+    store = RunStore.from_url(settings_from(**opts).broker_url)
+    try:
+        recent = store.list_runs(limit)
+    finally:
+        store.close()
+    if output == "json":
+        click.echo(json.dumps(recent, indent=2))
+        return
+    for run in recent:
+        click.echo(f"{run['run_id']}  {run['done']}/{run['total']}  {run.get('source', '')}")

@@ -1,0 +1,54 @@
+"""Metrics of the log agent (``opsq agent``), defined once here.
+
+Counters are process totals (one agent per node, no prefork pool, so the default
+registry is enough). ``opsq_agent_lag_bytes`` is labelled by path: the set of paths
+is bounded by the operator's globs, and a released file's series is removed so a
+node that rotates hourly does not accumulate dead series.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+LINES_READ = Counter("opsq_agent_lines_read_total", "Lines (records) read from files.")
+BYTES_READ = Counter("opsq_agent_bytes_read_total", "Bytes read from files.")
+ENTRIES_SENT = Counter(
+    "opsq_agent_entries_sent_total", "Stream entries acknowledged by Redis (XADD replied)."
+)
+LINES_DROPPED = Counter(
+    "opsq_agent_lines_dropped_total",
+    "Lines not delivered: queue_full (on_full: drop).",
+    ["reason"],
+)
+BYTES_RELEASED_UNREAD = Counter(
+    "opsq_agent_bytes_released_unread_total",
+    "Bytes of rotated or deleted files released before they were read "
+    "(rotated_grace or max_open_deleted reached).",
+)
+ENTRIES_TRIMMED = Counter(
+    "opsq_agent_entries_trimmed_total",
+    "Stream entries removed by the user-set hard cap (logs.agent.maxlen).",
+)
+LINES_TRUNCATED = Counter(
+    "opsq_agent_lines_truncated_total", "Lines longer than max_line_bytes, cut to that size."
+)
+INVALID_ENCODING = Counter(
+    "opsq_agent_invalid_encoding_total",
+    "Lines holding invalid UTF-8 or NUL bytes (shipped as raw bytes).",
+)
+ROTATIONS = Counter(
+    "opsq_agent_rotations_total",
+    "File rotations seen, by kind (rename, copytruncate, delete, new).",
+    ["kind"],
+)
+FILES_WATCHED = Gauge("opsq_agent_files_watched", "Files currently open for reading.")
+LAG_BYTES = Gauge(
+    "opsq_agent_lag_bytes", "File size minus the acknowledged checkpoint offset.", ["path"]
+)
+SEND_ERRORS = Counter(
+    "opsq_agent_send_errors_total", "Failed XADD round trips (Redis down, OOM, timeout)."
+)
+CHECKPOINT_ERRORS = Counter(
+    "opsq_agent_checkpoint_errors_total",
+    "Checkpoint files found corrupt (moved aside) or that could not be written.",
+)

@@ -1,0 +1,77 @@
+"""``opsq agent`` as a process: endpoints, metrics exposition, SIGTERM, config errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import redis
+from prometheus_client import generate_latest
+
+from agents.checkpoint import FILE_NAME
+from opsq.core.metrics import collector_registry
+from tests.logs_agent.conftest import STREAM, agent_settings, all_lines, wait_for, write_lines
+from tests.logs_agent.process import OPSQ, AgentProcess
+
+needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool")
+
+
+def promtool_ok(text: bytes) -> None:
+    res = subprocess.run(
+        check=False, args=["promtool", "check", "metrics"], input=text, capture_output=True
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@needs_promtool
+def test_in_process_metrics_pass_promtool(tmp_path: Path, run_agent, raw_client) -> None:
+    write_lines(tmp_path / "logs" / "a.log", [b"x"] * 10)
+    run_agent(agent_settings(tmp_path))
+    wait_for(lambda: len(all_lines(raw_client)) == 10, what="lines")
+    text = generate_latest(collector_registry())
+    assert b"opsq_agent_lines_read_total" in text
+    assert b"opsq_agent_lag_bytes{path=" in text
+    promtool_ok(text)
+
+
+@needs_promtool
+def test_sigterm_drains_flushes_checkpoints_and_exits_zero(tmp_path: Path, redis_url: str) -> None:
+    log = tmp_path / "logs" / "a.log"
+    lines = [b"l%06d" % i for i in range(50_000)]
+    write_lines(log, lines)
+    cfg = {"paths": [str(log)], "checkpoint_dir": str(tmp_path / "ck")}
+    agent = AgentProcess(tmp_path, redis_url, cfg, stream=STREAM).start()
+    try:
+        client = redis.Redis.from_url(redis_url)
+        assert agent.get("/readyz").strip() == json.dumps({"redis": True})
+        wait_for(lambda: len(all_lines(client)) == 50_000, what="all lines")
+        promtool_ok(agent.get("/metrics").encode())
+        assert agent.metric("opsq_agent_lines_read_total") == 50_000
+        assert agent.terminate() == 0
+        doc = json.loads((tmp_path / "ck" / FILE_NAME).read_text())
+        assert [f["offset"] for f in doc["files"]] == [log.stat().st_size]
+    finally:
+        agent.stop()
+
+
+def test_empty_paths_is_a_config_error_exit_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("logs: {agent: {paths: []}}\n")
+    res = subprocess.run(
+        check=False, args=[OPSQ, "agent", "--config", str(cfg)], capture_output=True, text=True
+    )
+    assert res.returncode == 2
+    assert "logs.agent.paths" in res.stderr
+
+
+def test_bad_multiline_regex_is_a_config_error_exit_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("logs: {agent: {paths: [x], multiline: {start_pattern: '(['}}}\n")
+    res = subprocess.run(
+        check=False, args=[OPSQ, "agent", "--config", str(cfg)], capture_output=True, text=True
+    )
+    assert res.returncode == 2
+    assert "start_pattern" in res.stderr

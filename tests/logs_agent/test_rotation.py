@@ -1,0 +1,124 @@
+"""Rotation: rename+create, copytruncate, delete+recreate, inode reuse, new files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from opsq.core.metrics import logs_agent as metrics
+from tests.logs_agent.conftest import (
+    agent_settings,
+    lines_by_path,
+    stream_records,
+    wait_for,
+    write_lines,
+)
+
+
+def rotations(kind: str) -> float:
+    return metrics.ROTATIONS.labels(kind=kind)._value.get()
+
+
+def batch(prefix: str, n: int) -> list[bytes]:
+    return [f"{prefix}-{i:04d}".encode() for i in range(n)]
+
+
+@pytest.mark.parametrize("poll", [False, True])
+def test_rename_and_create_keeps_every_line_of_both_files(
+    tmp_path: Path, run_agent, raw_client, poll: bool
+) -> None:
+    log = tmp_path / "logs" / "app.log"
+    write_lines(log, batch("a", 100))
+    before = rotations("rename")
+    run_agent(agent_settings(tmp_path, poll=poll))
+    wait_for(lambda: len(stream_records(raw_client)) >= 100, what="first lines")
+    with open(log, "ab") as old:
+        os.rename(log, tmp_path / "logs" / "app.log.1")
+        # lines written to the old descriptor after the rename must still be read
+        old.write(b"".join(line + b"\n" for line in batch("late", 50)))
+    write_lines(log, batch("b", 100))
+    wait_for(lambda: len(stream_records(raw_client)) >= 250, what="all lines")
+    got = lines_by_path(raw_client)
+    assert got[str(log)] == batch("a", 100) + batch("late", 50) + batch("b", 100)
+    assert rotations("rename") == before + 1
+
+
+def test_copytruncate_restarts_at_zero_and_counts(tmp_path: Path, run_agent, raw_client) -> None:
+    log = tmp_path / "logs" / "app.log"
+    write_lines(log, batch("before", 200))
+    before = rotations("copytruncate")
+    run_agent(agent_settings(tmp_path))
+    wait_for(lambda: len(stream_records(raw_client)) >= 200, what="first lines")
+    with open(log, "r+b") as f:  # what logrotate's copytruncate does after copying
+        f.truncate(0)
+    write_lines(log, batch("after", 20))
+    wait_for(lambda: len(stream_records(raw_client)) >= 220, what="lines after truncation")
+    assert [r[3] for r in stream_records(raw_client)] == batch("before", 200) + batch("after", 20)
+    assert rotations("copytruncate") == before + 1
+    ids = [r[1] for r in stream_records(raw_client)]
+    assert len(set(ids)) == len(ids)  # a new identity: no id collides with pre-truncation ones
+
+
+def test_delete_and_recreate_finishes_the_old_file_then_reads_the_new(
+    tmp_path: Path, run_agent, raw_client
+) -> None:
+    log = tmp_path / "logs" / "app.log"
+    write_lines(log, batch("one", 100))
+    before_delete, before_new = rotations("delete"), rotations("new")
+    agent = run_agent(agent_settings(tmp_path))
+    wait_for(lambda: len(stream_records(raw_client)) >= 100, what="first lines")
+    with open(log, "ab") as old:
+        os.unlink(log)
+        old.write(b"".join(line + b"\n" for line in batch("tail", 10)))
+    write_lines(log, batch("two", 30))
+    wait_for(lambda: len(stream_records(raw_client)) >= 140, what="all lines")
+    assert lines_by_path(raw_client)[str(log)] == batch("one", 100) + batch("tail", 10) + batch(
+        "two", 30
+    )
+    assert rotations("delete") == before_delete + 1
+    assert rotations("new") >= before_new + 1
+    wait_for(lambda: len(agent.tailers) == 1, what="deleted file released")
+
+
+def test_inode_reuse_by_a_different_file_starts_at_zero(
+    tmp_path: Path, run_agent, raw_client, redis_url: str
+) -> None:
+    """Delete a file and create others until the inode number comes back."""
+    logs = tmp_path / "logs"
+    log = logs / "app.log"
+    write_lines(log, batch("first-file", 50))
+    ino = os.stat(log).st_ino
+    settings = agent_settings(tmp_path)
+    agent = run_agent(settings)
+    wait_for(lambda: len(stream_records(raw_client)) >= 50, what="first file shipped")
+    agent.stop()
+    agent.join(30)
+    os.unlink(log)
+    for _ in range(5000):  # ext4 hands the freed inode out again, usually at once
+        write_lines(log, [b"second file, shorter"])
+        if os.stat(log).st_ino == ino:
+            break
+        os.unlink(log)
+    else:
+        pytest.skip(f"no reuse of {ino}: now {os.stat(log).st_ino}, open: {list(agent.tailers)}")
+    raw_client.delete(settings.stream)
+    run_agent(settings)
+    wait_for(lambda: len(stream_records(raw_client)) >= 1, what="reused-inode file shipped")
+    [(_path, _rid, offset, data)] = stream_records(raw_client)
+    assert (offset, data) == (0, b"second file, shorter")
+
+
+def test_new_files_matching_the_glob_are_picked_up_and_excludes_respected(
+    tmp_path: Path, run_agent, raw_client
+) -> None:
+    logs = tmp_path / "logs"
+    write_lines(logs / "a.log", [b"a"])
+    run_agent(agent_settings(tmp_path, paths=[str(logs / "*")], exclude=["*.gz"]))
+    wait_for(lambda: len(stream_records(raw_client)) >= 1, what="a.log")
+    write_lines(logs / "b.log", [b"b"])
+    write_lines(logs / "old.gz", [b"compressed"])
+    wait_for(lambda: len(stream_records(raw_client)) >= 2, what="b.log")
+    paths = set(lines_by_path(raw_client))
+    assert paths == {str(logs / "a.log"), str(logs / "b.log")}

@@ -1,0 +1,1 @@
+"""Probe pipeline tests: results store, rate limit, CLI, real workers."""

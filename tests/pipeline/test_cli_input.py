@@ -1,0 +1,92 @@
+"""`opsq probe` refuses bad targets files with exit 2 and a message naming the problem.
+
+Nothing is enqueued for a bad file: the Redis URL points at a port where nothing
+listens, so reaching Redis would fail with exit 1 instead of 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from opsq.cli.main import main
+from opsq.core.redis_server import free_port
+
+GOOD_ENTRY = "  - name: api\n    url: http://127.0.0.1:8080/healthz\n"
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        pytest.param(
+            "targets:\n  - name: api\n    url: http://127.0.0.1/\n    retries: many\n",
+            "targets[0] (name 'api').retries: Input should be a valid integer",
+            id="wrong-type",
+        ),
+        pytest.param(
+            "targets:\n  - name: api\n    url: ftp://example.com/\n",
+            "targets[0] (name 'api').url: url 'ftp://example.com/' must start with http://",
+            id="bad-url",
+        ),
+        pytest.param(
+            "targets:\n  - name: api\n    url: http://127.0.0.1/\n    timout: 2s\n",
+            "targets[0] (name 'api').timout: unknown field",
+            id="unknown-field",
+        ),
+        pytest.param("", "the file is empty", id="empty-file"),
+        pytest.param("targets: [name: {\n", "not valid YAML at line", id="not-yaml"),
+        pytest.param(
+            "targets: []\n", "field targets: List should have at least 1 item", id="no-targets"
+        ),
+        pytest.param(
+            "targets:\n" + GOOD_ENTRY + GOOD_ENTRY,
+            "target 'api' with url http://127.0.0.1:8080/healthz appears twice",
+            id="duplicate-target",
+        ),
+        pytest.param(
+            "targets:\n  - name: api\n    url: http://127.0.0.1/\n    expect: {status: [700]}\n",
+            "targets[0] (name 'api').expect.status: Value error, status range 700",
+            id="bad-status",
+        ),
+    ],
+)
+def test_bad_targets_file_exits_2_naming_file_entry_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str
+) -> None:
+    path = tmp_path / "targets.yaml"
+    path.write_text(content)
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    code, out, err = _run(["probe", str(path), "--redis-url", dead_redis], capsys)
+    assert code == 2
+    assert str(path) in err
+    assert expected.replace("Value error, ", "") in err
+    assert out == ""
+
+
+def test_missing_targets_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["probe", str(tmp_path / "nope.yaml")], capsys)
+    assert code == 2
+    assert "nope.yaml: file not found" in err
+
+
+def test_unreachable_redis_exits_1_with_a_clear_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "targets.yaml"
+    path.write_text("targets:\n" + GOOD_ENTRY)
+    port = free_port()
+    code, out, err = _run(
+        ["probe", str(path), "--redis-url", f"redis://:s3cret@127.0.0.1:{port}/0"], capsys
+    )
+    assert code == 1
+    assert f"error: cannot reach Redis at redis://127.0.0.1:{port}/0" in err
+    assert "Traceback" not in err
+    assert "s3cret" not in err + out
