@@ -456,6 +456,10 @@ class _Handler(BaseHTTPRequestHandler):
     """Parses one request and dispatches it; errors become Status bodies."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in separate writes; with Nagle on, the body waits for the
+    # client's delayed ACK (40 ms) on every keep-alive request: 45 ms per DELETE
+    # instead of ~0.7 ms (measured with bench/cleanup.py).
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
