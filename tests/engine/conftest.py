@@ -73,6 +73,12 @@ def _app(state: ServerState) -> web.Application:
         body = await request.text()
         return web.Response(text=f"{request.method} {request.headers.get('X-Token')} {body}")
 
+    @routes.get("/drop")
+    async def drop(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        request.transport.abort()  # hang up without answering
+        raise web.HTTPInternalServerError
+
     @routes.get("/hold/{key}")
     async def hold(request: web.Request) -> web.Response:
         key = request.match_info["key"]

@@ -68,3 +68,18 @@ def test_on_result_callback_sees_every_result(servers: Servers, key: str) -> Non
 
     results = asyncio.run(scenario())
     assert sorted(r.name for r in seen) == sorted(r.name for r in results)
+
+
+def test_one_engine_serves_successive_event_loops(servers: Servers) -> None:
+    """Celery tasks may call asyncio.run per batch with a long-lived engine."""
+    engine = ProbeEngine(concurrency=1)
+    t = target(f"{servers.http}/ok")
+
+    async def batch() -> list[ProbeResult]:
+        try:
+            return await engine.probe_many([t, t, t])
+        finally:
+            await engine.aclose()
+
+    assert all(r.up for r in asyncio.run(batch()))
+    assert all(r.up for r in asyncio.run(batch()))

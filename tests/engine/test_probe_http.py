@@ -172,3 +172,17 @@ def test_reused_connections_still_report_cert_days(servers: Servers, transport: 
 
     results = asyncio.run(scenario())
     assert all(r.up and r.cert_days_left is not None for r in results)
+
+
+def test_server_hanging_up_is_a_retried_connect_failure(servers: Servers, transport: str) -> None:
+    result = probe(target(f"{servers.http}/drop", retries=1), transport)
+    assert (result.up, result.error_kind, result.attempts) == (False, "connect", 2)
+
+
+def test_https_to_a_plain_http_port_is_a_final_tls_failure(
+    servers: Servers, transport: str
+) -> None:
+    url = f"https://127.0.0.1:{servers.http_port}/ok"
+    result = probe(target(url, verify_tls=False, retries=2), transport)
+    assert (result.up, result.error_kind, result.attempts) == (False, "tls", 1)
+    assert result.error == "TLS error: WRONG_VERSION_NUMBER"

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import REGISTRY
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
 from opsq.engines.probe import run_probes
 from tests.engine.conftest import Servers, target
@@ -36,3 +42,42 @@ def test_url_labels_only_when_asked(servers: Servers, key: str) -> None:
     assert _value("opsq_probe_url_total", group="plain", url=url, result="up") == 0
     run_probes([target(url, group="plain")], url_labels=True)
     assert _value("opsq_probe_url_total", group="plain", url=url, result="up") == 1
+
+
+def test_metrics_aggregate_in_multiprocess_mode(servers: Servers, key: str, tmp_path) -> None:
+    """A worker child process writes to PROMETHEUS_MULTIPROC_DIR; the collector sums it."""
+    code = (
+        "import sys\n"
+        "from opsq.engines.probe import run_probes\n"
+        "from tests.engine.conftest import target\n"
+        "urls = sys.argv[2:]\n"
+        "run_probes([target(u, name=f'n{i}', group=sys.argv[1]) for i, u in enumerate(urls)])\n"
+    )
+    group = f"mp-{key}"
+    urls = [f"{servers.http}/ok", f"{servers.http}/hits/{key}/500"]
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    for _ in range(2):  # two processes, as two prefork children would be
+        subprocess.run([sys.executable, "-c", code, group, *urls], env=env, check=True)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(tmp_path))
+    assert registry.get_sample_value("opsq_probe_total", {"group": group, "result": "up"}) == 2
+    down = {"group": group, "kind": "5xx"}
+    assert registry.get_sample_value("opsq_probe_failures_total", down) == 2
+    assert registry.get_sample_value("opsq_probe_duration_seconds_count", {"group": group}) == 4
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool (Debian 'prometheus') missing"
+)
+def test_exposition_passes_promtool_check_metrics(servers: Servers, key: str) -> None:
+    run_probes([target(f"{servers.http}/ok", group=f"pt-{key}")], url_labels=True)
+    text = generate_latest(REGISTRY)
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, check=False
+    )
+    opsq_problems = [
+        line
+        for line in proc.stdout.decode().splitlines() + proc.stderr.decode().splitlines()
+        if line.startswith("opsq_probe")
+    ]
+    assert opsq_problems == []

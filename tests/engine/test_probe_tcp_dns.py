@@ -50,3 +50,10 @@ def test_mixed_batch_keeps_input_order_and_never_raises(servers: Servers, closed
     results = run_probes([target(u, name=f"n{i}") for i, u in enumerate(urls)])
     assert [r.url for r in results] == urls
     assert [r.up for r in results] == [True, False, False, False, True]
+
+
+def test_http_to_a_host_name_times_dns_on_the_aiohttp_transport(servers: Servers) -> None:
+    """httpcore resolves inside its connect step, so only aiohttp reports dns apart."""
+    [result] = run_probes([target(f"http://localhost:{servers.http_port}/ok")])
+    assert result.up, result.error
+    assert {"dns", "connect", "ttfb", "transfer"} <= result.phases.keys()

@@ -15,7 +15,7 @@ Design:
 * **Nothing escapes**: every exception from an attempt is translated once
   (:func:`.errors.classify`) into an error kind and a short reason; ``probe_many``
   returns one :class:`ProbeResult` per target, in input order.
-* **No loop captured at construction**: httpx clients and aiohttp sessions are created
+* **No loop captured at construction**: httpx transports and aiohttp sessions are created
   lazily inside the running loop, so an engine can be built anywhere (and tests need
   no patching).
 """
@@ -42,7 +42,7 @@ from opsq.engines.probe.errors import ProbeFailure, classify
 from opsq.engines.probe.http import fetch, judge
 from opsq.engines.probe.phases import CURRENT, PhaseClock
 from opsq.engines.probe.result import ErrorKind, ProbeResult
-from opsq.engines.probe.transports import TransportName, build_client
+from opsq.engines.probe.transports import TransportName, build_transport
 
 ResultCallback = Callable[[ProbeResult], Awaitable[None] | None]
 
@@ -107,8 +107,9 @@ class ProbeEngine:
         self._transport: TransportName = transport
         self._ssl_context = ssl_context
         self._rng = rng or random.Random()  # noqa: S311 -- jitter, not cryptography
-        self._clients: dict[tuple[bool, bool], httpx.AsyncClient] = {}
-        self._global: asyncio.Semaphore | None = None
+        self._transports: dict[tuple[bool, bool], httpx.AsyncBaseTransport] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._global = asyncio.Semaphore(concurrency)
         self._hosts = _HostLimits(per_host_concurrency)
         self._certs: dict[str, bytes] = {}
 
@@ -124,10 +125,10 @@ class ProbeEngine:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close every client (and its connections) this engine opened."""
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            await client.aclose()
+        """Close every transport (and its connections) this engine opened."""
+        transports, self._transports = list(self._transports.values()), {}
+        for transport in transports:
+            await transport.aclose()
 
     async def probe_many(
         self, targets: Sequence[Target], on_result: ResultCallback | None = None
@@ -146,8 +147,7 @@ class ProbeEngine:
 
     async def probe(self, target: Target) -> ProbeResult:
         """Probe one target; never raises for the target's failure."""
-        if self._global is None:
-            self._global = asyncio.Semaphore(self._concurrency)
+        self._bind_loop()
         host = target.host
         host_sem = self._hosts.enter(host)
         try:
@@ -161,6 +161,21 @@ class ProbeEngine:
             self._hosts.leave(host)
         self._record(result)
         return result
+
+    def _bind_loop(self) -> None:
+        """Tie semaphores and transports to the running loop (a new loop gets new ones).
+
+        asyncio primitives and aiohttp sessions belong to one loop; an engine reused
+        across ``asyncio.run`` calls (one per Celery task, say) must not carry them
+        over. Call :meth:`aclose` before a loop ends to close its connections.
+        """
+        loop = asyncio.get_running_loop()
+        if loop is self._loop:
+            return
+        self._loop = loop
+        self._global = asyncio.Semaphore(self._concurrency)
+        self._hosts = _HostLimits(self._per_host)
+        self._transports = {}
 
     async def _probe_with_retries(self, target: Target) -> ProbeResult:
         started_at = time.time()
@@ -225,8 +240,8 @@ class ProbeEngine:
         if scheme == "dns":
             await net.dns_lookup(target, clock)
             return
-        client = self._client(target)
-        reply = await fetch(client, target, max(deadline.remaining(), 0.001), clock)
+        transport = self._transport_for(target)
+        reply = await fetch(transport, target, max(deadline.remaining(), 0.001), clock)
         outcome.status_code = reply.status_code
         outcome.cert_days_left = self._cert_days(target, clock)
         outcome.failure = judge(target, reply, outcome.cert_days_left)
@@ -241,16 +256,18 @@ class ProbeEngine:
         days = checks.cert_days_left(der)
         return None if days is None else round(days, 3)
 
-    def _client(self, target: Target) -> httpx.AsyncClient:
+    def _transport_for(self, target: Target) -> httpx.AsyncBaseTransport:
         key = (target.verify_tls, target.reuse_connections)
-        client = self._clients.get(key)
-        if client is None:
+        transport = self._transports.get(key)
+        if transport is None:
             verify: ssl.SSLContext | bool = False
             if target.verify_tls:
                 verify = self._ssl_context or ssl.create_default_context()
-            client = build_client(self._transport, verify=verify, reuse=target.reuse_connections)
-            self._clients[key] = client
-        return client
+            transport = build_transport(
+                self._transport, verify=verify, reuse=target.reuse_connections
+            )
+            self._transports[key] = transport
+        return transport
 
     def _record(self, result: ProbeResult) -> None:
         group = result.group

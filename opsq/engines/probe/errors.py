@@ -10,9 +10,10 @@ verification, name resolution, other TLS trouble, timeouts, connection errors.
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
 import aiohttp
@@ -20,6 +21,7 @@ import httpx
 
 from opsq.engines.probe.result import ErrorKind
 
+log = logging.getLogger(__name__)
 E = TypeVar("E", bound=BaseException)
 
 
@@ -47,10 +49,13 @@ def classify(exc: BaseException, *, timeout: float) -> tuple[ErrorKind, str]:
     if isinstance(exc, ProbeFailure):
         return exc.kind, exc.message
     links = list(chain(exc))
-    for rule in (_tls_verify, _dns, _tls_other, _timeout, _connect):
-        found = rule(links, timeout)
-        if found is not None:
-            return found
+    try:
+        for rule in (_tls_verify, _dns, _tls_other, _timeout, _connect):
+            found = rule(links, timeout)
+            if found is not None:
+                return found
+    except Exception:  # a verdict must come out whatever the library raised
+        log.warning("could not classify %r; reporting kind 'other'", exc, exc_info=True)
     return "other", _short(exc)
 
 
@@ -58,14 +63,21 @@ def _first(links: list[BaseException], kind: type[E]) -> E | None:
     return next((link for link in links if isinstance(link, kind)), None)
 
 
+def _detail(errors: Sequence[BaseException], attribute: str) -> str:
+    """The first non-empty ``attribute`` among ``errors``, else the first one's text.
+
+    aiohttp's ClientConnector{SSL,Certificate}Error subclass the ssl errors without
+    their attributes; the ssl module's own error underneath has the precise reason.
+    """
+    found = next((v for e in errors if (v := getattr(e, attribute, None))), None)
+    return str(found) if found else _short(errors[0])
+
+
 def _tls_verify(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | None:
     failures = [link for link in links if isinstance(link, ssl.SSLCertVerificationError)]
     if not failures:
         return None
-    # aiohttp's ClientConnectorCertificateError subclasses the ssl error without its
-    # attributes; the ssl module's own error underneath has the precise reason.
-    detail = next((m for f in failures if (m := getattr(f, "verify_message", None))), None)
-    return "tls", f"certificate verify failed: {detail or _short(failures[0])}"
+    return "tls", f"certificate verify failed: {_detail(failures, 'verify_message')}"
 
 
 def _dns(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | None:
@@ -77,8 +89,10 @@ def _dns(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | 
 
 
 def _tls_other(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | None:
-    err = _first(links, ssl.SSLError)
-    return None if err is None else ("tls", f"TLS error: {err.reason or _short(err)}")
+    errors = [link for link in links if isinstance(link, ssl.SSLError)]
+    if not errors:
+        return None
+    return "tls", f"TLS error: {_detail(errors, 'reason')}"
 
 
 def _timeout(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | None:

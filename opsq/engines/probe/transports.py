@@ -24,7 +24,6 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from types import SimpleNamespace
 from typing import Any, Literal
 
@@ -150,25 +149,19 @@ async def httpcore_trace(event: str, info: dict[str, Any]) -> None:
             clock.peer_cert_der = _peer_cert(stream)
 
 
-def _no_cookies() -> CookieJar:
-    # Probes are independent: one target's Set-Cookie must not reach the next request.
-    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
-
-
-def build_client(
+def build_transport(
     transport: TransportName, *, verify: ssl.SSLContext | bool, reuse: bool
-) -> httpx.AsyncClient:
-    """An httpx client for one (verify, reuse) combination; call inside a running loop."""
+) -> httpx.AsyncBaseTransport:
+    """An httpx transport for one (verify, reuse) combination; call inside a running loop."""
     if transport == "aiohttp":
         connector = TimedConnector(ssl=verify, force_close=not reuse, limit=0, use_dns_cache=reuse)
         session = aiohttp.ClientSession(
             connector=connector,
             trace_configs=[_trace_config()],
+            # Probes are independent: one target's Set-Cookie must not reach the next.
             cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
+            auto_decompress=False,  # httpx decodes content-encoding itself
         )
-        return httpx.AsyncClient(
-            transport=AiohttpTransport(client=session), trust_env=False, cookies=_no_cookies()
-        )
+        return AiohttpTransport(client=session)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None if reuse else 0)
-    return httpx.AsyncClient(verify=verify, limits=limits, trust_env=False, cookies=_no_cookies())
+    return httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=False)

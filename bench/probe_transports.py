@@ -1,0 +1,187 @@
+"""Probe engine throughput: aiohttp-backed httpx transport vs httpx's own transport.
+
+Starts a local HTTP server (nginx-light, installed with apt-get when missing; an
+aiohttp server in a subprocess otherwise), then probes N targets in-process with each
+transport, fresh connection per probe (the engine's default, as blackbox_exporter
+does), and prints probes/s and the ratio. Raw aiohttp (no httpx, no engine) runs in the
+same session as a ceiling, so the engine's own overhead is visible too.
+
+    python -m bench probe_transports          # N=3000
+    OPSQ_BENCH_N=10000 python -m bench probe_transports
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+
+from opsq.core.config.probes import Target
+from opsq.engines.probe import ProbeEngine
+
+N = int(os.environ.get("OPSQ_BENCH_N", "3000"))
+CONCURRENCY = 128
+ROUNDS = 2  # best of, to damp noise from other processes on a shared 2-core machine
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}; proxy_temp_path {tmp}; fastcgi_temp_path {tmp};
+    uwsgi_temp_path {tmp}; scgi_temp_path {tmp};
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+"""
+
+AIOHTTP_SERVER = """
+import sys
+from aiohttp import web
+async def ok(request):
+    return web.Response(text="ok\\n")
+app = web.Application()
+app.router.add_get("/{tail:.*}", ok)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, backlog=4096)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _nginx() -> str | None:
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if found is None and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "nginx-light"], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        found = shutil.which("nginx") or (
+            "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+        )
+    return found
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(200):
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError("server did not start listening")
+
+
+@contextlib.contextmanager
+def local_server() -> Iterator[tuple[str, str]]:
+    """Yield (base URL, server description)."""
+    port = _free_port()
+    with tempfile.TemporaryDirectory(prefix="opsq-bench-") as tmp:
+        nginx = _nginx()
+        if nginx:
+            conf = Path(tmp) / "nginx.conf"
+            conf.write_text(NGINX_CONF.format(tmp=tmp, port=port))
+            cmd, what = [nginx, "-c", str(conf), "-e", f"{tmp}/error.log"], "nginx-light"
+        else:
+            cmd, what = (
+                [sys.executable, "-c", textwrap.dedent(AIOHTTP_SERVER), str(port)],
+                "aiohttp",
+            )
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_listening(port, proc)
+            yield f"http://127.0.0.1:{port}", what
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+def _targets(base: str) -> list[Target]:
+    return [
+        Target.model_validate({"name": f"t{i}", "url": f"{base}/ok?i={i}", "timeout": 10})
+        for i in range(N)
+    ]
+
+
+async def _engine_rate(targets: list[Target], transport: str) -> tuple[float, int]:
+    async with ProbeEngine(
+        concurrency=CONCURRENCY,
+        per_host_concurrency=CONCURRENCY,
+        transport=transport,  # type: ignore[arg-type]
+    ) as engine:
+        began = time.perf_counter()
+        results = await engine.probe_many(targets)
+        elapsed = time.perf_counter() - began
+    return len(targets) / elapsed, sum(not r.up for r in results)
+
+
+async def _raw_aiohttp_rate(base: str) -> tuple[float, int]:
+    sem = asyncio.Semaphore(CONCURRENCY)
+    failures = 0
+    connector = aiohttp.TCPConnector(force_close=True, limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(i: int) -> None:
+            nonlocal failures
+            async with sem:
+                try:
+                    async with session.get(f"{base}/ok?i={i}") as resp:
+                        await resp.read()
+                        failures += resp.status != 200
+                except aiohttp.ClientError:
+                    failures += 1
+
+        began = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(N)))
+        elapsed = time.perf_counter() - began
+    return N / elapsed, failures
+
+
+def _best(label: str, runs: list[tuple[float, int]]) -> float:
+    rate = max(r for r, _ in runs)
+    failed = max(f for _, f in runs)
+    note = f"  ({failed} failed)" if failed else ""
+    print(f"{label:<44} {rate:>9,.0f} probes/s{note}", flush=True)
+    return rate
+
+
+def main() -> int:
+    with local_server() as (base, what):
+        targets = _targets(base)
+        print(f"{N} probes per run, fresh connection each, concurrency {CONCURRENCY}, "
+              f"best of {ROUNDS}, server: {what} on {base}")  # fmt: skip
+        rates = {}
+        for name, label in (("httpx", "engine, httpx default transport"),
+                            ("aiohttp", "engine, httpx over aiohttp (default)")):  # fmt: skip
+            runs = [asyncio.run(_engine_rate(targets, name)) for _ in range(ROUNDS)]
+            rates[name] = _best(label, runs)
+        raw = _best(
+            "raw aiohttp (no engine, ceiling)",
+            [asyncio.run(_raw_aiohttp_rate(base)) for _ in range(ROUNDS)],
+        )
+    print(f"ratio aiohttp transport / httpx transport: {rates['aiohttp'] / rates['httpx']:.2f}x")
+    print(f"engine (aiohttp) / raw aiohttp:            {rates['aiohttp'] / raw:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
