@@ -720,6 +720,19 @@ class _Request:
         sub = self.route.sub or None
         if self.verb == "update":
             body = self._object_body()
+            if rtype.custom and not meta(body).get("resourceVersion"):
+                # Custom resources do not allow unconditional updates.
+                raise errors.invalid(
+                    rtype,
+                    name,
+                    [
+                        (
+                            "FieldValueInvalid",
+                            "metadata.resourceVersion",
+                            "Invalid value: 0x0: must be specified for an update",
+                        )
+                    ],
+                )
         else:
             content_type = self.handler.headers.get("Content-Type") or ""
             with store.lock:
@@ -771,6 +784,8 @@ class _WatchStream:
         query = request.query
         self.selection = handlers.Filter.from_query(rtype, namespace, query)
         self.bookmarks = query.get("allowWatchBookmarks") in TRUE_VALUES
+        self.table = handlers.wants_table(request.handler.headers.get("Accept") or "")
+        self.include = query.get("includeObject") or "Metadata"
         self.initial_events_end = query.get("sendInitialEvents") in TRUE_VALUES
         timeout = handlers._int_param(query, "timeoutSeconds")
         self.deadline = time.monotonic() + (timeout if timeout else DEFAULT_WATCH_TIMEOUT)
@@ -852,5 +867,10 @@ class _WatchStream:
             return self.fake.store.rv if not watcher.pending else seen_rv
 
     def _send(self, event_type: str, obj: Obj) -> None:
+        if self.table and event_type in ("ADDED", "MODIFIED", "DELETED"):
+            # `kubectl get -w`: every event carries a one-row Table.
+            list_meta = {"resourceVersion": meta(obj).get("resourceVersion", "")}
+            now = self.fake.clock.now()
+            obj = handlers.as_table(self.rtype, [obj], list_meta, now, self.include)
         line = json.dumps({"type": event_type, "object": obj}, separators=(",", ":")) + "\n"
         self.handler.write_chunk(line.encode())
