@@ -81,6 +81,8 @@ class Watcher:
     wakeup: threading.Event = field(default_factory=threading.Event)
     closed: bool = False
     bookmark_requested: bool = False
+    # A Status to send as an ERROR event before closing (expire_watches).
+    error: dict[str, Any] | None = None
 
     def push(self, change: Change) -> None:
         self.pending.append(change)
