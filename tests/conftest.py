@@ -17,6 +17,9 @@ import redis
 from opsq.core.redis_server import RedisServer
 from tests.support.workers import Worker
 
+# The fake Kubernetes API server (fake_kube, kubeconfig_path, api_client) for every test.
+pytest_plugins = ["tests.fakekube.fixtures"]
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:

@@ -148,14 +148,17 @@ def watch(apply: bool, local: bool, **opts: Any) -> None:
     if local:
         executor = _local_executor(cfg, kube)
         producer = WatchProducer(
-            cfg, watcher, lambda t, _c: _discard(executor.execute(t, dry_run=dry_run)), NoClaims()
-        )
+            cfg, watcher, lambda t, _c: _discard(executor.execute(t, dry_run=dry_run)), NoClaims(),
+            ahead=0.0,
+        )  # fmt: skip
     else:
         client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
         checks["redis"] = client.ping
         sender = celery_sender(producer_app(settings), dry_run=dry_run)
         producer = WatchProducer(cfg, watcher, sender, RedisClaims(client))
-    observe = ObserveServer(cfg.metrics_bind, cfg.metrics_port, ready_checks=checks).start()
+    observe = ObserveServer(
+        settings.metrics.bind, settings.metrics.port, ready_checks=checks
+    ).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -20,6 +20,7 @@ from pathlib import Path
 import redis
 
 from opsq.core.errors import OpsqError
+from opsq.core.procs import die_with_parent
 
 
 def find_server_binary() -> str:
@@ -55,8 +56,10 @@ class RedisServer:
         port: int | None = None,
         appendonly: bool = True,
         password: str | None = None,
+        tie_to_parent: bool = False,
     ) -> None:
         self.data_dir = data_dir
+        self.tie_to_parent = tie_to_parent
         self.port = port or free_port()
         self.appendonly = appendonly
         self.password = password
@@ -89,9 +92,11 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # Own process group: Ctrl-C in a terminal must not reach the server before
         # the workers have handed back their in-flight messages.
+        # tie_to_parent: a supervisor killed with -9 must not leave the server behind.
         self.proc = subprocess.Popen(
             self._argv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent() if self.tie_to_parent else None,  # noqa: PLW1509
         )  # fmt: skip
         self._wait_ready(timeout)
 

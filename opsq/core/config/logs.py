@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from opsq.core import keys
 from opsq.core.config.base import Section
@@ -71,6 +71,13 @@ class SinkSettings(Section):
     index: str = "opsq-logs"
     labels: dict[str, str] = Field(default_factory=dict)
     timeout: Annotated[Duration, Field(gt=0)] = 10.0
+    username: str | None = None
+    """HTTP basic auth user for the Loki / Elasticsearch sinks."""
+    password: SecretStr | None = None
+    api_key: SecretStr | None = None
+    """Elasticsearch API key (sent as ``Authorization: ApiKey ...``)."""
+    tenant: str | None = None
+    """Loki tenant (``X-Scope-OrgID``) for multi-tenant Loki."""
 
 
 class ShipperSettings(Section):
@@ -82,6 +89,8 @@ class ShipperSettings(Section):
     claim_idle: Annotated[Duration, Field(gt=0)] = 60.0
     max_deliveries: Annotated[int, Field(ge=1)] = 5
     trim_interval: Annotated[Duration, Field(gt=0)] = 10.0
+    shutdown_grace: Annotated[Duration, Field(gt=0)] = 10.0
+    """On SIGTERM, keep retrying the in-flight batch against a failing sink this long."""
     sink: SinkSettings = Field(default_factory=SinkSettings)
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9466
 

@@ -1,0 +1,427 @@
+"""The log shipper: stream entries -> sink, acknowledged only after the sink confirmed.
+
+Why it is built this way:
+
+- **A consumer group with a stable consumer name.** Entries delivered to a consumer
+  stay in its pending list (PEL) until XACKed, so a crash loses nothing: on start
+  the shipper first re-reads its *own* pending entries (``XREADGROUP ... 0``), then
+  new ones (``>``). A stable name (the host name by default) is what lets a restarted
+  shipper find its own PEL again.
+- **XACK after the sink's confirmation**, never before: the sink returns after fsync
+  (file) or a 2xx (HTTP). A crash between the two re-delivers the entry (at least
+  once); record ids are deterministic (file identity + offset), so duplicates are
+  idempotent in Elasticsearch and removable by id everywhere else.
+- **Dead consumers' entries are claimed** with XAUTOCLAIM once idle longer than
+  ``claim_idle``, following the cursor until ``0-0``. Entries Redis reports as deleted
+  (trimmed by a user's MAXLEN cap) are already gone from the PEL; they are counted.
+- **Poison is bounded.** An entry that cannot be decoded never will be (decoding is
+  deterministic), so it goes straight to the dead-letter stream. An entry delivered
+  more than ``max_deliveries`` times (the XPENDING delivery counter: every crash
+  while holding it, every claim adds one) also goes there. Both keep their original
+  fields plus ``reason`` and ``original_id``; the XADD and the XACK are one MULTI.
+- **Faults back off with jitter and retry; nothing is acknowledged meanwhile.** A sink
+  that is down keeps the batch in memory and retried, and the in-flight entries are
+  re-claimed by this consumer (``XCLAIM ... JUSTID``) so that a healthy peer does not
+  take over entries this shipper is still actively working on. Redis unavailable:
+  back off, reconnect, recreate the group if Redis lost it (from id 0: re-delivering
+  is safe, skipping is not) and re-read the own PEL, which also recovers entries
+  whose XREADGROUP reply was lost with the connection.
+- **Shutdown** (SIGTERM sets ``stop``): no new reads; the in-flight batch is finished
+  (sink write + XACK), retrying a failing sink for at most ``shutdown_grace``; what is
+  still unconfirmed then simply stays pending for the next start or a peer.
+- Plain synchronous code: one batch at a time is what makes "ack only what the sink
+  confirmed" obvious, and each batch holds thousands of records (the agent packs
+  many lines per entry), so the per-batch round trips do not limit throughput.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import redis
+
+from agents.retention import Retention
+from agents.sinks.base import Delivery, Outcome, Sink
+from opsq.core import keys
+from opsq.core.config.logs import ShipperSettings
+from opsq.core.errors import PermanentError, RedisUnavailable, TemporaryError
+from opsq.core.logformat import decode
+from opsq.core.metrics import logs_shipper as m
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RawEntry = tuple[str, dict[bytes, bytes]]
+
+# Redis answers that mean "try again later" rather than "your command is wrong".
+_TRANSIENT_REPLIES = ("NOGROUP", "OOM", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN")
+
+
+@contextlib.contextmanager
+def redis_errors(what: str) -> Iterator[None]:
+    """Translate redis-py failures that retrying can fix into :class:`RedisUnavailable`.
+
+    NOGROUP is among them: it means Redis lost the group (restarted without its
+    data); recovery recreates it.
+    """
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise RedisUnavailable(f"{what}: {exc}") from exc
+    except redis.ResponseError as exc:
+        if str(exc).startswith(_TRANSIENT_REPLIES):
+            raise RedisUnavailable(f"{what}: {exc}") from exc
+        raise
+
+
+class Backoff:
+    """Exponential backoff with equal jitter (half fixed, half random).
+
+    Jitter keeps a fleet of shippers from hammering a recovering sink in lockstep.
+    """
+
+    def __init__(self, base: float = 0.05, cap: float = 5.0) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.base * 2**self.attempt)
+        self.attempt += 1
+        return float(delay / 2 + random.random() * delay / 2)  # noqa: S311 - jitter, not crypto
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def default_consumer() -> str:
+    return socket.gethostname()
+
+
+def ensure_group(client: redis.Redis[bytes], stream: str, group: str) -> None:
+    """Create the group (and the stream) if missing; idempotent.
+
+    From id 0, not ``$``: entries already in the stream were never shipped, and a
+    group Redis lost must re-deliver rather than skip.
+    """
+    try:
+        with redis_errors("XGROUP CREATE"):
+            client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def group_exists(client: redis.Redis[bytes], stream: str, group: str) -> bool:
+    """Readiness: Redis answers and the consumer group is there."""
+    try:
+        groups = client.xinfo_groups(stream)  # type: ignore[no-untyped-call]
+    except redis.ResponseError:  # no such key
+        return False
+    return any(g["name"] in (group, group.encode()) for g in groups)
+
+
+class Shipper:
+    """Consume one stream with one consumer name and write to one sink."""
+
+    def __init__(
+        self,
+        client: redis.Redis[bytes],
+        *,
+        stream: str,
+        settings: ShipperSettings,
+        sink: Sink,
+        consumer: str | None = None,
+        stop: threading.Event | None = None,
+        retry_cap: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.stream = stream
+        self.settings = settings
+        self.group = settings.group
+        self.sink = sink
+        self.consumer = consumer or settings.consumer or default_consumer()
+        self.stop = stop or threading.Event()
+        self.dead_letter_stream = keys.dead_letter(stream)
+        self.retry_cap = retry_cap
+        self._retention = Retention(client, stream)
+        self._backoff = Backoff(cap=retry_cap)
+        self._block_ms = int(settings.block * 1000) or None  # 0 would mean "forever"
+        self._claim_every = min(max(settings.claim_idle / 2, 0.05), 30.0)
+        self._next_claim = 0.0
+        self._next_trim = 0.0
+        self._needs_recovery = True
+        self._stop_seen: float | None = None
+
+    # --- the loop --------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Ship until ``stop`` is set; the batch in flight is finished first."""
+        log.info("shipping %s as %s/%s to %s", self.stream, self.group, self.consumer,
+                 self.sink.name)  # fmt: skip
+        while not self.stop.is_set():
+            self.step()
+        log.info("shipper %s stopped", self.consumer)
+
+    def step(self) -> int:
+        """One iteration: recover if needed, housekeeping, one batch of new entries.
+
+        Returns how many entries were finished (acked, dead-lettered or gone).
+        """
+        try:
+            handled = 0
+            if self._needs_recovery:
+                ensure_group(self.client, self.stream, self.group)
+                handled += self.drain_own_pending()
+                self._needs_recovery = False
+            handled += self._housekeeping()
+            if not self.stop.is_set():
+                handled += self._handle(self._read(">", self._block_ms), counts=None)
+            self._backoff.reset()
+            return handled
+        except RedisUnavailable as exc:
+            self._needs_recovery = True
+            delay = self._backoff.next()
+            log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
+            time.sleep(delay)
+            return 0
+
+    def drain_own_pending(self) -> int:
+        """Re-deliver this consumer's own pending entries (left by a crash or a lost reply)."""
+        cursor, total = "0", 0
+        while not self.stop.is_set():
+            raw = self._read(cursor, None)
+            if not raw:
+                break
+            total += self._handle(raw, counts=self._delivery_counts(raw))
+            cursor = raw[-1][0]
+        if total:
+            log.info("finished %d entries left pending for %s", total, self.consumer)
+        return total
+
+    def claim_idle(self) -> int:
+        """Take over entries idle longer than ``claim_idle`` (a dead consumer's) and ship them."""
+        cursor, total = "0-0", 0
+        min_idle = max(1, int(self.settings.claim_idle * 1000))
+        while not self.stop.is_set():
+            with redis_errors("XAUTOCLAIM"):
+                reply = self.client.xautoclaim(
+                    self.stream, self.group, self.consumer, min_idle, cursor,
+                    count=self.settings.batch,
+                )  # fmt: skip
+            cursor = _text(reply[0])
+            deleted = reply[2] if len(reply) > 2 else []
+            if deleted:  # Redis 7+: already removed from the PEL; the data is gone
+                m.ENTRIES.labels("gone").inc(len(deleted))
+                log.warning("%d claimed entries were deleted from the stream", len(deleted))
+            raw = [(_text(i), f) for i, f in reply[1]]
+            if raw:
+                m.CLAIMED.inc(len(raw))
+                log.info("claimed %d idle entries", len(raw))
+                total += self._handle(raw, counts=self._delivery_counts(raw))
+            if cursor == "0-0":
+                break
+        return total
+
+    def trim(self) -> int:
+        """Retention, then refresh the stream gauges."""
+        trimmed = self._retention.trim()
+        if trimmed:
+            m.TRIMMED.labels(self.stream).inc(trimmed)
+        with redis_errors("XLEN/XPENDING"):
+            length = self.client.xlen(self.stream)
+            pending = self.client.xpending(self.stream, self.group)["pending"]  # type: ignore[no-untyped-call]
+        m.STREAM_LENGTH.labels(self.stream).set(length)
+        m.STREAM_PENDING.labels(self.stream, self.group).set(pending)
+        return trimmed
+
+    def _housekeeping(self) -> int:
+        now = time.monotonic()
+        handled = 0
+        if now >= self._next_claim:
+            handled += self.claim_idle()
+            self._next_claim = now + self._claim_every
+        if now >= self._next_trim:
+            self.trim()
+            self._next_trim = now + self.settings.trim_interval
+        return handled
+
+    # --- reading -----------------------------------------------------------------------
+
+    def _read(self, start: str, block_ms: int | None) -> list[RawEntry]:
+        with redis_errors("XREADGROUP"):
+            reply = self.client.xreadgroup(
+                self.group, self.consumer, {self.stream: start},
+                count=self.settings.batch, block=block_ms,
+            )  # fmt: skip
+        if not reply:
+            return []
+        return [(_text(i), fields or {}) for i, fields in reply[0][1]]
+
+    def _delivery_counts(self, raw: Sequence[RawEntry]) -> dict[str, int]:
+        """Delivery counter of each entry (XPENDING extended form, this consumer's)."""
+        with redis_errors("XPENDING"):
+            rows = self.client.xpending_range(
+                self.stream, self.group, min=raw[0][0], max=raw[-1][0],
+                count=2 * len(raw) + 16, consumername=self.consumer,
+            )  # fmt: skip
+        return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    # --- deciding what to do with each entry ----------------------------------------
+
+    def _handle(self, raw: Sequence[RawEntry], counts: dict[str, int] | None) -> int:
+        """Sort entries into gone / dead-letter / ship, then act on each group."""
+        gone: list[str] = []
+        ship: list[Delivery] = []
+        for entry_id, fields in raw:
+            if not fields:  # deleted from the stream while pending
+                gone.append(entry_id)
+                continue
+            verdict = self._verdict(entry_id, fields, counts)
+            if isinstance(verdict, Delivery):
+                ship.append(verdict)
+            else:
+                self._dead_letter(entry_id, fields, *verdict)
+        if gone:
+            self._ack(gone)
+            m.ENTRIES.labels("gone").inc(len(gone))
+            log.warning("%d pending entries were deleted from the stream", len(gone))
+        self._ship(ship)
+        return len(raw)
+
+    def _verdict(
+        self, entry_id: str, fields: dict[bytes, bytes], counts: dict[str, int] | None
+    ) -> Delivery | tuple[str, str]:
+        """A Delivery to ship, or (reason kind, reason text) to dead-letter."""
+        deliveries = counts.get(entry_id, 1) if counts else 1
+        if deliveries > self.settings.max_deliveries:
+            limit = self.settings.max_deliveries
+            return "max_deliveries", f"delivered {deliveries} times (max_deliveries {limit})"
+        try:
+            return Delivery(entry_id, decode(fields), fields)
+        except (ValueError, KeyError) as exc:  # UnicodeDecodeError is a ValueError
+            return "poison", f"undecodable entry: {exc!r}"
+
+    # --- writing -----------------------------------------------------------------------
+
+    def _ship(self, batch: Sequence[Delivery]) -> None:
+        """Write to the sink until every entry is confirmed or refused (or grace ran out)."""
+        pending = list(batch)
+        backoff = Backoff(cap=self.retry_cap)
+        while pending:
+            try:
+                outcome = self._write(pending)
+            except TemporaryError as exc:
+                outcome = Outcome(retry=pending)
+                log.warning("sink %s failed: %s", self.sink.name, exc)
+                delay = exc.delay
+            else:
+                delay = None
+            self._settle(pending, outcome)
+            pending = outcome.retry
+            if not pending:
+                return
+            m.SINK_ERRORS.labels(self.sink.name).inc()
+            if self._past_grace():
+                log.warning("shutdown grace over: %d entries stay pending", len(pending))
+                return
+            self._wait_keeping(pending, delay if delay is not None else backoff.next())
+
+    def _write(self, batch: Sequence[Delivery]) -> Outcome:
+        """Sink write; a whole-batch PermanentError is bisected down to the refused entries."""
+        try:
+            return self.sink.write(batch)
+        except PermanentError as exc:
+            if len(batch) == 1:
+                return Outcome(rejected={batch[0].id: str(exc)})
+            half = len(batch) // 2
+            return self._write(batch[:half]).merge(self._write(batch[half:]))
+
+    def _settle(self, batch: Sequence[Delivery], outcome: Outcome) -> None:
+        """Acknowledge what the sink confirmed; dead-letter what it refused."""
+        retry = {d.id for d in outcome.retry}
+        done = [d for d in batch if d.id not in retry and d.id not in outcome.rejected]
+        if done:
+            now_ms = time.time() * 1000
+            for d in done:
+                m.SINK_APPEND_SECONDS.observe(max(0.0, now_ms - d.ms) / 1000)
+            ids = [d.id for d in done]
+            self._ack(ids)
+            m.ENTRIES.labels("acked").inc(len(done))
+            m.RECORDS.inc(sum(len(d.entry.records) for d in done))
+        for d in batch:
+            if d.id in outcome.rejected and d.id not in retry:
+                self._dead_letter(d.id, d.fields, "rejected", outcome.rejected[d.id])
+
+    def _ack(self, ids: Sequence[str]) -> None:
+        def xack() -> None:
+            self.client.xack(self.stream, self.group, *ids)  # type: ignore[no-untyped-call]
+
+        self._persist("XACK", xack)
+
+    def _dead_letter(self, entry_id: str, fields: dict[bytes, bytes], kind: str, why: str) -> None:
+        """Copy the entry to the dead-letter stream and XACK it, atomically (MULTI)."""
+        record: dict[Any, Any] = {
+            **fields, b"reason": why.encode(), b"original_id": entry_id.encode(),
+            b"group": self.group.encode(),
+        }  # fmt: skip
+
+        def move() -> None:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.xadd(self.dead_letter_stream, record)
+            pipe.xack(self.stream, self.group, entry_id)
+            pipe.execute()
+
+        self._persist("dead-letter", move)
+        m.ENTRIES.labels("dead_lettered").inc()
+        m.DEAD_LETTERED.labels(kind).inc()
+        log.warning("entry %s moved to %s: %s", entry_id, self.dead_letter_stream, why)
+
+    def _persist(self, what: str, call: Callable[[], T]) -> T:
+        """Run a Redis write that must happen (an ack after a sink write), retrying.
+
+        Retrying in place rather than unwinding avoids writing the batch to the sink
+        again just because Redis blinked after the sink had it.
+        """
+        backoff = Backoff(cap=self.retry_cap)
+        while True:
+            try:
+                with redis_errors(what):
+                    return call()
+            except RedisUnavailable as exc:
+                if self._past_grace():
+                    raise
+                delay = backoff.next()
+                log.warning("redis unavailable for %s (%s); retrying in %.2fs", what, exc, delay)
+                time.sleep(delay)
+
+    def _wait_keeping(self, pending: Sequence[Delivery], delay: float) -> None:
+        """Sleep before a retry, keeping the in-flight entries ours (resets their idle time).
+
+        XCLAIM with JUSTID does not bump the delivery counter, so a long sink outage
+        does not push healthy entries towards the dead-letter stream.
+        """
+        time.sleep(delay)
+        ids = [d.id for d in pending]
+        with contextlib.suppress(RedisUnavailable), redis_errors("XCLAIM"):
+            self.client.xclaim(  # type: ignore[no-untyped-call]
+                self.stream, self.group, self.consumer, 0, ids, justid=True
+            )
+
+    def _past_grace(self) -> bool:
+        if not self.stop.is_set():
+            return False
+        if self._stop_seen is None:
+            self._stop_seen = time.monotonic()
+        return time.monotonic() - self._stop_seen > self.settings.shutdown_grace
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,381 @@
+"""``opsq up``: every opsq component on this machine, under one supervisor.
+
+What starts, in order: an embedded valkey-server when no Redis URL is configured (AOF
+on, ``noeviction``, data in ``<data_dir>/redis``); the demo endpoints with ``--demo``;
+Celery workers; beat (RedBeat); Flower behind basic auth; and the log agent, shipper
+and cleanup watcher when the config gives them something to do. Each runs by its own
+command (``celery -A tasks worker`` ...) as a child process, so ``opsq up`` is exactly
+what a production deployment runs, only supervised by :mod:`opsq.cli.supervisor`
+instead of Kubernetes.
+
+Flower shows task arguments and can revoke tasks or shut workers down (its API is how
+CVE-2022-30034 was exploited), so it gets a password unless ``--insecure-flower`` says
+otherwise; the password goes to Flower through ``FLOWER_BASIC_AUTH`` in its environment,
+never on its command line where ``ps`` would show it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from opsq.cli.options import common_options, settings_from
+from opsq.cli.supervisor import SESSION_ENV, Child, Managed, PidFile, RedisChild, Supervisor
+from opsq.cli.supervisor import exclusive as exclusive_data_dir
+from opsq.core.errors import OpsqError
+from opsq.core.redact import redact_url
+from opsq.core.redis_server import RedisServer, free_port
+from opsq.core.settings import Settings
+
+DEMO_SET = "demo"
+DEMO_INTERVAL_S = 10
+STOP_PHASE_WORK = 0
+"""Workers, agent, shipper, watcher: finish or hand back in-flight work first."""
+STOP_PHASE_SERVICES = 1
+"""Beat, Flower and the demo endpoints: after the work they schedule, show or serve."""
+
+
+@dataclass
+class UpOptions:
+    demo: bool = False
+    workers: int = 1
+    concurrency: int = 2
+    redis_port: int = 6379
+    metrics_port: int | None = None
+    flower_port: int | None = None
+    insecure_flower: bool = False
+    stop_timeout: float = 30.0
+
+
+@dataclass
+class Plan:
+    """What ``opsq up`` will run and what it tells the user."""
+
+    children: list[Managed] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+    metrics_urls: dict[str, str] = field(default_factory=dict)
+    worker_ready_url: str | None = None
+    flower_url: str = ""
+    flower_auth: tuple[str, str] | None = None
+
+
+class Ports:
+    """Hand out ports from a base, skipping busy ones; base 0 means any free port."""
+
+    def __init__(self, base: int, bind: str = "127.0.0.1") -> None:
+        self.next = base
+        self.bind = bind
+        self.taken: set[int] = set()
+
+    def take(self) -> int:
+        if self.next == 0:
+            port = free_port()
+            while port in self.taken:
+                port = free_port()
+        else:
+            while self.next in self.taken or not _port_free(self.bind, self.next):
+                self.next += 1
+            port = self.next
+            self.next += 1
+        self.taken.add(port)
+        return port
+
+
+def _port_free(bind: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((bind, port))
+        except OSError:
+            return False
+    return True
+
+
+def python_argv(module: str) -> list[str]:
+    """Run *module* with this interpreter (the venv's, or the zipapp's)."""
+    return [sys.executable, "-m", module]
+
+
+@dataclass
+class Builder:
+    """Turns settings and options into the children to run."""
+
+    settings: Settings
+    options: UpOptions
+    data_dir: Path
+    redis_url: str
+    session: str
+    config_file: str | None
+    plan: Plan = field(default_factory=Plan)
+
+    def __post_init__(self) -> None:
+        base = self.settings.metrics.port if self.options.metrics_port is None else (
+            self.options.metrics_port
+        )  # fmt: skip
+        self.ports = Ports(base, self.settings.metrics.bind)
+
+    def env(self, name: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        env.update({
+            "OPSQ_REDIS_URL": self.redis_url,
+            "OPSQ_LOG_LEVEL": self.settings.log_level,
+            "OPSQ_LOG_FORMAT": self.settings.log_format,
+            # One data dir per child: a worker wipes its metrics dir at start.
+            "OPSQ_DATA_DIR": str(self.data_dir / name),
+            SESSION_ENV: self.session,
+            "PYTHONUNBUFFERED": "1",
+        })  # fmt: skip
+        if self.config_file:
+            env["OPSQ_CONFIG"] = str(Path(self.config_file).resolve())
+        if self.options.demo:
+            env["OPSQ_PROBES__SETS__DEMO__FILE"] = str(self.data_dir / "demo-targets.yaml")
+            env["OPSQ_PROBES__SETS__DEMO__INTERVAL"] = str(DEMO_INTERVAL_S)
+        env.update(extra or {})
+        return env
+
+    def child(
+        self, name: str, argv: list[str], phase: int, extra: dict[str, str] | None = None
+    ) -> Child:
+        child = Child(
+            name=name, argv=argv, env=self.env(name, extra),
+            log_path=self.data_dir / "logs" / f"{name}.log", phase=phase,
+        )  # fmt: skip
+        self.plan.children.append(child)
+        return child
+
+    def metrics_child(
+        self, name: str, argv: list[str], port_env: str, extra: dict[str, str] | None = None
+    ) -> int:
+        """A child serving /metrics on a port of its own, announced in the banner."""
+        port = self.ports.take()
+        self.child(name, argv, STOP_PHASE_WORK, {port_env: str(port), **(extra or {})})
+        url = f"http://{_host(self.settings.metrics.bind)}:{port}"
+        self.plan.metrics_urls[name] = f"{url}/metrics"
+        self.plan.lines.append(f"  {name:<10} {url}/metrics  (/healthz /readyz /debug/stacks)")
+        return port
+
+    def celery(self, *args: str) -> list[str]:
+        return [*python_argv("celery"), "-A", "tasks", *args]
+
+    def add_workers(self) -> None:
+        level = self.settings.log_level
+        for index in range(1, self.options.workers + 1):
+            argv = self.celery(
+                "worker", "--loglevel", level, "--concurrency", str(self.options.concurrency),
+                "--hostname", f"worker{index}@%h", "--without-gossip", "--without-mingle",
+            )  # fmt: skip
+            port = self.metrics_child(f"worker-{index}", argv, "OPSQ_METRICS__PORT")
+            if self.plan.worker_ready_url is None:
+                self.plan.worker_ready_url = f"http://{_host(self.settings.metrics.bind)}:{port}"
+
+    def add_beat(self) -> None:
+        argv = self.celery("beat", "--loglevel", self.settings.log_level,
+                           "-S", "redbeat.RedBeatScheduler")  # fmt: skip
+        self.child("beat", argv, STOP_PHASE_SERVICES)
+        self.plan.lines.append("  beat       RedBeat scheduler (lock in Redis; safe to run twice)")
+
+    def add_flower(self) -> None:
+        port = self.options.flower_port
+        if port is None:
+            port = self.settings.flower.port
+        port = port or free_port()
+        argv = self.celery("flower", f"--port={port}", "--address=127.0.0.1")
+        extra: dict[str, str] = {}
+        url = f"http://127.0.0.1:{port}"
+        self.plan.flower_url = url
+        if self.options.insecure_flower:
+            note = "NO AUTHENTICATION (--insecure-flower): anyone here can revoke tasks"
+        else:
+            user, password, generated = self.flower_credentials()
+            extra["FLOWER_BASIC_AUTH"] = f"{user}:{password}"
+            self.plan.flower_auth = (user, password)
+            note = (
+                f"user {user!r}, password {password} (generated; shown only now)"
+                if generated
+                else f"user {user!r}, password from flower.password"
+            )
+        self.child("flower", argv, STOP_PHASE_SERVICES, extra)
+        self.plan.lines.append(f"  flower     {url}  {note}")
+
+    def flower_credentials(self) -> tuple[str, str, bool]:
+        configured = self.settings.flower.password
+        if configured is not None and configured.get_secret_value():
+            password = configured.get_secret_value()
+            if "," in password:
+                raise OpsqError("flower.password must not contain ',' (Flower splits on it)")
+            return self.settings.flower.user, password, False
+        return self.settings.flower.user, secrets.token_urlsafe(18), True
+
+    def add_optional(self) -> None:
+        """Agent, shipper and watcher run only when the config gives them work."""
+        logs = self.settings.logs
+        if logs.agent.paths:
+            self.metrics_child("agent", [*python_argv("opsq"), "agent"],
+                               "OPSQ_LOGS__AGENT__METRICS_PORT")  # fmt: skip
+            self.metrics_child("shipper", [*python_argv("opsq"), "ship"],
+                               "OPSQ_LOGS__SHIPPER__METRICS_PORT")  # fmt: skip
+        if getattr(self.settings.cleanup, "rules", None):
+            self.metrics_child("watcher", [*python_argv("opsq"), "watch"],
+                               "OPSQ_CLEANUP__METRICS_PORT")  # fmt: skip
+
+    def add_demo(self) -> None:
+        from opsq.cli.demo import render_targets  # noqa: PLC0415 - aiohttp only with --demo
+
+        port = free_port()
+        render_targets(
+            self.data_dir / "demo-targets.yaml",
+            demo_address=f"127.0.0.1:{port}", closed_port=free_port(),
+        )  # fmt: skip
+        argv = [*python_argv("opsq.cli.demo"), "--port", str(port)]
+        self.child("demo", argv, STOP_PHASE_SERVICES)
+        self.plan.lines.append(
+            f"  demo       http://127.0.0.1:{port}/  (healthy, slow, flaky, failing), "
+            f"probe set {DEMO_SET!r} every {DEMO_INTERVAL_S}s"
+        )
+
+    def build(self) -> Plan:
+        if self.options.demo:
+            self.add_demo()
+        self.add_workers()
+        self.add_beat()
+        self.add_flower()
+        self.add_optional()
+        return self.plan
+
+
+def _host(bind: str) -> str:
+    return "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind  # noqa: S104 - display only
+
+
+def embedded_redis(data_dir: Path, port: int) -> RedisServer:
+    if port and not _port_free("127.0.0.1", port):
+        raise OpsqError(
+            f"port {port} is in use (another Redis?): pass --redis-port 0 for any free "
+            "port, or --redis-url to use that server"
+        )
+    return RedisServer(data_dir / "redis", port=port or None, appendonly=True, tie_to_parent=True)
+
+
+def wait_http_ok(url: str, timeout: float, stop: threading.Event) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stop.is_set():
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our own URL
+                if response.status == 200:
+                    return True
+        except (OSError, urllib.error.URLError):
+            pass
+        stop.wait(0.5)
+    return False
+
+
+def kick_demo(settings: Settings, redis_url: str, ready_url: str, stop: threading.Event) -> None:
+    """Run the demo set once as soon as a worker is ready (beat's first tick is later)."""
+    if not wait_http_ok(f"{ready_url}/readyz", 120, stop):
+        return
+    from celery import Celery  # noqa: PLC0415 - only needed here
+
+    from opsq.core import signatures  # noqa: PLC0415
+    from opsq.core.celeryconf import celery_config  # noqa: PLC0415
+
+    app = Celery("opsq-up", set_as_current=False)
+    app.conf.update(celery_config(settings.model_copy(update={"redis_url": redis_url})))
+    try:
+        app.send_task(signatures.PROBE_SET, kwargs={"name": DEMO_SET})
+        click.echo("demo: first run of the demo probe set queued (then every "
+                   f"{DEMO_INTERVAL_S}s); see `opsq runs list`")  # fmt: skip
+    finally:
+        app.close()
+
+
+def banner(plan: Plan, redis_line: str, data_dir: Path, options: UpOptions) -> str:
+    lines = [
+        f"opsq up: Ctrl-C or SIGTERM stops everything (within {options.stop_timeout:.0f}s).",
+        redis_line,
+        *plan.lines,
+        f"  logs       {data_dir / 'logs'}/<name>.log",
+    ]
+    if options.demo:
+        lines += [
+            "Within a minute you will see results, retries and failures:",
+            "  opsq runs list            # recent runs, up/down counts",
+            "  opsq runs show <run-id>   # every target with attempts, latency, error",
+            f"  Flower: {plan.flower_url}/tasks  (opsq.probe_set, opsq.probe_batch)",
+        ]
+    return "\n".join(lines)
+
+
+def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> None:
+    data_dir = settings.data_dir.resolve()
+    with exclusive_data_dir(data_dir):
+        session = secrets.token_hex(8)
+        pidfile = PidFile(data_dir / "up.pids", session)
+        reaped = pidfile.reap_stale()
+        if reaped:
+            click.echo(f"reaped {len(reaped)} process group(s) left by a crashed `opsq up`")
+        children: list[Managed] = []
+        if settings.redis_url:
+            redis_url = settings.redis_url
+            redis_line = f"  redis      {redact_url(redis_url)} (configured)"
+        else:
+            server = embedded_redis(data_dir, options.redis_port)
+            redis_url = server.url
+            children.append(RedisChild(server))
+            redis_line = (f"  redis      {redact_url(redis_url)} (embedded valkey-server, "
+                          f"AOF in {server.data_dir}, noeviction)")  # fmt: skip
+        builder = Builder(settings, options, data_dir, redis_url, session, config_file)
+        plan = builder.build()
+        supervisor = Supervisor(
+            children + plan.children, stop_timeout=options.stop_timeout,
+            notify=lambda msg: click.echo(f"opsq up: {msg}", err=True), pidfile=pidfile,
+        )  # fmt: skip
+        supervisor.install_signal_handlers()
+        stop = threading.Event()
+        try:
+            supervisor.start_all()
+            click.echo(banner(plan, redis_line, data_dir, options))
+            if options.demo and plan.worker_ready_url:
+                threading.Thread(
+                    target=kick_demo, args=(settings, redis_url, plan.worker_ready_url, stop),
+                    name="demo-kick", daemon=True,
+                ).start()  # fmt: skip
+            supervisor.supervise()
+        finally:
+            stop.set()
+            supervisor.stop_all()
+        click.echo("opsq up: stopped")
+
+
+@click.command()
+@common_options
+@click.option("--demo", is_flag=True, help="Also serve demo endpoints and probe them.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--concurrency", type=click.IntRange(1, 512), default=2, show_default=True,
+              help="Pool processes per worker.")  # fmt: skip
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where Redis data, logs and pid files go (default: data_dir).")  # fmt: skip
+@click.option("--redis-port", type=click.IntRange(0, 65535), default=6379, show_default=True,
+              help="Embedded Redis port when no URL is configured (0: any free).")  # fmt: skip
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="First metrics port (default: metrics.port; 0: any free ports).")  # fmt: skip
+@click.option("--flower-port", type=click.IntRange(0, 65535), default=None,
+              help="Flower's port (default: flower.port; 0: any free).")  # fmt: skip
+@click.option("--insecure-flower", is_flag=True, help="Run Flower without authentication.")
+@click.option("--stop-timeout", type=click.FloatRange(1, 3600), default=30.0, show_default=True,
+              help="Seconds for a graceful stop before stragglers are killed.")  # fmt: skip
+def up(config_file: str | None, redis_url: str | None, log_level: str | None,
+       log_format: str | None, data_dir: Path | None, **flags: Any) -> None:  # fmt: skip
+    """Start Redis (embedded), workers, beat, Flower and the rest on this machine."""
+    overrides: dict[str, Any] = {"data_dir": data_dir} if data_dir is not None else {}
+    settings = settings_from(config_file, redis_url, log_level, log_format, **overrides)
+    run_up(settings, UpOptions(**flags), config_file)

@@ -1,0 +1,127 @@
+"""What `opsq up` decides to run, before anything runs; and the demo endpoints.
+
+The plan is checked without starting processes: Flower's password never on a command
+line, optional components only when configured, distinct ports, one data dir per
+child, and a demo targets file that opsq's own validation accepts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from opsq.cli.demo import make_app, render_targets
+from opsq.cli.supervisor import SESSION_ENV, Child
+from opsq.cli.up_cmd import Builder, UpOptions
+from opsq.core.config.probes import TargetsFile
+from opsq.core.loading import validate_file
+from opsq.core.settings import load_settings
+
+
+def plan_for(tmp_path: Path, options: UpOptions | None = None, **overrides: Any):  # type: ignore[no-untyped-def]
+    settings = load_settings(None, **overrides)
+    builder = Builder(
+        settings, options or UpOptions(metrics_port=0, flower_port=0), tmp_path,
+        "redis://127.0.0.1:1/0", "sess", None,
+    )  # fmt: skip
+    plan = builder.build()
+    return {c.name: c for c in plan.children if isinstance(c, Child)}, plan
+
+
+def test_flower_password_is_in_the_environment_never_on_the_command_line(tmp_path: Path) -> None:
+    """`ps` shows argv to every local user; the password travels in FLOWER_BASIC_AUTH."""
+    children, plan = plan_for(tmp_path)
+    flower = children["flower"]
+    user, password = plan.flower_auth
+    assert flower.env["FLOWER_BASIC_AUTH"] == f"{user}:{password}"
+    assert len(password) >= 20
+    assert not any(password in part for part in flower.argv)
+    assert flower.argv[flower.argv.index("tasks") + 1] == "flower"
+    assert "--address=127.0.0.1" in flower.argv
+
+
+def test_configured_flower_password_is_used_and_not_printed(tmp_path: Path) -> None:
+    """flower.password from the config wins; the banner does not repeat it."""
+    _, plan = plan_for(tmp_path, flower={"user": "ops", "password": "hunter22"})
+    assert plan.flower_auth == ("ops", "hunter22")
+    assert not any("hunter22" in line for line in plan.lines)
+
+
+def test_insecure_flower_needs_the_flag_and_says_so(tmp_path: Path) -> None:
+    """--insecure-flower: no FLOWER_BASIC_AUTH, and a loud warning in the banner."""
+    children, plan = plan_for(
+        tmp_path, UpOptions(metrics_port=0, flower_port=0, insecure_flower=True)
+    )
+    assert "FLOWER_BASIC_AUTH" not in children["flower"].env
+    assert plan.flower_auth is None
+    assert any("NO AUTHENTICATION" in line for line in plan.lines)
+
+
+def test_core_components_always_optional_ones_only_when_configured(tmp_path: Path) -> None:
+    """Without log paths or cleanup rules: no agent, shipper or watcher."""
+    children, _ = plan_for(tmp_path, UpOptions(metrics_port=0, flower_port=0, workers=2))
+    assert set(children) == {"worker-1", "worker-2", "beat", "flower"}
+    children, _ = plan_for(tmp_path, logs={"agent": {"paths": ["/var/log/*.log"]}})
+    assert {"agent", "shipper"} <= set(children)
+    assert children["agent"].argv[-1] == "agent"
+    assert children["shipper"].argv[-1] == "ship"
+
+
+def test_each_child_gets_its_own_port_data_dir_and_session(tmp_path: Path) -> None:
+    """Distinct metrics ports and data dirs (a worker wipes its metrics dir at start)."""
+    children, plan = plan_for(
+        tmp_path, UpOptions(metrics_port=0, flower_port=0, workers=3),
+        logs={"agent": {"paths": ["/x/*.log"]}},
+    )  # fmt: skip
+    ports = [url.rsplit(":", 1)[1] for url in plan.metrics_urls.values()]
+    assert len(ports) == len(set(ports)) == 5
+    data_dirs = [c.env["OPSQ_DATA_DIR"] for c in children.values()]
+    assert len(data_dirs) == len(set(data_dirs))
+    assert {c.env[SESSION_ENV] for c in children.values()} == {"sess"}
+    assert {c.env["OPSQ_REDIS_URL"] for c in children.values()} == {"redis://127.0.0.1:1/0"}
+
+
+def test_demo_adds_endpoints_and_a_probe_set_every_child_sees(tmp_path: Path) -> None:
+    """--demo: a demo child, and probes.sets.demo in every child's environment."""
+    children, _ = plan_for(tmp_path, UpOptions(metrics_port=0, flower_port=0, demo=True))
+    assert "demo" in children
+    worker_env = children["worker-1"].env
+    assert worker_env["OPSQ_PROBES__SETS__DEMO__INTERVAL"] == "10"
+    targets = validate_file(TargetsFile, Path(worker_env["OPSQ_PROBES__SETS__DEMO__FILE"]))
+    assert {t.name for t in targets.targets} >= {"healthy", "slow", "flaky", "failing"}
+
+
+def test_rendered_demo_targets_point_at_the_demo_server(tmp_path: Path) -> None:
+    """The packaged template becomes a valid targets file for the given address."""
+    path = render_targets(tmp_path / "t.yaml", demo_address="127.0.0.1:8123", closed_port=9)
+    targets = validate_file(TargetsFile, path).targets
+    urls = {t.name: t.url for t in targets}
+    assert urls["healthy"] == "http://127.0.0.1:8123/healthy"
+    assert urls["closed-port"] == "tcp://127.0.0.1:9"
+    assert next(t for t in targets if t.name == "flaky").retries >= 2
+
+
+@pytest.mark.parametrize(
+    ("path", "statuses"),
+    [
+        ("/healthy", [200, 200, 200]),
+        ("/failing", [500, 500, 500]),
+        ("/flaky", [503, 503, 200, 503, 503, 200]),
+    ],
+)
+def test_demo_endpoints_behave_as_advertised(path: str, statuses: list[int]) -> None:
+    """healthy always 200, failing always 500, flaky 200 once in three."""
+
+    async def go() -> list[int]:
+        async with TestClient(TestServer(make_app())) as client:
+            seen = []
+            for _ in statuses:
+                response = await client.get(path)
+                seen.append(response.status)
+            return seen
+
+    assert asyncio.run(go()) == statuses

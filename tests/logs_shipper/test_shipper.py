@@ -1,0 +1,210 @@
+"""The shipper engine against a real Redis: ordering of drain/read, ack-after-write,
+claiming, dead-lettering and what the file sink receives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import redis
+from prometheus_client import REGISTRY
+
+from agents.sinks.base import Delivery, jsonl_bytes
+from agents.sinks.file import FileSink
+from opsq.core import keys
+from opsq.core.logformat import Entry, record_id
+from tests.logs_shipper.support import (
+    FID,
+    GROUP,
+    STREAM,
+    ids_of,
+    make_entry,
+    pending_of,
+    produce,
+    sink_docs,
+    sink_ids,
+    wait_for,
+)
+
+
+def idle_ms(client: redis.Redis) -> int:
+    """How long the oldest pending entry has been idle."""
+    return int(client.xpending_range(STREAM, GROUP, "-", "+", 1)[0]["time_since_delivered"])
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_file_sink_gets_every_record_with_its_fields_and_entries_are_acked(
+    rclient: redis.Redis, make_shipper, tmp_path: Path
+) -> None:
+    entries = [make_entry(n) for n in range(25)]
+    produce(rclient, entries)
+    shipper = make_shipper()
+    acked_before = metric("opsq_shipper_entries_total", result="acked")
+
+    while shipper.step():
+        pass
+
+    docs = sink_docs(tmp_path)
+    assert {d["id"] for d in docs} == ids_of(entries)
+    assert len(docs) == 25 * 5
+    first = next(d for d in docs if d["id"] == record_id(FID, 0))
+    assert first["line"] == "entry 0 line 0"
+    assert first["path"] == "/var/log/app.log"
+    assert first["offset"] == 0
+    assert first["host"] == "node1"
+    assert first["fid"] == FID
+    assert first["ts"].endswith("Z")
+    assert rclient.xpending(STREAM, GROUP)["pending"] == 0
+    assert metric("opsq_shipper_entries_total", result="acked") - acked_before == 25
+
+
+def test_invalid_utf8_and_nul_bytes_stay_visible_and_valid_json(
+    rclient: redis.Redis, make_shipper, tmp_path: Path
+) -> None:
+    raw = b"bad \xff\xfe byte, nul \x00 here, tab\tend"
+    produce(rclient, [Entry("node1", "/l/x.log", FID, 0, len(raw), ((0, raw),))])
+    make_shipper().step()
+
+    line_bytes = (tmp_path / "s1.jsonl").read_bytes()
+    assert b"\x00" not in line_bytes  # NUL escaped, never written raw
+    (doc,) = sink_docs(tmp_path)
+    assert doc["line"] == "bad \\xff\\xfe byte, nul \x00 here, tab\tend"
+
+
+def test_own_pending_entries_are_drained_before_new_ones(
+    rclient: redis.Redis, make_shipper, tmp_path: Path
+) -> None:
+    """A restarted consumer finds what it had read but not acked (a crash) and ships it first."""
+    old = [make_entry(n) for n in range(3)]
+    produce(rclient, old)
+    rclient.xgroup_create(STREAM, GROUP, id="0")
+    rclient.xreadgroup(GROUP, "s1", {STREAM: ">"}, count=10)  # delivered, never acked
+    new = [make_entry(n) for n in range(3, 6)]
+    produce(rclient, new)
+    shipper = make_shipper("s1", claim_idle=3600)
+
+    shipper.drain_own_pending()
+
+    assert set(sink_ids(tmp_path)) == ids_of(old)  # only the pending ones so far
+    assert pending_of(rclient, "s1") == 0
+    while shipper.step():
+        pass
+    assert set(sink_ids(tmp_path)) == ids_of(old + new)
+
+
+def test_nothing_is_acked_while_the_sink_fails_and_all_is_shipped_once_it_recovers(
+    rclient: redis.Redis, make_shipper, run_in_thread, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "out"
+    blocker.write_text("a file where the sink's directory should be")
+    sink = FileSink(blocker / "sink.jsonl", max_bytes=1 << 30, backups=1)
+    entries = [make_entry(n) for n in range(8)]
+    produce(rclient, entries)
+    errors_before = metric("opsq_shipper_sink_errors_total", sink="file")
+    run_in_thread(make_shipper("s1", sink=sink, batch=100))
+
+    wait_for(lambda: metric("opsq_shipper_sink_errors_total", sink="file") > errors_before + 2)
+    assert pending_of(rclient, "s1") == 8  # delivered, held, not acked
+    blocker.unlink()  # the sink recovers
+
+    wait_for(lambda: rclient.xpending(STREAM, GROUP)["pending"] == 0, what="all acked")
+    counts = sink_ids(blocker)
+    assert set(counts) == ids_of(entries)
+    assert max(counts.values()) == 1
+
+
+def test_poison_entry_goes_to_dead_letter_stream_acked_and_counted(
+    rclient: redis.Redis, make_shipper, tmp_path: Path
+) -> None:
+    good = make_entry(1)
+    produce(rclient, [make_entry(0)])
+    poison_id = rclient.xadd(STREAM, {b"v": b"1", b"data": b"\xff", b"lens": b"x"}).decode()
+    produce(rclient, [good])
+    before = metric("opsq_shipper_dead_lettered_total", reason="poison")
+
+    make_shipper().step()
+
+    dead = rclient.xrange(keys.dead_letter(STREAM))
+    assert len(dead) == 1
+    fields = dead[0][1]
+    assert fields[b"original_id"].decode() == poison_id
+    assert fields[b"reason"].startswith(b"undecodable entry")
+    assert fields[b"data"] == b"\xff"  # the original fields, untouched
+    assert rclient.xpending(STREAM, GROUP)["pending"] == 0
+    assert metric("opsq_shipper_dead_lettered_total", reason="poison") == before + 1
+    assert set(sink_ids(tmp_path)) == ids_of([make_entry(0), good])
+
+
+def test_entry_delivered_more_than_max_deliveries_is_dead_lettered_when_claimed(
+    rclient: redis.Redis, make_shipper, tmp_path: Path
+) -> None:
+    """An entry that keeps killing its consumers stops circulating after max_deliveries."""
+    (entry_id,) = produce(rclient, [make_entry(0)])
+    rclient.xgroup_create(STREAM, GROUP, id="0")
+    rclient.xreadgroup(GROUP, "dead-1", {STREAM: ">"})
+    for n in range(2, 4):  # two more consumers took it over and died
+        rclient.xclaim(STREAM, GROUP, f"dead-{n}", 0, [entry_id])
+    shipper = make_shipper("s1", claim_idle=0.01, max_deliveries=3)
+    wait_for(lambda: idle_ms(rclient) > 20)
+    before = metric("opsq_shipper_dead_lettered_total", reason="max_deliveries")
+
+    shipper.claim_idle()
+
+    dead = rclient.xrange(keys.dead_letter(STREAM))
+    assert [f[b"original_id"].decode() for _, f in dead] == [entry_id]
+    assert dead[0][1][b"reason"] == b"delivered 4 times (max_deliveries 3)"
+    assert rclient.xpending(STREAM, GROUP)["pending"] == 0
+    assert metric("opsq_shipper_dead_lettered_total", reason="max_deliveries") == before + 1
+    assert sink_ids(tmp_path) == {}
+
+
+def test_idle_entries_of_a_dead_consumer_are_claimed_and_shipped(
+    rclient: redis.Redis, make_shipper, tmp_path: Path
+) -> None:
+    entries = [make_entry(n) for n in range(30)]
+    produce(rclient, entries)
+    rclient.xgroup_create(STREAM, GROUP, id="0")
+    rclient.xreadgroup(GROUP, "crashed", {STREAM: ">"}, count=30)
+    shipper = make_shipper("s1", claim_idle=0.01, batch=7)  # several XAUTOCLAIM pages
+    wait_for(lambda: idle_ms(rclient) > 20)
+    before = metric("opsq_shipper_claimed_total")
+
+    shipper.claim_idle()
+
+    assert set(sink_ids(tmp_path)) == ids_of(entries)
+    assert pending_of(rclient, "crashed") == 0
+    assert metric("opsq_shipper_claimed_total") - before == 30
+
+
+def test_entries_a_live_consumer_just_read_are_not_claimed(
+    rclient: redis.Redis, make_shipper, tmp_path: Path
+) -> None:
+    produce(rclient, [make_entry(0)])
+    rclient.xgroup_create(STREAM, GROUP, id="0")
+    rclient.xreadgroup(GROUP, "busy", {STREAM: ">"})
+    make_shipper("s1", claim_idle=3600).claim_idle()
+    assert pending_of(rclient, "busy") == 1
+    assert not (tmp_path / "s1.jsonl").exists()
+
+
+def test_stream_gauges_report_length_and_pending(
+    rclient: redis.Redis, make_shipper, tmp_path: Path
+) -> None:
+    produce(rclient, [make_entry(n) for n in range(4)])
+    rclient.xgroup_create(STREAM, GROUP, id="0")
+    rclient.xreadgroup(GROUP, "other", {STREAM: ">"}, count=3)
+    make_shipper("s1").trim()
+    assert metric("opsq_stream_length", stream=STREAM) == 4
+    assert metric("opsq_stream_pending", stream=STREAM, group=GROUP) == 3
+
+
+def test_rendered_lines_are_json_objects_one_per_record(tmp_path: Path) -> None:
+    entry = Entry("h", "/p\udcff", FID, 0, 10, ((0, b'q"uote'), (6, b"\\back")))
+    data = jsonl_bytes([Delivery("1700000000000-0", entry, entry.encode())])
+    lines = data.decode().splitlines()
+    assert [json.loads(line)["line"] for line in lines] == ['q"uote', "\\back"]
+    assert json.loads(lines[0])["path"] == "/p\\xff"
+    assert json.loads(lines[0])["ts"] == "2023-11-14T22:13:20.000Z"
