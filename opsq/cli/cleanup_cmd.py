@@ -91,7 +91,7 @@ def cleanup(
 
 
 def _print_table(report: Report) -> None:
-    mode = "DRY RUN (server-side dryRun=All; --apply deletes)" if report.dry_run else "APPLY"
+    mode = "dry run, server-side dryRun=All; --apply deletes" if report.dry_run else "apply"
     click.echo(f"plan ({mode}):")
     click.echo(f"{'ACTION':7} {'RULE':20} {'RESOURCE':20} {'NAMESPACE/NAME':50} {'AGE':>7} REASON")
     for item in report.plan:
