@@ -18,9 +18,11 @@ import binascii
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from tests.fakekube import status as errors
+from tests.fakekube.clock import parse_time
 from tests.fakekube.resources import Registry, ResourceType
 from tests.fakekube.selectors import (
     FieldSelector,
@@ -144,7 +146,7 @@ def _int_param(query: Mapping[str, str], name: str) -> int | None:
     if value in (None, ""):
         return None
     try:
-        return int(value)  # type: ignore[arg-type]
+        return int(value)
     except ValueError as exc:
         raise errors.bad_request(f"invalid value for {name}: {value!r}") from exc
 
@@ -335,3 +337,72 @@ def delete_collection(
 
 
 Handler = Callable[..., Obj]
+
+
+# ------------------------------------------------------------ Table (kubectl)
+def wants_table(accept: str) -> bool:
+    """kubectl asks for server-side printing with ``Accept: ...;as=Table;...``."""
+    return any("as=Table" in part for part in accept.split(","))
+
+
+def human_age(seconds: float) -> str:
+    """k8s.io/apimachinery duration.HumanDuration, in short."""
+    s = max(0, int(seconds))
+    steps = (
+        (120, f"{s}s"),
+        (600, f"{s // 60}m{s % 60}s" if s % 60 else f"{s // 60}m"),
+        (3 * 3600, f"{s // 60}m"),
+        (8 * 3600, f"{s // 3600}h{(s // 60) % 60}m" if (s // 60) % 60 else f"{s // 3600}h"),
+        (48 * 3600, f"{s // 3600}h"),
+        (8 * 86400, f"{s // 86400}d{(s // 3600) % 24}h" if (s // 3600) % 24 else f"{s // 86400}d"),
+        (2 * 365 * 86400, f"{s // 86400}d"),
+    )
+    return next((text for limit, text in steps if s < limit), f"{s // (365 * 86400)}y")
+
+
+def as_table(
+    rtype: ResourceType, items: list[Obj], list_meta: Obj, now: datetime, include: str
+) -> Obj:
+    """A ``meta.k8s.io/v1`` Table with Name, (pods: Status,) Age columns."""
+    columns: list[Obj] = [
+        {"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}
+    ]
+    if rtype.key == ("", "v1", "pods"):
+        columns.append(
+            {
+                "name": "Status",
+                "type": "string",
+                "format": "",
+                "description": "Phase",
+                "priority": 0,
+            }
+        )
+    columns.append(
+        {"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0}
+    )
+    rows = []
+    for item in items:
+        md = item.get("metadata") or {}
+        created = md.get("creationTimestamp")
+        age = human_age((now - parse_time(created)).total_seconds()) if created else "<unknown>"
+        cells: list[Any] = [md.get("name", "")]
+        if rtype.key == ("", "v1", "pods"):
+            cells.append((item.get("status") or {}).get("phase", ""))
+        cells.append(age)
+        row: Obj = {"cells": cells}
+        if include == "Object":
+            row["object"] = {"kind": rtype.kind, "apiVersion": rtype.api_version, **item}
+        elif include != "None":
+            row["object"] = {
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": md,
+            }
+        rows.append(row)
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_meta,
+        "columnDefinitions": columns,
+        "rows": rows,
+    }

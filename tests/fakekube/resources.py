@@ -197,6 +197,7 @@ def _builtin_types() -> list[ResourceType]:
             subresources=(),
             fields=EVENTS_K8S_FIELDS,
         ),
+        ResourceType("coordination.k8s.io", "v1", "leases", "Lease", subresources=()),
         ResourceType(
             "rbac.authorization.k8s.io",
             "v1",

@@ -14,6 +14,7 @@ request accounting, and kubeconfig / ``ApiClient`` factories.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import json
 import re
@@ -23,8 +24,9 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,7 @@ import yaml
 
 from tests.fakekube import handlers
 from tests.fakekube import status as errors
-from tests.fakekube.clock import Clock
+from tests.fakekube.clock import Clock, format_time
 from tests.fakekube.patch import apply_patch
 from tests.fakekube.rbac import ADMIN_TOKEN, Authorizer, User, forbidden_reason
 from tests.fakekube.resources import Registry, ResourceType
@@ -91,7 +93,7 @@ class FakeKube:
         self.clock = Clock()
         self.store = Store(self.registry, self.clock)
         self.auth = Authorizer()
-        self.bookmark_interval = bookmark_interval
+        self.bookmark_interval = self._default_bookmark_interval = bookmark_interval
         self.faults: list[Fault] = []
         self.records: list[RequestRecord] = []
         self._records_lock = threading.Lock()
@@ -135,6 +137,7 @@ class FakeKube:
 
     def reset(self) -> None:
         """A fresh cluster for the next test: objects, RBAC, faults, counts, clock."""
+        self.bookmark_interval = self._default_bookmark_interval
         self.store.controllers_paused = False
         self.store.reset()
         self.auth.reset()
@@ -219,6 +222,35 @@ class FakeKube:
         )
         return out
 
+    def ago(self, seconds: float) -> str:
+        """A timestamp ``seconds`` before the fake clock's now (for aged fixtures)."""
+        return format_time(self.clock.now() - timedelta(seconds=seconds))
+
+    def finish_job(
+        self, name: str, namespace: str = "default", *, failed: bool = False, ago: float = 0
+    ) -> Obj:
+        """Mark a Job Complete (or Failed) the way the Job controller does, ``ago`` s back."""
+        when = self.ago(ago)
+        condition = "Failed" if failed else "Complete"
+        status: Obj = {
+            "conditions": [
+                {
+                    "type": condition,
+                    "status": "True",
+                    "lastProbeTime": when,
+                    "lastTransitionTime": when,
+                },
+            ],
+            "startTime": self.get("batch/v1/jobs", name, namespace)["metadata"][
+                "creationTimestamp"
+            ],
+        }
+        if failed:
+            status["failed"] = 1
+        else:
+            status.update(succeeded=1, completionTime=when)
+        return self.patch("batch/v1/jobs", name, {"status": status}, namespace)
+
     @property
     def resource_version(self) -> int:
         return self.store.rv
@@ -251,6 +283,45 @@ class FakeKube:
         for watcher in watchers:
             watcher.close()
         return len(watchers)
+
+    def expire_watches(self) -> int:
+        """End every open watch with ERROR 410 Expired, as a compaction past it does.
+
+        On a real cluster the resourceVersion never stands still (leases are renewed every
+        few seconds), so by the time etcd compacts, a watcher's last-seen version is
+        older than the compaction and its re-watch is 410 as well: the informer must
+        relist. The fake renews the controller-manager Lease to reproduce that churn,
+        compacts, then reports "too old" on every open stream.
+        """
+        self._renew_lease()
+        self.compact()
+        body = errors.ApiError(
+            410, "Expired", "The resourceVersion for the provided watch is too old."
+        ).body()
+        with self.store.lock:
+            watchers = list(self.store.watchers)
+        for watcher in watchers:
+            watcher.error = body
+            watcher.close()
+        return len(watchers)
+
+    def _renew_lease(self) -> None:
+        now = self.clock.now().strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+        spec = {"holderIdentity": "kube-controller-manager", "renewTime": now}
+        with self.store.lock:
+            if self.find("coordination.k8s.io/v1/leases", "kube-controller-manager", "kube-system"):
+                self.patch(
+                    "coordination.k8s.io/v1/leases",
+                    "kube-controller-manager",
+                    {"spec": spec},
+                    "kube-system",
+                )
+            else:
+                self.create(
+                    "coordination.k8s.io/v1/leases",
+                    {"metadata": {"name": "kube-controller-manager"}, "spec": spec},
+                    "kube-system",
+                )
 
     def send_bookmarks(self) -> None:
         """Make every watch that allows bookmarks send one now (no waiting on timers)."""
@@ -293,10 +364,11 @@ class FakeKube:
         self.faults.clear()
 
     def _take_fault(self, verb: str, resource: str, path: str) -> Fault | None:
-        for fault in self.faults:
-            if fault.matches(verb, resource, path):
-                fault.hits += 1
-                return fault
+        with self._records_lock:  # handler threads race for the last hit of a fault
+            for fault in self.faults:
+                if fault.matches(verb, resource, path):
+                    fault.hits += 1
+                    return fault
         return None
 
     def record(self, rec: RequestRecord) -> None:
@@ -320,7 +392,9 @@ class FakeKube:
                 and (code is None or r.code == code)
             )
 
-    def requests(self, verb: str | None = None, resource: str | None = None) -> list[RequestRecord]:
+    def requests(
+        self, verb: str | None = None, resource: str | None = None
+    ) -> builtins.list[RequestRecord]:
         with self._records_lock:
             return [
                 r
@@ -334,13 +408,13 @@ class FakeKube:
 
     # ------------------------------------------------------------------ RBAC
     def grant(
-        self, token: str, rules: list[dict[str, Any]], *, namespace: str | None = None
+        self, token: str, rules: builtins.list[dict[str, Any]], *, namespace: str | None = None
     ) -> str:
         """Give ``token`` these PolicyRules (in ``namespace``, or cluster-wide)."""
         self.auth.grant(token, rules, namespace=namespace)
         return token
 
-    def load_rbac(self, text: str) -> list[tuple[str, User]]:
+    def load_rbac(self, text: str) -> builtins.list[tuple[str, User]]:
         """Load Role/ClusterRole/(Cluster)RoleBinding YAML; returns issued (token, user)."""
         return self.auth.load_yaml(text)
 
@@ -515,10 +589,9 @@ class _Request:
 
     def _finish(self, code: int) -> None:
         name = self.route.name
+        namespace = self.route.namespace
         if self.route.rtype is not None and self.route.rtype.plural == "namespaces" and name:
             namespace = name
-        else:
-            namespace = self.route.namespace
         self.fake.record(
             RequestRecord(
                 self.method,
@@ -591,13 +664,16 @@ class _Request:
         if self.verb == "watch":
             _WatchStream(self, rtype, ns).run()
         elif self.verb == "list":
-            self._reply(200, handlers.list_objects(store, rtype, ns, self.query))
+            self._reply(
+                200, self._maybe_table(rtype, handlers.list_objects(store, rtype, ns, self.query))
+            )
         elif self.verb == "get" and route.sub == "log":
             store.get(rtype, ns, name or "")
             self._finish(200)
             self.handler.send_text(200, "")
         elif self.verb == "get":
-            self._reply(200, store.get(rtype, ns, name or ""))
+            obj = store.get(rtype, ns, name or "")
+            self._reply(200, self._maybe_table(rtype, {"metadata": {}, "items": [obj]}, obj))
         elif self.verb == "create" and route.sub == "eviction":
             self._evict(rtype, ns, name or "")
         elif self.verb == "create":
@@ -613,9 +689,17 @@ class _Request:
         else:
             raise errors.method_not_allowed(self.method, rtype)
 
+    def _maybe_table(self, rtype: ResourceType, listing: Obj, single: Obj | None = None) -> Obj:
+        """Server-side printing for kubectl; everyone else gets the object or list."""
+        if not handlers.wants_table(self.handler.headers.get("Accept") or ""):
+            return listing if single is None else single
+        include = self.query.get("includeObject") or "Metadata"
+        now = self.fake.clock.now()
+        return handlers.as_table(rtype, listing["items"], listing["metadata"], now, include)
+
     def _discovery(self) -> None:
         kind, registry = self.route.discovery, self.fake.registry
-        bodies = {
+        bodies: dict[str, Callable[[], Obj]] = {
             "version": lambda: handlers.SERVER_VERSION,
             "api": lambda: handlers.api_versions(f"127.0.0.1:{self.fake.port}"),
             "apis": lambda: handlers.api_group_list(registry),
@@ -636,6 +720,19 @@ class _Request:
         sub = self.route.sub or None
         if self.verb == "update":
             body = self._object_body()
+            if rtype.custom and not meta(body).get("resourceVersion"):
+                # Custom resources do not allow unconditional updates.
+                raise errors.invalid(
+                    rtype,
+                    name,
+                    [
+                        (
+                            "FieldValueInvalid",
+                            "metadata.resourceVersion",
+                            "Invalid value: 0x0: must be specified for an update",
+                        )
+                    ],
+                )
         else:
             content_type = self.handler.headers.get("Content-Type") or ""
             with store.lock:
@@ -687,6 +784,8 @@ class _WatchStream:
         query = request.query
         self.selection = handlers.Filter.from_query(rtype, namespace, query)
         self.bookmarks = query.get("allowWatchBookmarks") in TRUE_VALUES
+        self.table = handlers.wants_table(request.handler.headers.get("Accept") or "")
+        self.include = query.get("includeObject") or "Metadata"
         self.initial_events_end = query.get("sendInitialEvents") in TRUE_VALUES
         timeout = handlers._int_param(query, "timeoutSeconds")
         self.deadline = time.monotonic() + (timeout if timeout else DEFAULT_WATCH_TIMEOUT)
@@ -736,7 +835,11 @@ class _WatchStream:
     def _pump(self, watcher: Watcher) -> None:
         last_bookmark = time.monotonic()
         seen_rv = self.fake.store.rv if self.since is None else self.since
-        while not watcher.closed and time.monotonic() < self.deadline:
+        while time.monotonic() < self.deadline:
+            if watcher.closed:
+                if watcher.error is not None:
+                    self._send("ERROR", watcher.error)
+                return
             watcher.wakeup.wait(timeout=min(IDLE_TICK, max(0.0, self.deadline - time.monotonic())))
             watcher.wakeup.clear()
             for change in self._drain(watcher):
@@ -764,5 +867,10 @@ class _WatchStream:
             return self.fake.store.rv if not watcher.pending else seen_rv
 
     def _send(self, event_type: str, obj: Obj) -> None:
+        if self.table and event_type in ("ADDED", "MODIFIED", "DELETED"):
+            # `kubectl get -w`: every event carries a one-row Table.
+            list_meta = {"resourceVersion": meta(obj).get("resourceVersion", "")}
+            now = self.fake.clock.now()
+            obj = handlers.as_table(self.rtype, [obj], list_meta, now, self.include)
         line = json.dumps({"type": event_type, "object": obj}, separators=(",", ":")) + "\n"
         self.handler.write_chunk(line.encode())
