@@ -171,7 +171,7 @@ def test_opsq_watch_command_serves_readiness_after_sync_and_deletes_due_jobs(
     """The real `opsq watch --local --apply` process: /readyz, /metrics, deletion, SIGTERM."""
     config = write_config(watch_timeout=5)
     log_path = tmp_path / "watch.log"
-    env = {**os.environ, "OPSQ_METRICS__PORT": "0", "OPSQ_CONFIG": str(config)}
+    env = {**os.environ, "OPSQ_CLEANUP__METRICS_PORT": "0", "OPSQ_CONFIG": str(config)}
     argv = [sys.executable, "-m", "opsq", "watch", "--local", "--apply",
             "--kubeconfig", str(kubeconfig_path())]  # fmt: skip
     with log_path.open("wb") as log:
