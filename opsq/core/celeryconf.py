@@ -58,6 +58,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_scheduler": "redbeat.RedBeatScheduler",
         "redbeat_redis_url": settings.broker_url,
         "redbeat_key_prefix": keys.REDBEAT_PREFIX,
-        "redbeat_lock_timeout": keys.REDBEAT_LOCK_TIMEOUT_S,
-        "beat_max_loop_interval": 5,
+        "redbeat_lock_timeout": settings.beat.lock_timeout,
+        "beat_max_loop_interval": settings.beat.max_loop_interval,
     }
