@@ -49,7 +49,12 @@ IDLE_TICK = 0.2  # how often an idle watch checks for bookmarks, closure, discon
 
 @dataclass
 class Fault:
-    """An injected failure: the next ``count`` matching requests get ``status``."""
+    """An injected failure: the next ``count`` matching requests get ``status``.
+
+    ``status=0`` drops the connection without an answer (a load balancer reset);
+    ``delay`` holds the request that long first (a slow server, for client timeouts) and,
+    with ``status=200``, then serves it normally.
+    """
 
     status: int
     verb: str | None = None
@@ -57,6 +62,7 @@ class Fault:
     path: str | None = None
     count: int | None = 1
     retry_after: int | None = None
+    delay: float = 0.0
     hits: int = 0
 
     def matches(self, verb: str, resource: str, path: str) -> bool:
@@ -352,11 +358,16 @@ class FakeKube:
         path: str | None = None,
         count: int | None = 1,
         retry_after: int | None = None,
+        delay: float = 0.0,
     ) -> Fault:
-        """Fail matching requests with ``status`` (429 gets Retry-After 1 by default)."""
+        """Fail matching requests with ``status`` (429/503 get Retry-After 1 by default).
+
+        ``verb`` is the RBAC verb (get/list/watch/delete...), ``resource`` the plural or
+        ``plural.group``, ``path`` a regex on the URL path; ``count=None`` never runs out.
+        """
         if retry_after is None and status in (429, 503):
             retry_after = 1
-        fault = Fault(status, verb, resource, path, count, retry_after)
+        fault = Fault(status, verb, resource, path, count, retry_after, delay)
         self.faults.append(fault)
         return fault
 
@@ -534,6 +545,10 @@ class _Handler(BaseHTTPRequestHandler):
             return True
 
 
+class _Dropped(Exception):
+    """The injected fault closed the connection; nothing more is written."""
+
+
 class _Request:
     """One request's life: route, fault, authn/z, dispatch, accounting."""
 
@@ -557,21 +572,31 @@ class _Request:
         try:
             self.route = parse_path(self.fake.registry, self.path)
             self._classify()
-            fault = self.fake._take_fault(self.verb, self.resource, self.path)
-            if fault is not None:
-                raise errors.fault(fault.status, fault.retry_after)
+            self._apply_fault(self.fake._take_fault(self.verb, self.resource, self.path))
             user = self._authorize()
             self._dispatch(user)
         except errors.ApiError as exc:
             self._finish(exc.code)
             self.handler.send_json(exc.code, exc.body(), exc.headers)
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, _Dropped):
             self.handler.close_connection = True
         except Exception as exc:  # a bug in the fake: answer like the apiserver's panic handler
             traceback.print_exc()
             self._finish(500)
             body = errors.ApiError(500, "InternalError", f"Internal error occurred: {exc!r}").body()
             self.handler.send_json(500, body)
+
+    def _apply_fault(self, fault: Fault | None) -> None:
+        if fault is None:
+            return
+        if fault.delay:
+            time.sleep(fault.delay)
+        if fault.status == 0:
+            self._finish(0)
+            self.handler.connection.shutdown(socket.SHUT_RDWR)
+            raise _Dropped
+        if fault.status >= 400:
+            raise errors.fault(fault.status, fault.retry_after)
 
     def _classify(self) -> None:
         rtype = self.route.rtype
@@ -720,6 +745,19 @@ class _Request:
         sub = self.route.sub or None
         if self.verb == "update":
             body = self._object_body()
+            if rtype.custom and not meta(body).get("resourceVersion"):
+                # Custom resources do not allow unconditional updates.
+                raise errors.invalid(
+                    rtype,
+                    name,
+                    [
+                        (
+                            "FieldValueInvalid",
+                            "metadata.resourceVersion",
+                            "Invalid value: 0x0: must be specified for an update",
+                        )
+                    ],
+                )
         else:
             content_type = self.handler.headers.get("Content-Type") or ""
             with store.lock:
@@ -741,8 +779,9 @@ class _Request:
         body = self._body()
         options = handlers.delete_options(self.query, body if isinstance(body, dict) else None)
         self.dry_run = options.dry_run
-        out, _ = self.fake.store.delete(rtype, ns, name, options)
-        self._reply(200, out)
+        out, deleted = self.fake.store.delete(rtype, ns, name, options)
+        # The apiserver answers 202 only for a pending delete with orphanDependents=false.
+        self._reply(202 if not deleted and options.orphan_dependents is False else 200, out)
 
     def _evict(self, rtype: ResourceType, ns: str | None, name: str) -> None:
         body = self._object_body()
@@ -771,6 +810,8 @@ class _WatchStream:
         query = request.query
         self.selection = handlers.Filter.from_query(rtype, namespace, query)
         self.bookmarks = query.get("allowWatchBookmarks") in TRUE_VALUES
+        self.table = handlers.wants_table(request.handler.headers.get("Accept") or "")
+        self.include = query.get("includeObject") or "Metadata"
         self.initial_events_end = query.get("sendInitialEvents") in TRUE_VALUES
         timeout = handlers._int_param(query, "timeoutSeconds")
         self.deadline = time.monotonic() + (timeout if timeout else DEFAULT_WATCH_TIMEOUT)
@@ -852,5 +893,10 @@ class _WatchStream:
             return self.fake.store.rv if not watcher.pending else seen_rv
 
     def _send(self, event_type: str, obj: Obj) -> None:
+        if self.table and event_type in ("ADDED", "MODIFIED", "DELETED"):
+            # `kubectl get -w`: every event carries a one-row Table.
+            list_meta = {"resourceVersion": meta(obj).get("resourceVersion", "")}
+            now = self.fake.clock.now()
+            obj = handlers.as_table(self.rtype, [obj], list_meta, now, self.include)
         line = json.dumps({"type": event_type, "object": obj}, separators=(",", ":")) + "\n"
         self.handler.write_chunk(line.encode())

@@ -138,3 +138,45 @@ def test_terminating_object_rejects_new_finalizers(fake_kube: FakeKube, api_clie
     with pytest.raises(ApiException) as err:
         v1.patch_namespaced_config_map("cm", "default", {"metadata": {"finalizers": ["c/d"]}})
     assert err.value.status == 422
+
+
+def test_kubectl_watch_events_carry_one_row_tables(fake_kube: FakeKube) -> None:
+    """`kubectl get -w` (as=Table) receives each watch event as a Table with one row."""
+    fake_kube.create("v1/configmaps", {"metadata": {"name": "cm"}}, "default")
+    resp = urllib3.PoolManager().request(
+        "GET",
+        f"{fake_kube.url}/api/v1/namespaces/default/configmaps?watch=1&timeoutSeconds=1",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Accept": KUBECTL_ACCEPT},
+    )
+    events = [json.loads(line) for line in resp.data.decode().splitlines()]
+    assert [e["type"] for e in events] == ["ADDED"]
+    assert events[0]["object"]["kind"] == "Table"
+    assert events[0]["object"]["rows"][0]["cells"][0] == "cm"
+
+
+def test_job_gets_controller_uid_selector_and_template_labels(
+    fake_kube: FakeKube, api_client
+) -> None:
+    """Like the Job registry: selector on controller-uid, labels on the template and Job."""
+    batch = client.BatchV1Api(api_client())
+    template = {"spec": {"containers": [{"name": "c", "image": "i"}], "restartPolicy": "Never"}}
+    job = batch.create_namespaced_job(
+        "default", {"metadata": {"name": "j"}, "spec": {"template": template}}
+    )
+    uid = job.metadata.uid
+    assert job.spec.selector.match_labels == {"batch.kubernetes.io/controller-uid": uid}
+    assert job.spec.template.metadata.labels["batch.kubernetes.io/job-name"] == "j"
+    assert job.metadata.labels["controller-uid"] == uid
+
+
+def test_custom_resource_put_needs_a_resource_version(fake_kube: FakeKube, api_client) -> None:
+    """Custom resources refuse unconditional updates (422)."""
+    fake_kube.register_crd("example.com", "v1", "widgets", "Widget")
+    custom = client.CustomObjectsApi(api_client())
+    body = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
+    custom.create_namespaced_custom_object("example.com", "v1", "default", "widgets", body)
+    with pytest.raises(ApiException) as err:
+        custom.replace_namespaced_custom_object(
+            "example.com", "v1", "default", "widgets", "w", body
+        )
+    assert err.value.status == 422

@@ -7,8 +7,8 @@ time (measured with cProfile on the transport benchmark) and a probe needs none 
 them. Redirects are therefore followed here, with httpx's rules (303, and 301/302
 from POST, become GET; Authorization is dropped when leaving the origin), so every
 hop runs under the attempt's clock and a redirect loop ends as a clear ``redirect``
-failure after ``max_redirects`` hops. The body is read (the transfer phase) but only
-its first :data:`MAX_BODY` bytes are kept for ``body_regex``.
+failure after ``max_redirects`` hops. The body is always read (the transfer phase);
+only with ``body_regex`` is it decoded, and only its first :data:`MAX_BODY` bytes kept.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ async def fetch(
     response = await _send_following(transport, request, target)
     try:
         clock.start("transfer")
-        body = await _read_body(response)
+        body = await _read_body(response, keep=target.expect.body_regex is not None)
         clock.stop("transfer")
     finally:
         await response.aclose()
@@ -103,7 +103,12 @@ def _redirected(request: httpx.Request, status: int, location: str) -> httpx.Req
     )
 
 
-async def _read_body(response: httpx.Response) -> str:
+async def _read_body(response: httpx.Response, *, keep: bool) -> str:
+    """Read the whole body; decode and keep its start only when a regex needs it."""
+    if not keep:  # raw bytes: no decompression or charset parsing for nothing
+        async for _ in response.aiter_raw():
+            pass
+        return ""
     kept = bytearray()
     async for chunk in response.aiter_bytes():
         if len(kept) < MAX_BODY:
