@@ -138,6 +138,7 @@ def run_watch(fake: FakeKube, kubeconfig: Path, t0: float, *, verify_with_get: b
         else "opsq watch (informer)"
     )
     requests = sum(kube.requests.values())
+    kube.close()
     return Row(name, producer.sent, requests, _listed(kube), listed, wall, kube.requests["watch"])
 
 
@@ -152,6 +153,7 @@ def run_oneshot(kubeconfig: Path, t0: float) -> Row:
         deleted += len(report.deleted)
         listed += len(report.plan)
     wall = time.perf_counter() - started
+    kube.close()
     return Row(
         "opsq cleanup every minute (one-shot)",
         deleted,
@@ -182,6 +184,7 @@ def run_naive(kubeconfig: Path, t0: float) -> Row:
                             grace_period_seconds=None, dry_run=False)  # fmt: skip
                 deleted += 1
     wall = time.perf_counter() - started
+    kube.close()
     return Row(
         "naive poller, full LIST every minute (kube-janitor way)",
         deleted,
@@ -203,6 +206,7 @@ def cache_memory(kubeconfig: Path) -> tuple[int, int]:
         informer.relist()
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
+    kube.close()
     return after - before, sum(len(i) for i in watcher.informers)
 
 
