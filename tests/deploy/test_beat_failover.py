@@ -13,13 +13,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import redis
 
 from opsq.core import keys, signatures
+from tests.deploy.util import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK_TIMEOUT_S = 4
@@ -62,15 +62,6 @@ class Beat:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill9()
-
-
-def wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def origins(client: redis.Redis) -> list[str]:

@@ -142,9 +142,10 @@ class FakeKube:
         self.stop()
 
     def reset(self) -> None:
-        """A fresh cluster for the next test: objects, RBAC, faults, counts, clock."""
+        """A fresh cluster for the next test: objects, CRDs, RBAC, faults, counts, clock."""
         self.bookmark_interval = self._default_bookmark_interval
         self.store.controllers_paused = False
+        self.registry.reset()
         self.store.reset()
         self.auth.reset()
         self.clock.reset()
