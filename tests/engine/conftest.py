@@ -73,6 +73,17 @@ def _app(state: ServerState) -> web.Application:
         body = await request.text()
         return web.Response(text=f"{request.method} {request.headers.get('X-Token')} {body}")
 
+    @routes.get("/headers")
+    async def headers(request: web.Request) -> web.Response:
+        seen = {k.lower(): v for k, v in request.headers.items()}
+        return web.json_response(seen)
+
+    @routes.get("/gzip")
+    async def gzipped(request: web.Request) -> web.Response:
+        response = web.Response(text="compressed hello " * 50)
+        response.enable_compression(web.ContentCoding.gzip)
+        return response
+
     @routes.get("/drop")
     async def drop(request: web.Request) -> web.Response:
         assert request.transport is not None
