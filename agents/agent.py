@@ -38,11 +38,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import redis
-
 from agents.checkpoint import CheckpointStore
 from agents.identity import FileIdentity, identify, matches
 from agents.lines import Batch
+from agents.resp import RespClient
 from agents.sender import Sender
 from agents.tailer import Tailer
 from agents.watcher import Watcher
@@ -84,15 +83,13 @@ class Agent:
         self.sender: Sender | None = None
         self.stopped = threading.Event()
 
-    def client(self) -> redis.Redis[bytes]:
-        return redis.Redis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=3)
+    def client(self) -> RespClient:
+        return RespClient(self.redis_url)
 
     def redis_reachable(self) -> bool:
         client = self.client()
         try:
-            return bool(client.ping())
-        except redis.exceptions.RedisError:
-            return False
+            return client.ping()
         finally:
             client.close()
 

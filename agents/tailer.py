@@ -94,14 +94,14 @@ class Tailer:
             self.skip = (self.offset, buf[: self.cfg.max_line_bytes])
             metrics.LINES_TRUNCATED.inc()
             return self._advance_skipped(len(buf))
-        body = buf if last == len(buf) - 1 else buf[: last + 1]
-        records = split_chunk(body, self.offset, self.cfg.max_line_bytes)
-        end = self.offset + len(body)
+        records = split_chunk(buf, self.offset, self.cfg.max_line_bytes)
+        del buf  # the records hold their own copies; free the read buffer before packing
+        end = self.offset + last + 1
         if not self._ship(records, end, emit):
             return -1
         self.offset = end
-        metrics.BYTES_READ.inc(len(body))
-        return len(body)
+        metrics.BYTES_READ.inc(last + 1)
+        return last + 1
 
     def _skip_tail(self, buf: bytes, skip: tuple[int, bytes], emit: Emit) -> int:
         nl = buf.find(b"\n")
