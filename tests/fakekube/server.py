@@ -436,10 +436,15 @@ class FakeKube:
     # ----------------------------------------------------------- client side
     def kubeconfig(self, path: Path, token: str = ADMIN_TOKEN, namespace: str = "default") -> Path:
         """Write a kubeconfig for ``token`` (what ``--kubeconfig`` / KUBECONFIG expect)."""
+        return self.write_kubeconfig(path, self.url, token, namespace)
+
+    @staticmethod
+    def write_kubeconfig(path: Path, server: str, token: str, namespace: str = "default") -> Path:
+        """A one-context kubeconfig for ``server`` authenticating with ``token``."""
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "fakekube", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "fakekube", "cluster": {"server": server}}],
             "users": [{"name": "fakekube-user", "user": {"token": token}}],
             "contexts": [
                 {
