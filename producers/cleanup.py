@@ -28,7 +28,7 @@ from opsq.core.config.cleanup import CleanupSettings, Rule
 from opsq.core.errors import OpsqError, RedisUnavailable, TemporaryError
 from opsq.core.metrics.cleanup import CLEANUP_OBJECTS, TERMINATING_SEEN
 from opsq.engines.cleanup import planner
-from opsq.engines.cleanup.executor import Executor, Outcome, Target
+from opsq.engines.cleanup.executor import Executor, Outcome, Target, count
 from opsq.engines.cleanup.kube import Kube
 from opsq.engines.cleanup.lister import list_all
 from opsq.engines.cleanup.owners import OwnerResolver
@@ -143,7 +143,7 @@ def local_executor(executor: Executor) -> Execute:
             try:
                 outcomes.append(executor.execute(target, dry_run=dry_run))
             except TemporaryError as exc:
-                outcomes.append(_failed(target, "unavailable", str(exc)))
+                outcomes.append(count(_failed(target, "unavailable", str(exc))))
         return outcomes
 
     return execute
