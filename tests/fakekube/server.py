@@ -741,6 +741,11 @@ class _Request:
         rtype, ns, name = route.rtype, route.namespace, route.name
         store = self.fake.store
         if self.verb == "watch":
+            if name:  # watching one object is a watch with metadata.name selected
+                fields = [
+                    f for f in [self.query.get("fieldSelector"), f"metadata.name={name}"] if f
+                ]
+                self.query["fieldSelector"] = ",".join(fields)
             _WatchStream(self, rtype, ns).run()
         elif self.verb == "list":
             self._reply(
