@@ -9,8 +9,9 @@ import pytest
 
 from agents.sinks.base import Delivery, entry_jsonl, json_records
 from agents.sinks.file import FileSink
-from opsq.core.errors import TemporaryError
+from opsq.core.errors import ConfigError, TemporaryError
 from opsq.core.logformat import Entry
+from opsq.core.settings import load_settings
 from tests.logs_shipper.support import make_entry, sink_ids
 
 
@@ -83,3 +84,13 @@ def test_fast_and_escaping_renderers_write_identical_lines(records) -> None:
     assert [json.loads(line)["line"] for line in expected.splitlines()] == [
         raw.decode("utf-8", "backslashreplace") for _, raw in records
     ]
+
+
+def test_a_file_sink_without_path_is_a_config_error_naming_file_and_field(tmp_path: Path) -> None:
+    config = tmp_path / "opsq.yaml"
+    config.write_text("logs:\n  shipper:\n    sink: {type: file}\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(config)
+    assert str(config) in str(err.value)
+    assert "logs.shipper.sink" in str(err.value)
+    assert "set logs.shipper.sink.path" in str(err.value)
