@@ -39,9 +39,11 @@ fmt: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# -E puts the zipapp's packages on PYTHONPATH so `opsq.pyz up` can start its children
+# (`python -m celery ...`) with the same code; --version shows the stamped commit.
 dist: $(STAMP)
 	rm -rf dist && $(BIN)/python -m pip wheel --quiet --no-deps -w dist .
-	$(BIN)/shiv -q -o dist/opsq.pyz -c opsq -p '/usr/bin/env python3' dist/opsq-*.whl
+	$(BIN)/shiv -q -E -o dist/opsq.pyz -c opsq -p '/usr/bin/env python3' dist/opsq-*.whl
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache

@@ -106,8 +106,11 @@ class WatchProducer:
         *,
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        ahead: float = DISPATCH_AHEAD_S,
     ) -> None:
+        """*ahead*: 0 for in-process sends, which run at once and ignore the countdown."""
         self.settings = settings
+        self.ahead = ahead
         self.watcher = watcher
         self.send = send
         self.claims = claims
@@ -124,7 +127,7 @@ class WatchProducer:
         now = self.clock()
         self._roll_window(now)
         sent = 0
-        for due in self.watcher.due(now + DISPATCH_AHEAD_S):
+        for due in self.watcher.due(now + self.ahead):
             try:
                 sent += self._dispatch(due, now)
             except RedisUnavailable as exc:
@@ -141,15 +144,15 @@ class WatchProducer:
         target = due.target
         countdown = max(0.0, due.due_at - now)
         failures = self.claims.failures(target.uid)
-        if failures:
+        if failures > due.backoff_for:  # a new failure since this due time was computed
             cfg = self.settings
             countdown += backoff_delay(failures, cfg.backoff_base, cfg.backoff_cap, None, self.rng)
-        if countdown > DISPATCH_AHEAD_S:
-            self.watcher.queue.upsert(Due(target, now + countdown))  # wait locally
+        if countdown > self.ahead:
+            self.watcher.queue.upsert(Due(target, now + countdown, failures))  # wait locally
             return 0
         if self._window_sent >= self.settings.max_deletions_per_run:
             window_end = self._window_start + self.settings.resync
-            self.watcher.queue.upsert(Due(target, max(due.due_at, window_end)))
+            self.watcher.queue.upsert(Due(target, max(due.due_at, window_end), failures))
             return 0
         if not self.claims.claim(target.uid, int(countdown + INFLIGHT_MARGIN_S)):
             return 0  # already queued by an earlier announcement
@@ -162,7 +165,7 @@ class WatchProducer:
         next_due = self.watcher.queue.next_due()
         if next_due is None or not self.watcher.synced:
             return IDLE_WAIT_S
-        return min(IDLE_WAIT_S, max(0.0, next_due - DISPATCH_AHEAD_S - self.clock()))
+        return min(IDLE_WAIT_S, max(0.0, next_due - self.ahead - self.clock()))
 
     def start_informers(self, stop: threading.Event) -> list[threading.Thread]:
         threads = [
@@ -179,5 +182,7 @@ class WatchProducer:
         while not stop.is_set():
             self.tick()
             stop.wait(self.wait_time())
+        # Informers hold nothing worth flushing; a thread blocked in a WATCH read must not
+        # hold shutdown past the pod's grace period, so wait only briefly (daemon threads).
         for thread in threads:
-            thread.join(timeout=self.settings.watch_timeout + 10)
+            thread.join(timeout=1.0)

@@ -1,1 +1,153 @@
-"""Placeholder: filled in by its feature."""
+"""Celery adapters for probing: ``opsq.probe_batch`` and the beat entry ``opsq.probe_set``.
+
+Thin on purpose: parse kwargs, hand the batch to this process's
+:class:`~tasks.batch.BatchRunner`, and map what comes back:
+
+- :class:`~opsq.core.errors.TemporaryError` (Redis unavailable) -> ``self.retry`` with
+  capped exponential backoff. The countdown stays well below the broker's visibility
+  timeout (kombu#1306: a delayed message is held un-acked and would be redelivered).
+- :class:`~opsq.core.errors.PermanentError` (unknown run, invalid payload) -> failure.
+- Celery's soft time limit (a backstop: the batch has its own, earlier deadline) ->
+  reject with requeue, so the redelivery counter, not luck, bounds a batch that hangs.
+
+Delivery guarantees come from the task options: ``acks_late`` (ack after the batch is
+written), ``reject_on_worker_lost`` (a killed pool process hands the message back),
+``acks_on_timeout=False`` (a hard time limit requeues too); redeliveries are bounded by
+``probes.max_redeliveries`` in :mod:`tasks.batch`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.signals import worker_process_shutdown
+
+from opsq.core import signatures
+from opsq.core.config.probes import TargetsFile
+from opsq.core.errors import ConfigError, PermanentError, TemporaryError
+from opsq.core.loading import validate_file
+from opsq.core.metrics import pipeline as metrics
+from opsq.core.runs import RunStore, submit_run
+from opsq.core.settings import config_path
+from tasks.app import app, settings
+from tasks.batch import BatchRequest, BatchRunner
+
+log = logging.getLogger(__name__)
+
+RETRY_BASE_S = 1.0
+RETRY_CAP_S = 60.0
+MAX_RETRIES = 60
+"""About an hour of Redis outage at the cap before a batch is failed."""
+
+_runner: BatchRunner | None = None
+
+
+def runner() -> BatchRunner:
+    """This pool process's runner, created after the fork (loops do not survive fork)."""
+    global _runner  # noqa: PLW0603 - one runner per process is the point
+    if _runner is None or _runner.pid != os.getpid():
+        _runner = BatchRunner(settings)
+    return _runner
+
+
+def reset_runner() -> None:
+    """Drop a runner whose loop was interrupted (a signal landed mid-callback)."""
+    global _runner
+    stale, _runner = _runner, None
+    if stale is not None and stale.pid == os.getpid():
+        try:
+            stale.close()
+        except Exception:
+            log.debug("closing an interrupted runner failed", exc_info=True)
+
+
+@worker_process_shutdown.connect  # type: ignore[untyped-decorator]  # celery is untyped
+def _close_runner(**_: Any) -> None:
+    if _runner is not None and _runner.pid == os.getpid():
+        _runner.close()
+
+
+def retry_countdown(retries: int) -> float:
+    ceiling = min(RETRY_CAP_S, settings.visibility_timeout / 4)
+    return float(min(ceiling, RETRY_BASE_S * 2**retries))
+
+
+@app.task(  # type: ignore[untyped-decorator]  # celery is untyped
+    name=signatures.PROBE_BATCH,
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    acks_on_timeout=False,
+    rate_limit=settings.probes.task_rate_limit,
+    soft_time_limit=settings.probes.soft_time_limit,
+    time_limit=settings.probes.time_limit,
+    max_retries=MAX_RETRIES,
+)
+def probe_batch(
+    self: Task, run_id: str, batch_id: str, targets: list[dict[str, Any]], offset: int = 0
+) -> dict[str, Any]:
+    """Probe one batch of a run and store every result (see :mod:`tasks.batch`)."""
+    request = BatchRequest.parse(run_id, batch_id, offset, targets)
+    started = time.monotonic()
+    try:
+        report = runner().run(request)
+    except TemporaryError as exc:
+        metrics.BATCHES.labels("retry").inc()
+        log.warning("batch %s/%s: %s; retrying", run_id, batch_id, exc)
+        raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from exc
+    except PermanentError:
+        metrics.BATCHES.labels("failed").inc()
+        raise
+    except SoftTimeLimitExceeded as exc:
+        reset_runner()
+        metrics.BATCHES.labels("requeued").inc()
+        raise Reject(f"batch {run_id}/{batch_id} hit the soft time limit", requeue=True) from exc
+    metrics.BATCHES.labels(report.outcome).inc()
+    metrics.BATCH_DURATION.observe(time.monotonic() - started)
+    return report.to_dict()
+
+
+@app.task(name=signatures.PROBE_SET, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
+def probe_set(name: str) -> dict[str, Any]:
+    """Beat's entry point: run the probe set *name* from the config as a new run."""
+    probe_set_config = settings.probes.sets.get(name)
+    if probe_set_config is None:
+        raise PermanentError(f"probe set {name!r} is not in probes.sets of the config")
+    if probe_set_config.file is not None:
+        targets_file = validate_file(TargetsFile, _resolve(probe_set_config.file))
+        source = probe_set_config.file
+    else:
+        try:
+            targets_file = TargetsFile.model_validate({"targets": probe_set_config.targets})
+        except ValueError as exc:
+            raise ConfigError(f"probes.sets.{name}.targets: {exc}") from exc
+        source = f"probes.sets.{name}"
+    store = RunStore.from_url(settings.broker_url)
+    try:
+        submitted = submit_run(
+            store,
+            targets_file.targets,
+            batch_size=settings.probes.batch_size,
+            send=lambda kwargs: probe_batch.apply_async(kwargs=kwargs),
+            source=source,
+            probe_set=name,
+        )
+    finally:
+        store.close()
+    log.info("probe set %s: run %s, %d targets", name, submitted.run_id, submitted.total)
+    return {"run_id": submitted.run_id, "total": submitted.total}
+
+
+def _resolve(file: str) -> Path:
+    """A relative set file is relative to the config file that names it."""
+    path = Path(file)
+    config = config_path()
+    if path.is_absolute() or config is None:
+        return path
+    return config.parent / path

@@ -91,7 +91,7 @@ def cleanup(
 
 
 def _print_table(report: Report) -> None:
-    mode = "DRY RUN (server-side dryRun=All; --apply deletes)" if report.dry_run else "APPLY"
+    mode = "dry run, server-side dryRun=All; --apply deletes" if report.dry_run else "apply"
     click.echo(f"plan ({mode}):")
     click.echo(f"{'ACTION':7} {'RULE':20} {'RESOURCE':20} {'NAMESPACE/NAME':50} {'AGE':>7} REASON")
     for item in report.plan:
@@ -148,14 +148,16 @@ def watch(apply: bool, local: bool, **opts: Any) -> None:
     if local:
         executor = _local_executor(cfg, kube)
         producer = WatchProducer(
-            cfg, watcher, lambda t, _c: _discard(executor.execute(t, dry_run=dry_run)), NoClaims()
-        )
+            cfg, watcher, lambda t, _c: _discard(executor.execute(t, dry_run=dry_run)), NoClaims(),
+            ahead=0.0,
+        )  # fmt: skip
     else:
         client = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
         checks["redis"] = client.ping
         sender = celery_sender(producer_app(settings), dry_run=dry_run)
         producer = WatchProducer(cfg, watcher, sender, RedisClaims(client))
-    observe = ObserveServer(cfg.metrics_bind, cfg.metrics_port, ready_checks=checks).start()
+    port = settings.metrics.port if cfg.metrics_port is None else cfg.metrics_port
+    observe = ObserveServer(settings.metrics.bind, port, ready_checks=checks).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -24,6 +24,11 @@ from opsq.core.settings import Settings
 def celery_config(settings: Settings) -> dict[str, Any]:
     transport = {
         "visibility_timeout": settings.visibility_timeout,
+        # kombu sweeps for messages whose visibility timeout expired only every
+        # interval * throttle seconds (100 s by default): scan every few seconds instead,
+        # so a batch of a worker killed with -9 is back in the queue soon after it is due.
+        "unacked_restore_interval": max(1, min(10, int(settings.visibility_timeout // 4))),
+        "unacked_restore_throttle": 1,
         "socket_keepalive": True,
         "health_check_interval": 10,
     }
@@ -53,6 +58,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "beat_scheduler": "redbeat.RedBeatScheduler",
         "redbeat_redis_url": settings.broker_url,
         "redbeat_key_prefix": keys.REDBEAT_PREFIX,
-        "redbeat_lock_timeout": keys.REDBEAT_LOCK_TIMEOUT_S,
-        "beat_max_loop_interval": 5,
+        "redbeat_lock_timeout": settings.beat.lock_timeout,
+        "beat_max_loop_interval": settings.beat.max_loop_interval,
     }

@@ -73,6 +73,24 @@ class FlowerSettings(Section):
     """None: `opsq up` generates one and prints it once."""
 
 
+class BeatSettings(Section):
+    """RedBeat's lock: one beat replica fires entries, a standby takes over on failure."""
+
+    lock_timeout: Annotated[Duration, Field(ge=2)] = float(keys.REDBEAT_LOCK_TIMEOUT_S)
+    """A standby beat takes over at most this long after the leader dies."""
+    max_loop_interval: Annotated[Duration, Field(gt=0)] = 5.0
+    """The leader renews the lock every loop, so this must stay well below lock_timeout."""
+
+    @model_validator(mode="after")
+    def _renewed_in_time(self) -> BeatSettings:
+        if self.max_loop_interval * 2 > self.lock_timeout:
+            raise ValueError(
+                f"lock_timeout ({self.lock_timeout}s) must be at least twice max_loop_interval "
+                f"({self.max_loop_interval}s), or the leader loses its lock between renewals"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """The whole configuration tree."""
 
@@ -92,6 +110,7 @@ class Settings(BaseSettings):
     probes: ProbesSettings = Field(default_factory=ProbesSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
+    beat: BeatSettings = Field(default_factory=BeatSettings)
     cleanup: CleanupSettings = Field(default_factory=CleanupSettings)
     logs: LogsSettings = Field(default_factory=LogsSettings)
 

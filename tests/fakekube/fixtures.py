@@ -53,10 +53,13 @@ def api_client(
     made: list[kubernetes.client.ApiClient] = []
 
     def _make(token: str = ADMIN_TOKEN) -> kubernetes.client.ApiClient:
-        client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig_path(token)))
+        path = str(kubeconfig_path(token))
+        client: kubernetes.client.ApiClient = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=path
+        )
         made.append(client)
         return client
 
     yield _make
     for client in made:
-        client.close()
+        client.close()  # type: ignore[no-untyped-call]

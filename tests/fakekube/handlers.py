@@ -16,11 +16,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from tests.fakekube import status as errors
+from tests.fakekube.clock import parse_time
 from tests.fakekube.resources import Registry, ResourceType
 from tests.fakekube.selectors import (
     FieldSelector,
@@ -139,12 +141,13 @@ def decode_continue(token: str) -> tuple[int, str]:
     return rv, start
 
 
-def _int_param(query: Mapping[str, str], name: str) -> int | None:
+def int_param(query: Mapping[str, str], name: str) -> int | None:
+    """An integer query parameter (absent or empty: None; garbage: 400)."""
     value = query.get(name)
     if value in (None, ""):
         return None
     try:
-        return int(value)  # type: ignore[arg-type]
+        return int(value)
     except ValueError as exc:
         raise errors.bad_request(f"invalid value for {name}: {value!r}") from exc
 
@@ -153,7 +156,7 @@ def _snapshot(
     store: Store, rtype: ResourceType, query: Mapping[str, str]
 ) -> tuple[dict[str, Obj], int, str, int]:
     """(objects, snapshot rv, start key, effective limit) for a LIST request."""
-    limit = max(0, _int_param(query, "limit") or 0)
+    limit = max(0, int_param(query, "limit") or 0)
     token = query.get("continue") or ""
     rv_param = query.get("resourceVersion") or ""
     match = query.get("resourceVersionMatch") or ""
@@ -179,7 +182,7 @@ def _snapshot(
         if rv_param == "0":
             return dict(store.bucket(rtype)), current, "", 0
         if rv_param and (match == "Exact" or (not match and limit)):
-            wanted = _int_param(query, "resourceVersion") or 0
+            wanted = int_param(query, "resourceVersion") or 0
             if wanted > current:
                 raise _too_large(wanted, current)
             try:
@@ -188,7 +191,7 @@ def _snapshot(
                 raise errors.expired(
                     "The resourceVersion for the provided list is too old."
                 ) from exc
-        if rv_param and (_int_param(query, "resourceVersion") or 0) > current:
+        if rv_param and (int_param(query, "resourceVersion") or 0) > current:
             raise _too_large(int(rv_param), current)
         return dict(store.bucket(rtype)), current, "", limit
 
@@ -278,7 +281,7 @@ def dry_run_requested(query: Mapping[str, str], body: Obj | None) -> bool:
 def delete_options(query: Mapping[str, str], body: Obj | None) -> DeleteOptions:
     body = body or {}
     pre = body.get("preconditions") or {}
-    grace = _int_param(query, "gracePeriodSeconds")
+    grace = int_param(query, "gracePeriodSeconds")
     if grace is None and body.get("gracePeriodSeconds") is not None:
         grace = int(body["gracePeriodSeconds"])
     policy = query.get("propagationPolicy") or body.get("propagationPolicy")
@@ -334,4 +337,70 @@ def delete_collection(
     return {**listing, "items": deleted}
 
 
-Handler = Callable[..., Obj]
+# ------------------------------------------------------------ Table (kubectl)
+def wants_table(accept: str) -> bool:
+    """kubectl asks for server-side printing with ``Accept: ...;as=Table;...``."""
+    return any("as=Table" in part for part in accept.split(","))
+
+
+def human_age(seconds: float) -> str:
+    """k8s.io/apimachinery duration.HumanDuration, in short."""
+    s = max(0, int(seconds))
+    steps = (
+        (120, f"{s}s"),
+        (600, f"{s // 60}m{s % 60}s" if s % 60 else f"{s // 60}m"),
+        (3 * 3600, f"{s // 60}m"),
+        (8 * 3600, f"{s // 3600}h{(s // 60) % 60}m" if (s // 60) % 60 else f"{s // 3600}h"),
+        (48 * 3600, f"{s // 3600}h"),
+        (8 * 86400, f"{s // 86400}d{(s // 3600) % 24}h" if (s // 3600) % 24 else f"{s // 86400}d"),
+        (2 * 365 * 86400, f"{s // 86400}d"),
+    )
+    return next((text for limit, text in steps if s < limit), f"{s // (365 * 86400)}y")
+
+
+def as_table(
+    rtype: ResourceType, items: list[Obj], list_meta: Obj, now: datetime, include: str
+) -> Obj:
+    """A ``meta.k8s.io/v1`` Table with Name, (pods: Status,) Age columns."""
+    columns: list[Obj] = [
+        {"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}
+    ]
+    if rtype.key == ("", "v1", "pods"):
+        columns.append(
+            {
+                "name": "Status",
+                "type": "string",
+                "format": "",
+                "description": "Phase",
+                "priority": 0,
+            }
+        )
+    columns.append(
+        {"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0}
+    )
+    rows = []
+    for item in items:
+        md = item.get("metadata") or {}
+        created = md.get("creationTimestamp")
+        age = human_age((now - parse_time(created)).total_seconds()) if created else "<unknown>"
+        cells: list[Any] = [md.get("name", "")]
+        if rtype.key == ("", "v1", "pods"):
+            cells.append((item.get("status") or {}).get("phase", ""))
+        cells.append(age)
+        row: Obj = {"cells": cells}
+        if include == "Object":
+            row["object"] = {"kind": rtype.kind, "apiVersion": rtype.api_version, **item}
+        elif include != "None":
+            row["object"] = {
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": md,
+            }
+        rows.append(row)
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_meta,
+        "columnDefinitions": columns,
+        "rows": rows,
+    }

@@ -197,6 +197,7 @@ def _builtin_types() -> list[ResourceType]:
             subresources=(),
             fields=EVENTS_K8S_FIELDS,
         ),
+        ResourceType("coordination.k8s.io", "v1", "leases", "Lease", subresources=()),
         ResourceType(
             "rbac.authorization.k8s.io",
             "v1",
@@ -235,6 +236,11 @@ class Registry:
 
     def __init__(self) -> None:
         self._types: dict[tuple[str, str, str], ResourceType] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Only the built-in types again (custom resources are per test)."""
+        self._types.clear()
         for rtype in _builtin_types():
             self.add(rtype)
 

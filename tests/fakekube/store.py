@@ -42,6 +42,7 @@ ORPHAN = "orphan"
 FOREGROUND = "foregroundDeletion"
 NAMESPACE_FINALIZER = "kubernetes"
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+IMMORTAL_NAMESPACES = ("default", "kube-system", "kube-public")
 _SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the apiserver's utilrand alphabet
@@ -81,6 +82,8 @@ class Watcher:
     wakeup: threading.Event = field(default_factory=threading.Event)
     closed: bool = False
     bookmark_requested: bool = False
+    # A Status to send as an ERROR event before closing (expire_watches).
+    error: dict[str, Any] | None = None
 
     def push(self, change: Change) -> None:
         self.pending.append(change)
@@ -349,6 +352,7 @@ class Store:
             new = self._merge_for_update(rtype, current, new, subresource, from_api=from_api)
             self._check_finalizer_rules(rtype, current, new)
             if dry_run:
+                meta(new)["resourceVersion"] = meta(current)["resourceVersion"]
                 return new
             key = object_key(meta(current).get("namespace"), name)
             updated = self._commit(rtype, key, "MODIFIED", current, new)
@@ -567,6 +571,8 @@ class Store:
     def _delete_namespace(
         self, rtype: ResourceType, key: str, current: Obj, options: DeleteOptions
     ) -> Obj:
+        if key in IMMORTAL_NAMESPACES:  # the NamespaceLifecycle admission plugin
+            raise errors.forbidden(rtype, key, "this namespace may not be deleted")
         if meta(current).get("deletionTimestamp"):
             return copy.deepcopy(current)
         proposed = copy.deepcopy(current)
@@ -849,9 +855,29 @@ def _apply_defaults(rtype: ResourceType, obj: Obj) -> None:
         obj.setdefault("status", {}).setdefault("phase", "Active")
         meta(obj).setdefault("labels", {})["kubernetes.io/metadata.name"] = meta(obj)["name"]
     elif rtype.key == ("batch", "v1", "jobs"):
-        spec = obj.setdefault("spec", {})
-        spec.setdefault("backoffLimit", 6)
-        spec.setdefault("completions", 1)
-        spec.setdefault("parallelism", 1)
-        spec.setdefault("suspend", False)
-        obj.setdefault("status", {})
+        _default_job(obj)
+
+
+def _default_job(obj: Obj) -> None:
+    """What the Job registry adds: the controller-uid selector and template labels, and
+    (when the Job has none) the template's labels copied onto the Job."""
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("backoffLimit", 6)
+    spec.setdefault("completions", 1)
+    spec.setdefault("parallelism", 1)
+    spec.setdefault("suspend", False)
+    obj.setdefault("status", {})
+    if spec.get("manualSelector"):
+        return
+    md = meta(obj)
+    ids = {
+        "batch.kubernetes.io/controller-uid": md["uid"],
+        "batch.kubernetes.io/job-name": md["name"],
+        "controller-uid": md["uid"],
+        "job-name": md["name"],
+    }
+    spec.setdefault("selector", {"matchLabels": {"batch.kubernetes.io/controller-uid": md["uid"]}})
+    template_md = spec.setdefault("template", {}).setdefault("metadata", {})
+    template_md["labels"] = {**(template_md.get("labels") or {}), **ids}
+    if not md.get("labels"):
+        md["labels"] = dict(template_md["labels"])

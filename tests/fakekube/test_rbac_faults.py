@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
@@ -155,7 +156,7 @@ def test_standalone_server_writes_a_working_kubeconfig(tmp_path) -> None:
     )
     try:
         lines = [proc.stdout.readline() for _ in range(3)]
-        assert lines[0].startswith("fake Kubernetes API server on http://127.0.0.1:")
+        assert lines[0].startswith("fake Kubernetes API server on https://127.0.0.1:")
         api = config.new_client_from_config(config_file=str(tmp_path / "admin.kubeconfig"))
         assert "default" in [n.metadata.name for n in client.CoreV1Api(api).list_namespace().items]
         sa = config.new_client_from_config(
@@ -171,3 +172,20 @@ def test_standalone_server_writes_a_working_kubeconfig(tmp_path) -> None:
             time.sleep(0.05)
         proc.kill()
         proc.stdout.close()
+
+
+def test_dropped_connection_and_slow_response_faults(fake_kube: FakeKube, api_client) -> None:
+    """status=0 resets the connection; delay trips client read timeouts (urllib3 retries both)."""
+    v1 = client.CoreV1Api(api_client())
+    fake_kube.inject_fault(0, verb="list", resource="pods", count=None)
+    with pytest.raises(urllib3.exceptions.MaxRetryError) as err:
+        v1.list_namespaced_pod("default")
+    assert isinstance(err.value.reason, urllib3.exceptions.ProtocolError)
+    assert fake_kube.count(verb="list", resource="pods", code=0) == 4  # 1 try + 3 retries
+    fake_kube.clear_faults()
+    fake_kube.inject_fault(200, verb="get", resource="namespaces", delay=0.3, count=None)
+    with pytest.raises(urllib3.exceptions.MaxRetryError) as err:
+        v1.read_namespace("default", _request_timeout=(5, 0.05))
+    assert isinstance(err.value.reason, urllib3.exceptions.ReadTimeoutError)
+    fake_kube.clear_faults()
+    assert v1.list_namespaced_pod("default").items == []

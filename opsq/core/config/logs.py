@@ -49,8 +49,9 @@ class AgentSettings(Section):
     max_open_deleted: Annotated[int, Field(ge=0)] = 16
     batch_lines: Annotated[int, Field(ge=1)] = 2000
     batch_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
-    queue_entries: Annotated[int, Field(ge=1)] = 64
-    """Bounded queue between readers and the sender, in stream entries."""
+    queue_entries: Annotated[int, Field(ge=1)] = 16
+    """Bounded queue between readers and the sender, in stream entries. 16 x 2000 lines
+    keeps the agent under its 60 MB RSS budget; 64 measured 69 MB and no faster."""
     on_full: Literal["block", "drop"] = "block"
     checkpoint_every_lines: Annotated[int, Field(ge=1)] = 10000
     checkpoint_every: Annotated[Duration, Field(gt=0)] = 1.0

@@ -72,22 +72,32 @@ class ApiUnavailable(TemporaryError):
 
 def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
     """An ApiClient the standard way: --kubeconfig, KUBECONFIG, in-cluster, ~/.kube/config."""
+    configuration = k8s_client.Configuration()
     try:
         if (
             kubeconfig
             or os.environ.get("KUBECONFIG")
             or "KUBERNETES_SERVICE_HOST" not in os.environ
         ):
-            return k8s_config.new_client_from_config(config_file=kubeconfig, context=context)  # type: ignore[no-untyped-call]
-        configuration = k8s_client.Configuration()
-        k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return k8s_client.ApiClient(configuration)
+            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, context=context, client_configuration=configuration
+            )
+        else:
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except (ConfigException, OSError) as exc:
         where = kubeconfig or os.environ.get("KUBECONFIG") or "in-cluster/~/.kube/config"
         raise ConfigError(
             f"cannot load Kubernetes credentials from {where}: {exc} "
             "(fix: pass --kubeconfig, set KUBECONFIG, or run in a pod with a service account)"
         ) from exc
+    # urllib3 would otherwise retry 429/503 by itself (sleeping Retry-After) behind our
+    # back: retries, their backoff and their metrics belong to the executor. Only
+    # connection attempts that never reached the server are retried here.
+    configuration.retries = urllib3.Retry(
+        total=2, connect=2, read=0, status=0, other=0, redirect=False,
+        respect_retry_after_header=False, raise_on_status=False,
+    )  # fmt: skip
+    return k8s_client.ApiClient(configuration)
 
 
 def resource_path(resource: ResourceRef, namespace: str | None = None, name: str = "") -> str:
@@ -136,6 +146,10 @@ class Kube:
         cls, kubeconfig: str | None = None, context: str | None = None, **kwargs: Any
     ) -> Kube:
         return cls(load_api_client(kubeconfig, context), **kwargs)
+
+    def close(self) -> None:
+        """Close pooled connections (long-running processes keep one Kube for life)."""
+        self.api.close()
 
     # --- verbs -----------------------------------------------------------------------
 

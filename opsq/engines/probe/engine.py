@@ -23,6 +23,7 @@ Design:
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import random
 import ssl
@@ -31,6 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -45,6 +47,13 @@ from opsq.engines.probe.result import ErrorKind, ProbeResult
 from opsq.engines.probe.transports import TransportName, build_transport
 
 ResultCallback = Callable[[ProbeResult], Awaitable[None] | None]
+
+
+@functools.lru_cache(maxsize=65536)
+def _url_parts(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a target URL, parsed once (probe sets repeat URLs)."""
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname or "", parts.port
 
 
 class RateLimiter(Protocol):
@@ -148,10 +157,12 @@ class ProbeEngine:
     async def probe(self, target: Target) -> ProbeResult:
         """Probe one target; never raises for the target's failure."""
         self._bind_loop()
-        host = target.host
+        host = _url_parts(target.url)[1]
         host_sem = self._hosts.enter(host)
         try:
-            async with self._global, host_sem:
+            # Host slot first: a probe queued behind a busy host must not sit on one
+            # of the global slots that probes of other hosts could be using.
+            async with host_sem, self._global:
                 metrics.PROBES_IN_FLIGHT.inc()
                 try:
                     result = await self._probe_with_retries(target)
@@ -220,7 +231,7 @@ class ProbeEngine:
         try:
             async with asyncio.timeout(deadline.remaining()):
                 if self._rate_limiter is not None:
-                    await self._rate_limiter.acquire(target.host)
+                    await self._rate_limiter.acquire(_url_parts(target.url)[1])
                 await self._dispatch(target, deadline, clock, outcome)
         except Exception as exc:  # every library error becomes a verdict here
             kind, message = classify(exc, timeout=target.timeout)
@@ -233,7 +244,7 @@ class ProbeEngine:
     async def _dispatch(
         self, target: Target, deadline: Deadline, clock: PhaseClock, outcome: _Outcome
     ) -> None:
-        scheme = target.scheme
+        scheme = _url_parts(target.url)[0]
         if scheme == "tcp":
             await net.tcp_connect(target, clock)
             return
@@ -247,9 +258,10 @@ class ProbeEngine:
         outcome.failure = judge(target, reply, outcome.cert_days_left)
 
     def _cert_days(self, target: Target, clock: PhaseClock) -> float | None:
-        if target.scheme != "https":
+        scheme, host, port = _url_parts(target.url)
+        if scheme != "https":
             return None
-        key = f"{target.host}:{httpx.URL(target.url).port or 443}"
+        key = f"{host}:{port or 443}"
         der = clock.peer_cert_der or self._certs.get(key)  # reused connection: last seen
         if clock.peer_cert_der is not None:
             self._certs[key] = clock.peer_cert_der

@@ -7,24 +7,42 @@ time (measured with cProfile on the transport benchmark) and a probe needs none 
 them. Redirects are therefore followed here, with httpx's rules (303, and 301/302
 from POST, become GET; Authorization is dropped when leaving the origin), so every
 hop runs under the attempt's clock and a redirect loop ends as a clear ``redirect``
-failure after ``max_redirects`` hops. The body is read (the transfer phase) but only
-its first :data:`MAX_BODY` bytes are kept for ``body_regex``.
+failure after ``max_redirects`` hops. The body is always read (the transfer phase);
+only with ``body_regex`` is it decoded, and only its first :data:`MAX_BODY` bytes kept.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
 import httpx
 
 from opsq.core.config.probes import Target
+from opsq.core.version import version_info
 from opsq.engines.probe import checks
 from opsq.engines.probe.errors import ProbeFailure
 from opsq.engines.probe.phases import PhaseClock
 from opsq.engines.probe.transports import httpcore_trace
 
 MAX_BODY = 1 << 20
+
+
+@functools.cache
+def default_headers() -> dict[str, str]:
+    """Sent unless the target overrides them: the same on every transport.
+
+    httpx's client would add its own, aiohttp's session its own, httpcore none; we
+    bypass the client, so we name the prober and accept compression ourselves.
+    """
+    return {
+        "User-Agent": f"opsq-probe/{version_info()['version']}",
+        "Accept": "*/*",
+        "Accept-Encoding": "gzip, deflate",
+    }
+
+
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 
 
@@ -46,14 +64,14 @@ async def fetch(
     request = httpx.Request(
         target.method,
         target.url,
-        headers=target.headers,
+        headers=_headers(target),
         content=target.body.encode() if target.body is not None else None,
         extensions={"timeout": httpx.Timeout(budget).as_dict(), "trace": httpcore_trace},
     )
     response = await _send_following(transport, request, target)
     try:
         clock.start("transfer")
-        body = await _read_body(response)
+        body = await _read_body(response, keep=target.expect.body_regex is not None)
         clock.stop("transfer")
     finally:
         await response.aclose()
@@ -63,6 +81,12 @@ async def fetch(
         body=body,
         latency=time.perf_counter() - began,
     )
+
+
+def _headers(target: Target) -> httpx.Headers:
+    headers = httpx.Headers(default_headers())
+    headers.update(target.headers)  # case-insensitive: "user-agent" replaces "User-Agent"
+    return headers
 
 
 async def _send_following(
@@ -103,7 +127,12 @@ def _redirected(request: httpx.Request, status: int, location: str) -> httpx.Req
     )
 
 
-async def _read_body(response: httpx.Response) -> str:
+async def _read_body(response: httpx.Response, *, keep: bool) -> str:
+    """Read the whole body; decode and keep its start only when a regex needs it."""
+    if not keep:  # raw bytes: no decompression or charset parsing for nothing
+        async for _ in response.aiter_raw():
+            pass
+        return ""
     kept = bytearray()
     async for chunk in response.aiter_bytes():
         if len(kept) < MAX_BODY:

@@ -1,0 +1,232 @@
+"""Execute one probe batch: the asyncio half of the ``opsq.probe_batch`` task.
+
+No Celery here (the task in :mod:`tasks.probes` maps this module's outcomes and errors
+to ack, retry or reject). Each pool process keeps one :class:`BatchRunner`: one event
+loop, one asyncio Redis client, one :class:`ProbeEngine`, reused by every batch the
+process runs. Creating them per task (``asyncio.run``) costs a new connection pool,
+a new HTTP session and re-loading the Lua scripts for every batch.
+
+A batch, step by step:
+
+1. Refuse a run that does not exist (expired or never created): permanent.
+2. Count this delivery of the batch in Redis. Past ``max_redeliveries`` the batch is a
+   poison pill: its remaining targets are reported down ("gave up after N
+   deliveries") so the run still completes, and the give-up is counted.
+3. Skip targets that already have a result (a redelivery after a worker died only
+   probes what the dead worker had not finished).
+4. Probe the rest with the engine; every result is written as soon as it exists by a
+   background flusher that batches whatever accumulated during the previous write
+   into one idempotent Lua call (pipelining without a fixed delay).
+5. A batch deadline a little below Celery's soft time limit turns probes still
+   running into "down: batch deadline exceeded" results instead of losing them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+
+from opsq.core.config.probes import Target
+from opsq.core.errors import PermanentError
+from opsq.core.metrics import pipeline as metrics
+from opsq.core.ratelimit import RedisTokenBucket
+from opsq.core.runs import AsyncRunStore, encode_result
+from opsq.core.settings import Settings
+from opsq.engines.probe import ErrorKind, ProbeEngine, ProbeResult
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["done", "gave_up"]
+_DEADLINE_MARGIN = 0.9
+"""The batch deadline is this fraction of the soft time limit, leaving time to write."""
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    run_id: str
+    batch_id: str
+    offset: int
+    targets: tuple[Target, ...]
+
+    @classmethod
+    def parse(cls, run_id: str, batch_id: str, offset: int, raw: Sequence[Any]) -> BatchRequest:
+        try:
+            targets = tuple(Target.model_validate(item) for item in raw)
+        except ValidationError as exc:
+            raise PermanentError(f"batch {run_id}/{batch_id} has an invalid target: {exc}") from exc
+        return cls(run_id, batch_id, offset, targets)
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    outcome: Outcome
+    delivery: int
+    probed: int
+    skipped: int
+    written: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "delivery": self.delivery,
+            "probed": self.probed,
+            "skipped": self.skipped,
+            "written": self.written,
+        }
+
+
+def synthetic_down(target: Target, error: str, kind: ErrorKind) -> ProbeResult:
+    """A result for a target the engine never finished (gave up, deadline)."""
+    return ProbeResult(
+        name=target.name,
+        url=target.url,
+        group=target.group,
+        up=False,
+        status_code=None,
+        attempts=0,
+        duration_s=0.0,
+        phases={},
+        error=error,
+        error_kind=kind,
+        cert_days_left=None,
+        started_at=time.time(),
+    )
+
+
+class ResultRecorder:
+    """Writes results as they arrive; each flush takes everything queued meanwhile."""
+
+    def __init__(self, store: AsyncRunStore, run_id: str, index: dict[str, int]) -> None:
+        self._store = store
+        self._run_id = run_id
+        self._index = index
+        self._queue: list[tuple[str, str]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self.written = 0
+        self.recorded: set[str] = set()
+        self._task = asyncio.create_task(self._flush_loop(), name=f"recorder-{run_id}")
+
+    def add(self, result: ProbeResult) -> None:
+        """The engine's ``on_result`` callback: queue, never block the event loop."""
+        key = f"{result.name}|{result.url}"
+        if key not in self._index or key in self.recorded:
+            log.error("result for unknown or repeated target %r ignored", key)
+            return
+        self.recorded.add(key)
+        self._queue.append((key, encode_result(result.to_dict(), self._index[key])))
+        self._wake.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            entries, self._queue = self._queue, []
+            if entries:
+                outcome = await self._store.record(self._run_id, entries)
+                self.written += outcome.added
+                metrics.RESULTS_WRITTEN.inc(outcome.added)
+                if outcome.completed_now:
+                    metrics.RUNS_COMPLETED.inc()
+            if self._closing and not self._queue:
+                return
+
+    async def close(self) -> None:
+        """Flush what is queued; re-raise a write failure (Redis down -> retry)."""
+        self._closing = True
+        self._wake.set()
+        await self._task
+
+
+class BatchRunner:
+    """One per pool process: a persistent event loop with its client and engine."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self._client: aioredis.Redis[str] | None = None
+        self._engine: ProbeEngine | None = None
+
+    def run(self, request: BatchRequest) -> BatchReport:
+        return self.loop.run_until_complete(self._run(request))
+
+    def close(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.run_until_complete(self._aclose())
+            self.loop.close()
+
+    async def _aclose(self) -> None:
+        if self._engine is not None:
+            await self._engine.aclose()
+        if self._client is not None:
+            await self._client.aclose()  # type: ignore[attr-defined]  # stubs predate aclose
+
+    def _resources(self) -> tuple[AsyncRunStore, ProbeEngine]:
+        # Created inside the loop on first use: clients bind to the running loop.
+        if self._client is None or self._engine is None:
+            probes = self.settings.probes
+            self._client = aioredis.Redis.from_url(
+                self.settings.broker_url, decode_responses=True, socket_timeout=10
+            )
+            limiter = None
+            if probes.per_host_rate > 0:
+                limiter = RedisTokenBucket(
+                    self._client, rate=probes.per_host_rate, burst=probes.per_host_burst
+                )
+            self._engine = ProbeEngine(
+                concurrency=probes.concurrency,
+                per_host_concurrency=probes.per_host_concurrency,
+                rate_limiter=limiter,
+                url_labels=self.settings.metrics.url_labels,
+            )
+        return AsyncRunStore(self._client), self._engine
+
+    async def _run(self, req: BatchRequest) -> BatchReport:
+        store, engine = self._resources()
+        if not await store.meta(req.run_id):
+            raise PermanentError(f"run {req.run_id} is unknown or expired; batch dropped")
+        delivery = await store.count_delivery(req.run_id, req.batch_id)
+        if delivery > 1:
+            metrics.BATCH_REDELIVERIES.inc()
+        index = {t.key: req.offset + i for i, t in enumerate(req.targets)}
+        done = await store.existing(req.run_id, list(index))
+        todo = [t for t in req.targets if t.key not in done]
+        metrics.RESULTS_SKIPPED.inc(len(req.targets) - len(todo))
+        recorder = ResultRecorder(store, req.run_id, index)
+        outcome: Outcome = "done"
+        try:
+            if delivery > self.settings.probes.max_redeliveries + 1:
+                outcome = "gave_up"
+                log.warning("batch %s/%s: giving up after %d deliveries", req.run_id,
+                            req.batch_id, delivery - 1)  # fmt: skip
+                metrics.BATCHES_ABANDONED.inc()
+                error = f"gave up after {delivery - 1} deliveries"
+                for target in todo:
+                    recorder.add(synthetic_down(target, error, "other"))
+            else:
+                await self._probe(engine, todo, recorder)
+        finally:
+            await recorder.close()
+        return BatchReport(outcome, delivery, len(todo), len(done), recorder.written)
+
+    async def _probe(
+        self, engine: ProbeEngine, todo: list[Target], recorder: ResultRecorder
+    ) -> None:
+        deadline = self.settings.probes.soft_time_limit * _DEADLINE_MARGIN
+        try:
+            async with asyncio.timeout(deadline):
+                await engine.probe_many(todo, on_result=recorder.add)
+        except TimeoutError:
+            error = f"batch deadline ({deadline:g}s, from probes.soft_time_limit) exceeded"
+            for target in todo:
+                if target.key not in recorder.recorded:
+                    recorder.add(synthetic_down(target, error, "timeout"))

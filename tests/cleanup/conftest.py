@@ -1,0 +1,49 @@
+"""Fixtures for cleanup tests: a Kube client and configs pointed at the fake API server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from opsq.core.config.cleanup import CleanupSettings
+from opsq.engines.cleanup.kube import Kube
+from tests.fakekube.server import FakeKube
+
+JOBS = "batch/v1/jobs"
+FINISHED_JOBS = {
+    "name": "finished-jobs",
+    "resource": JOBS,
+    "when": {"finished": True, "older_than": "1h"},
+}
+
+
+@pytest.fixture
+def kube(kubeconfig_path: Callable[..., Path]) -> Kube:
+    """An admin client of the fake server through the real kubernetes ApiClient."""
+    return Kube.connect(str(kubeconfig_path()))
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """``write_config(rules=[...], **cleanup)`` -> path of an opsq YAML config."""
+
+    def _write(rules: list[dict[str, Any]] | None = None, **cleanup: Any) -> Path:
+        path = tmp_path / "opsq.yaml"
+        body = {"cleanup": {"rules": rules or [FINISHED_JOBS], **cleanup}}
+        path.write_text(yaml.safe_dump(body))
+        return path
+
+    return _write
+
+
+def settings(rules: list[dict[str, Any]] | None = None, **cleanup: Any) -> CleanupSettings:
+    return CleanupSettings.model_validate({"rules": rules or [FINISHED_JOBS], **cleanup})
+
+
+def add(fake: FakeKube, obj: dict[str, Any], resource: str = JOBS) -> dict[str, Any]:
+    """Create *obj* directly in the fake's store (timestamps and status kept)."""
+    return fake.create(resource, obj, namespace=obj["metadata"]["namespace"])

@@ -1,0 +1,194 @@
+"""`opsq watch`: informer + due-time dispatch, 410 relists, and the Celery worker path."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from prometheus_client import REGISTRY
+
+from opsq.core import keys
+from opsq.core.settings import load_settings
+from opsq.engines.cleanup.executor import Executor
+from opsq.engines.cleanup.kube import Kube
+from opsq.engines.cleanup.watcher import Watcher
+from producers.cleanup import producer_app
+from producers.watch import NoClaims, RedisClaims, WatchProducer, celery_sender
+from tests.cleanup.conftest import JOBS, add, settings
+from tests.cleanup.objects import job
+from tests.fakekube.server import FakeKube
+from tests.support.workers import Worker
+
+DAY = 86400.0
+
+
+def _old_job(name: str, namespace: str = "team-a") -> dict[str, Any]:
+    now = time.time()
+    return job(name, namespace=namespace, created=now - DAY, finished=now - DAY / 2)
+
+
+def _finished_patch() -> dict[str, Any]:
+    old = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - DAY))
+    return {"status": {"active": None, "completionTime": old, "conditions": [
+        {"type": "Complete", "status": "True", "lastTransitionTime": old}]}}  # fmt: skip
+
+
+def _until(
+    condition: Callable[[], bool], step: Callable[[], object], timeout: float = 30.0
+) -> None:
+    """Run *step* until *condition* holds (a wait, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        step()
+        time.sleep(0.05)
+
+
+def _relists() -> float:
+    return REGISTRY.get_sample_value("opsq_watch_relists_total", {"resource": JOBS}) or 0.0
+
+
+@pytest.fixture
+def running() -> Iterator[tuple[threading.Event, list[WatchProducer]]]:
+    stop = threading.Event()
+    producers: list[WatchProducer] = []
+    yield stop, producers
+    stop.set()
+
+
+def test_watch_deletes_objects_that_become_due_and_relists_after_410_without_missing_any(
+    fake_kube: FakeKube, kube: Kube, running: tuple[threading.Event, list[WatchProducer]]
+) -> None:
+    stop, _ = running
+    cfg = settings(dry_run=False, watch_timeout=5)
+    add(fake_kube, job("runner", namespace="team-a", created=time.time() - DAY))
+    watcher = Watcher(cfg, kube)
+    executor = Executor(kube, cfg)
+    producer = WatchProducer(
+        cfg, watcher, lambda t, _c: executor.execute(t, dry_run=False), NoClaims(), ahead=0.0
+    )
+    assert producer.tick() == 0  # nothing happens before the cache has synced
+    producer.start_informers(stop)
+    _until(lambda: watcher.synced, lambda: None)
+    fake_kube.wait_for_watches(1)
+    assert producer.tick() == 0  # the running Job is not due
+
+    # An event in the middle of the watch makes the Job due: it is deleted.
+    fake_kube.patch(JOBS, "runner", _finished_patch(), "team-a")
+    _until(lambda: fake_kube.find(JOBS, "runner", "team-a") is None, producer.tick)
+
+    # The watch breaks, history is compacted while the informer cannot reconnect,
+    # and a due Job appears in that blind window: the 410 must lead to a relist.
+    relists = _relists()
+    fault = fake_kube.inject_fault(500, verb="watch", count=None)
+    fake_kube.break_watches()
+    _until(lambda: fault.hits >= 1, lambda: None)
+    add(fake_kube, _old_job("born-blind"))
+    fake_kube.compact()
+    fake_kube.clear_faults()
+    _until(lambda: fake_kube.find(JOBS, "born-blind", "team-a") is None, producer.tick)
+    assert _relists() >= relists + 1
+    assert len(fake_kube.requests("delete", "jobs.batch")) == 2
+
+
+def test_informer_cache_is_indexed_by_name_and_uid_and_follows_deletes(
+    fake_kube: FakeKube, kube: Kube, running: tuple[threading.Event, list[WatchProducer]]
+) -> None:
+    stop, _ = running
+    created = add(fake_kube, job("a", namespace="team-a"))
+    watcher = Watcher(settings(watch_timeout=5), kube)
+    (informer,) = watcher.informers
+    threading.Thread(target=informer.run, args=(stop,), daemon=True).start()
+    _until(lambda: informer.synced, lambda: None)
+    uid = created["metadata"]["uid"]
+    assert informer.get("team-a", "a") is informer.get_by_uid(uid)
+    fake_kube.wait_for_watches(1)
+    fake_kube.delete(JOBS, "a", "team-a", propagation_policy="Background")
+    _until(lambda: informer.get_by_uid(uid) is None, lambda: None)
+    assert len(informer) == 0
+
+
+@pytest.mark.slow
+def test_watch_to_celery_worker_deletes_a_due_job_exactly_once(
+    fake_kube: FakeKube,
+    kubeconfig_path: Callable[..., Path],
+    write_config: Callable[..., Path],
+    redis_url: str,
+    redis_client: redis.Redis,
+    start_worker: Callable[..., Worker],
+    running: tuple[threading.Event, list[WatchProducer]],
+) -> None:
+    stop, _ = running
+    kubeconfig = kubeconfig_path()
+    config = write_config(dry_run=False, watch_timeout=5)
+    start_worker(
+        queues=keys.QUEUE_CLEANUP,
+        env={"OPSQ_CONFIG": str(config), "OPSQ_CLEANUP__KUBECONFIG": str(kubeconfig)},
+    )
+    full = load_settings(config, redis_url=redis_url)
+    kube = Kube.connect(str(kubeconfig))
+    watcher = Watcher(full.cleanup, kube)
+    sender = celery_sender(producer_app(full), dry_run=False)
+    producer = WatchProducer(full.cleanup, watcher, sender, RedisClaims(redis_client))
+    producer.start_informers(stop)
+    _until(lambda: watcher.synced, lambda: None)
+    due = add(fake_kube, _old_job("due-now"))
+    uid = due["metadata"]["uid"]
+
+    def tick_and_resync() -> None:
+        producer.tick()
+        watcher.informers[0].resync()  # re-announce: the in-flight claim must dedupe
+
+    _until(lambda: fake_kube.find(JOBS, "due-now", "team-a") is None, tick_and_resync, timeout=60)
+    _until(lambda: not redis_client.exists(keys.cleanup_inflight(uid)), tick_and_resync, timeout=30)
+    deletes = fake_kube.requests("delete", "jobs.batch")
+    assert [(r.name, r.code, r.dry_run) for r in deletes if r.code == 200] == [
+        ("due-now", 200, False)
+    ]
+    assert producer.sent >= 1
+    assert not redis_client.exists(keys.cleanup_backoff(uid))
+
+
+@pytest.mark.slow
+def test_opsq_watch_command_serves_readiness_after_sync_and_deletes_due_jobs(
+    fake_kube: FakeKube,
+    kubeconfig_path: Callable[..., Path],
+    write_config: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    """The real `opsq watch --local --apply` process: /readyz, /metrics, deletion, SIGTERM."""
+    config = write_config(watch_timeout=5)
+    log_path = tmp_path / "watch.log"
+    env = {**os.environ, "OPSQ_CLEANUP__METRICS_PORT": "0", "OPSQ_CONFIG": str(config)}
+    argv = [sys.executable, "-m", "opsq", "watch", "--local", "--apply",
+            "--kubeconfig", str(kubeconfig_path())]  # fmt: skip
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _until(lambda: "metrics on port" in log_path.read_text(), proc.poll, timeout=60)
+        port = int(re.search(r"metrics on port (\d+)", log_path.read_text()).group(1))  # type: ignore[union-attr]
+        base = f"http://127.0.0.1:{port}"
+        _until(lambda: httpx.get(f"{base}/readyz").status_code == 200, lambda: None)
+        add(fake_kube, _old_job("due"))
+        _until(lambda: fake_kube.find(JOBS, "due", "team-a") is None, lambda: None)
+        metrics = httpx.get(f"{base}/metrics").text
+        assert 'opsq_kube_api_requests_total{code="200",verb="delete"} 1.0' in metrics
+        assert 'opsq_informer_cache_objects{resource="batch/v1/jobs"}' in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
