@@ -38,11 +38,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import redis
-
 from agents.checkpoint import CheckpointStore
 from agents.identity import FileIdentity, identify, matches
 from agents.lines import Batch
+from agents.resp import RespClient
 from agents.sender import Sender
 from agents.tailer import Tailer
 from agents.watcher import Watcher
@@ -81,18 +80,18 @@ class Agent:
         self._thread: threading.Thread | None = None
         self._warned: set[str] = set()
         self._last_prefix_check = 0.0
+        self._blocked = False
+        """Set when the queue refused a batch this round (block mode, queue full)."""
         self.sender: Sender | None = None
         self.stopped = threading.Event()
 
-    def client(self) -> redis.Redis[bytes]:
-        return redis.Redis.from_url(self.redis_url, socket_timeout=10, socket_connect_timeout=3)
+    def client(self) -> RespClient:
+        return RespClient(self.redis_url)
 
     def redis_reachable(self) -> bool:
         client = self.client()
         try:
-            return bool(client.ping())
-        except redis.exceptions.RedisError:
-            return False
+            return client.ping()
         finally:
             client.close()
 
@@ -151,19 +150,23 @@ class Agent:
             except queue.Full:
                 metrics.LINES_DROPPED.labels(reason="queue_full").inc(batch.lines)
             return True
-        while not self._stop.is_set():
-            try:
-                self.batches.put(batch, timeout=POLL_INTERVAL_S)
-            except queue.Full:
-                continue
-            return True
-        return False
+        if self._stop.is_set():
+            return False
+        try:
+            # Wait a little, then give the reader back so housekeeping (rotation grace,
+            # deleted-file limits) keeps running while Redis is down.
+            self.batches.put(batch, timeout=POLL_INTERVAL_S)
+        except queue.Full:
+            self._blocked = True
+            return False
+        return True
 
     # --- reading ----------------------------------------------------------------------
     def _read_round(self) -> bool:
         progressed = False
+        self._blocked = False
         for tailer in list(self.tailers.values()):
-            if self._stop.is_set():
+            if self._stop.is_set() or self._blocked:
                 break
             try:
                 n = tailer.read(self._emit, READ_BUDGET)
@@ -171,14 +174,13 @@ class Agent:
                 self._warn_once(tailer.path, f"cannot read {tailer.path}: {exc}")
                 continue
             progressed = progressed or n > 0
-            if n == 0 and tailer.rotated_at is not None and not self._stop.is_set():
+            if n == 0 and tailer.rotated_at is not None and not self._blocked:
                 self._finish_rotated(tailer)
         return progressed
 
     def _finish_rotated(self, tailer: Tailer) -> None:
         """A rotated file read to EOF: ship a trailing partial line, then release."""
-        tailer.flush_partial(self._emit)
-        if tailer.remaining() == 0:
+        if tailer.flush_partial(self._emit) and tailer.remaining() == 0:
             self._release(tailer, count_unread=False)
 
     # --- rotation, truncation, grace --------------------------------------------------

@@ -52,9 +52,13 @@ class Source:
 
 
 def split_chunk(body: bytes, base: int, max_line: int) -> Records:
-    """Split *body* (whole lines, ending in ``\\n``) that starts at file offset *base*."""
+    """Split the whole lines of *body* (which starts at file offset *base*).
+
+    Bytes after the last newline (a partial line) are ignored: the caller reads them
+    again next time. Splitting the read buffer itself saves a 1 MiB copy per read.
+    """
     lines = body.split(b"\n")
-    lines.pop()  # the empty remainder after the final newline
+    lines.pop()  # the partial line after the final newline (empty when body ends with one)
     lens = list(map(len, lines))
     # off[i] = base + sum(lens[:i]) + i  (each earlier line also had its newline)
     # (map stops at the shorter input, so accumulate's final running total is unused)

@@ -94,14 +94,14 @@ class Tailer:
             self.skip = (self.offset, buf[: self.cfg.max_line_bytes])
             metrics.LINES_TRUNCATED.inc()
             return self._advance_skipped(len(buf))
-        body = buf if last == len(buf) - 1 else buf[: last + 1]
-        records = split_chunk(body, self.offset, self.cfg.max_line_bytes)
-        end = self.offset + len(body)
+        records = split_chunk(buf, self.offset, self.cfg.max_line_bytes)
+        del buf  # the records hold their own copies; free the read buffer before packing
+        start, end = self.offset, self.offset + last + 1
         if not self._ship(records, end, emit):
             return -1
         self.offset = end
-        metrics.BYTES_READ.inc(len(body))
-        return len(body)
+        metrics.BYTES_READ.inc(end - start)
+        return end - start
 
     def _skip_tail(self, buf: bytes, skip: tuple[int, bytes], emit: Emit) -> int:
         nl = buf.find(b"\n")
@@ -109,7 +109,7 @@ class Tailer:
             return self._advance_skipped(len(buf))
         off, head = skip
         end = self.offset + nl + 1
-        if not self._ship(self._one(off, head), end, emit):
+        if not self._emit_records(self._one(off, head), end, emit):
             return -1
         self.skip = None
         self.offset = end
@@ -129,7 +129,6 @@ class Tailer:
         return rec
 
     def _ship(self, records: Records, end: int, emit: Emit) -> bool:
-        metrics.LINES_READ.inc(len(records.lines))
         if records.truncated:
             metrics.LINES_TRUNCATED.inc(records.truncated)
         if records.invalid:
@@ -141,11 +140,30 @@ class Tailer:
         return self._emit_records(records, end, emit)
 
     def _emit_records(self, records: Records, end: int, emit: Emit) -> bool:
+        """Hand out *records* as batches; on refusal rewind to the last accepted one.
+
+        A refusal (queue full in ``block`` mode, or stopping) must not lose anything:
+        the read position goes back to the end of the last accepted batch (a record
+        boundary) and everything after it is read again later. Multiline state is
+        rebuilt from there too.
+        """
         if not records.lines or self.identity is None:
             return True
         src = Source(self.host, self.path.encode("utf-8", "surrogateescape"), self.identity.fid)
-        batches = pack(src, records, end, self.cfg.batch_lines, self.cfg.batch_bytes)
-        return all(emit(b) for b in batches)
+        accepted = records.offs[0]
+        for batch in pack(src, records, end, self.cfg.batch_lines, self.cfg.batch_bytes):
+            if not emit(batch):
+                self._rewind(accepted)
+                return False
+            metrics.LINES_READ.inc(batch.lines)
+            accepted = batch.end
+        return True
+
+    def _rewind(self, offset: int) -> None:
+        self.offset = offset
+        self.skip = None
+        if self.joiner is not None:
+            self.joiner.reset()
 
     # --- timeouts and end of life -----------------------------------------------------
     def tick(self, now: float, emit: Emit) -> None:
@@ -157,22 +175,32 @@ class Tailer:
             records = self.joiner.flush()
             self._emit_records(records, self.joiner.emitted_end, emit)
 
-    def flush_partial(self, emit: Emit) -> None:
-        """Ship what is left (a last line without newline) before the file is released."""
-        if self.joiner is not None:
-            self._emit_records(self.joiner.flush(), self.joiner.emitted_end, emit)
+    def flush_partial(self, emit: Emit) -> bool:
+        """Ship what is left (a last line without newline) before the file is released.
+
+        False when the queue refused it (try again later, the file is not done).
+        """
+        joiner = self.joiner
+        if joiner is not None and joiner.pending:
+            ok = self._emit_records(joiner.flush(), joiner.emitted_end, emit)
+            if not ok:
+                return False
         size = os.fstat(self.fd).st_size
         if self.skip is not None:
             off, head = self.skip
-            self._emit_records(self._one(off, head), size, emit)
-            return
+            if not self._emit_records(self._one(off, head), size, emit):
+                return False
+            self.skip, self.offset = None, size
+            return True
         data = os.pread(self.fd, self.cfg.max_line_bytes + 1, self.offset)
-        if data and b"\n" not in data:
-            if self.identity is None:
-                self._identify()
-            metrics.LINES_READ.inc()
-            self._emit_records(self._one(self.offset, data), self.offset + len(data), emit)
-            self.offset += len(data)
+        if not data or b"\n" in data:
+            return True
+        if self.identity is None:
+            self._identify()
+        if not self._emit_records(self._one(self.offset, data), self.offset + len(data), emit):
+            return False
+        self.offset += len(data)
+        return True
 
     def remaining(self) -> int:
         return max(0, os.fstat(self.fd).st_size - self.offset)

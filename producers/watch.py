@@ -144,15 +144,15 @@ class WatchProducer:
         target = due.target
         countdown = max(0.0, due.due_at - now)
         failures = self.claims.failures(target.uid)
-        if failures:
+        if failures > due.backoff_for:  # a new failure since this due time was computed
             cfg = self.settings
             countdown += backoff_delay(failures, cfg.backoff_base, cfg.backoff_cap, None, self.rng)
         if countdown > self.ahead:
-            self.watcher.queue.upsert(Due(target, now + countdown))  # wait locally
+            self.watcher.queue.upsert(Due(target, now + countdown, failures))  # wait locally
             return 0
         if self._window_sent >= self.settings.max_deletions_per_run:
             window_end = self._window_start + self.settings.resync
-            self.watcher.queue.upsert(Due(target, max(due.due_at, window_end)))
+            self.watcher.queue.upsert(Due(target, max(due.due_at, window_end), failures))
             return 0
         if not self.claims.claim(target.uid, int(countdown + INFLIGHT_MARGIN_S)):
             return 0  # already queued by an earlier announcement
@@ -182,5 +182,7 @@ class WatchProducer:
         while not stop.is_set():
             self.tick()
             stop.wait(self.wait_time())
+        # Informers hold nothing worth flushing; a thread blocked in a WATCH read must not
+        # hold shutdown past the pod's grace period, so wait only briefly (daemon threads).
         for thread in threads:
-            thread.join(timeout=self.settings.watch_timeout + 10)
+            thread.join(timeout=1.0)

@@ -29,7 +29,8 @@ from opsq.engines.cleanup.kube import Kube
 from opsq.engines.cleanup.owners import OwnerResolver
 from opsq.engines.cleanup.ratelimit import LocalRateLimiter
 from opsq.engines.cleanup.watcher import Watcher
-from producers.cleanup import Report, celery_executor, local_executor, producer_app, run_once
+from producers.cleanup import Report, celery_executor, local_executor, run_once
+from producers.probes import producer_app
 from producers.watch import NoClaims, RedisClaims, WatchProducer, celery_sender
 
 _QUIET_REASONS = {planner.NOT_DUE_YET, planner.PHASE_MISMATCH}
@@ -91,7 +92,7 @@ def cleanup(
 
 
 def _print_table(report: Report) -> None:
-    mode = "DRY RUN (server-side dryRun=All; --apply deletes)" if report.dry_run else "APPLY"
+    mode = "dry run, server-side dryRun=All; --apply deletes" if report.dry_run else "apply"
     click.echo(f"plan ({mode}):")
     click.echo(f"{'ACTION':7} {'RULE':20} {'RESOURCE':20} {'NAMESPACE/NAME':50} {'AGE':>7} REASON")
     for item in report.plan:
@@ -156,9 +157,8 @@ def watch(apply: bool, local: bool, **opts: Any) -> None:
         checks["redis"] = client.ping
         sender = celery_sender(producer_app(settings), dry_run=dry_run)
         producer = WatchProducer(cfg, watcher, sender, RedisClaims(client))
-    observe = ObserveServer(
-        settings.metrics.bind, settings.metrics.port, ready_checks=checks
-    ).start()
+    port = settings.metrics.port if cfg.metrics_port is None else cfg.metrics_port
+    observe = ObserveServer(settings.metrics.bind, port, ready_checks=checks).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -21,11 +21,8 @@ from types import FrameType
 from typing import Any
 
 import click
-import redis
 
 from agents.agent import Agent
-from agents.shipper import Shipper, default_consumer, group_exists
-from agents.sinks import make_sink
 from opsq.cli.options import common_options, settings_from
 from opsq.core.errors import ConfigError
 from opsq.core.logsetup import setup_logging
@@ -88,6 +85,13 @@ def agent(**opts: Any) -> None:
               "else the host name). Keep it stable across restarts.")  # fmt: skip
 def ship(consumer: str | None, **opts: Any) -> None:
     """Ship log entries from the Redis stream to the configured sink (at least once)."""
+    # Imported here, not at the top: `opsq agent` loads this module too, and redis-py
+    # plus the HTTP sinks would add ~15 MB to the agent's 60 MB RSS budget.
+    import redis  # noqa: PLC0415
+
+    from agents.shipper import Shipper, default_consumer, group_exists  # noqa: PLC0415
+    from agents.sinks import make_sink  # noqa: PLC0415
+
     settings = settings_from(**opts)
     setup_logging(settings.log_level, settings.log_format)
     conf = settings.logs.shipper

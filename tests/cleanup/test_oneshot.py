@@ -214,3 +214,34 @@ def test_missing_rbac_verb_fails_with_a_clear_403_and_generated_role_suffices(
     (error,) = report["errors"]
     assert error["reason"] == "forbidden"
     assert "cannot delete batch/v1/jobs in namespace 'team-a'" in error["message"]
+
+
+@pytest.mark.slow
+def test_oneshot_through_the_cleanup_queue_and_a_real_worker(
+    fake_kube: FakeKube,
+    kubeconfig_path: Callable[..., Path],
+    write_config: Callable[..., Path],
+    redis_url: str,
+    start_worker: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without --local the plan is executed by `opsq.cleanup_object` tasks on workers."""
+    add(fake_kube, _old_job("via-worker"))
+    add(fake_kube, job("still-running", namespace="team-a", created=time.time() - DAY))
+    kubeconfig, config = kubeconfig_path(), write_config()
+    start_worker(
+        queues="cleanup",
+        env={"OPSQ_CONFIG": str(config), "OPSQ_CLEANUP__KUBECONFIG": str(kubeconfig)},
+    )
+    argv = ["cleanup", "--apply", "--output", "json", "--config", str(config),
+            "--kubeconfig", str(kubeconfig), "--redis-url", redis_url, "--wait", "60"]  # fmt: skip
+    code = main(argv)
+    report = json.loads(capsys.readouterr().out)
+    assert not code
+    assert report["dry_run"] is False
+    assert [(d["name"], d["result"]) for d in report["deleted"]] == [("via-worker", "deleted")]
+    assert [(s["name"], s["reason"]) for s in report["skipped"]] == [
+        ("still-running", "not-finished")
+    ]
+    assert fake_kube.find(JOBS, "via-worker", "team-a") is None
+    assert fake_kube.find(JOBS, "still-running", "team-a") is not None

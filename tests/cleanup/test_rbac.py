@@ -84,3 +84,15 @@ def test_chart_watcher_role_grants_neither_more_nor_less_than_the_rules_need(eve
     granted = rbac.grants(_chart_watcher_rules({"cleanup": {"rules": RULES, "events": events}}))
     assert granted - needed == set(), f"chart grants more than needed: {sorted(granted - needed)}"
     assert needed - granted == set(), f"chart grants less than needed: {sorted(needed - granted)}"
+
+
+def test_rbac_command_can_emit_a_namespaced_role(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "opsq.yaml"
+    path.write_text(yaml.safe_dump({"cleanup": {"rules": RULES}}))
+    main(["cleanup", "rbac", "--config", str(path), "--role-namespace", "batch"])
+    role, binding = yaml.safe_load_all(capsys.readouterr().out)
+    assert (role["kind"], role["metadata"]["namespace"]) == ("Role", "batch")
+    assert (binding["kind"], binding["roleRef"]["kind"]) == ("RoleBinding", "Role")
+    assert rbac.grants(role["rules"]) == NEEDED

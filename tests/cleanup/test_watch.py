@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from prometheus_client import REGISTRY
@@ -17,7 +23,7 @@ from opsq.core.settings import load_settings
 from opsq.engines.cleanup.executor import Executor
 from opsq.engines.cleanup.kube import Kube
 from opsq.engines.cleanup.watcher import Watcher
-from producers.cleanup import producer_app
+from producers.probes import producer_app
 from producers.watch import NoClaims, RedisClaims, WatchProducer, celery_sender
 from tests.cleanup.conftest import JOBS, add, settings
 from tests.cleanup.objects import job
@@ -153,3 +159,36 @@ def test_watch_to_celery_worker_deletes_a_due_job_exactly_once(
     ]
     assert producer.sent >= 1
     assert not redis_client.exists(keys.cleanup_backoff(uid))
+
+
+@pytest.mark.slow
+def test_opsq_watch_command_serves_readiness_after_sync_and_deletes_due_jobs(
+    fake_kube: FakeKube,
+    kubeconfig_path: Callable[..., Path],
+    write_config: Callable[..., Path],
+    tmp_path: Path,
+) -> None:
+    """The real `opsq watch --local --apply` process: /readyz, /metrics, deletion, SIGTERM."""
+    config = write_config(watch_timeout=5)
+    log_path = tmp_path / "watch.log"
+    env = {**os.environ, "OPSQ_CLEANUP__METRICS_PORT": "0", "OPSQ_CONFIG": str(config)}
+    argv = [sys.executable, "-m", "opsq", "watch", "--local", "--apply",
+            "--kubeconfig", str(kubeconfig_path())]  # fmt: skip
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _until(lambda: "metrics on port" in log_path.read_text(), proc.poll, timeout=60)
+        port = int(re.search(r"metrics on port (\d+)", log_path.read_text()).group(1))  # type: ignore[union-attr]
+        base = f"http://127.0.0.1:{port}"
+        _until(lambda: httpx.get(f"{base}/readyz").status_code == 200, lambda: None)
+        add(fake_kube, _old_job("due"))
+        _until(lambda: fake_kube.find(JOBS, "due", "team-a") is None, lambda: None)
+        metrics = httpx.get(f"{base}/metrics").text
+        assert 'opsq_kube_api_requests_total{code="200",verb="delete"} 1.0' in metrics
+        assert 'opsq_informer_cache_objects{resource="batch/v1/jobs"}' in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -21,6 +21,7 @@ import pytest
 from opsq.cli.supervisor import SESSION_ENV, Child, PidFile, Supervisor, exclusive
 from opsq.core.errors import OpsqError
 from opsq.core.procs import group_alive
+from tests.deploy.util import pid_alive, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,27 +38,6 @@ def child(tmp_path: Path, name: str, body: str, phase: int = 0, **env: str) -> C
         log_path=tmp_path / f"{name}.log",
         phase=phase,
     )
-
-
-def wait_for(predicate, timeout: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 # Writes <name>.up when running, <name>.down on SIGTERM; the later phase records whether

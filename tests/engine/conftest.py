@@ -34,6 +34,7 @@ class ServerState:
     hits: Counter[str] = field(default_factory=Counter)
     in_flight: Counter[str] = field(default_factory=Counter)
     max_in_flight: Counter[str] = field(default_factory=Counter)
+    client_ports: dict[str, set[int]] = field(default_factory=dict)
 
 
 def _app(state: ServerState) -> web.Application:
@@ -72,6 +73,23 @@ def _app(state: ServerState) -> web.Application:
     async def echo(request: web.Request) -> web.Response:
         body = await request.text()
         return web.Response(text=f"{request.method} {request.headers.get('X-Token')} {body}")
+
+    @routes.get("/headers")
+    async def headers(request: web.Request) -> web.Response:
+        seen = {k.lower(): v for k, v in request.headers.items()}
+        return web.json_response(seen)
+
+    @routes.get("/gzip")
+    async def gzipped(request: web.Request) -> web.Response:
+        response = web.Response(text="compressed hello " * 50)
+        response.enable_compression(web.ContentCoding.gzip)
+        return response
+
+    @routes.get("/conn/{key}")
+    async def conn(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        state.client_ports.setdefault(request.match_info["key"], set()).add(peer[1])
+        return web.Response(text="seen")
 
     @routes.get("/drop")
     async def drop(request: web.Request) -> web.Response:

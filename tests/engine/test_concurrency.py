@@ -83,3 +83,21 @@ def test_one_engine_serves_successive_event_loops(servers: Servers) -> None:
 
     assert all(r.up for r in asyncio.run(batch()))
     assert all(r.up for r in asyncio.run(batch()))
+
+
+def test_a_saturated_host_does_not_hold_global_slots(servers: Servers) -> None:
+    """concurrency 2, per host 1: the second slow-host probe waits for its host without
+    taking the free global slot, so the other host's probe runs (and finishes) first."""
+    slow = f"{servers.http}/slow?delay=1"
+    other = f"http://localhost:{servers.http_port}/ok"
+    order: list[str] = []
+
+    async def scenario() -> None:
+        async with ProbeEngine(concurrency=2, per_host_concurrency=1) as engine:
+            await engine.probe_many(
+                [target(slow, name="a1"), target(slow, name="a2"), target(other, name="b")],
+                on_result=lambda r: order.append(r.name),
+            )
+
+    asyncio.run(scenario())
+    assert order == ["b", "a1", "a2"]

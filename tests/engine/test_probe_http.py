@@ -186,3 +186,37 @@ def test_https_to_a_plain_http_port_is_a_final_tls_failure(
     result = probe(target(url, verify_tls=False, retries=2), transport)
     assert (result.up, result.error_kind, result.attempts) == (False, "tls", 1)
     assert result.error == "TLS error: WRONG_VERSION_NUMBER"
+
+
+def test_default_headers_name_the_prober_and_targets_can_override(
+    servers: Servers, transport: str
+) -> None:
+    named = target(f"{servers.http}/headers", expect={"body_regex": r'"user-agent": "opsq-probe/'})
+    custom = target(
+        f"{servers.http}/headers",
+        headers={"user-agent": "custom/1"},
+        expect={"body_regex": r'"user-agent": "custom/1"'},
+    )
+    assert probe(named, transport).up
+    assert probe(custom, transport).up
+
+
+def test_gzip_body_is_decoded_for_body_regex(servers: Servers, transport: str) -> None:
+    result = probe(
+        target(f"{servers.http}/gzip", expect={"body_regex": "compressed hello"}), transport
+    )
+    assert result.up, result.error
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_fresh_connection_per_probe_unless_reuse_is_asked(
+    servers: Servers, transport: str, key: str, reuse: bool
+) -> None:
+    async def scenario() -> None:
+        async with ProbeEngine(transport=transport) as engine:  # type: ignore[arg-type]
+            t = target(f"{servers.http}/conn/{key}", reuse_connections=reuse)
+            for _ in range(3):
+                assert (await engine.probe(t)).up
+
+    asyncio.run(scenario())
+    assert len(servers.state.client_ports[key]) == (1 if reuse else 3)

@@ -22,9 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rbac", type=Path, help="YAML with Role/ClusterRole/(Cluster)RoleBinding")
     parser.add_argument("--dir", type=Path, help="where to write kubeconfigs (default: a temp dir)")
     parser.add_argument("--bookmark-interval", type=float, default=60.0)
+    parser.add_argument(
+        "--no-tls",
+        action="store_true",
+        help="plain HTTP (the kubernetes Python client still works; kubectl then sends no token)",
+    )
     args = parser.parse_args(argv)
 
-    fake = FakeKube(port=args.port, bookmark_interval=args.bookmark_interval)
+    fake = FakeKube(port=args.port, bookmark_interval=args.bookmark_interval, tls=not args.no_tls)
     out = args.dir or Path(tempfile.mkdtemp(prefix="fakekube-"))
     out.mkdir(parents=True, exist_ok=True)
     tokens = [("admin", ADMIN_TOKEN)]

@@ -236,6 +236,11 @@ class Registry:
 
     def __init__(self) -> None:
         self._types: dict[tuple[str, str, str], ResourceType] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Only the built-in types again (custom resources are per test)."""
+        self._types.clear()
         for rtype in _builtin_types():
             self.add(rtype)
 

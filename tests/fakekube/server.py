@@ -14,12 +14,14 @@ request accounting, and kubeconfig / ``ApiClient`` factories.
 
 from __future__ import annotations
 
+import base64
 import builtins
 import copy
 import json
 import re
 import select
 import socket
+import ssl
 import threading
 import time
 import traceback
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import trustme
 import yaml
 
 from tests.fakekube import handlers
@@ -41,7 +44,7 @@ from tests.fakekube.patch import apply_patch
 from tests.fakekube.rbac import ADMIN_TOKEN, Authorizer, User, forbidden_reason
 from tests.fakekube.resources import Registry, ResourceType
 from tests.fakekube.routing import TRUE_VALUES, Route, parse_path, rbac_verb
-from tests.fakekube.store import DeleteOptions, Obj, Store, Watcher, meta
+from tests.fakekube.store import Change, DeleteOptions, Obj, Store, Watcher, meta
 
 DEFAULT_WATCH_TIMEOUT = 1800.0  # the apiserver's minimum request timeout for watches
 IDLE_TICK = 0.2  # how often an idle watch checks for bookmarks, closure, disconnects
@@ -93,8 +96,15 @@ class FakeKube:
     """A fake Kubernetes API server on 127.0.0.1, plus its control API for tests."""
 
     def __init__(
-        self, *, port: int = 0, host: str = "127.0.0.1", bookmark_interval: float = 60.0
+        self,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        bookmark_interval: float = 60.0,
+        tls: bool = False,
     ) -> None:
+        """``tls=True`` serves HTTPS with a throw-away CA (kubectl sends tokens only over
+        TLS); plain HTTP is the default because tests do not need the handshakes."""
         self.registry = Registry()
         self.clock = Clock()
         self.store = Store(self.registry, self.clock)
@@ -107,6 +117,21 @@ class FakeKube:
         self._httpd = _Server((host, port), _Handler)
         self._httpd.fake = self
         self._threads: list[threading.Thread] = []
+        self.ca_pem: bytes | None = None
+        if tls:
+            self._enable_tls()
+
+    def _enable_tls(self) -> None:
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        cert.configure_cert(context)
+        # Handshake in the handler thread, not in the accept loop (a stalled client
+        # must not block every other connection).
+        self._httpd.socket = context.wrap_socket(
+            self._httpd.socket, server_side=True, do_handshake_on_connect=False
+        )
+        self.ca_pem = ca.cert_pem.bytes()
 
     # ------------------------------------------------------------ lifecycle
     @property
@@ -115,7 +140,8 @@ class FakeKube:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.ca_pem else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> FakeKube:
         for target, name in (
@@ -142,9 +168,10 @@ class FakeKube:
         self.stop()
 
     def reset(self) -> None:
-        """A fresh cluster for the next test: objects, RBAC, faults, counts, clock."""
+        """A fresh cluster for the next test: objects, CRDs, RBAC, faults, counts, clock."""
         self.bookmark_interval = self._default_bookmark_interval
         self.store.controllers_paused = False
+        self.registry.reset()
         self.store.reset()
         self.auth.reset()
         self.clock.reset()
@@ -435,10 +462,25 @@ class FakeKube:
     # ----------------------------------------------------------- client side
     def kubeconfig(self, path: Path, token: str = ADMIN_TOKEN, namespace: str = "default") -> Path:
         """Write a kubeconfig for ``token`` (what ``--kubeconfig`` / KUBECONFIG expect)."""
+        return self.write_kubeconfig(path, self.url, token, namespace, ca_pem=self.ca_pem)
+
+    @staticmethod
+    def write_kubeconfig(
+        path: Path,
+        server: str,
+        token: str,
+        namespace: str = "default",
+        *,
+        ca_pem: bytes | None = None,
+    ) -> Path:
+        """A one-context kubeconfig for ``server`` authenticating with ``token``."""
+        cluster: dict[str, str] = {"server": server}
+        if ca_pem:
+            cluster["certificate-authority-data"] = base64.b64encode(ca_pem).decode()
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "fakekube", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "fakekube", "cluster": cluster}],
             "users": [{"name": "fakekube-user", "user": {"token": token}}],
             "contexts": [
                 {
@@ -538,9 +580,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def client_gone(self) -> bool:
         """True when the client closed the connection (readable with nothing to read)."""
+        conn = self.connection
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+            readable, _, _ = select.select([conn], [], [], 0)
+            if not readable:
+                return False
+            if not isinstance(conn, ssl.SSLSocket):
+                return bool(conn.recv(1, socket.MSG_PEEK) == b"")
+            # TLS cannot peek; a watch client sends nothing but close_notify or FIN.
+            conn.setblocking(False)
+            try:
+                return conn.recv(1) == b""
+            except ssl.SSLWantReadError:
+                return False
+            finally:
+                conn.setblocking(True)
         except OSError:
             return True
 
@@ -687,6 +741,11 @@ class _Request:
         rtype, ns, name = route.rtype, route.namespace, route.name
         store = self.fake.store
         if self.verb == "watch":
+            if name:  # watching one object is a watch with metadata.name selected
+                fields = [
+                    f for f in [self.query.get("fieldSelector"), f"metadata.name={name}"] if f
+                ]
+                self.query["fieldSelector"] = ",".join(fields)
             _WatchStream(self, rtype, ns).run()
         elif self.verb == "list":
             self._reply(
@@ -813,7 +872,7 @@ class _WatchStream:
         self.table = handlers.wants_table(request.handler.headers.get("Accept") or "")
         self.include = query.get("includeObject") or "Metadata"
         self.initial_events_end = query.get("sendInitialEvents") in TRUE_VALUES
-        timeout = handlers._int_param(query, "timeoutSeconds")
+        timeout = handlers.int_param(query, "timeoutSeconds")
         self.deadline = time.monotonic() + (timeout if timeout else DEFAULT_WATCH_TIMEOUT)
         rv = query.get("resourceVersion") or ""
         self.since = (
@@ -883,7 +942,7 @@ class _WatchStream:
             if self.handler.client_gone() or self.fake._stop.is_set():
                 return
 
-    def _drain(self, watcher: Watcher) -> Iterator[Any]:
+    def _drain(self, watcher: Watcher) -> Iterator[Change]:
         while watcher.pending:
             yield watcher.pending.popleft()
 

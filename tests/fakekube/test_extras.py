@@ -180,3 +180,30 @@ def test_custom_resource_put_needs_a_resource_version(fake_kube: FakeKube, api_c
             "example.com", "v1", "default", "widgets", "w", body
         )
     assert err.value.status == 422
+
+
+def test_pod_eviction_deletes_the_pod_with_its_options(fake_kube: FakeKube, api_client) -> None:
+    """POST pods/eviction deletes the pod (201 Success), honouring deleteOptions."""
+    v1 = client.CoreV1Api(api_client())
+    fake_kube.create(
+        "v1/pods",
+        {"metadata": {"name": "p"}, "spec": {"nodeName": "n"}, "status": {"phase": "Running"}},
+        "default",
+    )
+    body = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": "p"},
+        "deleteOptions": {"gracePeriodSeconds": 0},
+    }
+    v1.create_namespaced_pod_eviction("p", "default", body)
+    assert fake_kube.find("v1/pods", "p", "default") is None
+    assert fake_kube.count(verb="create", resource="pods/eviction", code=201) == 1
+
+
+def test_custom_resources_are_forgotten_between_tests(fake_kube: FakeKube) -> None:
+    """reset() drops registered CRDs so each test starts from the built-in types."""
+    fake_kube.register_crd("example.com", "v1", "gadgets", "Gadget")
+    fake_kube.reset()
+    with pytest.raises(KeyError):
+        fake_kube.resource("example.com/v1/gadgets")

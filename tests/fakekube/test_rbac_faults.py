@@ -156,7 +156,7 @@ def test_standalone_server_writes_a_working_kubeconfig(tmp_path) -> None:
     )
     try:
         lines = [proc.stdout.readline() for _ in range(3)]
-        assert lines[0].startswith("fake Kubernetes API server on http://127.0.0.1:")
+        assert lines[0].startswith("fake Kubernetes API server on https://127.0.0.1:")
         api = config.new_client_from_config(config_file=str(tmp_path / "admin.kubeconfig"))
         assert "default" in [n.metadata.name for n in client.CoreV1Api(api).list_namespace().items]
         sa = config.new_client_from_config(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import pytest
 import redis
 
 from agents.checkpoint import FILE_NAME
@@ -58,3 +60,39 @@ def test_drop_mode_keeps_reading_and_counts_what_it_dropped(
     lost = dropped._value.get() - before
     assert lost > 0
     wait_for(lambda: len(all_lines(client)) + lost == 2000, what="sent + dropped == written")
+
+
+def released_unread() -> float:
+    return float(metrics.BYTES_RELEASED_UNREAD._value.get())
+
+
+def open_fds_to(path: Path) -> int:
+    fds = Path("/proc/self/fd")
+    count = 0
+    for fd in fds.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        count += target.startswith(str(path))
+    return count
+
+
+@pytest.mark.parametrize("limit", ["grace", "max_open_deleted"])
+def test_with_redis_down_deleted_files_are_released_and_counted(
+    tmp_path: Path, run_agent, redis_server, limit: str
+) -> None:
+    """A dead Redis must not keep deleted files open (and their disk space used) forever."""
+    logs = tmp_path / "logs"
+    for name in ("a.log", "b.log"):
+        write_lines(logs / name, [b"%s %05d" % (name.encode(), i) for i in range(5000)])
+    before = released_unread()
+    redis_server.stop()
+    bounds = {"rotated_grace": 0.5} if limit == "grace" else {"max_open_deleted": 0}
+    agent = run_agent(agent_settings(tmp_path, queue_entries=1, batch_lines=10, **bounds))
+    wait_for(lambda: len(agent.tailers) == 2 and agent.batches.full(), what="blocked")
+    for name in ("a.log", "b.log"):
+        os.unlink(logs / name)
+    wait_for(lambda: not agent.tailers, what="deleted files released while blocked")
+    assert open_fds_to(logs) == 0
+    assert released_unread() > before

@@ -122,3 +122,25 @@ def test_permission_denied_warns_and_other_files_continue(tmp_path: Path, redis_
         assert "secret.log: [Errno 13] Permission denied" in agent.log_file.read_text()
     finally:
         agent.stop()
+
+
+@pytest.mark.slow
+def test_agent_rss_stays_bounded_with_a_large_backlog_and_no_consumer(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Default settings, 500k lines (~60 MB) pushed with nobody reading the stream: the
+    bounded queue keeps the agent's peak RSS flat (the README budget is 60 MB; 70 here
+    leaves room for other library builds)."""
+    log = tmp_path / "logs" / "a.log"
+    write_lines(log, [b"%07d " % i + b"r" * 110 for i in range(500_000)])
+    cfg = {"paths": [str(log)], "checkpoint_dir": str(tmp_path / "ck")}
+    agent = AgentProcess(tmp_path, redis_url, cfg, stream=STREAM).start()
+    try:
+        client = redis.Redis.from_url(redis_url)
+        wait_for(lambda: agent.metric("opsq_agent_lines_read_total") >= 500_000, timeout=60,
+                 what="all lines read")  # fmt: skip
+        wait_for(lambda: agent.metric("opsq_agent_lag_bytes") == 0, what="all acknowledged")
+        assert client.xlen(STREAM) > 0
+        assert agent.vm_hwm_kib() < 70 * 1024
+    finally:
+        agent.stop()

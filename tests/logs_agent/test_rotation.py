@@ -83,11 +83,15 @@ def test_delete_and_recreate_finishes_the_old_file_then_reads_the_new(
 
 
 def test_inode_reuse_by_a_different_file_starts_at_zero(
-    tmp_path: Path, run_agent, raw_client, redis_url: str
+    tmp_path: Path, run_agent, raw_client
 ) -> None:
-    """Delete a file and create others until the inode number comes back."""
-    logs = tmp_path / "logs"
-    log = logs / "app.log"
+    """While the agent is down, the inode it checkpointed now holds another, shorter file.
+
+    Real reuse (delete, create until the inode number comes back) is not deterministic
+    on a busy machine; rewriting the same inode leaves exactly what reuse leaves on disk
+    (same dev:inode, other content), which is all the agent can observe.
+    """
+    log = tmp_path / "logs" / "app.log"
     write_lines(log, batch("first-file", 50))
     ino = os.stat(log).st_ino
     settings = agent_settings(tmp_path)
@@ -95,14 +99,8 @@ def test_inode_reuse_by_a_different_file_starts_at_zero(
     wait_for(lambda: len(stream_records(raw_client)) >= 50, what="first file shipped")
     agent.stop()
     agent.join(30)
-    os.unlink(log)
-    for _ in range(5000):  # ext4 hands the freed inode out again, usually at once
-        write_lines(log, [b"second file, shorter"])
-        if os.stat(log).st_ino == ino:
-            break
-        os.unlink(log)
-    else:
-        pytest.skip(f"no reuse of {ino}: now {os.stat(log).st_ino}, open: {list(agent.tailers)}")
+    write_lines(log, [b"second file, shorter"], mode="wb")
+    assert os.stat(log).st_ino == ino
     raw_client.delete(settings.stream)
     run_agent(settings)
     wait_for(lambda: len(stream_records(raw_client)) >= 1, what="reused-inode file shipped")

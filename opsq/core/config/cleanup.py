@@ -206,6 +206,9 @@ class CleanupSettings(Section):
     retries: Annotated[int, Field(ge=0, le=20)] = 5
     backoff_base: Annotated[Duration, Field(ge=0)] = 0.5
     backoff_cap: Annotated[Duration, Field(gt=0)] = 60.0
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    """Port of `opsq watch`'s /metrics, /healthz, /readyz; None: ``metrics.port``. `opsq up`
+    sets it so the watcher does not collide with its other children."""
 
     @model_validator(mode="after")
     def _unique_rules(self) -> CleanupSettings:

@@ -147,6 +147,10 @@ class Kube:
     ) -> Kube:
         return cls(load_api_client(kubeconfig, context), **kwargs)
 
+    def close(self) -> None:
+        """Close pooled connections (long-running processes keep one Kube for life)."""
+        self.api.close()
+
     # --- verbs -----------------------------------------------------------------------
 
     def get(self, resource: ResourceRef, namespace: str | None, name: str) -> Obj:

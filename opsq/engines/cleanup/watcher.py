@@ -39,6 +39,8 @@ Obj = dict[str, Any]
 class Due:
     target: Target
     due_at: float
+    backoff_for: int = 0
+    """Failure count whose backoff is already included in ``due_at``."""
 
 
 class DueQueue:

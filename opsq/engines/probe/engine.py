@@ -160,7 +160,9 @@ class ProbeEngine:
         host = _url_parts(target.url)[1]
         host_sem = self._hosts.enter(host)
         try:
-            async with self._global, host_sem:
+            # Host slot first: a probe queued behind a busy host must not sit on one
+            # of the global slots that probes of other hosts could be using.
+            async with host_sem, self._global:
                 metrics.PROBES_IN_FLIGHT.inc()
                 try:
                     result = await self._probe_with_retries(target)

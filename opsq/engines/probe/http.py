@@ -13,18 +13,36 @@ only with ``body_regex`` is it decoded, and only its first :data:`MAX_BODY` byte
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
 import httpx
 
 from opsq.core.config.probes import Target
+from opsq.core.version import version_info
 from opsq.engines.probe import checks
 from opsq.engines.probe.errors import ProbeFailure
 from opsq.engines.probe.phases import PhaseClock
 from opsq.engines.probe.transports import httpcore_trace
 
 MAX_BODY = 1 << 20
+
+
+@functools.cache
+def default_headers() -> dict[str, str]:
+    """Sent unless the target overrides them: the same on every transport.
+
+    httpx's client would add its own, aiohttp's session its own, httpcore none; we
+    bypass the client, so we name the prober and accept compression ourselves.
+    """
+    return {
+        "User-Agent": f"opsq-probe/{version_info()['version']}",
+        "Accept": "*/*",
+        "Accept-Encoding": "gzip, deflate",
+    }
+
+
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 
 
@@ -46,7 +64,7 @@ async def fetch(
     request = httpx.Request(
         target.method,
         target.url,
-        headers=target.headers,
+        headers=_headers(target),
         content=target.body.encode() if target.body is not None else None,
         extensions={"timeout": httpx.Timeout(budget).as_dict(), "trace": httpcore_trace},
     )
@@ -63,6 +81,12 @@ async def fetch(
         body=body,
         latency=time.perf_counter() - began,
     )
+
+
+def _headers(target: Target) -> httpx.Headers:
+    headers = httpx.Headers(default_headers())
+    headers.update(target.headers)  # case-insensitive: "user-agent" replaces "User-Agent"
+    return headers
 
 
 async def _send_following(

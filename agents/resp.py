@@ -1,0 +1,157 @@
+"""A minimal pipelined Redis (RESP2) client: just what the agent sends.
+
+Why not redis-py: the agent runs on every node and has a 60 MB RSS budget; importing
+redis-py 8 (its command mixins, asyncio, observability modules) costs ~10 MB of that
+before a single line is read, and its per-command packing is overhead we measured in
+the benchmark. The agent needs five commands (AUTH, SELECT, PING, XADD, XTRIM), sent
+pipelined, with replies read in order. Anything unusual (a closed socket, a timeout,
+an ``-OOM``/``-LOADING`` error reply) becomes :class:`RedisUnavailable`, which the sender
+answers with backoff and a retry of the whole pipeline.
+
+Supports ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS) and
+``unix:///path?db=N``.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from typing import BinaryIO
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from opsq.core.errors import ConfigError, RedisUnavailable
+
+Reply = bytes | int | list["Reply"] | None
+Command = list[bytes]
+
+
+class ErrorReply(Exception):
+    """Redis answered ``-ERR ...`` (or OOM, LOADING, ...) to one command."""
+
+
+def encode(command: Command) -> bytes:
+    parts = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        parts.append(b"$%d\r\n" % len(arg))
+        parts.append(arg)
+        parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+class RespClient:
+    def __init__(self, url: str, *, timeout: float = 10.0, connect_timeout: float = 3.0) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._sock: socket.socket | None = None
+        self._file: BinaryIO | None = None
+
+    # --- connection -------------------------------------------------------------------
+    def _connect(self) -> BinaryIO:
+        parts = urlsplit(self.url)
+        if parts.scheme == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.connect_timeout)
+            sock.connect(parts.path)
+        elif parts.scheme in ("redis", "rediss"):
+            host = parts.hostname or "127.0.0.1"
+            sock = socket.create_connection((host, parts.port or 6379), self.connect_timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if parts.scheme == "rediss":
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        else:
+            raise ConfigError(f"redis_url: unsupported scheme {parts.scheme!r}; use redis://")
+        sock.settimeout(self.timeout)
+        self._sock = sock
+        self._file = sock.makefile("rb")
+        self._handshake(parts.username, parts.password, _db(parts.path, parts.query))
+        return self._file
+
+    def _handshake(self, user: str | None, password: str | None, db: int) -> None:
+        setup: list[Command] = []
+        if password:
+            auth = [b"AUTH", unquote(password).encode()]
+            setup.append(auth if not user else [b"AUTH", unquote(user).encode(), auth[1]])
+        if db:
+            setup.append([b"SELECT", str(db).encode()])
+        if setup:
+            self._roundtrip(setup)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock, self._file = None, None
+
+    # --- commands ---------------------------------------------------------------------
+    def execute(self, commands: list[Command]) -> list[Reply]:
+        """Send *commands* pipelined; return replies in order, or raise RedisUnavailable."""
+        try:
+            if self._file is None:
+                self._connect()
+            return self._roundtrip(commands)
+        except ErrorReply as exc:
+            raise RedisUnavailable(f"Redis refused the write: {exc}") from exc
+        except (OSError, EOFError) as exc:
+            self.close()
+            raise RedisUnavailable(f"Redis at {_safe(self.url)} unreachable: {exc}") from exc
+
+    def _roundtrip(self, commands: list[Command]) -> list[Reply]:
+        if self._sock is None or self._file is None:
+            raise EOFError("not connected")
+        for command in commands:  # one command at a time: no copy of the whole pipeline
+            self._sock.sendall(encode(command))
+        replies, first_error = [], None
+        for _ in commands:
+            try:
+                replies.append(_read(self._file))
+            except ErrorReply as exc:  # read every reply to keep the stream in sync
+                first_error = first_error or exc
+                replies.append(None)
+        if first_error is not None:
+            raise first_error
+        return replies
+
+    def ping(self) -> bool:
+        try:
+            return self.execute([[b"PING"]]) == [b"PONG"]
+        except RedisUnavailable:
+            return False
+
+
+def _read(f: BinaryIO) -> Reply:
+    line = f.readline()
+    if not line.endswith(b"\r\n"):
+        raise EOFError("connection closed mid-reply")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise ErrorReply(rest.decode(errors="replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        size = int(rest)
+        if size < 0:
+            return None
+        data = f.read(size + 2)
+        if len(data) != size + 2:
+            raise EOFError("connection closed mid-reply")
+        return data[:-2]
+    if kind == b"*":
+        count = int(rest)
+        return None if count < 0 else [_read(f) for _ in range(count)]
+    raise EOFError(f"unexpected RESP reply {line[:20]!r}")
+
+
+def _db(path: str, query: str) -> int:
+    if path.strip("/").isdigit():
+        return int(path.strip("/"))
+    values = parse_qs(query).get("db")
+    return int(values[0]) if values and values[0].isdigit() else 0
+
+
+def _safe(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port}" if parts.hostname else parts.scheme

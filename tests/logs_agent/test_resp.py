@@ -1,0 +1,56 @@
+"""The agent's minimal RESP client against a real server: auth, db, errors, sync."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from agents.resp import RespClient
+from opsq.core.errors import RedisUnavailable
+from opsq.core.redis_server import RedisServer, free_port
+
+
+def test_pipelined_replies_come_back_in_order(redis_url: str) -> None:
+    client = RespClient(redis_url)
+    try:
+        replies = client.execute([[b"SET", b"k", b"v\r\nwith crlf"], [b"GET", b"k"],
+                                  [b"INCR", b"n"], [b"GET", b"missing"], [b"PING"]])  # fmt: skip
+    finally:
+        client.close()
+    assert replies == [b"OK", b"v\r\nwith crlf", 1, None, b"PONG"]
+
+
+def test_an_error_reply_raises_but_keeps_the_connection_in_sync(redis_url: str) -> None:
+    client = RespClient(redis_url)
+    try:
+        with pytest.raises(RedisUnavailable, match="WRONGTYPE"):
+            client.execute([[b"SET", b"s", b"x"], [b"LPUSH", b"s", b"y"], [b"GET", b"s"]])
+        assert client.execute([[b"GET", b"s"]]) == [b"x"]  # replies were all consumed
+    finally:
+        client.close()
+
+
+def test_password_and_database_from_the_url(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "r", appendonly=False, password="s3cret")
+    server.start()
+    try:
+        client = RespClient(server.url.replace("/0", "/3"))
+        client.execute([[b"SET", b"where", b"db3"]])
+        client.close()
+        check = redis.Redis.from_url(server.url.replace("/0", "/3"))
+        assert check.get("where") == b"db3"
+        check.close()
+        bad = RespClient(server.url.replace("s3cret", "wrong"))
+        with pytest.raises(RedisUnavailable):
+            bad.execute([[b"PING"]])
+    finally:
+        server.stop()
+
+
+def test_unreachable_server_is_redis_unavailable_and_ping_false() -> None:
+    client = RespClient(f"redis://127.0.0.1:{free_port()}/0", connect_timeout=1)
+    with pytest.raises(RedisUnavailable, match="unreachable"):
+        client.execute([[b"PING"]])
+    assert client.ping() is False
