@@ -34,6 +34,7 @@ class ServerState:
     hits: Counter[str] = field(default_factory=Counter)
     in_flight: Counter[str] = field(default_factory=Counter)
     max_in_flight: Counter[str] = field(default_factory=Counter)
+    client_ports: dict[str, set[int]] = field(default_factory=dict)
 
 
 def _app(state: ServerState) -> web.Application:
@@ -83,6 +84,12 @@ def _app(state: ServerState) -> web.Application:
         response = web.Response(text="compressed hello " * 50)
         response.enable_compression(web.ContentCoding.gzip)
         return response
+
+    @routes.get("/conn/{key}")
+    async def conn(request: web.Request) -> web.Response:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        state.client_ports.setdefault(request.match_info["key"], set()).add(peer[1])
+        return web.Response(text="seen")
 
     @routes.get("/drop")
     async def drop(request: web.Request) -> web.Response:

@@ -206,3 +206,17 @@ def test_gzip_body_is_decoded_for_body_regex(servers: Servers, transport: str) -
         target(f"{servers.http}/gzip", expect={"body_regex": "compressed hello"}), transport
     )
     assert result.up, result.error
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_fresh_connection_per_probe_unless_reuse_is_asked(
+    servers: Servers, transport: str, key: str, reuse: bool
+) -> None:
+    async def scenario() -> None:
+        async with ProbeEngine(transport=transport) as engine:  # type: ignore[arg-type]
+            t = target(f"{servers.http}/conn/{key}", reuse_connections=reuse)
+            for _ in range(3):
+                assert (await engine.probe(t)).up
+
+    asyncio.run(scenario())
+    assert len(servers.state.client_ports[key]) == (1 if reuse else 3)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -141,7 +141,8 @@ def decode_continue(token: str) -> tuple[int, str]:
     return rv, start
 
 
-def _int_param(query: Mapping[str, str], name: str) -> int | None:
+def int_param(query: Mapping[str, str], name: str) -> int | None:
+    """An integer query parameter (absent or empty: None; garbage: 400)."""
     value = query.get(name)
     if value in (None, ""):
         return None
@@ -155,7 +156,7 @@ def _snapshot(
     store: Store, rtype: ResourceType, query: Mapping[str, str]
 ) -> tuple[dict[str, Obj], int, str, int]:
     """(objects, snapshot rv, start key, effective limit) for a LIST request."""
-    limit = max(0, _int_param(query, "limit") or 0)
+    limit = max(0, int_param(query, "limit") or 0)
     token = query.get("continue") or ""
     rv_param = query.get("resourceVersion") or ""
     match = query.get("resourceVersionMatch") or ""
@@ -181,7 +182,7 @@ def _snapshot(
         if rv_param == "0":
             return dict(store.bucket(rtype)), current, "", 0
         if rv_param and (match == "Exact" or (not match and limit)):
-            wanted = _int_param(query, "resourceVersion") or 0
+            wanted = int_param(query, "resourceVersion") or 0
             if wanted > current:
                 raise _too_large(wanted, current)
             try:
@@ -190,7 +191,7 @@ def _snapshot(
                 raise errors.expired(
                     "The resourceVersion for the provided list is too old."
                 ) from exc
-        if rv_param and (_int_param(query, "resourceVersion") or 0) > current:
+        if rv_param and (int_param(query, "resourceVersion") or 0) > current:
             raise _too_large(int(rv_param), current)
         return dict(store.bucket(rtype)), current, "", limit
 
@@ -280,7 +281,7 @@ def dry_run_requested(query: Mapping[str, str], body: Obj | None) -> bool:
 def delete_options(query: Mapping[str, str], body: Obj | None) -> DeleteOptions:
     body = body or {}
     pre = body.get("preconditions") or {}
-    grace = _int_param(query, "gracePeriodSeconds")
+    grace = int_param(query, "gracePeriodSeconds")
     if grace is None and body.get("gracePeriodSeconds") is not None:
         grace = int(body["gracePeriodSeconds"])
     policy = query.get("propagationPolicy") or body.get("propagationPolicy")
@@ -334,9 +335,6 @@ def delete_collection(
             continue
         deleted.append(_list_item(rtype, out) if out.get("kind") != "Status" else item)
     return {**listing, "items": deleted}
-
-
-Handler = Callable[..., Obj]
 
 
 # ------------------------------------------------------------ Table (kubectl)

@@ -44,7 +44,7 @@ from tests.fakekube.patch import apply_patch
 from tests.fakekube.rbac import ADMIN_TOKEN, Authorizer, User, forbidden_reason
 from tests.fakekube.resources import Registry, ResourceType
 from tests.fakekube.routing import TRUE_VALUES, Route, parse_path, rbac_verb
-from tests.fakekube.store import DeleteOptions, Obj, Store, Watcher, meta
+from tests.fakekube.store import Change, DeleteOptions, Obj, Store, Watcher, meta
 
 DEFAULT_WATCH_TIMEOUT = 1800.0  # the apiserver's minimum request timeout for watches
 IDLE_TICK = 0.2  # how often an idle watch checks for bookmarks, closure, disconnects
@@ -586,7 +586,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not readable:
                 return False
             if not isinstance(conn, ssl.SSLSocket):
-                return conn.recv(1, socket.MSG_PEEK) == b""
+                return bool(conn.recv(1, socket.MSG_PEEK) == b"")
             # TLS cannot peek; a watch client sends nothing but close_notify or FIN.
             conn.setblocking(False)
             try:
@@ -741,6 +741,11 @@ class _Request:
         rtype, ns, name = route.rtype, route.namespace, route.name
         store = self.fake.store
         if self.verb == "watch":
+            if name:  # watching one object is a watch with metadata.name selected
+                fields = [
+                    f for f in [self.query.get("fieldSelector"), f"metadata.name={name}"] if f
+                ]
+                self.query["fieldSelector"] = ",".join(fields)
             _WatchStream(self, rtype, ns).run()
         elif self.verb == "list":
             self._reply(
@@ -867,7 +872,7 @@ class _WatchStream:
         self.table = handlers.wants_table(request.handler.headers.get("Accept") or "")
         self.include = query.get("includeObject") or "Metadata"
         self.initial_events_end = query.get("sendInitialEvents") in TRUE_VALUES
-        timeout = handlers._int_param(query, "timeoutSeconds")
+        timeout = handlers.int_param(query, "timeoutSeconds")
         self.deadline = time.monotonic() + (timeout if timeout else DEFAULT_WATCH_TIMEOUT)
         rv = query.get("resourceVersion") or ""
         self.since = (
@@ -937,7 +942,7 @@ class _WatchStream:
             if self.handler.client_gone() or self.fake._stop.is_set():
                 return
 
-    def _drain(self, watcher: Watcher) -> Iterator[Any]:
+    def _drain(self, watcher: Watcher) -> Iterator[Change]:
         while watcher.pending:
             yield watcher.pending.popleft()
 

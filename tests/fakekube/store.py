@@ -42,6 +42,7 @@ ORPHAN = "orphan"
 FOREGROUND = "foregroundDeletion"
 NAMESPACE_FINALIZER = "kubernetes"
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+IMMORTAL_NAMESPACES = ("default", "kube-system", "kube-public")
 _SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the apiserver's utilrand alphabet
@@ -570,6 +571,8 @@ class Store:
     def _delete_namespace(
         self, rtype: ResourceType, key: str, current: Obj, options: DeleteOptions
     ) -> Obj:
+        if key in IMMORTAL_NAMESPACES:  # the NamespaceLifecycle admission plugin
+            raise errors.forbidden(rtype, key, "this namespace may not be deleted")
         if meta(current).get("deletionTimestamp"):
             return copy.deepcopy(current)
         proposed = copy.deepcopy(current)

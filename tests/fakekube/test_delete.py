@@ -233,3 +233,13 @@ def test_delete_collection_with_selector(fake_kube: FakeKube, api_client) -> Non
         "default", label_selector="team=x"
     )
     assert [c["metadata"]["name"] for c in fake_kube.list("v1/configmaps", "default")] == ["b"]
+
+
+def test_system_namespaces_may_not_be_deleted(fake_kube: FakeKube, api_client) -> None:
+    """default, kube-system and kube-public are protected like on a real cluster."""
+    with pytest.raises(ApiException) as err:
+        client.CoreV1Api(api_client()).delete_namespace("kube-system")
+    assert err.value.status == 403
+    assert json.loads(err.value.body)["message"] == (
+        'namespaces "kube-system" is forbidden: this namespace may not be deleted'
+    )

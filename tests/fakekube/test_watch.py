@@ -268,3 +268,37 @@ def test_send_initial_events_ends_with_an_annotated_bookmark(
     lines = [json.loads(line) for line in resp.data.decode().splitlines()]
     assert [e["type"] for e in lines] == ["ADDED", "BOOKMARK"]
     assert lines[1]["object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
+def test_periodic_bookmarks_arrive_at_the_configured_interval(
+    fake_kube: FakeKube, api_client
+) -> None:
+    """With a short bookmark_interval an idle watch keeps receiving BOOKMARKs."""
+    fake_kube.bookmark_interval = 0.05
+    events, thread = collect(
+        api_client(),
+        fake_kube,
+        stop_after=3,
+        allow_watch_bookmarks=True,
+        resource_version=str(fake_kube.resource_version),
+    )
+    thread.join(timeout=20)
+    assert [e[0] for e in events] == ["BOOKMARK"] * 3
+
+
+def test_watch_on_a_named_object_sees_only_that_object(fake_kube: FakeKube) -> None:
+    """GET .../pods/NAME?watch=1 (and the legacy /watch/ path) select that name only."""
+    fake_kube.create("v1/pods", {"metadata": {"name": "a"}}, "default")
+    fake_kube.create("v1/pods", {"metadata": {"name": "b"}}, "default")
+    http = urllib3.PoolManager()
+    headers = {"Authorization": "Bearer fakekube-admin-token"}
+    for path in (
+        "/api/v1/namespaces/default/pods/b?watch=1&timeoutSeconds=1",
+        "/api/v1/watch/namespaces/default/pods/b?timeoutSeconds=1",
+    ):
+        resp = http.request("GET", fake_kube.url + path, headers=headers)
+        names = [
+            json.loads(line)["object"]["metadata"]["name"]
+            for line in resp.data.decode().splitlines()
+        ]
+        assert names == ["b"]
