@@ -37,5 +37,5 @@ EXPOSE 9464 5555
 # Liveness of whichever component runs here: its /healthz on the metrics port
 # (Flower's service overrides this with /healthcheck on its own port).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os,urllib.request;urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('OPSQ_HEALTH_PORT', os.environ['OPSQ_METRICS__PORT']), timeout=2)"]
+    CMD ["python", "-c", "import os,urllib.request;urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('HEALTH_PORT', os.environ['OPSQ_METRICS__PORT']), timeout=2)"]
 CMD ["opsq", "--help"]

@@ -119,3 +119,7 @@ def _stop_observe(**_: Any) -> None:
 @worker_process_shutdown.connect  # type: ignore[untyped-decorator]  # celery is untyped
 def _pool_process_exit(**_: Any) -> None:
     mark_process_dead(os.getpid())
+
+
+# Logging for worker and beat, and beat's observe endpoints (after `app` exists).
+import tasks.observability  # noqa: E402, F401

@@ -154,11 +154,11 @@ class Builder:
         return child
 
     def metrics_child(
-        self, name: str, argv: list[str], port_env: str, extra: dict[str, str] | None = None
+        self, name: str, argv: list[str], port_env: str, phase: int = STOP_PHASE_WORK
     ) -> int:
         """A child serving /metrics on a port of its own, announced in the banner."""
         port = self.ports.take()
-        self.child(name, argv, STOP_PHASE_WORK, {port_env: str(port), **(extra or {})})
+        self.child(name, argv, phase, {port_env: str(port)})
         url = f"http://{_host(self.settings.metrics.bind)}:{port}"
         self.plan.metrics_urls[name] = f"{url}/metrics"
         self.plan.lines.append(f"  {name:<10} {url}/metrics  (/healthz /readyz /debug/stacks)")
@@ -181,8 +181,7 @@ class Builder:
     def add_beat(self) -> None:
         argv = self.celery("beat", "--loglevel", self.settings.log_level,
                            "-S", "redbeat.RedBeatScheduler")  # fmt: skip
-        self.child("beat", argv, STOP_PHASE_SERVICES)
-        self.plan.lines.append("  beat       RedBeat scheduler (lock in Redis; safe to run twice)")
+        self.metrics_child("beat", argv, "OPSQ_METRICS__PORT", STOP_PHASE_SERVICES)
 
     def add_flower(self) -> None:
         port = self.options.flower_port

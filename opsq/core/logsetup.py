@@ -1,7 +1,16 @@
 """Logging for every opsq process: ``text`` for people, ``json`` for log pipelines.
 
-Secrets never reach a log line: every record's message goes through
-:func:`opsq.core.redact.redact_text`, which masks passwords in URLs.
+Chosen by ``log_format`` / ``--log-format`` and ``log_level`` / ``--log-level`` (or
+``OPSQ_LOG_FORMAT`` / ``OPSQ_LOG_LEVEL``, which is how ``opsq up``, the Helm chart and
+docker-compose set them for Celery processes: see :mod:`tasks.observability`).
+
+Secrets never reach a log line. Redaction happens in the formatter, after the message
+is rendered, so it covers the message, the ``extra`` fields of JSON lines (secret-named
+keys are masked, URLs lose their passwords) and exception tracebacks, whose messages
+are where library errors tend to echo a connection URL.
+
+One JSON object per line, with ``ts`` (UTC, ISO 8601), ``level``, ``logger``, ``msg``,
+then any ``extra`` fields, then ``exc`` when there is a traceback.
 """
 
 from __future__ import annotations
@@ -12,16 +21,29 @@ import logging
 import sys
 from typing import Any
 
-from opsq.core.redact import redact_text
+from opsq.core.redact import redact, redact_text
 
-_STD = set(vars(logging.makeLogRecord({})))
+_STD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class RedactingFilter(logging.Filter):
+    """Render the message once and redact it (kept for handlers other than ours)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = redact_text(record.getMessage())
         record.args = ()
         return True
+
+
+class TextFormatter(logging.Formatter):
+    """The usual one-line format, with tracebacks and stack info redacted too."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,21 +52,44 @@ class JsonFormatter(logging.Formatter):
             "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": redact_text(record.getMessage()),
         }
-        doc.update({k: v for k, v in vars(record).items() if k not in _STD})
+        extras = {k: v for k, v in vars(record).items() if k not in _STD}
+        doc.update(redact(json.loads(json.dumps(extras, default=str))))
         if record.exc_info:
             doc["exc"] = redact_text(self.formatException(record.exc_info))
+        if record.stack_info:
+            doc["stack"] = redact_text(self.formatStack(record.stack_info))
         return json.dumps(doc, default=str)
 
 
-def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+class Redacted(logging.Formatter):
+    """Wrap another formatter (e.g. Celery's) and redact everything it renders."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(self.inner.format(record))
+
+
+def redact_handlers(logger: logging.Logger) -> None:
+    """Make every handler of *logger* redact, keeping its own format."""
+    for handler in logger.handlers:
+        if not isinstance(handler.formatter, Redacted | JsonFormatter | TextFormatter):
+            handler.setFormatter(Redacted(handler.formatter))
+
+
+def make_handler(fmt: str = "text") -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter())
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    return handler
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Replace the root logger's handlers with one opsq handler on stderr."""
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [make_handler(fmt)]
     root.setLevel(level)

@@ -13,12 +13,14 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 import redis
 
 from opsq.core import keys, signatures
+from opsq.core.redis_server import free_port
 from tests.deploy.util import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +30,7 @@ LOCK_TIMEOUT_S = 4
 class Beat:
     def __init__(self, name: str, redis_url: str, tmp_path: Path) -> None:
         self.log_path = tmp_path / f"beat-{name}.log"
+        self.port = free_port()
         env = {
             **os.environ,
             "OPSQ_REDIS_URL": redis_url,
@@ -36,6 +39,8 @@ class Beat:
             "OPSQ_BEAT__MAX_LOOP_INTERVAL": "1",
             "OPSQ_PROBES__SETS__T__FILE": str(tmp_path / "unused.yaml"),
             "OPSQ_PROBES__SETS__T__INTERVAL": "1",
+            "OPSQ_METRICS__PORT": str(self.port),
+            "OPSQ_LOG_FORMAT": "json",
         }
         argv = [sys.executable, "-m", "celery", "-A", "tasks", "beat", "--loglevel", "INFO",
                 "--pidfile=", "-s", str(tmp_path / f"schedule-{name}")]  # fmt: skip
@@ -49,7 +54,14 @@ class Beat:
         return self.log_path.read_text(errors="replace")
 
     def has_lock(self) -> bool:
-        return "beat: Acquired lock" in self.log()
+        return '"msg": "beat: Acquired lock"' in self.log()
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except OSError as exc:
+            return getattr(exc, "code", 0), str(exc)
 
     def kill9(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
@@ -91,6 +103,12 @@ def test_only_the_lock_holder_fires_and_a_standby_takes_over(
         assert not b.has_lock(), "the standby must wait while the leader renews its lock"
         assert set(origins(redis_client)) == {f"gen{a.proc.pid}"}
         assert b.proc.poll() is None
+        # The standby is alive for Kubernetes while it waits for the lock.
+        assert wait_for(lambda: b.get("/healthz")[0] == 200, 30), b.log()
+        status, metrics = a.get("/metrics")
+        assert status == 200
+        assert 'opsq_beat_sent_total{task="opsq.probe_set"}' in metrics
+        assert a.get("/readyz")[0] == 200
 
         fired_by_a = len(origins(redis_client))
         a.kill9()
@@ -99,6 +117,9 @@ def test_only_the_lock_holder_fires_and_a_standby_takes_over(
         senders = origins(redis_client)
         assert set(senders) == {f"gen{a.proc.pid}", f"gen{b.proc.pid}"}
         assert senders[:fired_by_a] == [f"gen{a.proc.pid}"] * fired_by_a
+        # JSON logs from Celery's own loggers too (tasks.observability), one object a line.
+        records = [json.loads(line) for line in b.log().splitlines() if line.startswith("{")]
+        assert any(r["msg"] == "beat: Acquired lock" for r in records)
     finally:
         a.stop()
         if b is not None:

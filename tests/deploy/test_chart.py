@@ -8,6 +8,7 @@ rejects mistakes before anything reaches a cluster.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
@@ -16,7 +17,9 @@ import yaml
 from helm_python import Chart, lint
 from helm_python.errors import HelmError
 
+from opsq.core.config.cleanup import CleanupSettings
 from opsq.core.settings import Settings, load_settings
+from opsq.engines.cleanup.rbac import policy_rules
 from tests.deploy.chart import CHART_DIR, find, render_chart, watcher_role_rules
 
 KUBE_VERSION = "1.30.0"
@@ -286,3 +289,45 @@ def test_secrets_use_string_data(default_objects: list[dict[str, Any]]) -> None:
     for secret in find(default_objects, "Secret"):
         assert "data" not in secret
         assert all(isinstance(v, str) for v in secret["stringData"].values())
+
+
+CLEANUP = {
+    "events": True,
+    "rules": [
+        {"name": "old-pods", "resource": "v1/pods", "when": {"older_than": "1h"}},
+        {"name": "done-jobs", "resource": "batch/v1/jobs", "when": {"finished": True}},
+        {"name": "old-jobs", "resource": "batch/v1/jobs", "when": {"older_than": "7d"}},
+    ],
+}
+
+
+def test_watcher_role_equals_what_opsq_cleanup_rbac_prints() -> None:
+    """The chart's Role and `opsq cleanup rbac` (policy_rules) agree for the same config."""
+    settings = CleanupSettings.model_validate(CLEANUP)
+    assert watcher_role_rules({"cleanup": CLEANUP}) == policy_rules(settings)
+
+
+def test_config_map_with_cleanup_rules_is_accepted_by_opsq(tmp_path: Path) -> None:
+    """values.cleanup becomes the config's cleanup section, valid for opsq's settings."""
+    objects = render_chart({"cleanup": CLEANUP})
+    path = tmp_path / "config.yaml"
+    path.write_text(find(objects, "ConfigMap", "opsq-config")[0]["data"]["config.yaml"])
+    settings = load_settings(path)
+    assert [r.name for r in settings.cleanup.rules] == ["old-pods", "done-jobs", "old-jobs"]
+    assert settings.cleanup.events is True
+
+
+def test_every_opsq_environment_variable_the_chart_sets_is_a_real_setting(
+    full_objects: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A misspelt OPSQ_* variable would crash a pod at start (unknown fields are errors)."""
+    names = set()
+    for _name, spec in _pod_specs(full_objects):
+        for entry in spec["containers"][0]["env"]:
+            if entry["name"].startswith("OPSQ_") and "value" in entry:
+                if entry["name"] in ("OPSQ_CONFIG",):
+                    continue  # a path inside the pod
+                monkeypatch.setenv(entry["name"], entry["value"])
+                names.add(entry["name"])
+        load_settings(None)  # raises ConfigError on an unknown or invalid variable
+    assert {"OPSQ_METRICS__PORT", "OPSQ_CLEANUP__METRICS_PORT"} <= names

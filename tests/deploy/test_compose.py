@@ -16,6 +16,8 @@ import jsonschema
 import pytest
 import yaml
 
+from opsq.core.settings import load_settings
+
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
 OPSQ_SERVICES = ("worker", "beat", "flower", "agent", "shipper", "watcher")
@@ -101,3 +103,15 @@ def test_dockerfile_is_slim_non_root_and_health_checked() -> None:
     assert "HEALTHCHECK" in text
     assert "/healthz" in text
     assert "PYTHONDONTWRITEBYTECODE=1" in text
+
+
+def test_every_opsq_variable_in_compose_is_a_real_setting(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each service's OPSQ_* environment loads through opsq's settings without error."""
+    for name in OPSQ_SERVICES:
+        with monkeypatch.context() as patch:
+            for key, value in compose["services"][name]["environment"].items():
+                if key.startswith("OPSQ_") and key != "OPSQ_CONFIG":
+                    patch.setenv(key, str(value))
+            load_settings(None)  # ConfigError on an unknown or invalid variable

@@ -78,7 +78,7 @@ def test_each_child_gets_its_own_port_data_dir_and_session(tmp_path: Path) -> No
         logs={"agent": {"paths": ["/x/*.log"]}},
     )  # fmt: skip
     ports = [url.rsplit(":", 1)[1] for url in plan.metrics_urls.values()]
-    assert len(ports) == len(set(ports)) == 5
+    assert len(ports) == len(set(ports)) == 6  # 3 workers, beat, agent, shipper
     data_dirs = [c.env["OPSQ_DATA_DIR"] for c in children.values()]
     assert len(data_dirs) == len(set(data_dirs))
     assert {c.env[SESSION_ENV] for c in children.values()} == {"sess"}
