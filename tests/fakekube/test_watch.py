@@ -325,9 +325,10 @@ def test_concurrent_writers_yield_one_strictly_increasing_event_stream(
             if len(versions) == 4 * 25 * 2:
                 w.stop()
 
+    clients = [client.CoreV1Api(api_client()) for _ in range(4)]
+
     def write(worker: int) -> None:
-        api_w = api_client()
-        v1_w = client.CoreV1Api(api_w)
+        v1_w = clients[worker]
         for i in range(25):
             v1_w.create_namespaced_config_map("default", {"metadata": {"name": f"w{worker}-{i}"}})
             v1_w.delete_namespaced_config_map(f"w{worker}-{i}", "default")
