@@ -24,13 +24,11 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from kombu.exceptions import OperationalError
 
 from opsq.core import signatures
-from opsq.core.celeryconf import celery_config
 from opsq.core.config.cleanup import CleanupSettings, Rule
 from opsq.core.errors import OpsqError, RedisUnavailable, TemporaryError
 from opsq.core.metrics.cleanup import CLEANUP_OBJECTS, TERMINATING_SEEN
-from opsq.core.settings import Settings
 from opsq.engines.cleanup import planner
-from opsq.engines.cleanup.executor import Executor, Outcome, Target
+from opsq.engines.cleanup.executor import Executor, Outcome, Target, count
 from opsq.engines.cleanup.kube import Kube
 from opsq.engines.cleanup.lister import list_all
 from opsq.engines.cleanup.owners import OwnerResolver
@@ -145,7 +143,7 @@ def local_executor(executor: Executor) -> Execute:
             try:
                 outcomes.append(executor.execute(target, dry_run=dry_run))
             except TemporaryError as exc:
-                outcomes.append(_failed(target, "unavailable", str(exc)))
+                outcomes.append(count(_failed(target, "unavailable", str(exc))))
         return outcomes
 
     return execute
@@ -156,13 +154,6 @@ def _failed(target: Target, reason: str, message: str) -> Outcome:
         result="failed", reason=reason, resource=target.resource, namespace=target.namespace,
         name=target.name, uid=target.uid, rule=target.rule, message=message,
     )  # fmt: skip
-
-
-def producer_app(settings: Settings) -> Celery:
-    """A send-only Celery app (never the workers' ``tasks.app``)."""
-    app = Celery("opsq-cleanup-producer", set_as_current=False)
-    app.conf.update(celery_config(settings))
-    return app
 
 
 def task_kwargs(target: Target, dry_run: bool) -> dict[str, Any]:

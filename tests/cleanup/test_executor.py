@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from opsq.engines.cleanup import planner
-from opsq.engines.cleanup.executor import Executor
+from opsq.engines.cleanup.executor import Executor, Target
 from opsq.engines.cleanup.kube import Kube
 from producers.cleanup import build_plan, target_of
 from tests.cleanup.conftest import JOBS, add, settings
@@ -112,3 +112,13 @@ def test_event_is_created_on_deletion_when_enabled(fake_kube: FakeKube, kube: Ku
     events = fake_kube.list("v1/events", "team-a")
     assert [e["reason"] for e in events] == ["OpsqCleanupDeleted"]
     assert events[0]["involvedObject"]["uid"] == item.uid
+
+
+def test_a_rule_missing_from_the_workers_config_fails_clearly_without_any_request(
+    fake_kube: FakeKube, kube: Kube
+) -> None:
+    target = Target("renamed-rule", JOBS, "team-a", "j", "uid-1", "7", "job-finished")
+    outcome = Executor(kube, settings()).execute(target, dry_run=True)
+    assert (outcome.result, outcome.reason) == ("failed", "unknown-rule")
+    assert "renamed-rule" in outcome.message
+    assert fake_kube.count() == 0

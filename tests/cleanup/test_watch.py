@@ -23,7 +23,7 @@ from opsq.core.settings import load_settings
 from opsq.engines.cleanup.executor import Executor
 from opsq.engines.cleanup.kube import Kube
 from opsq.engines.cleanup.watcher import Watcher
-from producers.cleanup import producer_app
+from producers.probes import producer_app
 from producers.watch import NoClaims, RedisClaims, WatchProducer, celery_sender
 from tests.cleanup.conftest import JOBS, add, settings
 from tests.cleanup.objects import job

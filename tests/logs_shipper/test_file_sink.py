@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from agents.sinks.base import Delivery
+from agents.sinks.base import Delivery, entry_jsonl, json_records
 from agents.sinks.file import FileSink
-from opsq.core.errors import TemporaryError
+from agents.sinks.stdout import StdoutSink
+from opsq.core.errors import ConfigError, TemporaryError
+from opsq.core.logformat import Entry
+from opsq.core.settings import load_settings
 from tests.logs_shipper.support import make_entry, sink_ids
 
 
@@ -61,3 +65,40 @@ def test_unwritable_destination_is_a_temporary_error(tmp_path: Path) -> None:
     sink = FileSink(tmp_path / "dir-is-a-file" / "out.jsonl", max_bytes=1 << 20, backups=1)
     with pytest.raises(TemporaryError):
         sink.write([delivery(0)])
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        ((0, b"plain ascii line"), (17, b"another one")),
+        ((0, b'with "quotes" and \\ backslash'), (40, b"tab\there")),
+        ((0, b"caf\xc3\xa9 utf-8"), (12, b"bad \xff byte"), (30, b"nul \x00")),
+        ((0, b"100% done %s %d"),),
+    ],
+)
+def test_fast_and_escaping_renderers_write_identical_lines(records) -> None:
+    """Plain-ASCII entries take a template fast path; it must match the escaping path."""
+    entry = Entry("node%1", "/var/log/50%.log", "1:2:%x", 0, 99, records)
+    delivery = Delivery("1700000000123-4", entry, entry.encode())
+    expected = "".join(doc + "\n" for _, doc in json_records(delivery)).encode()
+    assert entry_jsonl(delivery) == expected
+    assert [json.loads(line)["line"] for line in expected.splitlines()] == [
+        raw.decode("utf-8", "backslashreplace") for _, raw in records
+    ]
+
+
+def test_a_file_sink_without_path_is_a_config_error_naming_file_and_field(tmp_path: Path) -> None:
+    config = tmp_path / "opsq.yaml"
+    config.write_text("logs:\n  shipper:\n    sink: {type: file}\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(config)
+    assert str(config) in str(err.value)
+    assert "logs.shipper.sink" in str(err.value)
+    assert "set logs.shipper.sink.path" in str(err.value)
+
+
+def test_stdout_sink_writes_the_same_json_lines(capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    StdoutSink().write([delivery(0)])
+    out = capfdbinary.readouterr().out
+    assert out == entry_jsonl(delivery(0))
+    assert len(out.splitlines()) == 10

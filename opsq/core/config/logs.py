@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from opsq.core import keys
 from opsq.core.config.base import Section
@@ -79,6 +79,20 @@ class SinkSettings(Section):
     """Elasticsearch API key (sent as ``Authorization: ApiKey ...``)."""
     tenant: str | None = None
     """Loki tenant (``X-Scope-OrgID``) for multi-tenant Loki."""
+
+    @model_validator(mode="after")
+    def _destination_given(self) -> SinkSettings:
+        if self.type == "file" and self.path is None:
+            raise ValueError(
+                "the file sink needs a path: set logs.shipper.sink.path, "
+                "e.g. /var/log/opsq/shipped.jsonl"
+            )
+        if self.type in ("loki", "elasticsearch") and not self.url:
+            raise ValueError(
+                f"the {self.type} sink needs a url: set logs.shipper.sink.url, "
+                "e.g. http://127.0.0.1:3100 (loki) or http://127.0.0.1:9200 (elasticsearch)"
+            )
+        return self
 
 
 class ShipperSettings(Section):

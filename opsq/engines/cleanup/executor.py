@@ -115,16 +115,17 @@ class Executor:
 
     def execute(self, target: Target, *, dry_run: bool) -> Outcome:
         """Delete *target* (or dry-run it) and report what happened; count it."""
-        rule = self.settings.rule(target.rule)
+        try:
+            rule = self.settings.rule(target.rule)
+        except KeyError:
+            message = f"rule {target.rule!r} is not in this process's cleanup config"
+            return count(_outcome(target, "failed", "unknown-rule", message))
         try:
             outcome = self._execute(rule, target, dry_run)
         except PermanentError as exc:
             reason = "forbidden" if isinstance(exc, Forbidden) else "rejected"
             outcome = _outcome(target, "failed", reason, str(exc))
-        CLEANUP_OBJECTS.labels(
-            target.resource, target.rule, _metric_result(outcome), outcome.reason
-        ).inc()
-        return outcome
+        return count(outcome)
 
     def _execute(self, rule: Rule, target: Target, dry_run: bool) -> Outcome:
         resource_version = None if self.settings.verify_with_get else target.resource_version
@@ -207,8 +208,10 @@ class Executor:
             log.warning("could not create event for %s/%s: %s", target.namespace, target.name, exc)
 
 
-def _metric_result(outcome: Outcome) -> str:
-    return outcome.result
+def count(outcome: Outcome) -> Outcome:
+    """Record *outcome* in ``opsq_cleanup_objects_total`` and return it."""
+    CLEANUP_OBJECTS.labels(outcome.resource, outcome.rule, outcome.result, outcome.reason).inc()
+    return outcome
 
 
 def _outcome(target: Target, result: Result, reason: str, message: str = "") -> Outcome:
