@@ -208,3 +208,25 @@ def test_rendered_lines_are_json_objects_one_per_record(tmp_path: Path) -> None:
     assert [json.loads(line)["line"] for line in lines] == ['q"uote', "\\back"]
     assert json.loads(lines[0])["path"] == "/p\\xff"
     assert json.loads(lines[0])["ts"] == "2023-11-14T22:13:20.000Z"
+
+
+def test_pending_entries_deleted_from_the_stream_are_counted_not_shipped(
+    rclient: redis.Redis, make_shipper, tmp_path: Path
+) -> None:
+    """A user's MAXLEN cap or XDEL can remove entries still pending: XAUTOCLAIM reports
+    them as deleted ids (Redis 7+) and a history read returns them without fields."""
+    ids = produce(rclient, [make_entry(n) for n in range(4)])
+    rclient.xgroup_create(STREAM, GROUP, id="0")
+    rclient.xreadgroup(GROUP, "crashed", {STREAM: ">"}, count=2)  # ids[0:2] -> crashed
+    rclient.xreadgroup(GROUP, "s1", {STREAM: ">"}, count=2)  # ids[2:4] -> s1 itself
+    rclient.xdel(STREAM, ids[0], ids[2])
+    shipper = make_shipper("s1", claim_idle=0.01)
+    wait_for(lambda: idle_ms(rclient) > 20)
+    gone_before = metric("opsq_shipper_entries_total", result="gone")
+
+    shipper.drain_own_pending()
+    shipper.claim_idle()
+
+    assert metric("opsq_shipper_entries_total", result="gone") - gone_before == 2
+    assert rclient.xpending(STREAM, GROUP)["pending"] == 0
+    assert set(sink_ids(tmp_path)) == ids_of([make_entry(1), make_entry(3)])
