@@ -46,6 +46,7 @@ from agents.sender import Sender
 from agents.tailer import Tailer
 from agents.watcher import Watcher
 from opsq.core.config.logs import AgentSettings, LogsSettings
+from opsq.core.errors import OpsqError
 from opsq.core.metrics import logs_agent as metrics
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,8 @@ class Agent:
     def _loop(self) -> None:
         next_rescan = time.monotonic() + self.cfg.rescan_interval
         while not self._stop.is_set():
+            if self.sender is not None and not self.sender.is_alive():
+                raise OpsqError("the sender thread died unexpectedly; see the log above")
             progressed = self._read_round()
             now = time.monotonic()
             self._housekeeping(now)
@@ -312,7 +315,7 @@ class Agent:
         offset = st.st_size if startup and mode == "tail" else 0
         identity = identify(fd, st)
         if identity is not None:
-            self.store.put(identity, offset, path)
+            self.store.register(identity, offset, path)
         return identity, offset
 
     def _prune_checkpoints(self, seen: set[Key]) -> None:

@@ -101,6 +101,17 @@ class CheckpointStore:
             self._items[identity.fid] = Checkpoint(identity, offset, path)
             self._dirty = True
 
+    def register(self, identity: FileIdentity, offset: int, path: str) -> None:
+        """Record a newly identified file and persist it before anything is sent.
+
+        The identity depends on how many bytes the file had when first seen; if the
+        agent died before a periodic flush, a restart would fingerprint a longer prefix,
+        get another fid and re-send everything under new record ids that no consumer
+        could dedupe. Persisting the identity first closes that window.
+        """
+        self.put(identity, offset, path)
+        self.flush()
+
     def advance(self, fid: str, offset: int) -> None:
         """Move an existing checkpoint forward (never backward: acks may arrive late)."""
         with self._lock:

@@ -148,3 +148,19 @@ def test_checkpoint_with_same_inode_but_other_fingerprint_restarts_at_zero(
     records = stream_records(raw_client)
     assert [r[3] for r in records] == [b"brand new file line %d" % i for i in range(3)]
     assert records[0][2] == 0
+
+
+def test_a_new_identity_is_on_disk_before_its_first_entry_is_sent(
+    tmp_path: Path, run_agent, raw_client
+) -> None:
+    """Otherwise a crash before the periodic flush would re-fingerprint a longer prefix
+    on restart and re-send the file under record ids no consumer could dedupe."""
+    log = tmp_path / "logs" / "a.log"
+    write_lines(log, [b"tiny"])
+    run_agent(agent_settings(tmp_path, checkpoint_every="1h", checkpoint_every_lines=10**9))
+    wait_for(lambda: len(stream_records(raw_client)) == 1, what="first record")
+    [(_path, rid, _off, _data)] = stream_records(raw_client)
+    doc = (tmp_path / "ckpt" / FILE_NAME).read_text()
+    fid = rid.rsplit(":", 1)[0]
+    assert fid.split(":")[2] in doc
+    assert '"fp_len": 5' in doc
