@@ -41,9 +41,11 @@ bench: $(STAMP)
 
 # -E puts the zipapp's packages on PYTHONPATH so `opsq.pyz up` can start its children
 # (`python -m celery ...`) with the same code; --version shows the stamped commit.
+# async-timeout: redis-py needs it below Python 3.11.3 (Debian 12's python3 is 3.11.2), and
+# pip leaves it out when the build interpreter is newer.
 dist: $(STAMP)
 	rm -rf dist && $(BIN)/python -m pip wheel --quiet --no-deps -w dist .
-	$(BIN)/shiv -q -E -o dist/opsq.pyz -c opsq -p '/usr/bin/env python3' dist/opsq-*.whl
+	$(BIN)/shiv -q -E -o dist/opsq.pyz -c opsq -p '/usr/bin/env python3' dist/opsq-*.whl async-timeout
 
 clean:
 	rm -rf $(VENV) build dist .mypy_cache .ruff_cache .pytest_cache

@@ -48,6 +48,9 @@ class CheckpointStore:
         self.corrupt = False
         """True when the last load found an unreadable document (and moved it aside)."""
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        """Reader (new identities) and sender (acks) both flush; one writer at a time,
+        or one thread's rename could publish the other's half-written temporary file."""
         self._items: dict[str, Checkpoint] = {}
         self._dirty = False
 
@@ -101,6 +104,17 @@ class CheckpointStore:
             self._items[identity.fid] = Checkpoint(identity, offset, path)
             self._dirty = True
 
+    def register(self, identity: FileIdentity, offset: int, path: str) -> None:
+        """Record a newly identified file and persist it before anything is sent.
+
+        The identity depends on how many bytes the file had when first seen; if the
+        agent died before a periodic flush, a restart would fingerprint a longer prefix,
+        get another fid and re-send everything under new record ids that no consumer
+        could dedupe. Persisting the identity first closes that window.
+        """
+        self.put(identity, offset, path)
+        self.flush()
+
     def advance(self, fid: str, offset: int) -> None:
         """Move an existing checkpoint forward (never backward: acks may arrive late)."""
         with self._lock:
@@ -129,20 +143,21 @@ class CheckpointStore:
     # --- persistence ------------------------------------------------------------------
     def flush(self) -> bool:
         """Write the document atomically if anything changed; False if the write failed."""
-        with self._lock:
-            if not self._dirty:
-                return True
-            body = _render(self._items.values())
-            self._dirty = False
-        try:
-            atomic_write(self.file, body)
-        except OSError as exc:
+        with self._flush_lock:
             with self._lock:
-                self._dirty = True
-            metrics.CHECKPOINT_ERRORS.inc()
-            log.warning("could not write checkpoint file %s: %s (will retry)", self.file, exc)
-            return False
-        return True
+                if not self._dirty:
+                    return True
+                body = _render(self._items.values())
+                self._dirty = False
+            try:
+                atomic_write(self.file, body)
+            except OSError as exc:
+                with self._lock:
+                    self._dirty = True
+                metrics.CHECKPOINT_ERRORS.inc()
+                log.warning("could not write checkpoint file %s: %s (will retry)", self.file, exc)
+                return False
+            return True
 
 
 def atomic_write(path: Path, body: bytes) -> None:

@@ -84,7 +84,7 @@ class Tailer:
     def _identify(self) -> None:
         self.identity = identify(self.fd, os.fstat(self.fd))
         if self.identity is not None:
-            self.store.put(self.identity, self.offset, self.path)
+            self.store.register(self.identity, self.offset, self.path)
 
     def _lines(self, buf: bytes, emit: Emit) -> int:
         last = buf.rfind(b"\n")

@@ -494,7 +494,10 @@ class FakeKube:
             ],
             "current-context": "fakekube",
         }
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        # Atomic: another thread may be loading the same kubeconfig right now.
+        partial = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+        partial.write_text(yaml.safe_dump(config, sort_keys=False))
+        partial.replace(path)
         return path
 
 

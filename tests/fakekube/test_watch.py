@@ -302,3 +302,46 @@ def test_watch_on_a_named_object_sees_only_that_object(fake_kube: FakeKube) -> N
             for line in resp.data.decode().splitlines()
         ]
         assert names == ["b"]
+
+
+def test_concurrent_writers_yield_one_strictly_increasing_event_stream(
+    fake_kube: FakeKube, api_client
+) -> None:
+    """Four writer threads: the watch sees every write once, resourceVersions strictly rising."""
+    api = api_client()
+    v1 = client.CoreV1Api(api)
+    since = fake_kube.resource_version
+    versions: list[int] = []
+    w = watch.Watch()
+
+    def follow() -> None:
+        for ev in w.stream(
+            v1.list_namespaced_config_map,
+            "default",
+            resource_version=str(since),
+            timeout_seconds=30,
+        ):
+            versions.append(int(ev["raw_object"]["metadata"]["resourceVersion"]))
+            if len(versions) == 4 * 25 * 2:
+                w.stop()
+
+    clients = [client.CoreV1Api(api_client()) for _ in range(4)]
+
+    def write(worker: int) -> None:
+        v1_w = clients[worker]
+        for i in range(25):
+            v1_w.create_namespaced_config_map("default", {"metadata": {"name": f"w{worker}-{i}"}})
+            v1_w.delete_namespaced_config_map(f"w{worker}-{i}", "default")
+
+    watcher = threading.Thread(target=follow, daemon=True)
+    watcher.start()
+    fake_kube.wait_for_watches(1)
+    writers = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join(timeout=60)
+    watcher.join(timeout=30)
+    assert len(versions) == 200
+    assert versions == sorted(set(versions))
+    assert versions[-1] == fake_kube.resource_version

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,46 @@ def test_checkpoint_with_same_inode_but_other_fingerprint_restarts_at_zero(
     records = stream_records(raw_client)
     assert [r[3] for r in records] == [b"brand new file line %d" % i for i in range(3)]
     assert records[0][2] == 0
+
+
+def test_a_new_identity_is_on_disk_before_its_first_entry_is_sent(
+    tmp_path: Path, run_agent, raw_client
+) -> None:
+    """Otherwise a crash before the periodic flush would re-fingerprint a longer prefix
+    on restart and re-send the file under record ids no consumer could dedupe."""
+    log = tmp_path / "logs" / "a.log"
+    write_lines(log, [b"tiny"])
+    run_agent(agent_settings(tmp_path, checkpoint_every="1h", checkpoint_every_lines=10**9))
+    wait_for(lambda: len(stream_records(raw_client)) == 1, what="first record")
+    [(_path, rid, _off, _data)] = stream_records(raw_client)
+    doc = (tmp_path / "ckpt" / FILE_NAME).read_text()
+    fid = rid.rsplit(":", 1)[0]
+    assert fid.split(":")[2] in doc
+    assert '"fp_len": 5' in doc
+
+
+def test_concurrent_flushes_from_reader_and_sender_never_tear_the_file(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    store.load()
+    errors: list[BaseException] = []
+
+    def hammer(base: int) -> None:
+        try:
+            for i in range(200):
+                ident = FileIdentity(dev=1, ino=base + i, fingerprint="aa", fp_len=2)
+                store.put(ident, i, f"/f{base + i}")
+                assert store.flush()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(n * 1000,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    again = CheckpointStore(tmp_path)
+    again.load()
+    assert not again.corrupt
+    assert len(again.snapshot()) == 400
+    assert sorted(os.listdir(tmp_path)) == [FILE_NAME]

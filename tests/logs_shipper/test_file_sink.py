@@ -9,6 +9,7 @@ import pytest
 
 from agents.sinks.base import Delivery, entry_jsonl, json_records
 from agents.sinks.file import FileSink
+from agents.sinks.stdout import StdoutSink
 from opsq.core.errors import ConfigError, TemporaryError
 from opsq.core.logformat import Entry
 from opsq.core.settings import load_settings
@@ -94,3 +95,10 @@ def test_a_file_sink_without_path_is_a_config_error_naming_file_and_field(tmp_pa
     assert str(config) in str(err.value)
     assert "logs.shipper.sink" in str(err.value)
     assert "set logs.shipper.sink.path" in str(err.value)
+
+
+def test_stdout_sink_writes_the_same_json_lines(capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    StdoutSink().write([delivery(0)])
+    out = capfdbinary.readouterr().out
+    assert out == entry_jsonl(delivery(0))
+    assert len(out.splitlines()) == 10

@@ -57,6 +57,11 @@ def all_acked(client: redis.Redis, expected_entries: int) -> bool:
     return bool(group) and group["pending"] == 0 and group["entries-read"] >= expected_entries
 
 
+def shipped_all(client: redis.Redis, sink_dir: Path, entries: list[Entry]) -> bool:
+    """Every record is in the sink and nothing is pending (robust to duplicate entries)."""
+    return set(sink_ids(sink_dir)) >= ids_of(entries) and all_acked(client, len(entries))
+
+
 def test_sigterm_finishes_the_in_flight_batch_and_exits_zero(
     rclient: redis.Redis, redis_url: str, tmp_path: Path, shippers
 ) -> None:
@@ -161,7 +166,7 @@ def test_kill9_shipper_its_pending_entries_are_reclaimed_by_another(
 
     b = start(shippers, redis_url, tmp_path, "b", claim_idle=0.5)
     producer.join(60)
-    wait_for(lambda: all_acked(rclient, len(entries)), 60, "every entry acknowledged")
+    wait_for(lambda: shipped_all(rclient, tmp_path, entries), 60, "every record shipped and acked")
 
     assert pending_of(rclient, "a") == 0
     assert b.metric("opsq_shipper_claimed_total") >= held
@@ -192,7 +197,7 @@ def test_redis_restart_mid_run_loses_nothing(
         fresh = redis.Redis.from_url(redis_url)
         fresh.config_set("appendfsync", "everysec")
         fresh.close()
-    wait_for(lambda: all_acked(rclient, len(entries)), 60, "every entry acknowledged")
+    wait_for(lambda: shipped_all(rclient, tmp_path, entries), 60, "every record shipped and acked")
 
     assert ship.proc is not None
     assert ship.proc.poll() is None  # it rode out the outage
