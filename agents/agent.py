@@ -14,11 +14,12 @@ nothing is missed, only a little later.
 
 Rotation handling per open file (see :class:`agents.tailer.Tailer`):
 
-- rename: the path now leads elsewhere; keep reading the old descriptor to EOF for at
-  most ``rotated_grace``, then release it; the new file at the path is a new file.
+- rename: the path now leads elsewhere; keep reading the old descriptor for
+  ``rotated_grace`` (the writer may not have reopened yet), then ship a trailing
+  partial line and release it; the new file at the path is a new file.
 - copytruncate: size below the read offset (or a changed first-bytes fingerprint);
   restart at 0 under a new identity, counted.
-- delete: finish, then release; at most ``max_open_deleted`` deleted-but-open files
+- delete: the same, and at most ``max_open_deleted`` deleted-but-open files
   are held (and each for at most ``rotated_grace``), so a dead Redis cannot fill the
   disk with unlinked files; bytes released unread are counted.
 """
@@ -177,14 +178,21 @@ class Agent:
                 self._warn_once(tailer.path, f"cannot read {tailer.path}: {exc}")
                 continue
             progressed = progressed or n > 0
-            if n == 0 and tailer.rotated_at is not None and not self._blocked:
-                self._finish_rotated(tailer)
         return progressed
 
-    def _finish_rotated(self, tailer: Tailer) -> None:
-        """A rotated file read to EOF: ship a trailing partial line, then release."""
-        if tailer.flush_partial(self._emit) and tailer.remaining() == 0:
-            self._release(tailer, count_unread=False)
+    def _retire(self, tailer: Tailer) -> None:
+        """Grace over: ship a trailing partial line if the queue takes it, then release.
+
+        Not at the first EOF: after a rename or unlink the application keeps writing to
+        its open descriptor until it reopens the path (logrotate's postrotate SIGHUP),
+        so lines can still arrive during the grace period (Fluent Bit's rotate_wait).
+        """
+        tailer.flush_partial(self._emit)
+        unread = tailer.remaining()
+        if unread:
+            log.warning("%s rotated %.0fs ago; releasing it with %d bytes unread",
+                        tailer.path, self.cfg.rotated_grace, unread)  # fmt: skip
+        self._release(tailer, count_unread=True)
 
     # --- rotation, truncation, grace --------------------------------------------------
     def _housekeeping(self, now: float) -> None:
@@ -210,9 +218,7 @@ class Agent:
                 tailer.rotated_at, tailer.rotation = now, kind
                 self._rescan.set()  # pick up the file that replaced it without waiting
         elif now - tailer.rotated_at > self.cfg.rotated_grace:
-            log.warning("%s rotated %.0fs ago and still unread; releasing it", tailer.path,
-                        now - tailer.rotated_at)  # fmt: skip
-            self._release(tailer, count_unread=True)
+            self._retire(tailer)
             return
         tailer.tick(now, self._emit)
         metrics.LAG_BYTES.labels(path=tailer.path).set(tailer.lag())

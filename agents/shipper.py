@@ -406,14 +406,19 @@ class Shipper:
         """Sleep before a retry, keeping the in-flight entries ours (resets their idle time).
 
         XCLAIM with JUSTID does not bump the delivery counter, so a long sink outage
-        does not push healthy entries towards the dead-letter stream.
+        does not push healthy entries towards the dead-letter stream. Retention and the
+        stream gauges keep running meanwhile: a growing backlog is what alerts watch.
         """
         time.sleep(delay)
         ids = [d.id for d in pending]
-        with contextlib.suppress(RedisUnavailable), redis_errors("XCLAIM"):
-            self.client.xclaim(  # type: ignore[no-untyped-call]
-                self.stream, self.group, self.consumer, 0, ids, justid=True
-            )
+        with contextlib.suppress(RedisUnavailable):
+            with redis_errors("XCLAIM"):
+                self.client.xclaim(  # type: ignore[no-untyped-call]
+                    self.stream, self.group, self.consumer, 0, ids, justid=True
+                )
+            if time.monotonic() >= self._next_trim:  # the backlog gauges matter most now
+                self.trim()
+                self._next_trim = time.monotonic() + self.settings.trim_interval
 
     def _past_grace(self) -> bool:
         if not self.stop.is_set():

@@ -9,10 +9,12 @@ from pathlib import Path
 import redis
 from prometheus_client import REGISTRY
 
+from agents.shipper import ensure_group, group_exists
 from agents.sinks.base import Delivery, jsonl_bytes
 from agents.sinks.file import FileSink
 from opsq.core import keys
 from opsq.core.logformat import Entry, record_id
+from opsq.core.metrics.logs_shipper import STREAM_PENDING
 from tests.logs_shipper.support import (
     FID,
     GROUP,
@@ -104,10 +106,14 @@ def test_nothing_is_acked_while_the_sink_fails_and_all_is_shipped_once_it_recove
     entries = [make_entry(n) for n in range(8)]
     produce(rclient, entries)
     errors_before = metric("opsq_shipper_sink_errors_total", sink="file")
-    run_in_thread(make_shipper("s1", sink=sink, batch=100))
+    STREAM_PENDING.labels(STREAM, GROUP).set(-1)  # so only a refresh can make it 8
+    run_in_thread(make_shipper("s1", sink=sink, batch=100, trim_interval=0.05))
 
     wait_for(lambda: metric("opsq_shipper_sink_errors_total", sink="file") > errors_before + 2)
     assert pending_of(rclient, "s1") == 8  # delivered, held, not acked
+    # the backlog gauge keeps being refreshed during the outage
+    wait_for(lambda: metric("opsq_stream_pending", stream=STREAM, group=GROUP) == 8)
+    assert rclient.xlen(STREAM) == 8  # retention keeps what is not acknowledged
     blocker.unlink()  # the sink recovers
 
     wait_for(lambda: rclient.xpending(STREAM, GROUP)["pending"] == 0, what="all acked")
@@ -230,3 +236,13 @@ def test_pending_entries_deleted_from_the_stream_are_counted_not_shipped(
     assert metric("opsq_shipper_entries_total", result="gone") - gone_before == 2
     assert rclient.xpending(STREAM, GROUP)["pending"] == 0
     assert set(sink_ids(tmp_path)) == ids_of([make_entry(1), make_entry(3)])
+
+
+def test_readiness_needs_the_group_and_start_creates_it_idempotently(
+    rclient: redis.Redis, make_shipper
+) -> None:
+    assert not group_exists(rclient, STREAM, GROUP)  # no stream yet
+    make_shipper().step()
+    assert group_exists(rclient, STREAM, GROUP)
+    ensure_group(rclient, STREAM, GROUP)  # a second shipper starting: no BUSYGROUP error
+    assert len(rclient.xinfo_groups(STREAM)) == 1
