@@ -48,6 +48,9 @@ class CheckpointStore:
         self.corrupt = False
         """True when the last load found an unreadable document (and moved it aside)."""
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        """Reader (new identities) and sender (acks) both flush; one writer at a time,
+        or one thread's rename could publish the other's half-written temporary file."""
         self._items: dict[str, Checkpoint] = {}
         self._dirty = False
 
@@ -140,20 +143,21 @@ class CheckpointStore:
     # --- persistence ------------------------------------------------------------------
     def flush(self) -> bool:
         """Write the document atomically if anything changed; False if the write failed."""
-        with self._lock:
-            if not self._dirty:
-                return True
-            body = _render(self._items.values())
-            self._dirty = False
-        try:
-            atomic_write(self.file, body)
-        except OSError as exc:
+        with self._flush_lock:
             with self._lock:
-                self._dirty = True
-            metrics.CHECKPOINT_ERRORS.inc()
-            log.warning("could not write checkpoint file %s: %s (will retry)", self.file, exc)
-            return False
-        return True
+                if not self._dirty:
+                    return True
+                body = _render(self._items.values())
+                self._dirty = False
+            try:
+                atomic_write(self.file, body)
+            except OSError as exc:
+                with self._lock:
+                    self._dirty = True
+                metrics.CHECKPOINT_ERRORS.inc()
+                log.warning("could not write checkpoint file %s: %s (will retry)", self.file, exc)
+                return False
+            return True
 
 
 def atomic_write(path: Path, body: bytes) -> None:

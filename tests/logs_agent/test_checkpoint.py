@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,30 @@ def test_a_new_identity_is_on_disk_before_its_first_entry_is_sent(
     fid = rid.rsplit(":", 1)[0]
     assert fid.split(":")[2] in doc
     assert '"fp_len": 5' in doc
+
+
+def test_concurrent_flushes_from_reader_and_sender_never_tear_the_file(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    store.load()
+    errors: list[BaseException] = []
+
+    def hammer(base: int) -> None:
+        try:
+            for i in range(200):
+                ident = FileIdentity(dev=1, ino=base + i, fingerprint="aa", fp_len=2)
+                store.put(ident, i, f"/f{base + i}")
+                assert store.flush()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(n * 1000,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    again = CheckpointStore(tmp_path)
+    again.load()
+    assert not again.corrupt
+    assert len(again.snapshot()) == 400
+    assert sorted(os.listdir(tmp_path)) == [FILE_NAME]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import urllib.error
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,32 @@ def test_bad_agent_settings_are_a_config_error_exit_2(
     )
     assert res.returncode == 2
     assert field in res.stderr
+
+
+def test_sigterm_with_redis_down_exits_zero_within_grace_keeping_the_checkpoint(
+    tmp_path: Path, redis_server, redis_url: str
+) -> None:
+    log = tmp_path / "logs" / "a.log"
+    write_lines(log, [b"waiting %d" % i for i in range(1000)])
+    cfg = {"paths": [str(log)], "checkpoint_dir": str(tmp_path / "ck"), "shutdown_grace": 1}
+    redis_server.stop()
+    agent = AgentProcess(tmp_path, redis_url, cfg, stream=STREAM).start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            agent.get("/readyz")
+        assert err.value.code == 503
+        wait_for(lambda: agent.metric("opsq_agent_send_errors_total") > 0, what="send errors")
+        assert agent.terminate(timeout=30) == 0
+        doc = json.loads((tmp_path / "ck" / FILE_NAME).read_text())
+        assert [f["offset"] for f in doc["files"]] == [0]  # nothing acknowledged
+    finally:
+        agent.stop()
+
+
+def test_a_log_directory_created_after_start_is_found_by_rescan(
+    tmp_path: Path, run_agent, raw_client
+) -> None:
+    """No directory to watch at start (so no inotify): the periodic rescan finds it."""
+    run_agent(agent_settings(tmp_path))
+    write_lines(tmp_path / "logs" / "late.log", [b"found"])
+    wait_for(lambda: all_lines(raw_client) == [b"found"], what="file in the new directory")
