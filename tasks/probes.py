@@ -30,7 +30,7 @@ from celery.signals import worker_process_shutdown
 
 from opsq.core import signatures
 from opsq.core.config.probes import TargetsFile
-from opsq.core.errors import ConfigError, PermanentError, TemporaryError
+from opsq.core.errors import PermanentError, TemporaryError
 from opsq.core.loading import validate_file
 from opsq.core.metrics import pipeline as metrics
 from opsq.core.runs import RunStore, submit_run
@@ -123,10 +123,7 @@ def probe_set(name: str) -> dict[str, Any]:
         targets_file = validate_file(TargetsFile, _resolve(probe_set_config.file))
         source = probe_set_config.file
     else:
-        try:
-            targets_file = TargetsFile.model_validate({"targets": probe_set_config.targets})
-        except ValueError as exc:
-            raise ConfigError(f"probes.sets.{name}.targets: {exc}") from exc
+        targets_file = probe_set_config.targets_file()  # validated when settings loaded
         source = f"probes.sets.{name}"
     store = RunStore.from_url(settings.broker_url)
     try:

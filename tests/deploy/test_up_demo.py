@@ -2,9 +2,13 @@
 
 One `opsq up --demo` subprocess (free ports, a temporary data dir, no Redis URL so the
 embedded valkey-server starts) is shared by the tests of this module, which run in
-file order; the last one stops it. Proved here:
+file order; the last one stops it. Its config also turns on the log agent and shipper
+(a log file in the temporary dir, a file sink) and the cleanup watcher, pointed at the
+fake Kubernetes API server with a token bound to the Role the Helm chart renders. Proved:
 
 - the demo probe set produces a finished run with both up and down targets;
+- a line appended to a log file reaches the shipper's sink;
+- the watcher works with exactly the chart's RBAC (no 403) and dry-run cleanup runs;
 - Flower answers 401 without credentials and 200 with the printed ones, and a real
   headless Chromium logged in with them shows opsq's task names (screenshot kept in
   ``artifacts/``);
@@ -31,10 +35,14 @@ from pathlib import Path
 
 import pytest
 import redis
+import yaml
 
 from opsq.core.procs import group_members
 from opsq.core.redis_server import free_port
+from tests.cleanup.objects import pod
+from tests.deploy.chart import render_chart
 from tests.deploy.util import processes_with_env, wait_for
+from tests.fakekube.server import FakeKube
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
@@ -53,6 +61,9 @@ class Up:
     flower_user: str = ""
     flower_password: str = ""
     metrics_urls: list[str] = field(default_factory=list)
+    app_log: Path = Path()
+    sink: Path = Path()
+    kube: FakeKube | None = None
     session: str = ""
     pgids: list[int] = field(default_factory=list)
 
@@ -80,22 +91,56 @@ def http_get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+    except OSError:  # not listening yet, or a child restarting: callers poll
+        return 0, b""
+
+
+CLEANUP = {"rules": [{"name": "old-pods", "resource": "v1/pods", "when": {"older_than": "1h"}}]}
+
+
+def chart_watcher_kubeconfig(kube: FakeKube, path: Path) -> Path:
+    """A kubeconfig whose token is bound to the watcher Role the chart renders."""
+    issued = kube.auth.load_documents(render_chart({"cleanup": CLEANUP}))
+    tokens = [token for token, user in issued if "opsq-watcher" in str(user)]
+    assert len(tokens) == 1, issued
+    return kube.kubeconfig(path, tokens[0])
+
+
+def write_config(work: Path, kube: FakeKube) -> Path:
+    (work / "applogs").mkdir()
+    (work / "applogs" / "app.log").write_text("first line\n")
+    config = {
+        "logs": {
+            "agent": {"paths": [str(work / "applogs" / "*.log")],
+                      "checkpoint_dir": str(work / "checkpoints")},
+            "shipper": {"sink": {"type": "file", "path": str(work / "shipped.jsonl")}},
+        },
+        "cleanup": {**CLEANUP, "kubeconfig": str(chart_watcher_kubeconfig(kube, work / "kc"))},
+    }  # fmt: skip
+    path = work / "opsq.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 @pytest.fixture(scope="module")
-def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+def up(tmp_path_factory: pytest.TempPathFactory, fake_kube_server: FakeKube) -> Iterator[Up]:
     work = tmp_path_factory.mktemp("up")
     data_dir = work / "data"
+    fake_kube_server.reset()
+    fake_kube_server.create("v1/pods", pod("old", created=0.0), "default")
+    config = write_config(work, fake_kube_server)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPSQ_")}
     argv = [
-        sys.executable, "-m", "opsq", "up", "--demo", "--data-dir", str(data_dir),
+        sys.executable, "-m", "opsq", "up", "--demo", "--config", str(config),
+        "--data-dir", str(data_dir),
         "--redis-port", "0", "--metrics-port", "0", "--flower-port", str(free_port()),
         "--stop-timeout", str(STOP_TIMEOUT_S),
     ]  # fmt: skip
     out_path = work / "up.out"
     with out_path.open("wb") as out:
         proc = subprocess.Popen(argv, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
-    running = Up(proc, out_path, data_dir)
+    running = Up(proc, out_path, data_dir, app_log=work / "applogs" / "app.log",
+                 sink=work / "shipped.jsonl", kube=fake_kube_server)  # fmt: skip
     try:
         assert wait_for(lambda: "logs " in running.output() or proc.poll() is not None, 60)
         assert proc.poll() is None, running.output()
@@ -108,6 +153,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
         for pgid in running.pgids:
             for pid in group_members(pgid):
                 os.kill(pid, signal.SIGKILL)
+        fake_kube_server.reset()
 
 
 def demo_summary(redis_url: str) -> dict[str, object] | None:
@@ -131,6 +177,34 @@ def test_demo_probe_results_appear_with_up_and_down_targets(up: Up) -> None:
     assert states["healthy"] is True
     assert states["failing"] is False
     assert states["flaky"] is True, "retries must turn the flaky endpoint's 503s into success"
+
+
+def test_agent_and_shipper_carry_a_log_line_to_the_sink(up: Up) -> None:
+    """Configured log paths start agent + shipper; an appended line reaches the file sink."""
+    with up.app_log.open("a") as log:
+        log.write("second line\n")
+
+    def shipped() -> list[str]:
+        if not up.sink.exists():
+            return []
+        return [json.loads(line)["line"] for line in up.sink.read_text().splitlines()]
+
+    assert wait_for(lambda: "second line" in shipped(), 60), up.output()
+    assert shipped().count("first line") == 1
+
+
+def test_watcher_runs_with_the_charts_rbac_and_dry_runs_cleanup(up: Up) -> None:
+    """Cleanup rules start the watcher; with the chart's Role it lists and watches pods
+    without a single 403, the old pod is a would-delete in dry run, and stays."""
+    assert up.kube is not None
+
+    def would_delete() -> bool:
+        return any("would_delete" in http_get(url)[1].decode() for url in up.metrics_urls)
+
+    assert wait_for(would_delete, 60), up.output()
+    codes = {code for (_verb, _resource, code) in up.kube.request_counts()}
+    assert 403 not in codes
+    assert up.kube.get("v1/pods", "old", "default")["metadata"]["name"] == "old"
 
 
 def test_flower_rejects_anonymous_and_accepts_the_printed_credentials(up: Up) -> None:

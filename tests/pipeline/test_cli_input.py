@@ -90,3 +90,16 @@ def test_unreachable_redis_exits_1_with_a_clear_message(
     assert f"error: cannot reach Redis at redis://127.0.0.1:{port}/0" in err
     assert "Traceback" not in err
     assert "s3cret" not in err + out
+
+
+def test_wait_timeout_with_no_worker_reports_pending_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], redis_url: str
+) -> None:
+    """Nobody consumes the queue: after --timeout the partial summary says PENDING."""
+    path = tmp_path / "targets.yaml"
+    path.write_text("targets:\n" + GOOD_ENTRY)
+    argv = ["probe", str(path), "--wait", "--timeout", "0.5", "--redis-url", redis_url]
+    code = main(argv)
+    out, _ = capsys.readouterr()
+    assert code == 1
+    assert "1 targets, 0 up, 0 down, 1 PENDING" in out

@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from opsq.core import keys
+from opsq.core.redis_server import RedisServer
 from tests.pipeline.conftest import LocalHTTP, run_cli, write_targets
 from tests.support.workers import Worker
 
@@ -125,3 +126,69 @@ def test_poison_batch_is_given_up_after_max_redeliveries(
     assert redis_client.hget(deliveries, "b0") == "4"
     assert http_server.hits["/ok"] == 1
     assert http_server.hits["/slow"] == 3  # the fourth delivery probed nothing
+
+
+@pytest.mark.slow
+def test_batch_deadline_reports_still_running_probes_down(
+    start_worker: Callable[..., Worker],
+    redis_url: str,
+    redis_client: redis.Redis,
+    http_server: LocalHTTP,
+    tmp_path: Path,
+) -> None:
+    """A probe allowed longer than the batch may run is cut at 90% of the soft limit."""
+    targets = [
+        {"name": "quick", "url": f"{http_server.url}/ok"},
+        {"name": "stuck", "url": f"{http_server.url}/slow?delay=20", "timeout": "60s"},
+    ]
+    path = write_targets(tmp_path / "t.yaml", targets)
+    start_worker(env={"OPSQ_PROBES__SOFT_TIME_LIMIT": "2", "OPSQ_PROBES__TIME_LIMIT": "4"})
+    run_id = _submit(redis_url, path, batch_size=2)
+    summary = _summary(redis_client, run_id, timeout=30)
+    by_name = {r["name"]: r for r in summary["results"]}
+    assert by_name["quick"]["up"] is True
+    assert by_name["stuck"]["up"] is False
+    assert by_name["stuck"]["error_kind"] == "timeout"
+    assert (
+        "batch deadline (1.8s, from probes.soft_time_limit) exceeded" in by_name["stuck"]["error"]
+    )
+    assert redis_client.hget(keys.run_attempts(run_id), "b0") == "1"  # no redelivery needed
+
+
+@pytest.mark.slow
+def test_redis_outage_mid_batch_retries_and_loses_nothing(
+    start_worker: Callable[..., Worker],
+    redis_url: str,
+    redis_server: RedisServer,
+    http_server: LocalHTTP,
+    tmp_path: Path,
+) -> None:
+    """Redis dies while probes are in flight and comes back (AOF) seconds later.
+
+    The slow results cannot be written: the batch maps that to a TemporaryError and
+    asks Celery to retry. The retry cannot be published either (Redis is gone), so the
+    message stays un-acknowledged in the AOF and comes back after the visibility
+    timeout; the run completes with exactly one result per target and the finished
+    ones are not probed again.
+    """
+    fast = [{"name": f"fast{i}", "url": f"{http_server.url}/ok?i={i}"} for i in range(3)]
+    slow = [{"name": f"slow{i}", "url": f"{http_server.url}/slow?delay=2&i={i}"}
+            for i in range(3)]  # fmt: skip
+    path = write_targets(tmp_path / "t.yaml", fast + slow, timeout="5s")
+    worker = start_worker(env=FAST_REDELIVERY)
+    run_id = _submit(redis_url, path, batch_size=6)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    _wait_for(lambda: client.hlen(keys.run_results(run_id)) == 3, 30, "the fast results")
+    time.sleep(1.2)  # appendfsync everysec: let the AOF hold what was acknowledged
+    redis_server.kill9()
+    time.sleep(4)  # the slow probes finish while Redis is gone
+    redis_server.start()
+    # Celery's main process may itself die on the broker loss (an AttributeError in
+    # kombu's restore of unacked messages): a supervisor restarts it, so does this test.
+    start_worker(env=FAST_REDELIVERY)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    summary = _summary(client, run_id, timeout=60)
+    assert [r["name"] for r in summary["results"]] == [t["name"] for t in fast + slow]
+    assert (summary["up"], summary["down"]) == (6, 0)
+    assert http_server.hits["/ok"] == 3
+    assert "retrying" in worker.log()

@@ -45,3 +45,14 @@ def test_celery_accepts_json_only() -> None:
     assert conf["task_serializer"] == "json"
     assert conf["result_accept_content"] == ["json"]
     assert conf["beat_scheduler"] == "redbeat.RedBeatScheduler"
+
+
+def test_a_bad_inline_probe_set_fails_at_config_load(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("probes:\n  sets:\n    web:\n      targets: [{name: a, url: 'ftp://x/'}]\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    message = str(info.value)
+    assert "probes.sets.web" in message
+    assert "targets.0.url" in message
+    assert "must start with http://" in message

@@ -18,7 +18,7 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from opsq.core.config.base import Section
 from opsq.core.durations import Duration
@@ -216,4 +216,16 @@ class ProbeSet(Section):
     def _one_source(self) -> ProbeSet:
         if (self.file is None) == (self.targets is None):
             raise ValueError("a probe set needs exactly one of 'file' or 'targets'")
+        if self.targets is not None:
+            self.targets_file()  # inline targets fail at config load, not at 3 am
         return self
+
+    def targets_file(self) -> TargetsFile:
+        """The inline targets validated as a targets file (not for ``file:`` sets)."""
+        try:
+            return TargetsFile.model_validate({"targets": self.targets})
+        except ValidationError as exc:
+            problems = "; ".join(
+                ".".join(str(p) for p in err["loc"]) + ": " + err["msg"] for err in exc.errors()
+            )
+            raise ValueError(f"invalid inline targets: {problems}") from exc
