@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from opsq.core.errors import OpsqError
+from opsq.core.metrics.up import CHILD_RESTARTS, CHILD_UP
 from opsq.core.procs import die_with_parent, group_alive, kill_group
 from opsq.core.redis_server import RedisServer
 
@@ -210,6 +211,7 @@ class Supervisor:
         child.start()
         state.started_at = time.monotonic()
         state.restart_at = None
+        CHILD_UP.labels(child.name).set(1)
         self._record_pids()
 
     def _record_pids(self) -> None:
@@ -252,6 +254,7 @@ class Supervisor:
                 self._schedule_restart(child, code, now)
             elif state.restart_at is not None and now >= state.restart_at:
                 state.restarts += 1
+                CHILD_RESTARTS.labels(child.name).inc()
                 self.notify(f"restarting {child.name} (restart #{state.restarts})")
                 try:
                     self._start(child)
@@ -261,6 +264,7 @@ class Supervisor:
 
     def _schedule_restart(self, child: Managed, code: int, now: float) -> None:
         state = self._state[child.name]
+        CHILD_UP.labels(child.name).set(0)
         if child.pgid is not None:
             kill_group(child.pgid)  # leftovers of the dead child (e.g. pool processes)
         ran_for = now - state.started_at
@@ -300,12 +304,17 @@ class Supervisor:
             if child.pgid is not None:
                 kill_group(child.pgid)  # stragglers and any orphaned group members
                 self._reap(child)
+            CHILD_UP.labels(child.name).set(0)
 
     @staticmethod
     def _reap(child: Managed) -> None:
         deadline = time.monotonic() + 5
         while child.returncode() is None and time.monotonic() < deadline:
             time.sleep(0.02)
+
+    def all_running(self) -> bool:
+        """Readiness of the whole set: every child is running right now."""
+        return all(c.returncode() is None and c.pgid is not None for c in self.children)
 
     def leftovers(self) -> list[str]:
         """Names of children whose process group still has a live member."""

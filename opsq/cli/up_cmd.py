@@ -34,6 +34,7 @@ from opsq.cli.options import common_options, settings_from
 from opsq.cli.supervisor import SESSION_ENV, Child, Managed, PidFile, RedisChild, Supervisor
 from opsq.cli.supervisor import exclusive as exclusive_data_dir
 from opsq.core.errors import OpsqError
+from opsq.core.observe import ObserveServer
 from opsq.core.redact import redact_url
 from opsq.core.redis_server import RedisServer, free_port
 from opsq.core.settings import Settings
@@ -339,6 +340,14 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
             notify=lambda msg: click.echo(f"opsq up: {msg}", err=True), pidfile=pidfile,
         )  # fmt: skip
         supervisor.install_signal_handlers()
+        observe = ObserveServer(
+            settings.metrics.bind, builder.ports.take(),
+            ready_checks={"children": supervisor.all_running},
+        ).start()  # fmt: skip
+        plan.lines.append(
+            f"  supervisor http://{_host(settings.metrics.bind)}:{observe.port}/metrics  "
+            "(opsq_up_child_up, opsq_up_child_restarts_total; /readyz: all children up)"
+        )
         stop = threading.Event()
         try:
             supervisor.start_all()
@@ -352,6 +361,7 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
         finally:
             stop.set()
             supervisor.stop_all()
+            observe.stop()
         click.echo("opsq up: stopped")
 
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from opsq.cli.supervisor import SESSION_ENV, Child, PidFile, Supervisor, exclusive
 from opsq.core.errors import OpsqError
@@ -152,6 +153,9 @@ def test_crashed_child_is_restarted_with_doubling_backoff(tmp_path: Path) -> Non
     sup.stop_all()
     assert delays[:3] == [0.1, 0.2, 0.4]
     assert int(counter.read_text()) >= 4
+    restarts = REGISTRY.get_sample_value("opsq_up_child_restarts_total", {"child": "crasher"})
+    assert restarts == sup.restarts("crasher")
+    assert REGISTRY.get_sample_value("opsq_up_child_up", {"child": "crasher"}) == 0
     assert any("exited with code 3" in m for m in messages)
 
 

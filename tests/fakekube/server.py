@@ -22,6 +22,7 @@ import re
 import select
 import socket
 import ssl
+import sys
 import threading
 import time
 import traceback
@@ -506,6 +507,12 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     block_on_close = False
     fake: FakeKube
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients resetting idle keep-alive connections are normal, not tracebacks."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
