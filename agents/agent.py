@@ -308,17 +308,24 @@ class Agent:
         self, fd: int, st: os.stat_result, path: str, *, startup: bool
     ) -> tuple[FileIdentity | None, int]:
         """Resume from a checkpoint whose identity still matches, else head or tail."""
+        known = False
         for cp in self.store.candidates(st.st_dev, st.st_ino):
-            if matches(fd, cp.identity) and cp.offset <= st.st_size:
+            same = matches(fd, cp.identity)
+            if same and cp.offset <= st.st_size:
                 self.store.put(cp.identity, cp.offset, path)
                 return cp.identity, cp.offset
-            log.info("%s: inode %d reused by a different file; starting it afresh",
-                     path, st.st_ino)  # fmt: skip
+            if same:  # our file, but shorter than our offset: truncated while we were down
+                metrics.ROTATIONS.labels(kind="copytruncate").inc()
+                log.info("%s was truncated while the agent was down; reading it from 0", path)
+                known = True
+            else:
+                log.info("%s: inode %d reused by a different file; starting it afresh",
+                         path, st.st_ino)  # fmt: skip
             self.store.forget(cp.identity.fid)
         mode = self.cfg.read_from
         if self.store.corrupt:
             mode = self.cfg.on_corrupt_checkpoint
-        offset = st.st_size if startup and mode == "tail" else 0
+        offset = st.st_size if startup and mode == "tail" and not known else 0
         identity = identify(fd, st)
         if identity is not None:
             self.store.register(identity, offset, path)

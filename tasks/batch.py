@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -101,6 +101,15 @@ def synthetic_down(target: Target, error: str, kind: ErrorKind) -> ProbeResult:
     )
 
 
+_RESULT_FIELDS = tuple(f.name for f in fields(ProbeResult))
+
+
+def _as_dict(result: ProbeResult) -> dict[str, Any]:
+    """``result.to_dict()`` without its deep copy: 4 us instead of 15 per probe, and the
+    dict is serialised at once (the shared ``phases`` dict is never mutated)."""
+    return {name: getattr(result, name) for name in _RESULT_FIELDS}
+
+
 class ResultRecorder:
     """Writes results as they arrive; each flush takes everything queued meanwhile."""
 
@@ -122,7 +131,7 @@ class ResultRecorder:
             log.error("result for unknown or repeated target %r ignored", key)
             return
         self.recorded.add(key)
-        self._queue.append((key, encode_result(result.to_dict(), self._index[key])))
+        self._queue.append((key, encode_result(_as_dict(result), self._index[key])))
         self._wake.set()
 
     async def _flush_loop(self) -> None:

@@ -134,3 +134,23 @@ def test_new_files_matching_the_glob_are_picked_up_and_excludes_respected(
     wait_for(lambda: len(stream_records(raw_client)) >= 2, what="b.log")
     paths = set(lines_by_path(raw_client))
     assert paths == {str(logs / "a.log"), str(logs / "b.log")}
+
+
+def test_truncated_while_the_agent_was_down_restarts_at_zero_even_with_read_from_tail(
+    tmp_path: Path, run_agent, raw_client
+) -> None:
+    log = tmp_path / "logs" / "app.log"
+    lines = batch("keep", 200)
+    write_lines(log, lines)
+    settings = agent_settings(tmp_path, read_from="tail")
+    agent = run_agent(agent_settings(tmp_path))  # first run from head
+    wait_for(lambda: len(stream_records(raw_client)) >= 200, what="first run")
+    agent.stop()
+    agent.join(30)
+    write_lines(log, lines[:150] + batch("new", 10), mode="wb")  # same first KiB, shorter
+    raw_client.delete(settings.stream)
+    before = rotations("copytruncate")
+    run_agent(settings)
+    wait_for(lambda: len(stream_records(raw_client)) >= 160, what="file read again from 0")
+    assert [r[3] for r in stream_records(raw_client)] == lines[:150] + batch("new", 10)
+    assert rotations("copytruncate") == before + 1
