@@ -93,10 +93,9 @@ def probe_batch(
     self: Task, run_id: str, batch_id: str, targets: list[dict[str, Any]], offset: int = 0
 ) -> dict[str, Any]:
     """Probe one batch of a run and store every result (see :mod:`tasks.batch`)."""
-    request = BatchRequest.parse(run_id, batch_id, offset, targets)
     started = time.monotonic()
     try:
-        report = runner().run(request)
+        report = runner().run(BatchRequest.parse(run_id, batch_id, offset, targets))
     except TemporaryError as exc:
         metrics.BATCHES.labels("retry").inc()
         log.warning("batch %s/%s: %s; retrying", run_id, batch_id, exc)

@@ -103,3 +103,12 @@ def test_wait_timeout_with_no_worker_reports_pending_and_exits_1(
     out, _ = capsys.readouterr()
     assert code == 1
     assert "1 targets, 0 up, 0 down, 1 PENDING" in out
+
+
+def test_runs_show_of_an_unknown_run_exits_1(
+    capsys: pytest.CaptureFixture[str], redis_url: str
+) -> None:
+    code = main(["runs", "show", "20200101T000000-000000", "--redis-url", redis_url])
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert "run 20200101T000000-000000 not found (unknown or expired)" in err
