@@ -93,6 +93,7 @@ def test_the_full_value_set_renders_every_component(full_objects: list[dict[str,
         ("HorizontalPodAutoscaler", "opsq-worker"), ("ServiceMonitor", "opsq"),
         ("PodDisruptionBudget", "opsq-beat"), ("Role", "opsq-watcher"),
         ("RoleBinding", "opsq-watcher"), ("Service", "opsq-worker-metrics"),
+        ("Deployment", "opsq-cleanup-worker"), ("RoleBinding", "opsq-cleanup-worker"),
     ]:  # fmt: skip
         assert expected in names
     worker = find(full_objects, "Deployment", "opsq-worker")[0]
@@ -152,6 +153,27 @@ def test_watcher_is_cluster_wide_by_default_and_bound_to_its_own_account() -> No
     assert watcher["automountServiceAccountToken"] is True
 
 
+def test_only_cleanup_workers_share_the_watchers_role_and_probe_workers_get_none() -> None:
+    """Deletions run in cleanup-worker pods bound to the watcher's role; probe workers
+    consume only the probes queue and hold no Kubernetes credentials."""
+    objects = render_chart({"cleanup": {"rules": [{"resource": "v1/pods"}]}})
+    bindings = find(objects, "ClusterRoleBinding")
+    assert {b["metadata"]["name"] for b in bindings} == {"opsq-watcher", "opsq-cleanup-worker"}
+    assert {b["roleRef"]["name"] for b in bindings} == {"opsq-watcher"}
+    subjects = [s["name"] for b in bindings for s in b["subjects"]]
+    assert sorted(subjects) == ["opsq-cleanup-worker", "opsq-watcher"]
+    assert len(find(objects, "ClusterRole")) == 1
+
+    def command(name: str) -> list[str]:
+        spec = find(objects, "Deployment", name)[0]["spec"]["template"]["spec"]
+        return spec["containers"][0]["command"]  # type: ignore[no-any-return]
+
+    assert command("opsq-worker")[-2:] == ["-Q", "probes"]
+    assert command("opsq-cleanup-worker")[-2:] == ["-Q", "cleanup"]
+    plain = find(render_chart(), "Deployment", "opsq-worker")[0]["spec"]["template"]["spec"]
+    assert "-Q" not in plain["containers"][0]["command"], "without cleanup: every queue"
+
+
 def test_a_malformed_cleanup_resource_fails_the_render() -> None:
     """'pods' (no version) is rejected by the schema instead of producing a useless Role."""
     with pytest.raises(HelmError, match="resource"):
@@ -161,13 +183,13 @@ def test_a_malformed_cleanup_resource_fails_the_render() -> None:
 def test_every_pod_is_hardened(full_objects: list[dict[str, Any]]) -> None:
     """Non-root, read-only root, no capabilities, RuntimeDefault seccomp, own account."""
     pods = _pod_specs(full_objects)
-    assert len(pods) == 6
+    assert len(pods) == 7
     for name, spec in pods:
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert spec["serviceAccountName"] == name
-        if not name.endswith("-watcher"):
-            assert spec["automountServiceAccountToken"] is False, name
+        needs_token = name in ("opsq-watcher", "opsq-cleanup-worker")
+        assert spec["automountServiceAccountToken"] is needs_token, name
         for container in spec["containers"]:
             sc = container["securityContext"]
             assert sc["readOnlyRootFilesystem"] is True, name

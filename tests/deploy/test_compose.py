@@ -20,7 +20,7 @@ from opsq.core.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
-OPSQ_SERVICES = ("worker", "beat", "flower", "agent", "shipper", "watcher")
+OPSQ_SERVICES = ("worker", "beat", "flower", "agent", "shipper", "watcher", "cleanup-worker")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_schema_check_catches_a_wrong_key(compose: dict[str, Any]) -> None:
 
 
 def test_every_component_is_a_service(compose: dict[str, Any]) -> None:
-    """redis plus all six opsq components, all from the same image."""
+    """redis plus every opsq component, all from the same image."""
     services = compose["services"]
     assert set(services) == {"redis", *OPSQ_SERVICES}
     assert len({services[name]["image"] for name in OPSQ_SERVICES}) == 1
@@ -64,6 +64,8 @@ def test_worker_can_be_scaled(compose: dict[str, Any]) -> None:
     assert "container_name" not in worker
     assert "ports" not in worker
     assert worker["command"][:4] == ["celery", "-A", "tasks", "worker"]
+    assert worker["command"][-2:] == ["-Q", "probes"], "no Kubernetes credentials needed"
+    assert compose["services"]["cleanup-worker"]["command"][-2:] == ["-Q", "cleanup"]
 
 
 def test_flower_requires_a_password_from_the_environment(compose: dict[str, Any]) -> None:

@@ -38,6 +38,11 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- .Values.flower.auth.existingSecret | default (printf "%s-flower" (include "opsq.fullname" .)) -}}
 {{- end -}}
 
+{{/* "true" when the watcher and cleanup workers run: enabled and given rules. */}}
+{{- define "opsq.cleanupEnabled" -}}
+{{- and .Values.watcher.enabled (not (empty .Values.cleanup.rules)) -}}
+{{- end -}}
+
 {{/* The opsq config file: values.config plus the cleanup section when it has rules. */}}
 {{- define "opsq.configFile" -}}
 {{- $config := deepCopy .Values.config -}}
@@ -143,7 +148,7 @@ imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 serviceAccountName: {{ include "opsq.name" . }}
-automountServiceAccountToken: {{ eq .component "watcher" }}
+automountServiceAccountToken: {{ has .component (list "watcher" "cleanup-worker") }}
 {{- $podSecurity := deepCopy .root.Values.podSecurityContext }}
 {{- with .values.supplementalGroups }}
 {{- $_ := set $podSecurity "supplementalGroups" . }}

@@ -47,7 +47,12 @@ def _switch_value_class() -> None:
     import sys  # noqa: PLC0415
 
     loaded = sys.modules.get("prometheus_client.values")
-    if loaded is not None:
+    # Once per process: every get_value_class() call builds a new class with its own
+    # table of open files, and two of them in one process append to the same
+    # counter_<pid>.db at their own offsets, corrupting it (a worker switches twice: at
+    # import and, after wiping the directory, at celeryd_init). The class reads the
+    # directory from the environment when it opens a file, so one class serves both.
+    if loaded is not None and loaded.ValueClass.__name__ != "MmapedValue":
         loaded.ValueClass = loaded.get_value_class()  # type: ignore[attr-defined]
 
 
