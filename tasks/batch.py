@@ -34,6 +34,7 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
+from opsq.core import aio
 from opsq.core.config.probes import Target
 from opsq.core.errors import PermanentError
 from opsq.core.metrics import pipeline as metrics
@@ -161,7 +162,7 @@ class BatchRunner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
+        self.loop = aio.new_event_loop()  # uvloop when installed
         self._client: aioredis.Redis[str] | None = None
         self._engine: ProbeEngine | None = None
 

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from opsq.core import aio
 from opsq.core.config.probes import Target
 from opsq.core.metrics import probes as metrics
 from opsq.engines.probe import checks, net
@@ -298,13 +299,14 @@ class ProbeEngine:
 
 
 def run_probes(targets: Sequence[Target], **engine_kwargs: Any) -> list[ProbeResult]:
-    """Synchronous convenience: probe ``targets`` in a fresh event loop."""
+    """Synchronous convenience: probe ``targets`` in a fresh event loop (uvloop if
+    installed, see :mod:`opsq.core.aio`)."""
 
     async def main() -> list[ProbeResult]:
         async with ProbeEngine(**engine_kwargs) as engine:
             return await engine.probe_many(targets)
 
-    return asyncio.run(main())
+    return aio.run(main())
 
 
 __all__ = ["ErrorKind", "ProbeEngine", "RateLimiter", "ResultCallback", "run_probes"]

@@ -18,13 +18,15 @@ import time
 from dataclasses import dataclass
 
 import httpx
+from httpx_aiohttp.transport import map_aiohttp_exceptions
+from multidict import CIMultiDict
 
 from opsq.core.config.probes import Target
 from opsq.core.version import version_info
 from opsq.engines.probe import checks
 from opsq.engines.probe.errors import ProbeFailure
 from opsq.engines.probe.phases import PhaseClock
-from opsq.engines.probe.transports import httpcore_trace
+from opsq.engines.probe.transports import DirectAiohttpTransport, httpcore_trace
 
 MAX_BODY = 1 << 20
 
@@ -61,14 +63,15 @@ async def fetch(
 ) -> HttpReply:
     """Send the request (following redirects if asked) and read the body."""
     began = time.perf_counter()
-    request = httpx.Request(
-        target.method,
-        target.url,
-        headers=_headers(target),
-        content=target.body.encode() if target.body is not None else None,
-        extensions={"timeout": httpx.Timeout(budget).as_dict(), "trace": httpcore_trace},
-    )
-    response = await _send_following(transport, request, target)
+    if isinstance(transport, DirectAiohttpTransport) and _plain(target):
+        first = await _fetch_direct(transport, target, budget, clock, began)
+        if isinstance(first, HttpReply):
+            return first
+        # A redirect to follow: the remaining hops take the general path.
+        request = _redirected(_request(target, budget), *first)
+        response = await _send_following(transport, request, target, hops=1)
+    else:
+        response = await _send_following(transport, _request(target, budget), target, hops=0)
     try:
         clock.start("transfer")
         body = await _read_body(response, keep=target.expect.body_regex is not None)
@@ -83,16 +86,78 @@ async def fetch(
     )
 
 
+def _request(target: Target, budget: float) -> httpx.Request:
+    return httpx.Request(
+        target.method,
+        target.url,
+        headers=_headers(target),
+        content=target.body.encode() if target.body is not None else None,
+        extensions={"timeout": httpx.Timeout(budget).as_dict(), "trace": httpcore_trace},
+    )
+
+
 def _headers(target: Target) -> httpx.Headers:
     headers = httpx.Headers(default_headers())
     headers.update(target.headers)  # case-insensitive: "user-agent" replaces "User-Agent"
     return headers
 
 
+def _plain(target: Target) -> bool:
+    """No request body and no body regex: nothing for httpx's models to encode or decode."""
+    return target.body is None and target.expect.body_regex is None
+
+
+@functools.lru_cache(maxsize=65536)
+def _wire_url(url: str) -> str:
+    """The URL exactly as the httpx path sends it (httpx normalises and quotes it)."""
+    return str(httpx.URL(url))
+
+
+def _direct_headers(target: Target) -> CIMultiDict[str]:
+    headers = CIMultiDict(default_headers())
+    headers.update(target.headers)  # case-insensitive, like httpx.Headers.update
+    return headers
+
+
+async def _fetch_direct(
+    transport: DirectAiohttpTransport,
+    target: Target,
+    budget: float,
+    clock: PhaseClock,
+    began: float,
+) -> HttpReply | tuple[int, str]:
+    """The first hop straight through aiohttp; a redirect to follow comes back as
+    ``(status, location)``. Errors are mapped to httpx's, as on the general path."""
+    with map_aiohttp_exceptions():
+        request = transport.direct(
+            target.method, _wire_url(target.url), _direct_headers(target), budget
+        )
+        async with request as response:
+            headers = httpx.Headers(response.raw_headers)
+            location = headers.get("location")
+            if target.follow_redirects and location and response.status in REDIRECT_CODES:
+                if target.max_redirects < 1:
+                    raise ProbeFailure("redirect", _too_many(target))
+                return response.status, location
+            clock.start("transfer")
+            async for _ in response.content.iter_any():  # raw bytes, like aiter_raw
+                pass
+            clock.stop("transfer")
+    return HttpReply(
+        status_code=response.status,
+        headers=headers,
+        body="",
+        latency=time.perf_counter() - began,
+    )
+
+
+def _too_many(target: Target) -> str:
+    return f"too many redirects (more than {target.max_redirects})"
+
+
 async def _send_following(
-    transport: httpx.AsyncBaseTransport, request: httpx.Request, target: Target
+    transport: httpx.AsyncBaseTransport, request: httpx.Request, target: Target, *, hops: int
 ) -> httpx.Response:
-    hops = 0
     while True:
         response = await transport.handle_async_request(request)
         response.request = request
@@ -101,7 +166,7 @@ async def _send_following(
             return response
         await response.aclose()
         if hops >= target.max_redirects:
-            raise ProbeFailure("redirect", f"too many redirects (more than {target.max_redirects})")
+            raise ProbeFailure("redirect", _too_many(target))
         hops += 1
         request = _redirected(request, response.status_code, location)
 
