@@ -64,7 +64,11 @@ class RespClient:
         sock.settimeout(self.timeout)
         self._sock = sock
         self._file = sock.makefile("rb")
-        self._handshake(parts.username, parts.password, _db(parts.path, parts.query))
+        try:
+            self._handshake(parts.username, parts.password, _db(parts.path, parts.query))
+        except BaseException:
+            self.close()  # never keep a connection that is not authenticated / selected
+            raise
         return self._file
 
     def _handshake(self, user: str | None, password: str | None, db: int) -> None:

@@ -27,6 +27,8 @@ from opsq.core.runs import Progress, RunStore, Submitted, submit_run
 from opsq.core.settings import Settings
 
 POLL_INTERVAL_S = 0.2
+REDIS_OUTAGE_TOLERANCE_S = 60.0
+"""How long ``--wait`` keeps polling through a Redis outage before giving up."""
 _PUBLISH_RETRY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5}
 """A broker blip is retried briefly; a dead broker fails the command, not hangs it."""
 
@@ -82,14 +84,27 @@ class ProbeProducer:
         result yet.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        failing_since: float | None = None
         while True:
-            progress = self.store.progress(run_id)
+            try:
+                progress = self.store.progress(run_id)
+                failing_since = None
+            except RedisUnavailable:
+                # The run lives on in Redis (AOF) and the workers retry: so does waiting,
+                # for a while.
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > REDIS_OUTAGE_TOLERANCE_S:
+                    raise
+                time.sleep(POLL_INTERVAL_S * 5)
+                continue
             if on_progress is not None:
                 on_progress(progress)
-            if progress.complete or (deadline is not None and time.monotonic() >= deadline):
+            if progress.complete or progress.total < 0:
+                break  # total < 0: the run's meta is gone (expired or deleted)
+            if deadline is not None and time.monotonic() >= deadline:
                 break
             time.sleep(POLL_INTERVAL_S)
         summary = self.store.summary(run_id)
         if summary is None:
-            raise RedisUnavailable(f"run {run_id} disappeared from Redis while waiting")
+            raise RedisUnavailable(f"run {run_id} disappeared from Redis (expired or deleted)")
         return summary

@@ -14,6 +14,7 @@ finishes its in-flight batch (sink write + XACK) and the command exits 0.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import threading
@@ -39,6 +40,19 @@ def _check_agent_settings(settings: Settings) -> None:
         raise ConfigError(
             f"{source}: logs.agent.paths is empty; set at least one glob, "
             'e.g. paths: ["/var/log/app/*.log"]'
+        )
+    ckpt = agent.checkpoint_dir
+    try:
+        ckpt.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"{source}: logs.agent.checkpoint_dir {ckpt} cannot be created ({exc}); "
+            "point it at a writable directory"
+        ) from exc
+    if not os.access(ckpt, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{source}: logs.agent.checkpoint_dir {ckpt} is not writable; "
+            "point it at a writable directory"
         )
     if agent.multiline is not None:
         try:

@@ -74,7 +74,8 @@ def open_fds_to(path: Path) -> int:
             target = os.readlink(fd)
         except OSError:
             continue
-        count += target.startswith(str(path))
+        # files below the directory only: the rescan briefly opens the directory itself
+        count += target.startswith(str(path) + os.sep)
     return count
 
 

@@ -65,6 +65,7 @@ def test_sigterm_drains_flushes_checkpoints_and_exits_zero(tmp_path: Path, redis
     [
         ("logs: {agent: {paths: []}}\n", "logs.agent.paths"),
         ("logs: {agent: {paths: [x], multiline: {start_pattern: '(['}}}\n", "start_pattern"),
+        ("logs: {agent: {paths: [x], checkpoint_dir: /proc/opsq}}\n", "checkpoint_dir"),
     ],
 )
 def test_bad_agent_settings_are_a_config_error_exit_2(

@@ -45,6 +45,11 @@ def test_password_and_database_from_the_url(tmp_path: Path) -> None:
         bad = RespClient(server.url.replace("s3cret", "wrong"))
         with pytest.raises(RedisUnavailable):
             bad.execute([[b"PING"]])
+        wrong_db = RespClient(server.url.replace("/0", "/999"))
+        for _ in range(2):  # a failed SELECT must not leave a connection on db 0
+            with pytest.raises(RedisUnavailable):
+                wrong_db.execute([[b"SET", b"lost", b"x"]])
+        wrong_db.close()
     finally:
         server.stop()
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -165,19 +167,27 @@ def test_redis_outage_mid_batch_retries_and_loses_nothing(
 ) -> None:
     """Redis dies while probes are in flight and comes back (AOF) seconds later.
 
-    The slow results cannot be written: the batch maps that to a TemporaryError and
-    asks Celery to retry. The retry cannot be published either (Redis is gone), so the
-    message stays un-acknowledged in the AOF and comes back after the visibility
-    timeout; the run completes with exactly one result per target and the finished
-    ones are not probed again.
+    ``opsq probe --wait`` runs throughout. The slow results cannot be written: the
+    batch maps that to a TemporaryError and asks Celery to retry. The retry cannot be
+    published either (Redis is gone), so the message stays un-acknowledged in the AOF
+    and comes back after the visibility timeout; the run completes with exactly one
+    result per target, the finished ones are not probed again, and the waiting CLI
+    prints the summary.
     """
     fast = [{"name": f"fast{i}", "url": f"{http_server.url}/ok?i={i}"} for i in range(3)]
     slow = [{"name": f"slow{i}", "url": f"{http_server.url}/slow?delay=2&i={i}"}
             for i in range(3)]  # fmt: skip
     path = write_targets(tmp_path / "t.yaml", fast + slow, timeout="5s")
     worker = start_worker(env=FAST_REDELIVERY)
-    run_id = _submit(redis_url, path, batch_size=6)
+    waiting = subprocess.Popen(
+        [sys.executable, "-c", "from opsq.cli.main import main; raise SystemExit(main())",
+         "probe", str(path), "--wait", "--output", "json", "--timeout", "90"],
+        env={**os.environ, "OPSQ_REDIS_URL": redis_url, "OPSQ_PROBES__BATCH_SIZE": "6"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     client = redis.Redis.from_url(redis_url, decode_responses=True)
+    _wait_for(lambda: client.zcard(keys.RUNS_INDEX) == 1, 30, "the run")
+    run_id = client.zrange(keys.RUNS_INDEX, 0, 0)[0]
     _wait_for(lambda: client.hlen(keys.run_results(run_id)) == 3, 30, "the fast results")
     time.sleep(1.2)  # appendfsync everysec: let the AOF hold what was acknowledged
     redis_server.kill9()
@@ -192,3 +202,7 @@ def test_redis_outage_mid_batch_retries_and_loses_nothing(
     assert (summary["up"], summary["down"]) == (6, 0)
     assert http_server.hits["/ok"] == 3
     assert "retrying" in worker.log()
+    # `opsq probe --wait` kept polling through the outage and printed the same summary.
+    out, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == 0, err
+    assert json.loads(out)["results"] == summary["results"]
