@@ -195,7 +195,7 @@ def test_stale_groups_of_a_crashed_run_are_reaped_and_others_spared(tmp_path: Pa
     )
     other = subprocess.Popen(sleep, env={**os.environ, SESSION_ENV: "zzz"}, start_new_session=True)
     try:
-        PidFile(tmp_path / "up.pids", "abc123").write([ours.pid, other.pid])
+        PidFile(tmp_path / "up.pids", "abc123").write({"a": ours.pid, "b": other.pid})
         reaped = PidFile(tmp_path / "up.pids", "new").reap_stale()
         assert reaped == [ours.pid]
         assert ours.wait(10) == -signal.SIGKILL
