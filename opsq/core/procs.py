@@ -65,8 +65,10 @@ def group_members(pgid: int) -> list[int]:
     if not proc.is_dir():  # not Linux: ask the kernel, zombies included
         try:
             os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
+        except ProcessLookupError:
             return []
+        except PermissionError:
+            return [pgid]  # exists, owned by someone else
         return [pgid]
     members = []
     for entry in proc.iterdir():
