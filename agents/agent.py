@@ -262,6 +262,9 @@ class Agent:
         metrics.FILES_WATCHED.set(len(self.tailers))
         if not startup:
             self._prune_checkpoints(seen)
+        # New identities reach the disk before any of their batches is sent (see
+        # CheckpointStore.register); one fsync for the whole scan, not one per file.
+        self.store.flush()
 
     def _matching_paths(self) -> Iterator[str]:
         found: set[str] = set()
@@ -328,7 +331,7 @@ class Agent:
         offset = st.st_size if startup and mode == "tail" and not known else 0
         identity = identify(fd, st)
         if identity is not None:
-            self.store.register(identity, offset, path)
+            self.store.put(identity, offset, path)  # flushed once at the end of discovery
         return identity, offset
 
     def _prune_checkpoints(self, seen: set[Key]) -> None:
