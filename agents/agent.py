@@ -85,7 +85,6 @@ class Agent:
         self._blocked = False
         """Set when the queue refused a batch this round (block mode, queue full)."""
         self.sender: Sender | None = None
-        self.stopped = threading.Event()
 
     def client(self) -> RespClient:
         return RespClient(self.redis_url)
@@ -128,7 +127,6 @@ class Agent:
             self.sender.close(self.cfg.shutdown_grace)
             for tailer in list(self.tailers.values()):
                 self._release(tailer, count_unread=False)
-            self.stopped.set()
 
     def _loop(self) -> None:
         next_rescan = time.monotonic() + self.cfg.rescan_interval
