@@ -85,7 +85,6 @@ class Agent:
         self._blocked = False
         """Set when the queue refused a batch this round (block mode, queue full)."""
         self.sender: Sender | None = None
-        self.stopped = threading.Event()
 
     def client(self) -> RespClient:
         return RespClient(self.redis_url)
@@ -128,7 +127,6 @@ class Agent:
             self.sender.close(self.cfg.shutdown_grace)
             for tailer in list(self.tailers.values()):
                 self._release(tailer, count_unread=False)
-            self.stopped.set()
 
     def _loop(self) -> None:
         next_rescan = time.monotonic() + self.cfg.rescan_interval
@@ -262,6 +260,9 @@ class Agent:
         metrics.FILES_WATCHED.set(len(self.tailers))
         if not startup:
             self._prune_checkpoints(seen)
+        # New identities reach the disk before any of their batches is sent (see
+        # CheckpointStore.register); one fsync for the whole scan, not one per file.
+        self.store.flush()
 
     def _matching_paths(self) -> Iterator[str]:
         found: set[str] = set()
@@ -328,7 +329,7 @@ class Agent:
         offset = st.st_size if startup and mode == "tail" and not known else 0
         identity = identify(fd, st)
         if identity is not None:
-            self.store.register(identity, offset, path)
+            self.store.put(identity, offset, path)  # flushed once at the end of discovery
         return identity, offset
 
     def _prune_checkpoints(self, seen: set[Key]) -> None:

@@ -57,7 +57,6 @@ class Sender(threading.Thread):
         self._deadline = float("inf")
         self._unflushed_lines = 0
         self._last_flush = time.monotonic()
-        self.connected = threading.Event()
 
     # --- lifecycle --------------------------------------------------------------------
     def close(self, grace: float) -> None:
@@ -109,10 +108,8 @@ class Sender(threading.Thread):
                 self._xadd(batches)
             except RedisUnavailable as exc:
                 metrics.SEND_ERRORS.inc()
-                self.connected.clear()
                 log.warning("XADD failed, retrying in %.1fs: %s", delay, exc)
             else:
-                self.connected.set()
                 return True
             if time.monotonic() + delay > self._deadline or self._abort.wait(delay):
                 log.warning("shutdown grace over with %d entries unacknowledged", len(batches))

@@ -7,6 +7,7 @@ and ``restart()`` it. Never the shared 6379, never fakeredis.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,17 @@ from tests.support.workers import Worker
 
 # The fake Kubernetes API server (fake_kube, kubeconfig_path, api_client) for every test.
 pytest_plugins = ["tests.fakekube.fixtures"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """CLI commands run in-process install their own root handler on the captured stderr;
+    put the previous handlers back so later threads never log to a closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -122,8 +122,12 @@ class PidFile:
         self.path = path
         self.session = session
 
-    def write(self, pgids: list[int]) -> None:
-        doc = {"supervisor": os.getpid(), "session": self.session, "pgids": pgids}
+    def write(self, groups: dict[str, int]) -> None:
+        """Record child name -> process group id (operators read it to find a child)."""
+        doc = {
+            "supervisor": os.getpid(), "session": self.session,
+            "pgids": list(groups.values()), "children": groups,
+        }  # fmt: skip
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc))
         tmp.replace(self.path)
@@ -216,7 +220,7 @@ class Supervisor:
 
     def _record_pids(self) -> None:
         if self.pidfile is not None:
-            self.pidfile.write([c.pgid for c in self.children if c.pgid is not None])
+            self.pidfile.write({c.name: c.pgid for c in self.children if c.pgid is not None})
 
     def request_stop(self) -> None:
         """Begin a graceful stop; a second request kills what is left at once."""

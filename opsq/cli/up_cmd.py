@@ -16,6 +16,7 @@ never on its command line where ``ps`` would show it.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -34,10 +35,13 @@ from opsq.cli.options import common_options, settings_from
 from opsq.cli.supervisor import SESSION_ENV, Child, Managed, PidFile, RedisChild, Supervisor
 from opsq.cli.supervisor import exclusive as exclusive_data_dir
 from opsq.core.errors import OpsqError
+from opsq.core.logsetup import setup_logging
 from opsq.core.observe import ObserveServer
 from opsq.core.redact import redact_url
 from opsq.core.redis_server import RedisServer, free_port
 from opsq.core.settings import Settings
+
+log = logging.getLogger("opsq.up")
 
 DEMO_SET = "demo"
 DEMO_INTERVAL_S = 10
@@ -316,6 +320,8 @@ def banner(plan: Plan, redis_line: str, data_dir: Path, options: UpOptions) -> s
 
 
 def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> None:
+    # Supervisor events (exits, restarts, kills) as log lines: JSON with --log-format json.
+    setup_logging(settings.log_level, settings.log_format)
     data_dir = settings.data_dir.resolve()
     with exclusive_data_dir(data_dir):
         session = secrets.token_hex(8)
@@ -337,7 +343,7 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
         plan = builder.build()
         supervisor = Supervisor(
             children + plan.children, stop_timeout=options.stop_timeout,
-            notify=lambda msg: click.echo(f"opsq up: {msg}", err=True), pidfile=pidfile,
+            notify=log.warning, pidfile=pidfile,
         )  # fmt: skip
         supervisor.install_signal_handlers()
         observe = ObserveServer(

@@ -61,8 +61,17 @@ def group_members(pgid: int) -> list[int]:
     ``killpg(pgid, 0)`` is not enough: an orphan re-parented to a PID 1 that never
     reaps (common in containers) stays a zombie in the group forever.
     """
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: ask the kernel, zombies included
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return []
+        except PermissionError:
+            return [pgid]  # exists, owned by someone else
+        return [pgid]
     members = []
-    for entry in Path("/proc").iterdir():
+    for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:

@@ -39,9 +39,10 @@ from opsq.core.metrics import pipeline as metrics
 
 log = logging.getLogger(__name__)
 
+# Shared by every Redis token bucket in opsq (also cleanup's deletion rate).
 # KEYS[1]: bucket. ARGV: rate (tokens/s), burst. Returns "0" when granted, else the
 # seconds to wait as a string (Lua numbers would be truncated to integers).
-_BUCKET_LUA = """
+RATE_BUCKET_LUA = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local now = redis.call('TIME')
@@ -73,7 +74,7 @@ class RedisTokenBucket:
         self.rate = rate
         self.burst = burst
         self._client = client
-        self._script = client.register_script(_BUCKET_LUA)
+        self._script = client.register_script(RATE_BUCKET_LUA)
 
     @property
     def enabled(self) -> bool:

@@ -17,11 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 from prometheus_client import REGISTRY
 
-from opsq.cli.supervisor import SESSION_ENV, Child, PidFile, Supervisor, exclusive
+from opsq.cli.supervisor import SESSION_ENV, Child, PidFile, RedisChild, Supervisor, exclusive
 from opsq.core.errors import OpsqError
 from opsq.core.procs import group_alive
+from opsq.core.redis_server import RedisServer
 from tests.deploy.util import pid_alive, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,7 +197,7 @@ def test_stale_groups_of_a_crashed_run_are_reaped_and_others_spared(tmp_path: Pa
     )
     other = subprocess.Popen(sleep, env={**os.environ, SESSION_ENV: "zzz"}, start_new_session=True)
     try:
-        PidFile(tmp_path / "up.pids", "abc123").write([ours.pid, other.pid])
+        PidFile(tmp_path / "up.pids", "abc123").write({"a": ours.pid, "b": other.pid})
         reaped = PidFile(tmp_path / "up.pids", "new").reap_stale()
         assert reaped == [ours.pid]
         assert ours.wait(10) == -signal.SIGKILL
@@ -215,3 +217,24 @@ def test_one_supervisor_per_data_dir(tmp_path: Path) -> None:
             pass
     with exclusive(tmp_path):
         pass  # released on exit
+
+
+def test_embedded_redis_is_restarted_on_its_port_with_its_data(tmp_path: Path) -> None:
+    """kill -9 of the embedded valkey-server: restarted on the same port, AOF data intact."""
+    server = RedisServer(tmp_path / "redis", appendonly=True, tie_to_parent=True)
+    sup = Supervisor([RedisChild(server)], backoff_initial=0.1, notify=lambda _: None)
+    sup.start_all()
+    try:
+        client = redis.Redis.from_url(server.url)
+        client.set("kept", "yes")
+        client.execute_command("BGREWRITEAOF")  # make the write durable before the crash
+        assert wait_for(lambda: client.info("persistence")["aof_rewrite_in_progress"] == 0)
+        first_pid = server.proc.pid  # type: ignore[union-attr]
+        server.kill9()
+        assert wait_for(lambda: (sup.check_children(), sup.restarts("redis") == 1)[1], 20)
+        assert server.proc.pid != first_pid  # type: ignore[union-attr]
+        assert client.get("kept") == b"yes"
+        client.close()
+    finally:
+        sup.stop_all()
+    assert sup.leftovers() == []

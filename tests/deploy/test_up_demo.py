@@ -66,6 +66,7 @@ class Up:
     kube: FakeKube | None = None
     session: str = ""
     pgids: list[int] = field(default_factory=list)
+    groups: dict[str, int] = field(default_factory=dict)
 
     def output(self) -> str:
         return self.out_path.read_text(errors="replace")
@@ -78,7 +79,18 @@ class Up:
         self.flower_url, self.flower_user, self.flower_password = flower.groups()
         self.metrics_urls = re.findall(r"(http://\S+/metrics)", text)
         pids = json.loads((self.data_dir / "up.pids").read_text())
-        self.session, self.pgids = pids["session"], pids["pgids"]
+        self.session, self.pgids, self.groups = pids["session"], pids["pgids"], pids["children"]
+
+    def supervisor_metric(self, name: str, child: str) -> float | None:
+        url = next(u for u in self.metrics_urls if "supervisor" in self.url_owner(u))
+        for line in http_get(url)[1].decode().splitlines():
+            if line.startswith(f'{name}{{child="{child}"}} '):
+                return float(line.split()[-1])
+        return None
+
+    def url_owner(self, url: str) -> str:
+        """The banner line (child name first) that announced *url*."""
+        return next(line.split()[0] for line in self.output().splitlines() if url in line)
 
 
 def http_get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
@@ -269,8 +281,33 @@ def test_every_metrics_endpoint_passes_promtool(up: Up) -> None:
         assert http_get(f"{base}/readyz")[0] == 200
 
 
+def finished_runs(redis_url: str) -> int:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return sum(1 for _ in client.scan_iter("opsq:run:*:summary"))
+    finally:
+        client.close()
+
+
+def test_a_killed_worker_is_restarted_and_work_continues(up: Up) -> None:
+    """kill -9 of worker-1's whole group: the supervisor restarts it (metric says so) and
+    the next beat tick's run still finishes."""
+    old_group = up.groups["worker-1"]
+    os.killpg(old_group, signal.SIGKILL)
+    assert wait_for(
+        lambda: up.supervisor_metric("opsq_up_child_restarts_total", "worker-1") == 1.0, 60
+    ), up.output()
+    assert "worker-1 exited with code -9" in up.output()
+    pids = json.loads((up.data_dir / "up.pids").read_text())
+    assert pids["children"]["worker-1"] != old_group
+    assert up.supervisor_metric("opsq_up_child_up", "worker-1") == 1.0
+    before = finished_runs(up.redis_url)
+    assert wait_for(lambda: finished_runs(up.redis_url) > before, 90), up.output()
+
+
 def test_sigterm_stops_everything_within_the_bound_and_leaves_nothing(up: Up) -> None:
     """SIGTERM: `opsq up` exits 0 within its stop bound; no process of the run survives."""
+    up.parse_banner()  # pick up the restarted worker's process group
     assert up.pgids
     assert processes_with_env(f"OPSQ_UP_SESSION={up.session}")
     up.proc.send_signal(signal.SIGTERM)

@@ -8,6 +8,10 @@ child, and a demo targets file that opsq's own validation accepts.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +129,34 @@ def test_demo_endpoints_behave_as_advertised(path: str, statuses: list[int]) -> 
             return seen
 
     assert asyncio.run(go()) == statuses
+
+
+def _opsq(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPSQ_")}
+    return subprocess.run([sys.executable, "-m", "opsq", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+
+
+def test_busy_redis_port_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """Embedded Redis port in use: exit 1 naming --redis-port 0 / --redis-url; nothing starts."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = _opsq("up", "--data-dir", str(tmp_path / "d"), "--redis-port", str(port),
+                    cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 1
+    assert f"port {port} is in use" in out.stderr
+    assert "--redis-port 0" in out.stderr
+    assert not (tmp_path / "d" / "logs").exists()
+
+
+def test_bad_config_exits_2_before_starting_anything(tmp_path: Path) -> None:
+    """A config typo fails `opsq up` at once with file, field and fix (exit 2)."""
+    config = tmp_path / "opsq.yaml"
+    config.write_text("flower:\n  pasword: x\n")
+    out = _opsq("up", "--config", str(config), "--data-dir", str(tmp_path / "d"), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "flower.pasword" in out.stderr
+    assert "unknown field" in out.stderr
+    assert not (tmp_path / "d").exists()

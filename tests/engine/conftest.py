@@ -160,7 +160,11 @@ class _ServerThread(threading.Thread):
 
     async def _start(self) -> None:
         self.runner = web.AppRunner(
-            _app(self.state), handle_signals=False, handler_cancellation=True, shutdown_timeout=1
+            _app(self.state),
+            handle_signals=False,
+            handler_cancellation=True,
+            shutdown_timeout=1,
+            access_log=None,  # per-request access lines would only drown test output
         )
         await self.runner.setup()
         for ssl_ctx in (None, _server_context(self.ca, 365), _server_context(self.ca, 3)):

@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+from agents import watcher
 from opsq.core.metrics import logs_agent as metrics
 from tests.logs_agent.conftest import (
     STREAM,
@@ -75,3 +76,39 @@ def test_user_maxlen_caps_the_stream_and_counts_trimmed_entries(
     run_agent(agent_settings(tmp_path, batch_lines=1, maxlen=10))
     wait_for(lambda: metrics.ENTRIES_TRIMMED._value.get() - before == 90, what="90 trimmed")
     assert raw_client.xlen(STREAM) == 10
+
+
+def test_when_inotify_fails_the_agent_warns_and_keeps_polling(
+    tmp_path: Path, run_agent, raw_client, monkeypatch, caplog
+) -> None:
+    """E.g. fs.inotify.max_user_watches exhausted: watchfiles raises, polling carries on."""
+
+    def no_watches(*args, **kwargs):
+        raise OSError(28, "inotify watch limit reached")
+
+    monkeypatch.setattr(watcher.watchfiles, "watch", no_watches)
+    log = tmp_path / "logs" / "a.log"
+    write_lines(log, [b"before"])
+    run_agent(agent_settings(tmp_path))
+    wait_for(lambda: all_lines(raw_client) == [b"before"], what="first line")
+    write_lines(log, [b"after"])
+    wait_for(lambda: all_lines(raw_client) == [b"before", b"after"], what="polled line")
+    assert "inotify unavailable" in caplog.text
+
+
+def test_a_pending_multiline_record_survives_a_restart_whole(
+    tmp_path: Path, run_agent, raw_client
+) -> None:
+    """The checkpoint stops before the record still being joined, so after a restart it
+    is read again and joined with its continuation lines, not split in two."""
+    log = tmp_path / "logs" / "a.log"
+    write_lines(log, [b"2024 a", b"  x", b"2024 b"])
+    settings = agent_settings(tmp_path, multiline={"start_pattern": r"^\d{4} ", "timeout": "1h"})
+    agent = run_agent(settings)
+    wait_for(lambda: all_lines(raw_client) == [b"2024 a\n  x"], what="first record")
+    agent.stop()
+    agent.join(30)
+    write_lines(log, [b"  y", b"2024 c"])
+    run_agent(settings)
+    wait_for(lambda: len(all_lines(raw_client)) == 2, what="second record")
+    assert all_lines(raw_client) == [b"2024 a\n  x", b"2024 b\n  y"]

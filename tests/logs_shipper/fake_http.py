@@ -21,7 +21,7 @@ class ServerThread:
         self.app = app
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
-        self.runner = web.AppRunner(app)
+        self.runner = web.AppRunner(app, access_log=None)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     @property

@@ -17,6 +17,7 @@ import redis
 
 from opsq.core import keys
 from opsq.core.errors import RedisUnavailable
+from opsq.core.ratelimit import RATE_BUCKET_LUA
 
 
 class RateLimiter(Protocol):
@@ -52,25 +53,6 @@ class LocalRateLimiter:
         self._next = max(now, self._next) + self.interval
 
 
-# Token bucket in one hash: tokens and last refill time (Redis TIME, so all workers
-# share one clock). Returns the seconds to wait; 0 means a token was taken.
-_BUCKET = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(state[1]) or burst
-local ts = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + (now - ts) * rate)
-local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
-redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
-redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 60)
-return tostring(wait)
-"""
-
-
 class RedisRateLimiter:
     """A token bucket shared by every worker (burst = one second's worth)."""
 
@@ -81,7 +63,7 @@ class RedisRateLimiter:
         self.rate = rate
         self.burst = max(1.0, rate)
         self.sleep = sleep
-        self._script: Any = client.register_script(_BUCKET)
+        self._script: Any = client.register_script(RATE_BUCKET_LUA)
 
     def acquire(self) -> None:
         while True:
