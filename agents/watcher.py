@@ -17,6 +17,9 @@ import threading
 import watchfiles
 
 log = logging.getLogger(__name__)
+# watchfiles logs "N changes detected" at INFO for every batch of events: on a busy log
+# directory that is a line every DEBOUNCE_MS in the agent's own output.
+logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
 DEBOUNCE_MS = 50
 """watchfiles groups events for this long (its default, 1600 ms, would add latency)."""
