@@ -21,7 +21,6 @@ client (the worker's hot path), so both write exactly the same way.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
+import orjson
 import redis
 import redis.asyncio as aioredis
 
@@ -37,6 +37,9 @@ from opsq.core.config.probes import Target
 from opsq.core.errors import RedisUnavailable
 from opsq.core.redact import redact_url
 
+# JSON through orjson: the worker encodes every result and the completing worker
+# decodes a whole run; orjson does both several times faster than the json module
+# (same JSON for these plain values; non-ASCII stays UTF-8 instead of \u escapes).
 SUMMARY_FIELDS = ("name", "url", "group", "up", "status_code", "attempts", "duration_s")
 SUMMARY_FIELDS_TAIL = ("phases", "error", "error_kind")
 
@@ -90,14 +93,14 @@ def new_run_id() -> str:
 
 def encode_result(result: Mapping[str, Any], index: int) -> str:
     """The stored form of one result: the engine's dict plus its place in the run."""
-    return json.dumps({**result, "index": index, "recorded_at": time.time()})
+    return orjson.dumps({**result, "index": index, "recorded_at": time.time()}).decode()
 
 
 def build_summary(
     run_id: str, meta: Mapping[str, str], raw_results: Iterable[str]
 ) -> dict[str, Any]:
     """Aggregate a run's results (pure; complete or not) in targets-file order."""
-    stored = sorted((json.loads(r) for r in raw_results), key=lambda r: r.get("index", 0))
+    stored = sorted((orjson.loads(r) for r in raw_results), key=lambda r: r.get("index", 0))
     created = float(meta.get("created_at", 0) or 0)
     finished = max((float(r.get("recorded_at", created)) for r in stored), default=created)
     total = int(meta.get("total", len(stored)))
@@ -212,7 +215,7 @@ class RunStore:
         """
         stored = _redis_call(self._hint, lambda: self.client.get(keys.run_summary(run_id)))
         if stored is not None:
-            return cast(dict[str, Any], json.loads(stored))
+            return cast(dict[str, Any], orjson.loads(stored))
         meta = self.meta(run_id)
         if not meta:
             return None
@@ -222,7 +225,7 @@ class RunStore:
             _redis_call(
                 self._hint,
                 lambda: self.client.set(
-                    keys.run_summary(run_id), json.dumps(summary), nx=True, ex=keys.RUN_TTL_S
+                    keys.run_summary(run_id), orjson.dumps(summary), nx=True, ex=keys.RUN_TTL_S
                 ),
             )
         return summary
@@ -265,14 +268,16 @@ class AsyncRunStore:
         return int(count)
 
     async def existing(self, run_id: str, target_keys: Sequence[str]) -> set[str]:
-        """Which of these targets already have a result (a redelivery skips them)."""
+        """Which of these targets already have a result (a redelivery skips them).
+
+        One HMGET instead of a pipeline of HEXISTS: one command to parse instead of
+        one per target (a first delivery, the usual case, gets back only nils)."""
         if not target_keys:
             return set()
-        pipe = self.client.pipeline(transaction=False)
-        for key in target_keys:
-            pipe.hexists(keys.run_results(run_id), key)
-        flags = await _aredis_call(self._hint, pipe.execute)
-        return {key for key, flag in zip(target_keys, flags, strict=True) if flag}
+        values = await _aredis_call(
+            self._hint, lambda: self.client.hmget(keys.run_results(run_id), list(target_keys))
+        )
+        return {key for key, value in zip(target_keys, values, strict=True) if value is not None}
 
     async def record(self, run_id: str, entries: Sequence[tuple[str, str]]) -> WriteOutcome:
         script_keys, args = _record_call(run_id, entries)
@@ -289,7 +294,7 @@ class AsyncRunStore:
         await _aredis_call(
             self._hint,
             lambda: self.client.set(
-                keys.run_summary(run_id), json.dumps(summary), nx=True, ex=keys.RUN_TTL_S
+                keys.run_summary(run_id), orjson.dumps(summary), nx=True, ex=keys.RUN_TTL_S
             ),
         )
         return summary

@@ -64,14 +64,15 @@ async def fetch(
     """Send the request (following redirects if asked) and read the body."""
     began = time.perf_counter()
     if isinstance(transport, DirectAiohttpTransport) and _plain(target):
-        first = await _fetch_direct(transport, target, budget, clock, began)
+        first = await _fetch_direct(transport, target, clock, began)
         if isinstance(first, HttpReply):
             return first
         # A redirect to follow: the remaining hops take the general path.
         request = _redirected(_request(target, budget), *first)
-        response = await _send_following(transport, request, target, hops=1)
+        response = await _send_following(transport, request, target, clock, hops=1)
     else:
-        response = await _send_following(transport, _request(target, budget), target, hops=0)
+        request = _request(target, budget)
+        response = await _send_following(transport, request, target, clock, hops=0)
     try:
         clock.start("transfer")
         body = await _read_body(response, keep=target.expect.body_regex is not None)
@@ -122,17 +123,15 @@ def _direct_headers(target: Target) -> CIMultiDict[str]:
 async def _fetch_direct(
     transport: DirectAiohttpTransport,
     target: Target,
-    budget: float,
     clock: PhaseClock,
     began: float,
 ) -> HttpReply | tuple[int, str]:
     """The first hop straight through aiohttp; a redirect to follow comes back as
     ``(status, location)``. Errors are mapped to httpx's, as on the general path."""
     with map_aiohttp_exceptions():
-        request = transport.direct(
-            target.method, _wire_url(target.url), _direct_headers(target), budget
-        )
+        request = transport.direct(target.method, _wire_url(target.url), _direct_headers(target))
         async with request as response:
+            clock.stop("ttfb")  # started by TimedConnector once connected
             headers = httpx.Headers(response.raw_headers)
             location = headers.get("location")
             if target.follow_redirects and location and response.status in REDIRECT_CODES:
@@ -156,10 +155,16 @@ def _too_many(target: Target) -> str:
 
 
 async def _send_following(
-    transport: httpx.AsyncBaseTransport, request: httpx.Request, target: Target, *, hops: int
+    transport: httpx.AsyncBaseTransport,
+    request: httpx.Request,
+    target: Target,
+    clock: PhaseClock,
+    *,
+    hops: int,
 ) -> httpx.Response:
     while True:
         response = await transport.handle_async_request(request)
+        clock.stop("ttfb")  # aiohttp: TimedConnector started it; httpcore: already stopped
         response.request = request
         location = response.headers.get("location")
         if not (target.follow_redirects and location and response.status_code in REDIRECT_CODES):
