@@ -167,7 +167,8 @@ class BatchRunner:
         self._engine: ProbeEngine | None = None
 
     def run(self, request: BatchRequest) -> BatchReport:
-        return self.loop.run_until_complete(self._run(request))
+        with aio.relaxed_gc():  # see opsq.core.aio: the collector is a large cost
+            return self.loop.run_until_complete(self._run(request))
 
     def close(self) -> None:
         if not self.loop.is_closed():
