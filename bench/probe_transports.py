@@ -7,6 +7,8 @@ does), and prints probes/s and the ratio. Raw aiohttp (no httpx, no engine) runs
 same session as a ceiling, so the engine's own overhead is visible too. Besides
 probes/s (wall clock, sensitive to whatever else runs) it prints the client's CPU time
 per probe, which is what the transport choice changes and is steadier under load.
+Every case runs on :func:`opsq.core.aio.run` (uvloop when installed, relaxed garbage
+collection), the way the engine runs in the worker.
 
     python -m bench probe_transports          # N=3000
     OPSQ_BENCH_N=10000 python -m bench probe_transports
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import aiohttp
 
+from opsq.core import aio
 from opsq.core.config.probes import Target
 from opsq.engines.probe import ProbeEngine
 
@@ -168,7 +171,7 @@ def _measure(targets: list[Target]) -> dict[str, tuple[float, float, int]]:
     for _ in range(ROUNDS):
         for name, (_, run) in CASES.items():
             wall, cpu = time.perf_counter(), time.process_time()
-            failed = asyncio.run(run(targets))
+            failed = aio.run(run(targets))  # uvloop + relaxed GC, as the engine runs
             rate = len(targets) / (time.perf_counter() - wall)
             cpu_us = (time.process_time() - cpu) / len(targets) * 1e6
             old = best.get(name, (0.0, float("inf"), 0))

@@ -38,13 +38,13 @@ import httpx
 
 from opsq.core import aio
 from opsq.core.config.probes import Target
-from opsq.core.metrics import probes as metrics
 from opsq.engines.probe import checks, net
 from opsq.engines.probe.backoff import Deadline, full_jitter
 from opsq.engines.probe.errors import ProbeFailure, classify
 from opsq.engines.probe.http import fetch, judge
 from opsq.engines.probe.phases import CURRENT, PhaseClock
 from opsq.engines.probe.result import ErrorKind, ProbeResult
+from opsq.engines.probe.tally import MetricTally
 from opsq.engines.probe.transports import TransportName, build_transport
 
 ResultCallback = Callable[[ProbeResult], Awaitable[None] | None]
@@ -113,7 +113,7 @@ class ProbeEngine:
         self._concurrency = concurrency
         self._per_host = per_host_concurrency
         self._rate_limiter = rate_limiter
-        self._url_labels = url_labels
+        self._tally = MetricTally(url_labels=url_labels)
         self._transport: TransportName = transport
         self._ssl_context = ssl_context
         self._rng = rng or random.Random()  # noqa: S311 -- jitter, not cryptography
@@ -136,6 +136,7 @@ class ProbeEngine:
 
     async def aclose(self) -> None:
         """Close every transport (and its connections) this engine opened."""
+        self._tally.flush()
         transports, self._transports = list(self._transports.values()), {}
         for transport in transports:
             await transport.aclose()
@@ -146,17 +147,27 @@ class ProbeEngine:
         """Probe all targets concurrently; results in input order, one per target."""
 
         async def one(target: Target) -> ProbeResult:
-            result = await self.probe(target)
+            result = await self._probe(target)
             if on_result is not None:
                 maybe = on_result(result)
                 if inspect.isawaitable(maybe):
                     await maybe
             return result
 
-        return list(await asyncio.gather(*(one(t) for t in targets)))
+        try:
+            return list(await asyncio.gather(*(one(t) for t in targets)))
+        finally:
+            self._tally.flush()
 
     async def probe(self, target: Target) -> ProbeResult:
         """Probe one target; never raises for the target's failure."""
+        result = await self._probe(target)
+        self._tally.flush()
+        return result
+
+    async def _probe(self, target: Target) -> ProbeResult:
+        """:meth:`probe` with its metrics left in the tally (flushed by the caller or
+        within :data:`.tally.FLUSH_AFTER_S`)."""
         self._bind_loop()
         host = _url_parts(target.url)[1]
         host_sem = self._hosts.enter(host)
@@ -164,14 +175,14 @@ class ProbeEngine:
             # Host slot first: a probe queued behind a busy host must not sit on one
             # of the global slots that probes of other hosts could be using.
             async with host_sem, self._global:
-                metrics.PROBES_IN_FLIGHT.inc()
+                self._tally.started()
                 try:
                     result = await self._probe_with_retries(target)
                 finally:
-                    metrics.PROBES_IN_FLIGHT.dec()
+                    self._tally.stopped()
         finally:
             self._hosts.leave(host)
-        self._record(result)
+        self._tally.finished(result)
         return result
 
     def _bind_loop(self) -> None:
@@ -281,21 +292,6 @@ class ProbeEngine:
             )
             self._transports[key] = transport
         return transport
-
-    def _record(self, result: ProbeResult) -> None:
-        group = result.group
-        verdict = "up" if result.up else "down"
-        metrics.PROBE_TOTAL.labels(group, verdict).inc()
-        metrics.PROBE_DURATION.labels(group).observe(result.duration_s)
-        for phase, seconds in result.phases.items():
-            metrics.PROBE_PHASE_DURATION.labels(group, phase).observe(seconds)
-        if result.attempts > 1:
-            metrics.PROBE_RETRIES.labels(group).inc(result.attempts - 1)
-        if result.error_kind is not None:
-            metrics.PROBE_FAILURES.labels(group, result.error_kind).inc()
-        if self._url_labels:
-            metrics.PROBE_URL_TOTAL.labels(group, result.url, verdict).inc()
-            metrics.PROBE_URL_DURATION.labels(group, result.url).observe(result.duration_s)
 
 
 def run_probes(targets: Sequence[Target], **engine_kwargs: Any) -> list[ProbeResult]:

@@ -1,0 +1,112 @@
+"""Probe metrics written in batches: same families and values, far fewer writes.
+
+Recording a probe touches about eleven metric values (verdict counter, duration
+histogram, one histogram per phase, the in-flight gauge twice). In multiprocess mode
+(Celery prefork) every one of them is a locked write into an mmap'd file plus an
+``os.getpid()`` check, about 9% of a worker's CPU per probe once the rest of the
+path got cheap (py-spy on ``bench/probes.py``). :class:`MetricTally` adds the
+numbers up in plain Python and writes the sums: one counter increment per label set,
+one increment per histogram bucket touched, one gauge change, per flush.
+
+Flushes happen when :meth:`ProbeEngine.probe_many` returns, after every single
+:meth:`ProbeEngine.probe`, and otherwise at most :data:`FLUSH_AFTER_S` after the first
+unwritten change (a timer on the running loop), so a scrape never sees values older
+than that while a slow batch is still running.
+
+A histogram's sum and buckets are written through ``prometheus_client``'s child
+attributes (``_sum``, ``_buckets``, ``_upper_bounds``, unchanged since 0.4); if a
+release renames them, :func:`observe_many` falls back to one ``observe`` per value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+from opsq.core.metrics import probes as metrics
+from opsq.engines.probe.result import ProbeResult
+
+FLUSH_AFTER_S = 0.5
+"""Longest a recorded value waits before it is written to the metric."""
+
+
+def observe_many(child: Any, values: Sequence[float]) -> None:
+    """``child.observe(v)`` for every value, as one write per bucket touched."""
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if bounds is None or buckets is None or total is None:
+        for value in values:
+            child.observe(value)
+        return
+    counts: dict[int, int] = defaultdict(int)
+    for value in values:
+        counts[bisect.bisect_left(bounds, value)] += 1  # first bound >= value, as observe
+    for index, count in counts.items():
+        buckets[index].inc(count)
+    total.inc(sum(values))
+
+
+class MetricTally:
+    """Accumulates probe metrics and writes them on :meth:`flush`."""
+
+    def __init__(self, *, url_labels: bool) -> None:
+        self._url_labels = url_labels
+        self._counts: dict[tuple[Counter, tuple[str, ...]], float] = defaultdict(float)
+        self._observed: dict[tuple[Histogram, tuple[str, ...]], list[float]] = defaultdict(list)
+        self._in_flight = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+
+    def started(self) -> None:
+        self._in_flight += 1
+        self._schedule()
+
+    def stopped(self) -> None:
+        """A probe left flight (finished or cancelled)."""
+        self._in_flight -= 1
+        self._schedule()
+
+    def finished(self, result: ProbeResult) -> None:
+        """Count one finished probe's verdict, duration, phases, retries, failure."""
+        group = result.group
+        verdict = "up" if result.up else "down"
+        self._counts[(metrics.PROBE_TOTAL, (group, verdict))] += 1
+        self._observed[(metrics.PROBE_DURATION, (group,))].append(result.duration_s)
+        for phase, seconds in result.phases.items():
+            self._observed[(metrics.PROBE_PHASE_DURATION, (group, phase))].append(seconds)
+        if result.attempts > 1:
+            self._counts[(metrics.PROBE_RETRIES, (group,))] += result.attempts - 1
+        if result.error_kind is not None:
+            self._counts[(metrics.PROBE_FAILURES, (group, result.error_kind))] += 1
+        if self._url_labels:
+            self._counts[(metrics.PROBE_URL_TOTAL, (group, result.url, verdict))] += 1
+            url_key = (metrics.PROBE_URL_DURATION, (group, result.url))
+            self._observed[url_key].append(result.duration_s)
+        self._schedule()
+
+    def flush(self) -> None:
+        """Write everything accumulated so far (synchronous, cheap when empty)."""
+        if self._timer is not None and self._timer_loop and not self._timer_loop.is_closed():
+            self._timer.cancel()
+        self._timer = self._timer_loop = None
+        counts, self._counts = self._counts, defaultdict(float)
+        observed, self._observed = self._observed, defaultdict(list)
+        for (counter, labels), amount in counts.items():
+            counter.labels(*labels).inc(amount)
+        for (histogram, labels), values in observed.items():
+            observe_many(histogram.labels(*labels), values)
+        if self._in_flight:
+            metrics.PROBES_IN_FLIGHT.inc(self._in_flight)
+            self._in_flight = 0
+
+    def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._timer is None or self._timer_loop is not loop:  # a new loop: old timer lost
+            self._timer = loop.call_later(FLUSH_AFTER_S, self.flush)
+            self._timer_loop = loop
