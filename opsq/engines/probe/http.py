@@ -9,6 +9,14 @@ from POST, become GET; Authorization is dropped when leaving the origin), so eve
 hop runs under the attempt's clock and a redirect loop ends as a clear ``redirect``
 failure after ``max_redirects`` hops. The body is always read (the transfer phase);
 only with ``body_regex`` is it decoded, and only its first :data:`MAX_BODY` bytes kept.
+
+The plain case (no request body, no ``body_regex``) on the aiohttp transport skips even
+``httpx.Request``/``httpx.Response``: :meth:`DirectAiohttpTransport.direct` sends the
+same request (same URL as httpx normalises it, same headers, no redirects, no
+decompression) through the transport's aiohttp session, and errors pass through the
+same httpx mapping. That cut the in-process engine's CPU per probe from about 475 to
+380 us (asyncio loop, small responses, before the other optimisations). A redirect to
+follow leaves the plain path after its first hop.
 """
 
 from __future__ import annotations
