@@ -47,6 +47,9 @@ from opsq.engines.probe.result import ErrorKind, ProbeResult
 from opsq.engines.probe.tally import MetricTally
 from opsq.engines.probe.transports import TransportName, build_transport
 
+_TLS_CLOSE_GRACE_S = 0.25
+"""How long aclose() lets TLS connections finish closing before the loop may close."""
+
 ResultCallback = Callable[[ProbeResult], Awaitable[None] | None]
 
 
@@ -122,6 +125,7 @@ class ProbeEngine:
         self._global = asyncio.Semaphore(concurrency)
         self._hosts = _HostLimits(per_host_concurrency)
         self._certs: dict[str, bytes] = {}
+        self._tls_used = False
 
     async def __aenter__(self) -> ProbeEngine:
         return self
@@ -140,6 +144,12 @@ class ProbeEngine:
         transports, self._transports = list(self._transports.values()), {}
         for transport in transports:
             await transport.aclose()
+        if self._tls_used and transports:
+            # A closed TLS connection still exchanges close_notify with the peer on the
+            # loop; closing the loop first makes uvloop fail with EBUSY (seen under load).
+            # aiohttp's documented remedy for graceful shutdown is a short sleep.
+            self._tls_used = False
+            await asyncio.sleep(_TLS_CLOSE_GRACE_S)
 
     async def probe_many(
         self, targets: Sequence[Target], on_result: ResultCallback | None = None
@@ -273,6 +283,7 @@ class ProbeEngine:
         scheme, host, port = _url_parts(target.url)
         if scheme != "https":
             return None
+        self._tls_used = True
         key = f"{host}:{port or 443}"
         der = clock.peer_cert_der or self._certs.get(key)  # reused connection: last seen
         if clock.peer_cert_der is not None:
