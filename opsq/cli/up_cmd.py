@@ -47,6 +47,8 @@ DEMO_SET = "demo"
 DEMO_INTERVAL_S = 10
 STOP_PHASE_WORK = 0
 """Workers, agent, shipper, watcher: finish or hand back in-flight work first."""
+DEFAULT_REDIS_PORT = 6379
+
 STOP_PHASE_SERVICES = 1
 """Beat, Flower and the demo endpoints: after the work they schedule, show or serve."""
 
@@ -56,7 +58,8 @@ class UpOptions:
     demo: bool = False
     workers: int = 1
     concurrency: int = 2
-    redis_port: int = 6379
+    redis_port: int | None = None
+    """None: 6379 when free, else any free port (a laptop may already run Redis)."""
     metrics_port: int | None = None
     flower_port: int | None = None
     insecure_flower: bool = False
@@ -261,8 +264,12 @@ def _host(bind: str) -> str:
     return "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind  # noqa: S104 - display only
 
 
-def embedded_redis(data_dir: Path, port: int) -> RedisServer:
-    if port and not _port_free("127.0.0.1", port):
+def embedded_redis(data_dir: Path, port: int | None) -> RedisServer:
+    if port is None:
+        # The conventional port when free, so `opsq runs list` finds it with no setup;
+        # else any free one (the banner says how to reach it) rather than failing.
+        port = DEFAULT_REDIS_PORT if _port_free("127.0.0.1", DEFAULT_REDIS_PORT) else 0
+    elif port and not _port_free("127.0.0.1", port):
         raise OpsqError(
             f"port {port} is in use (another Redis?): pass --redis-port 0 for any free "
             "port, or --redis-url to use that server"
@@ -339,6 +346,9 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
             children.append(RedisChild(server))
             redis_line = (f"  redis      {redact_url(redis_url)} (embedded valkey-server, "
                           f"AOF in {server.data_dir}, noeviction)")  # fmt: skip
+            if server.port != DEFAULT_REDIS_PORT:
+                redis_line += (f"\n             other shells: export OPSQ_REDIS_URL="
+                               f"{redact_url(redis_url)}")  # fmt: skip
         builder = Builder(settings, options, data_dir, redis_url, session, config_file)
         plan = builder.build()
         supervisor = Supervisor(
@@ -379,8 +389,9 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
               help="Pool processes per worker.")  # fmt: skip
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where Redis data, logs and pid files go (default: data_dir).")  # fmt: skip
-@click.option("--redis-port", type=click.IntRange(0, 65535), default=6379, show_default=True,
-              help="Embedded Redis port when no URL is configured (0: any free).")  # fmt: skip
+@click.option("--redis-port", type=click.IntRange(0, 65535), default=None,
+              help="Embedded Redis port when no URL is configured (default: 6379, or any "
+                   "free port when 6379 is taken; 0: any free).")  # fmt: skip
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="First metrics port (default: metrics.port; 0: any free ports).")  # fmt: skip
 @click.option("--flower-port", type=click.IntRange(0, 65535), default=None,

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from opsq.cli import up_cmd
 from opsq.cli.demo import make_app, render_targets
 from opsq.cli.supervisor import SESSION_ENV, Child
 from opsq.cli.up_cmd import Builder, UpOptions
@@ -160,3 +161,18 @@ def test_bad_config_exits_2_before_starting_anything(tmp_path: Path) -> None:
     assert "flower.pasword" in out.stderr
     assert "unknown field" in out.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_default_redis_port_taken_falls_back_to_a_free_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no --redis-port, a busy conventional port (a laptop's own Redis) is not an error."""
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        monkeypatch.setattr(up_cmd, "DEFAULT_REDIS_PORT", taken)
+        server = up_cmd.embedded_redis(tmp_path, None)
+    assert server.port != taken
+    assert server.port > 0
