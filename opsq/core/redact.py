@@ -32,7 +32,19 @@ def redact_url(url: str) -> str:
 
 def redact_text(text: str) -> str:
     """Redact credentials in any URL embedded in free text (log lines, errors)."""
-    return _URL_IN_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}:{REDACTED}@", text)
+    return _URL_IN_TEXT.sub(_redact_match, text)
+
+
+def _redact_match(match: re.Match[str]) -> str:
+    """As :func:`redact_url`: keep a user beside a password; a lone user is the secret.
+
+    ``https://ghp_token@host`` carries its token as the user name (GitHub, many
+    registries), so without a password the whole userinfo goes.
+    """
+    scheme, user, password = match.group(1), match.group(2), match.group(3)
+    if password is None:
+        return f"{scheme}{REDACTED}@"
+    return f"{scheme}{user}:{REDACTED}@"
 
 
 def redact(value: Any, key: str = "") -> Any:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
@@ -41,7 +42,6 @@ from opsq.core.redact import redact_url
 # decodes a whole run; orjson does both several times faster than the json module
 # (same JSON for these plain values; non-ASCII stays UTF-8 instead of \u escapes).
 SUMMARY_FIELDS = ("name", "url", "group", "up", "status_code", "attempts", "duration_s")
-SUMMARY_FIELDS_TAIL = ("phases", "error", "error_kind")
 
 # KEYS: results, meta. ARGV: ttl, then field/value pairs. Returns {added, done, total}.
 _RECORD_LUA = """
@@ -127,10 +127,15 @@ def _summary_entry(stored: Mapping[str, Any]) -> dict[str, Any]:
     return entry
 
 
-def _redis_call(url_hint: str, call: Callable[[], T]) -> T:
-    """Run a redis-py call, translating connection failures into RedisUnavailable."""
+@contextmanager
+def _translated(url_hint: str) -> Iterator[None]:
+    """Translate redis-py's connection and refusal errors into RedisUnavailable.
+
+    One mapping for the synchronous and the asyncio client, so both sides of a run
+    retry on exactly the same faults.
+    """
     try:
-        return call()
+        yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise RedisUnavailable(f"cannot reach Redis at {url_hint}: {exc}") from exc
     except redis.ResponseError as exc:
@@ -138,13 +143,16 @@ def _redis_call(url_hint: str, call: Callable[[], T]) -> T:
         raise RedisUnavailable(f"Redis at {url_hint} refused the command: {exc}") from exc
 
 
+def _redis_call(url_hint: str, call: Callable[[], T]) -> T:
+    """Run a redis-py call, translating connection failures into RedisUnavailable."""
+    with _translated(url_hint):
+        return call()
+
+
 async def _aredis_call(url_hint: str, call: Callable[[], Awaitable[T]]) -> T:
-    try:
+    """The asyncio twin of :func:`_redis_call`."""
+    with _translated(url_hint):
         return await call()
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {url_hint}: {exc}") from exc
-    except redis.ResponseError as exc:
-        raise RedisUnavailable(f"Redis at {url_hint} refused the command: {exc}") from exc
 
 
 def _url_hint(client: redis.Redis[str] | aioredis.Redis[str]) -> str:

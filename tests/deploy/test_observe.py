@@ -190,6 +190,17 @@ def test_text_lines_redact_tracebacks_too() -> None:
     assert "redis://default:***@db:6379" in text
 
 
+def test_text_redaction_hides_a_token_given_as_the_url_user() -> None:
+    """``https://TOKEN@host`` in a message loses the token, as redact_url does."""
+
+    def emit(logger: logging.Logger) -> None:
+        logger.warning("push to %s failed", "https://ghp_s3cret@git.example/repo")
+
+    text = _log("text", emit)
+    assert "ghp_s3cret" not in text
+    assert "https://***@git.example/repo" in text
+
+
 def test_formatters_are_the_documented_ones() -> None:
     """--log-format json -> JsonFormatter, anything else -> TextFormatter."""
     assert isinstance(make_handler("json").formatter, JsonFormatter)
