@@ -61,7 +61,14 @@ T = TypeVar("T")
 RawEntry = tuple[str, dict[bytes, bytes]]
 
 # Redis answers that mean "try again later" rather than "your command is wrong".
-_TRANSIENT_REPLIES = ("NOGROUP", "OOM", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN")
+# redis-py turns OOM, READONLY and TRYAGAIN into their own ResponseError subclasses and
+# strips the code from the message, so those are matched by class, the rest by prefix.
+_TRANSIENT_CLASSES = (
+    redis.exceptions.OutOfMemoryError,  # type: ignore[attr-defined]
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+)
+_TRANSIENT_REPLIES = ("NOGROUP", "MASTERDOWN")
 
 
 @contextlib.contextmanager
@@ -76,7 +83,7 @@ def redis_errors(what: str) -> Iterator[None]:
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise RedisUnavailable(f"{what}: {exc}") from exc
     except redis.ResponseError as exc:
-        if str(exc).startswith(_TRANSIENT_REPLIES):
+        if isinstance(exc, _TRANSIENT_CLASSES) or str(exc).startswith(_TRANSIENT_REPLIES):
             raise RedisUnavailable(f"{what}: {exc}") from exc
         raise
 

@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from agents.shipper import ensure_group, group_exists
+from agents.shipper import ensure_group, group_exists, redis_errors
 from agents.sinks.base import Delivery, jsonl_bytes
 from agents.sinks.file import FileSink
 from opsq.core import keys
+from opsq.core.errors import RedisUnavailable
 from opsq.core.logformat import Entry, record_id
 from opsq.core.metrics.logs_shipper import STREAM_PENDING
 from tests.logs_shipper.support import (
@@ -246,3 +248,21 @@ def test_readiness_needs_the_group_and_start_creates_it_idempotently(
     assert group_exists(rclient, STREAM, GROUP)
     ensure_group(rclient, STREAM, GROUP)  # a second shipper starting: no BUSYGROUP error
     assert len(rclient.xinfo_groups(STREAM)) == 1
+
+
+def test_oom_reply_is_mapped_to_redis_unavailable_so_the_shipper_backs_off(
+    rclient: redis.Redis,
+) -> None:
+    """redis-py strips the ``OOM`` code from the message; the mapping must still see it.
+
+    A full Redis under ``noeviction`` is a designed-for state (agent backpressure): a
+    dead-letter XADD refused with OOM must back off and retry, not crash the shipper.
+    """
+    limit = rclient.config_get("maxmemory")["maxmemory"]
+    rclient.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(RedisUnavailable, match="maxmemory"):
+            with redis_errors("XADD"):
+                rclient.xadd(keys.dead_letter(STREAM), {b"k": b"v"})
+    finally:
+        rclient.config_set("maxmemory", limit)
