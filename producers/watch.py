@@ -18,6 +18,7 @@ the next window.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -56,6 +57,9 @@ class Claims(Protocol):
     def failures(self, uid: str) -> int:
         """How many times deleting *uid* failed recently."""
 
+    def release(self, uid: str) -> None:
+        """Undo :meth:`claim` when the task could not be sent after all."""
+
 
 class RedisClaims:
     def __init__(self, client: redis.Redis[Any]) -> None:
@@ -73,6 +77,11 @@ class RedisClaims:
         except redis.RedisError as exc:
             raise RedisUnavailable(f"cannot read backoff of {uid}: {exc}") from exc
 
+    def release(self, uid: str) -> None:
+        # Best effort: if Redis is down too, the claim still expires by its TTL.
+        with contextlib.suppress(redis.RedisError):
+            self.client.delete(keys.cleanup_inflight(uid))
+
 
 class NoClaims:
     """In-process execution (``--local``, benchmarks): nothing is ever in flight."""
@@ -82,6 +91,9 @@ class NoClaims:
 
     def failures(self, uid: str) -> int:
         return 0
+
+    def release(self, uid: str) -> None:
+        return
 
 
 def celery_sender(app: Celery, *, dry_run: bool) -> Send:
@@ -156,7 +168,13 @@ class WatchProducer:
             return 0
         if not self.claims.claim(target.uid, int(countdown + INFLIGHT_MARGIN_S)):
             return 0  # already queued by an earlier announcement
-        self.send(target, countdown)
+        try:
+            self.send(target, countdown)
+        except RedisUnavailable:
+            # Not sent: a claim left behind would make the deferred retry look
+            # "already queued" and skip the object until the claim expired.
+            self.claims.release(target.uid)
+            raise
         self._window_sent += 1
         return 1
 

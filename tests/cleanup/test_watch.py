@@ -19,6 +19,7 @@ import redis
 from prometheus_client import REGISTRY
 
 from opsq.core import keys
+from opsq.core.errors import RedisUnavailable
 from opsq.core.settings import load_settings
 from opsq.engines.cleanup.executor import Executor
 from opsq.engines.cleanup.kube import Kube
@@ -192,3 +193,38 @@ def test_opsq_watch_command_serves_readiness_after_sync_and_deletes_due_jobs(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_send_that_fails_releases_the_claim_so_the_deferred_retry_sends_it(
+    fake_kube: FakeKube,
+    kube: Kube,
+    redis_client: redis.Redis,
+    running: tuple[threading.Event, list[WatchProducer]],
+) -> None:
+    """A broker blip between the in-flight claim and the send must not lose the object."""
+    stop, _ = running
+    cfg = settings(dry_run=False, watch_timeout=5)
+    due = add(fake_kube, _old_job("blip"))
+    uid = due["metadata"]["uid"]
+    redis_client.delete(keys.cleanup_inflight(uid))
+    watcher = Watcher(cfg, kube)
+    sent: list[str] = []
+    failures = iter([RedisUnavailable("broker down")])
+
+    def send(target: Any, _countdown: float) -> None:
+        if (exc := next(failures, None)) is not None:
+            raise exc
+        sent.append(target.uid)
+
+    offset = [0.0]
+    producer = WatchProducer(
+        cfg, watcher, send, RedisClaims(redis_client), clock=lambda: time.time() + offset[0]
+    )
+    producer.start_informers(stop)
+    _until(lambda: watcher.synced, lambda: None)
+    assert producer.tick() == 0  # the send failed: deferred, not lost
+    assert not redis_client.exists(keys.cleanup_inflight(uid))
+    offset[0] = 60.0  # past the deferral
+    assert producer.tick() == 1
+    assert sent == [uid]
+    redis_client.delete(keys.cleanup_inflight(uid))
