@@ -22,7 +22,7 @@ from opsq.core import keys
 from opsq.core.errors import RedisUnavailable
 from opsq.core.settings import load_settings
 from opsq.engines.cleanup.executor import Executor
-from opsq.engines.cleanup.kube import Kube
+from opsq.engines.cleanup.kube import ApiUnavailable, Kube, _stream_lines
 from opsq.engines.cleanup.watcher import Watcher
 from producers.probes import producer_app
 from producers.watch import NoClaims, RedisClaims, WatchProducer, celery_sender
@@ -228,3 +228,19 @@ def test_a_send_that_fails_releases_the_claim_so_the_deferred_retry_sends_it(
     assert producer.tick() == 1
     assert sent == [uid]
     redis_client.delete(keys.cleanup_inflight(uid))
+
+
+class _CutStream:
+    """A chunked watch body whose connection closed in the middle of an event."""
+
+    def stream(self, amt: Any = None, decode_content: bool = True) -> Iterator[bytes]:
+        yield b'{"type":"ADDED","object":{"metadata":{"name":"a"}}}\n{"type":"MODI'
+
+
+def test_a_watch_stream_cut_mid_event_is_a_temporary_error_not_a_dead_informer() -> None:
+    """A truncated last event must become ApiUnavailable (the informer backs off and
+    re-watches); a bare ValueError would end the informer thread and freeze its cache."""
+    events = _stream_lines(_CutStream())
+    assert next(events)["type"] == "ADDED"
+    with pytest.raises(ApiUnavailable, match="mid-event"):
+        next(events)
