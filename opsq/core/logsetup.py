@@ -27,15 +27,6 @@ _STD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-class RedactingFilter(logging.Filter):
-    """Render the message once and redact it (kept for handlers other than ours)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact_text(record.getMessage())
-        record.args = ()
-        return True
-
-
 class TextFormatter(logging.Formatter):
     """The usual one-line format, with tracebacks and stack info redacted too."""
 
@@ -82,8 +73,9 @@ def redact_handlers(logger: logging.Logger) -> None:
 
 
 def make_handler(fmt: str = "text") -> logging.Handler:
+    # No redacting filter as well: both formatters redact everything they render,
+    # and a filter would run the same regex over every message a second time.
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(RedactingFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     return handler
 

@@ -61,12 +61,19 @@ def test_hosts_have_independent_buckets(redis_url: str) -> None:
 
 
 def test_rate_zero_disables_limiting_without_touching_redis() -> None:
+    """Nothing listens on the port, so any Redis call would fail open and be counted:
+    an unchanged error counter proves no call was made."""
+
     async def scenario() -> None:
         client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
         bucket = RedisTokenBucket(client, rate=0, burst=1)
-        for _ in range(100):
-            await bucket.acquire("h")  # nothing listens on that port: no Redis call made
-        await client.aclose()
+        before = metrics.RATELIMIT_ERRORS._value.get()
+        try:
+            for _ in range(100):
+                await bucket.acquire("h")
+        finally:
+            await client.aclose()
+        assert metrics.RATELIMIT_ERRORS._value.get() == before
 
     asyncio.run(scenario())
 

@@ -23,7 +23,6 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from opsq.core.config.base import Section
 from opsq.core.durations import Duration
 
-Scheme = Literal["http", "https", "tcp", "dns"]
 RetryOn = Literal["timeout", "connect", "5xx", "dns"]
 DEFAULT_STATUS: tuple[tuple[int, int], ...] = ((200, 399),)
 
@@ -146,12 +145,6 @@ class Target(ProbeSpec):
         if parts.scheme == "tcp" and port is None:
             raise ValueError(f"url {value!r}: tcp:// probes need a port, e.g. tcp://db:5432")
         return value.strip()
-
-    @property
-    def scheme(self) -> Scheme:
-        scheme = urlsplit(self.url).scheme
-        assert scheme in ("http", "https", "tcp", "dns")  # validated in _url
-        return scheme  # type: ignore[return-value]
 
     @property
     def host(self) -> str:
