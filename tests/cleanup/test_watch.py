@@ -22,12 +22,12 @@ from opsq.core import keys
 from opsq.core.errors import RedisUnavailable
 from opsq.core.settings import load_settings
 from opsq.engines.cleanup.executor import Executor
-from opsq.engines.cleanup.kube import Kube
+from opsq.engines.cleanup.kube import ApiUnavailable, Kube, _stream_lines
 from opsq.engines.cleanup.watcher import Watcher
 from producers.probes import producer_app
 from producers.watch import NoClaims, RedisClaims, WatchProducer, celery_sender
-from tests.cleanup.conftest import JOBS, add, settings
-from tests.cleanup.objects import job
+from tests.cleanup.conftest import FINISHED_JOBS, JOBS, add, settings
+from tests.cleanup.objects import job, pod
 from tests.fakekube.server import FakeKube
 from tests.support.workers import Worker
 
@@ -228,3 +228,48 @@ def test_a_send_that_fails_releases_the_claim_so_the_deferred_retry_sends_it(
     assert producer.tick() == 1
     assert sent == [uid]
     redis_client.delete(keys.cleanup_inflight(uid))
+
+
+class _CutStream:
+    """A chunked watch body whose connection closed in the middle of an event."""
+
+    def stream(self, amt: Any = None, decode_content: bool = True) -> Iterator[bytes]:
+        yield b'{"type":"ADDED","object":{"metadata":{"name":"a"}}}\n{"type":"MODI'
+
+
+def test_a_watch_stream_cut_mid_event_is_a_temporary_error_not_a_dead_informer() -> None:
+    """A truncated last event must become ApiUnavailable (the informer backs off and
+    re-watches); a bare ValueError would end the informer thread and freeze its cache."""
+    events = _stream_lines(_CutStream())
+    assert next(events)["type"] == "ADDED"
+    with pytest.raises(ApiUnavailable, match="mid-event"):
+        next(events)
+
+
+def test_a_pod_of_an_active_job_in_the_informer_cache_is_never_due_even_with_owner_exists_allowed(
+    fake_kube: FakeKube, kube: Kube, running: tuple[threading.Event, list[WatchProducer]]
+) -> None:
+    """LIST items carry no ``kind``: the cached owner must still be known as an active Job."""
+    stop, _ = running
+    pods_rule = {
+        "name": "old-pods", "resource": "v1/pods", "when": {"older_than": "1h"},
+        "delete_if_owner_exists": True,
+    }  # fmt: skip
+    cfg = settings([FINISHED_JOBS, pods_rule], watch_timeout=5)
+    owner = add(fake_kube, job("busy", namespace="team-a", created=time.time() - DAY))
+    add(fake_kube, pod("busy-x", namespace="team-a", created=time.time() - DAY, owner=owner),
+        resource="v1/pods")  # fmt: skip
+    watcher = Watcher(cfg, kube)
+    producer = WatchProducer(cfg, watcher, lambda t, _c: None, NoClaims(), ahead=0.0)
+    producer.start_informers(stop)
+    _until(lambda: watcher.synced, lambda: None)
+    assert watcher.informers[0].get_by_uid(owner["metadata"]["uid"]) is not None
+    skipped = _skipped("v1/pods", "old-pods", "owner-active-job")
+    assert producer.tick() == 0
+    assert _skipped("v1/pods", "old-pods", "owner-active-job") == skipped + 1
+    assert fake_kube.requests("get", "jobs.batch") == []  # answered from the cache
+
+
+def _skipped(resource: str, rule: str, reason: str) -> float:
+    labels = {"resource": resource, "rule": rule, "result": "skipped", "reason": reason}
+    return REGISTRY.get_sample_value("opsq_cleanup_objects_total", labels) or 0.0

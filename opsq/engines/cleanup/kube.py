@@ -356,6 +356,19 @@ def _stream_lines(raw: Any) -> Iterator[Obj]:
         while b"\n" in buffer:
             line, buffer = buffer.split(b"\n", 1)
             if line.strip():
-                yield json.loads(line)
+                yield _watch_event(line)
     if buffer.strip():
-        yield json.loads(buffer)
+        yield _watch_event(buffer)
+
+
+def _watch_event(line: bytes) -> Obj:
+    """One event; a line that is not JSON is a stream cut mid-event (a proxy or API
+    server restart ending the chunked body), which re-watching from the last seen
+    resourceVersion repairs. A ValueError here would end the informer thread."""
+    try:
+        event = json.loads(line)
+    except ValueError as exc:
+        raise ApiUnavailable(f"watch stream ended mid-event: {line[:80]!r}") from exc
+    if not isinstance(event, dict):
+        raise ApiUnavailable(f"watch event is not a JSON object: {line[:80]!r}")
+    return event

@@ -40,8 +40,10 @@ _BUILTIN = {
 _CLUSTER_SCOPED = {("", "Node"), ("", "Namespace")}
 
 
-def _state_of(obj: Obj) -> OwnerState:
-    if obj.get("kind") == "Job" and job_finished_at(obj) is None:
+def _state_of(owner: Obj, group: str, kind: str) -> OwnerState:
+    """*group*/*kind* come from the ownerReference: items of a LIST carry no ``kind``
+    (only the list does), so the informer cache cannot say that an owner is a Job."""
+    if (group, kind) == ("batch", "Job") and job_finished_at(owner) is None:
         return OwnerState.ACTIVE_JOB
     return OwnerState.EXISTS
 
@@ -56,11 +58,11 @@ class OwnerResolver:
 
     def __call__(self, namespace: str, ref: Obj) -> OwnerState:
         uid = str(ref.get("uid", ""))
-        cached = self.known(uid)
-        if cached is not None:
-            return _state_of(cached)
         group, _, version = str(ref.get("apiVersion", "")).rpartition("/")
         kind = str(ref.get("kind", ""))
+        cached = self.known(uid)
+        if cached is not None:
+            return _state_of(cached, group, kind)
         plural = self._plural(group, version, kind)
         if plural is None:
             return OwnerState.UNKNOWN
@@ -74,8 +76,7 @@ class OwnerResolver:
             return OwnerState.UNKNOWN
         if meta(owner).get("uid") != uid:
             return OwnerState.GONE  # a new object reuses the name; ours is gone
-        owner.setdefault("kind", kind)
-        return _state_of(owner)
+        return _state_of(owner, group, kind)
 
     def _plural(self, group: str, version: str, kind: str) -> str | None:
         if (group, kind) not in self._plurals:
