@@ -33,6 +33,7 @@ import aiohttp
 
 from opsq.core import aio
 from opsq.core.config.probes import Target
+from opsq.core.redis_server import free_port
 from opsq.engines.probe import ProbeEngine
 
 N = int(os.environ.get("OPSQ_BENCH_N", "3000"))
@@ -67,12 +68,6 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, backlog=40
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _nginx() -> str | None:
     found = shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
@@ -99,7 +94,7 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
 @contextlib.contextmanager
 def local_server() -> Iterator[tuple[str, str]]:
     """Yield (base URL, server description)."""
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory(prefix="opsq-bench-") as tmp:
         nginx = _nginx()
         if nginx:
@@ -120,10 +115,11 @@ def local_server() -> Iterator[tuple[str, str]]:
             proc.wait(10)
 
 
-def _targets(base: str) -> list[Target]:
+def bench_targets(base: str, count: int) -> list[Target]:
+    """*count* distinct URLs on the local server (shared with bench/probes.py)."""
     return [
         Target.model_validate({"name": f"t{i}", "url": f"{base}/ok?i={i}", "timeout": 10})
-        for i in range(N)
+        for i in range(count)
     ]
 
 
@@ -181,7 +177,7 @@ def _measure(targets: list[Target]) -> dict[str, tuple[float, float, int]]:
 
 def main() -> int:
     with local_server() as (base, what):
-        targets = _targets(base)
+        targets = bench_targets(base, N)
         print(f"{N} probes per run, fresh connection each, concurrency {CONCURRENCY}, "
               f"best of {ROUNDS} interleaved rounds, server: {what} on {base}")  # fmt: skip
         best = _measure(targets)

@@ -35,8 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.probe_transports import local_server
-from opsq.core.config.probes import Target
+from bench.probe_transports import bench_targets, local_server
 from opsq.core.redis_server import RedisServer, free_port
 from opsq.core.settings import load_settings
 from opsq.engines.probe import run_probes
@@ -89,13 +88,6 @@ def _which(tool: str) -> str | None:
     return shutil.which(tool) or next(
         (str(p) for p in (Path("/usr/sbin") / tool, Path("/usr/bin") / tool) if p.exists()), None
     )
-
-
-def _targets(base: str, count: int) -> list[Target]:
-    return [
-        Target.model_validate({"name": f"t{i}", "url": f"{base}/ok?i={i}", "timeout": 10})
-        for i in range(count)
-    ]
 
 
 def _wait_log(path: Path, needle: str, proc: subprocess.Popen[bytes], timeout: float) -> str:
@@ -162,7 +154,7 @@ def _worker(redis_url: str, tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
 @contextlib.contextmanager
 def end_to_end(base: str) -> Iterator[Callable[[], Measured]]:
     """A private valkey-server and a 2-process worker; yields one measurement."""
-    targets = _targets(base, N)
+    targets = bench_targets(base, N)
     with tempfile.TemporaryDirectory(prefix="opsq-bench-e2e-") as tmp_dir:
         tmp = Path(tmp_dir)
         server = RedisServer(tmp / "valkey", appendonly=False)
@@ -194,7 +186,7 @@ def end_to_end(base: str) -> Iterator[Callable[[], Measured]]:
 
 
 def bench_in_process(base: str) -> Measured:
-    targets = _targets(base, N)
+    targets = bench_targets(base, N)
     concurrency = int(PIPELINE_ENV["OPSQ_PROBES__CONCURRENCY"])
     cpu, began = time.process_time(), time.perf_counter()
     results = run_probes(targets, concurrency=concurrency, per_host_concurrency=concurrency)

@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -75,13 +75,7 @@ class BatchReport:
     written: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "outcome": self.outcome,
-            "delivery": self.delivery,
-            "probed": self.probed,
-            "skipped": self.skipped,
-            "written": self.written,
-        }
+        return asdict(self)
 
 
 def synthetic_down(target: Target, error: str, kind: ErrorKind) -> ProbeResult:

@@ -86,8 +86,9 @@ def cleanup_object(
             delay = backoff_delay(
                 self.request.retries, cfg.backoff_base, cfg.backoff_cap, exc.delay, random.random
             )
-            # A countdown past the visibility timeout would be redelivered early (kombu#1306).
-            delay = min(delay, keys.VISIBILITY_TIMEOUT_S / 2)
+            # A countdown past the visibility timeout would be redelivered early (kombu#1306);
+            # the configured one, which the broker uses, not the package default.
+            delay = min(delay, settings.visibility_timeout / 2)
             raise self.retry(exc=exc, countdown=delay) from exc
         outcome = count(
             Outcome("failed", "unavailable", resource, namespace, name, uid, rule, str(exc))

@@ -134,6 +134,16 @@ def _shorten(text: str) -> str:
     return text if len(text) <= ERROR_WIDTH else text[: ERROR_WIDTH - 1] + "…"
 
 
+@contextmanager
+def _run_store(opts: dict[str, Any]) -> Iterator[RunStore]:
+    """The run store of the settings these options select, closed after use."""
+    store = RunStore.from_url(settings_from(**opts).broker_url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 @click.group()
 def runs() -> None:
     """Inspect probe runs stored in Redis (kept for a week)."""
@@ -145,11 +155,8 @@ def runs() -> None:
 @common_options
 def show(run_id: str, output: str, **opts: Any) -> None:
     """Print the summary of RUN_ID (partial while the run is in progress)."""
-    store = RunStore.from_url(settings_from(**opts).broker_url)
-    try:
+    with _run_store(opts) as store:
         summary = store.summary(run_id)
-    finally:
-        store.close()
     if summary is None:
         click.echo(f"error: run {run_id} not found (unknown or expired)", err=True)
         raise click.exceptions.Exit(1)
@@ -163,11 +170,8 @@ def show(run_id: str, output: str, **opts: Any) -> None:
 @common_options
 def list_runs(limit: int, output: str, **opts: Any) -> None:
     """List recent runs, newest first, with their progress."""
-    store = RunStore.from_url(settings_from(**opts).broker_url)
-    try:
+    with _run_store(opts) as store:
         recent = store.list_runs(limit)
-    finally:
-        store.close()
     if output == "json":
         click.echo(json.dumps(recent, indent=2))
         return
