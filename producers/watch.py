@@ -32,7 +32,7 @@ from kombu.exceptions import OperationalError
 
 from opsq.core import keys, signatures
 from opsq.core.config.cleanup import CleanupSettings
-from opsq.core.errors import RedisUnavailable
+from opsq.core.errors import RedisUnavailable, TemporaryError
 from opsq.engines.cleanup.executor import Target, backoff_delay
 from opsq.engines.cleanup.watcher import Due, Watcher
 from producers.cleanup import task_kwargs
@@ -142,7 +142,7 @@ class WatchProducer:
         for due in self.watcher.due(now + self.ahead):
             try:
                 sent += self._dispatch(due, now)
-            except RedisUnavailable as exc:
+            except TemporaryError as exc:  # broker down, or the API for in-process sends
                 log.warning("deferring %s: %s", due.target.name, exc)
                 self.watcher.queue.upsert(Due(due.target, now + IDLE_WAIT_S * 5))
         self.sent += sent
@@ -170,7 +170,7 @@ class WatchProducer:
             return 0  # already queued by an earlier announcement
         try:
             self.send(target, countdown)
-        except RedisUnavailable:
+        except TemporaryError:
             # Not sent: a claim left behind would make the deferred retry look
             # "already queued" and skip the object until the claim expired.
             self.claims.release(target.uid)

@@ -11,6 +11,8 @@ import pytest
 from opsq.engines.cleanup import planner
 from opsq.engines.cleanup.executor import Executor, Target
 from opsq.engines.cleanup.kube import Kube
+from opsq.engines.cleanup.owners import OwnerResolver
+from opsq.engines.cleanup.planner import OwnerState
 from producers.cleanup import build_plan, target_of
 from tests.cleanup.conftest import JOBS, add, settings
 from tests.cleanup.objects import job
@@ -122,3 +124,22 @@ def test_a_rule_missing_from_the_workers_config_fails_clearly_without_any_reques
     assert (outcome.result, outcome.reason) == ("failed", "unknown-rule")
     assert "renamed-rule" in outcome.message
     assert fake_kube.count() == 0
+
+
+def test_a_discovery_failure_is_not_cached_so_the_custom_owner_resolves_once_the_api_answers(
+    fake_kube: FakeKube, kube: Kube
+) -> None:
+    """A 503 on discovery makes the owner UNKNOWN for now, not for the process's life."""
+    fake_kube.register_crd("example.com", "v1", "widgets", "Widget")
+    widget = fake_kube.create(
+        "example.com/v1/widgets",
+        {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}},
+        namespace="team-a",
+    )
+    ref = {"apiVersion": "example.com/v1", "kind": "Widget", "name": "w",
+           "uid": widget["metadata"]["uid"]}  # fmt: skip
+    resolver = OwnerResolver(kube)
+    fault = fake_kube.inject_fault(503, path=r"^/apis/example\.com/v1/?$", retry_after=0)
+    assert resolver("team-a", ref) is OwnerState.UNKNOWN
+    assert fault.hits == 1
+    assert resolver("team-a", ref) is OwnerState.EXISTS

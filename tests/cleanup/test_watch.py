@@ -273,3 +273,28 @@ def test_a_pod_of_an_active_job_in_the_informer_cache_is_never_due_even_with_own
 def _skipped(resource: str, rule: str, reason: str) -> float:
     labels = {"resource": resource, "rule": rule, "result": "skipped", "reason": reason}
     return REGISTRY.get_sample_value("opsq_cleanup_objects_total", labels) or 0.0
+
+
+def test_in_process_watch_defers_an_object_while_the_api_answers_5xx_instead_of_crashing(
+    fake_kube: FakeKube, kube: Kube, running: tuple[threading.Event, list[WatchProducer]]
+) -> None:
+    """``opsq watch --local``: a temporary API failure is a deferral, and the retry deletes."""
+    stop, _ = running
+    cfg = settings(dry_run=False, watch_timeout=5, retries=0)
+    add(fake_kube, _old_job("flaky"))
+    watcher = Watcher(cfg, kube)
+    executor = Executor(kube, cfg)
+    offset = [0.0]
+    producer = WatchProducer(
+        cfg, watcher, lambda t, _c: executor.execute(t, dry_run=False), NoClaims(),
+        clock=lambda: time.time() + offset[0], ahead=0.0,
+    )  # fmt: skip
+    producer.start_informers(stop)
+    _until(lambda: watcher.synced, lambda: None)
+    fault = fake_kube.inject_fault(503, verb="delete", count=None, retry_after=0)
+    assert producer.tick() == 0
+    assert fault.hits == 1
+    fake_kube.clear_faults()
+    offset[0] = 60.0  # past the deferral
+    assert producer.tick() == 1
+    assert fake_kube.find(JOBS, "flaky", "team-a") is None

@@ -80,17 +80,22 @@ class OwnerResolver:
 
     def _plural(self, group: str, version: str, kind: str) -> str | None:
         if (group, kind) not in self._plurals:
-            self._plurals.update(self._discover(group, version))
+            found = self._discover(group, version)
+            if found is None:
+                return None  # not cached: a long-running watcher must ask again later
+            self._plurals.update(found)
             self._plurals.setdefault((group, kind), None)
         return self._plurals[(group, kind)]
 
-    def _discover(self, group: str, version: str) -> dict[tuple[str, str], str | None]:
-        """Kind -> plural for one group/version from the discovery document."""
+    def _discover(self, group: str, version: str) -> dict[tuple[str, str], str | None] | None:
+        """Kind -> plural for one group/version; None when the API could not answer now."""
         path = f"/apis/{group}/{version}" if group else f"/api/{version}"
         try:
             doc = self.kube.discovery(path)
+        except NotFound:
+            return {}  # no such group/version: the kind stays unknown
         except OpsqError:
-            return {}
+            return None
         return {
             (group, str(r.get("kind"))): str(r.get("name"))
             for r in doc.get("resources") or []
