@@ -330,6 +330,23 @@ def banner(plan: Plan, redis_line: str, data_dir: Path, options: UpOptions) -> s
     return "\n".join(lines)
 
 
+def _redis_for(
+    settings: Settings, data_dir: Path, options: UpOptions
+) -> tuple[str, str, list[Managed]]:
+    """The Redis URL to hand every child, its banner line, and the embedded server to
+    supervise (none when a Redis URL is configured)."""
+    if settings.redis_url:
+        return settings.redis_url, f"  redis      {redact_url(settings.redis_url)} (configured)", []
+    server = embedded_redis(data_dir, options.redis_port)
+    redis_url = server.url
+    redis_line = (f"  redis      {redact_url(redis_url)} (embedded valkey-server, "
+                  f"AOF in {server.data_dir}, noeviction)")  # fmt: skip
+    if server.port != DEFAULT_REDIS_PORT:
+        redis_line += (f"\n             other shells: export OPSQ_REDIS_URL="
+                       f"{redact_url(redis_url)}")  # fmt: skip
+    return redis_url, redis_line, [RedisChild(server)]
+
+
 def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> None:
     # Supervisor events (exits, restarts, kills) as log lines: JSON with --log-format json.
     setup_logging(settings.log_level, settings.log_format)
@@ -340,19 +357,7 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
         reaped = pidfile.reap_stale()
         if reaped:
             click.echo(f"reaped {len(reaped)} process group(s) left by a crashed `opsq up`")
-        children: list[Managed] = []
-        if settings.redis_url:
-            redis_url = settings.redis_url
-            redis_line = f"  redis      {redact_url(redis_url)} (configured)"
-        else:
-            server = embedded_redis(data_dir, options.redis_port)
-            redis_url = server.url
-            children.append(RedisChild(server))
-            redis_line = (f"  redis      {redact_url(redis_url)} (embedded valkey-server, "
-                          f"AOF in {server.data_dir}, noeviction)")  # fmt: skip
-            if server.port != DEFAULT_REDIS_PORT:
-                redis_line += (f"\n             other shells: export OPSQ_REDIS_URL="
-                               f"{redact_url(redis_url)}")  # fmt: skip
+        redis_url, redis_line, children = _redis_for(settings, data_dir, options)
         builder = Builder(settings, options, data_dir, redis_url, session, config_file)
         plan = builder.build()
         supervisor = Supervisor(

@@ -2,10 +2,10 @@
 
 Transports report phase boundaries into a :class:`PhaseClock`. The clock of the
 attempt in progress lives in a :class:`contextvars.ContextVar` because the hooks that
-see the boundaries (aiohttp ``TraceConfig`` callbacks, our connector, httpcore's
-``trace`` extension) run inside the probe's own task but are configured once per
-shared session: the context variable routes each event to the right probe without
-threading a per-request object through library code that does not carry one.
+see the boundaries (our aiohttp connector, httpcore's ``trace`` extension) run
+inside the probe's own task but are configured once per shared session: the context
+variable routes each event to the right probe without threading a per-request object
+through library code that does not carry one.
 
 Phases accumulate, so an attempt that follows redirects reports the sum of its hops.
 """
@@ -33,9 +33,6 @@ class PhaseClock:
         if began is not None:
             elapsed = time.perf_counter() - began
             self.durations[phase] = self.durations.get(phase, 0.0) + elapsed
-
-    def add(self, phase: str, seconds: float) -> None:
-        self.durations[phase] = self.durations.get(phase, 0.0) + seconds
 
     def snapshot(self) -> dict[str, float]:
         return {k: round(v, 6) for k, v in self.durations.items()}
