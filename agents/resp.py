@@ -97,7 +97,10 @@ class RespClient:
             return self._roundtrip(commands)
         except ErrorReply as exc:
             raise RedisUnavailable(f"Redis refused the write: {exc}") from exc
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, ValueError) as exc:
+            # ValueError: a length or integer that does not parse (a peer that is not
+            # Redis, or a corrupted stream). Either way the connection is unusable, and
+            # letting it escape would kill the sender thread instead of backing off.
             self.close()
             raise RedisUnavailable(f"Redis at {_safe(self.url)} unreachable: {exc}") from exc
 

@@ -82,7 +82,10 @@ def cleanup(
         execute = local_executor(_local_executor(cfg, kube))
     else:
         execute = celery_executor(producer_app(settings), timeout=wait_s)
-    report = run_once(cfg, kube, execute, dry_run=dry_run, now=time.time())
+    try:
+        report = run_once(cfg, kube, execute, dry_run=dry_run, now=time.time())
+    finally:
+        kube.close()
     if output == "json":
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
@@ -146,6 +149,7 @@ def watch(apply: bool, local: bool, **opts: Any) -> None:
     dry_run = cfg.dry_run and not apply
     watcher = Watcher(cfg, kube)
     checks: dict[str, Any] = {"cache_synced": lambda: watcher.synced}
+    client: redis.Redis[bytes] | None = None
     if local:
         executor = _local_executor(cfg, kube)
         producer = WatchProducer(
@@ -171,6 +175,9 @@ def watch(apply: bool, local: bool, **opts: Any) -> None:
         producer.run(stop)
     finally:
         observe.stop()
+        kube.close()
+        if client is not None:
+            client.close()
 
 
 def _discard(_outcome: object) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,28 @@ def test_unreachable_server_is_redis_unavailable_and_ping_false() -> None:
     with pytest.raises(RedisUnavailable, match="unreachable"):
         client.execute([[b"PING"]])
     assert client.ping() is False
+
+
+def test_a_malformed_reply_is_redis_unavailable_and_the_connection_is_dropped() -> None:
+    """Garbage where a length should be must back off like an outage, not crash the sender."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(1024)
+            conn.sendall(b"$not-a-length\r\n")
+            conn.recv(1024)  # until the client hangs up
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = RespClient(f"redis://127.0.0.1:{port}")
+    try:
+        with pytest.raises(RedisUnavailable, match="unreachable"):
+            client.execute([[b"PING"]])
+        thread.join(10)
+        assert not thread.is_alive()  # the client closed the unusable connection
+    finally:
+        client.close()
+        listener.close()
