@@ -49,7 +49,16 @@ class ProbeProducer:
         self._app: Celery | None = None
 
     def close(self) -> None:
+        """Close the Redis client and, if a batch was sent, the broker connections."""
         self.store.close()
+        if self._app is not None:
+            # Celery's app.close() only drops its pool reference: close the publishing
+            # connections, and the result backend's pub/sub one (send_task subscribes
+            # to every batch's result channel), ourselves.
+            self._app.pool.force_close_all()
+            self._app.backend.result_consumer.stop()
+            self._app.close()
+            self._app = None
 
     def submit(self, targets: Sequence[Target], *, source: str) -> Submitted:
         return submit_run(

@@ -9,7 +9,10 @@ import redis
 import redis.asyncio as aioredis
 
 from opsq.core import keys
+from opsq.core.config.probes import Target
 from opsq.core.runs import AsyncRunStore, RunStore, encode_result, new_run_id
+from opsq.core.settings import load_settings
+from producers.probes import ProbeProducer
 
 
 def _result(name: str, up: bool, **extra: object) -> dict[str, object]:
@@ -118,3 +121,20 @@ def test_async_store_counts_concurrent_duplicate_writes_once(redis_url: str) -> 
     assert deliveries == [1, 2, 3]
     assert added == 50
     assert up == 25
+
+
+def test_a_closed_producer_leaves_no_connection_to_redis(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    """Sending opens the broker's connection pool; close() must release it too, not only
+    the run store's client (a long-lived caller would otherwise leak one per producer)."""
+
+    def connection_ids() -> set[int]:
+        return {int(c["id"]) for c in redis_client.client_list()}
+
+    before = connection_ids()
+    producer = ProbeProducer(load_settings(None, redis_url=redis_url))
+    producer.submit([Target(name="a", url="http://127.0.0.1:1/")], source="test")
+    assert connection_ids() - before  # the store and the broker pool are connected
+    producer.close()
+    assert connection_ids() - before == set()
