@@ -27,7 +27,7 @@ import redis
 
 from opsq.core import keys, signatures
 from opsq.core.errors import TemporaryError
-from opsq.engines.cleanup.executor import Executor, Outcome, Target, backoff_delay, count
+from opsq.engines.cleanup.executor import Executor, Target, backoff_delay, count, outcome_of
 from opsq.engines.cleanup.kube import Kube
 from opsq.engines.cleanup.owners import OwnerResolver
 from opsq.engines.cleanup.ratelimit import RedisRateLimiter
@@ -100,8 +100,6 @@ def cleanup_object(
             # the configured one, which the broker uses, not the package default.
             delay = min(delay, settings.visibility_timeout / 2)
             raise self.retry(exc=exc, countdown=delay) from exc
-        outcome = count(
-            Outcome("failed", "unavailable", resource, namespace, name, uid, rule, str(exc))
-        )
+        outcome = count(outcome_of(target, "failed", "unavailable", str(exc)))
     _finish(uid, failed=outcome.result == "failed")
     return outcome.to_json()
