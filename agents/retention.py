@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import redis
 
-from opsq.core.errors import RedisUnavailable
-
 _TRIM_SCRIPT = """
 local key = KEYS[1]
 if redis.call('EXISTS', key) == 0 then return 0 end
@@ -66,8 +64,7 @@ class Retention:
         """Delete every entry all groups have acknowledged; return how many went.
 
         A stream without consumer groups is left alone: nobody has read it yet.
+        redis-py errors propagate; the caller translates them (the shipper with its
+        ``redis_errors``, which also knows READONLY after a failover and OOM).
         """
-        try:
-            return int(self._script(keys=[self.stream]))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise RedisUnavailable(f"trim {self.stream}: {exc}") from exc
+        return int(self._script(keys=[self.stream]))

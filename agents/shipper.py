@@ -239,7 +239,8 @@ class Shipper:
 
     def trim(self) -> int:
         """Retention, then refresh the stream gauges."""
-        trimmed = self._retention.trim()
+        with redis_errors("XTRIM MINID"):
+            trimmed = self._retention.trim()
         if trimmed:
             m.TRIMMED.labels(self.stream).inc(trimmed)
         with redis_errors("XLEN/XPENDING"):

@@ -28,7 +28,7 @@ from opsq.core.config.cleanup import CleanupSettings, Rule
 from opsq.core.errors import OpsqError, RedisUnavailable, TemporaryError
 from opsq.core.metrics.cleanup import CLEANUP_OBJECTS, TERMINATING_SEEN
 from opsq.engines.cleanup import planner
-from opsq.engines.cleanup.executor import Executor, Outcome, Target, count
+from opsq.engines.cleanup.executor import Executor, Outcome, Target, count, outcome_of
 from opsq.engines.cleanup.kube import Kube
 from opsq.engines.cleanup.lister import list_all
 from opsq.engines.cleanup.owners import OwnerResolver
@@ -143,17 +143,10 @@ def local_executor(executor: Executor) -> Execute:
             try:
                 outcomes.append(executor.execute(target, dry_run=dry_run))
             except TemporaryError as exc:
-                outcomes.append(count(_failed(target, "unavailable", str(exc))))
+                outcomes.append(count(outcome_of(target, "failed", "unavailable", str(exc))))
         return outcomes
 
     return execute
-
-
-def _failed(target: Target, reason: str, message: str) -> Outcome:
-    return Outcome(
-        result="failed", reason=reason, resource=target.resource, namespace=target.namespace,
-        name=target.name, uid=target.uid, rule=target.rule, message=message,
-    )  # fmt: skip
 
 
 def task_kwargs(target: Target, dry_run: bool) -> dict[str, Any]:
@@ -186,7 +179,7 @@ def _collect(target: Target, result: Any, deadline: float) -> Outcome:
     try:
         doc = result.get(timeout=max(0.1, deadline - time.monotonic()), propagate=False)
     except CeleryTimeout:
-        return _failed(target, "timeout", "no outcome from a cleanup worker in time")
+        return outcome_of(target, "failed", "timeout", "no outcome from a cleanup worker in time")
     if isinstance(doc, dict) and "result" in doc:
         return Outcome(**doc)
-    return _failed(target, "worker-error", f"task failed: {doc!r}")
+    return outcome_of(target, "failed", "worker-error", f"task failed: {doc!r}")

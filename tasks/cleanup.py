@@ -19,6 +19,7 @@ sources.
 from __future__ import annotations
 
 import functools
+import logging
 import random
 from typing import Any
 
@@ -26,11 +27,13 @@ import redis
 
 from opsq.core import keys, signatures
 from opsq.core.errors import TemporaryError
-from opsq.engines.cleanup.executor import Executor, Outcome, Target, backoff_delay, count
+from opsq.engines.cleanup.executor import Executor, Target, backoff_delay, count, outcome_of
 from opsq.engines.cleanup.kube import Kube
 from opsq.engines.cleanup.owners import OwnerResolver
 from opsq.engines.cleanup.ratelimit import RedisRateLimiter
 from tasks.app import app, settings
+
+log = logging.getLogger(__name__)
 
 BACKOFF_TTL_S = 24 * 3600
 """A per-object failure count is forgotten after a day without failures."""
@@ -51,15 +54,22 @@ def _executor() -> Executor:
 
 
 def _finish(uid: str, *, failed: bool) -> None:
-    client = _redis()
-    pipe = client.pipeline()
+    """Clear the in-flight claim and update the failure count: best effort.
+
+    The object's fate is already decided when this runs; a Redis blip here must not
+    turn a done deletion into a task error. The claim expires by its TTL anyway.
+    """
+    pipe = _redis().pipeline()
     pipe.delete(keys.cleanup_inflight(uid))
     if failed:
         pipe.incr(keys.cleanup_backoff(uid))
         pipe.expire(keys.cleanup_backoff(uid), BACKOFF_TTL_S)
     else:
         pipe.delete(keys.cleanup_backoff(uid))
-    pipe.execute()
+    try:
+        pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("could not clear the in-flight claim of %s: %s", uid, exc)
 
 
 @app.task(  # type: ignore[untyped-decorator]  # celery is untyped
@@ -90,8 +100,6 @@ def cleanup_object(
             # the configured one, which the broker uses, not the package default.
             delay = min(delay, settings.visibility_timeout / 2)
             raise self.retry(exc=exc, countdown=delay) from exc
-        outcome = count(
-            Outcome("failed", "unavailable", resource, namespace, name, uid, rule, str(exc))
-        )
+        outcome = count(outcome_of(target, "failed", "unavailable", str(exc)))
     _finish(uid, failed=outcome.result == "failed")
     return outcome.to_json()

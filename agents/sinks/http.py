@@ -1,10 +1,10 @@
 """The HTTP plumbing the Loki and Elasticsearch sinks share.
 
 One ``httpx.Client`` per sink (keep-alive across batches). Status codes become retry
-decisions where they enter: 2xx is a confirmed write; 429 and 5xx (and any transport
-error or timeout) are :class:`TemporaryError`, honouring ``Retry-After``; any other
-status is :class:`PermanentError`, which makes the shipper bisect the batch to find
-the entry the server refuses and dead-letter only that one.
+decisions where they enter: 2xx is a confirmed write; 408, 429 and 5xx (and any
+transport error or timeout) are :class:`TemporaryError`, honouring ``Retry-After``; any
+other status is :class:`PermanentError`, which makes the shipper bisect the batch to
+find the entry the server refuses and dead-letter only that one.
 """
 
 from __future__ import annotations
@@ -14,6 +14,11 @@ import httpx
 from opsq.core.config.logs import SinkSettings
 from opsq.core.errors import ConfigError, PermanentError, TemporaryError
 from opsq.core.redact import redact_text
+
+# 408: the server or a proxy gave up waiting for the body (a slow upload), and 429: too
+# many requests. Both say "later", not "never": as PermanentError they would be bisected
+# down to single entries and dead-lettered.
+_RETRY_LATER = (408, 429)
 
 
 def make_client(settings: SinkSettings, headers: dict[str, str]) -> httpx.Client:
@@ -41,7 +46,7 @@ def post(client: httpx.Client, path: str, body: bytes, content_type: str) -> htt
     if 200 <= status < 300:
         return response
     detail = f"POST {path}: HTTP {status}: {response.text[:300]}"
-    if status == 429 or status >= 500:
+    if status in _RETRY_LATER or status >= 500:
         raise TemporaryError(detail, delay=_retry_after(response))
     raise PermanentError(detail)
 

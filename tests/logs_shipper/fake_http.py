@@ -47,6 +47,7 @@ class FakeLoki:
     """``POST /loki/api/v1/push``: 204 on success; scripted 500s; 400 for 'REJECT' lines."""
 
     fail_next: int = 0
+    fail_status: int = 500
     pushes: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     failures: int = 0
@@ -61,7 +62,7 @@ class FakeLoki:
         if self.fail_next > 0:
             self.fail_next -= 1
             self.failures += 1
-            return web.Response(status=500, text="ingester unavailable")
+            return web.Response(status=self.fail_status, text="ingester unavailable")
         body = await request.json()
         lines = [v[1] for s in body["streams"] for v in s["values"]]
         if any("REJECT" in line for line in lines):

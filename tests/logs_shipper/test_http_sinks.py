@@ -143,3 +143,18 @@ def test_elasticsearch_redelivery_is_idempotent(
 
     assert len(fake.actions) == 10  # both copies were sent ...
     assert set(fake.docs) == ids_of([entry])  # ... and each record is one document
+
+
+def test_a_408_from_a_proxy_is_retried_not_dead_lettered(
+    rclient: redis.Redis, make_shipper, loki
+) -> None:
+    """Request Timeout means "send it again", not "this entry is refused"."""
+    fake, url = loki
+    fake.fail_next, fake.fail_status = 2, 408
+    entries = [make_entry(n) for n in range(3)]
+    produce(rclient, entries)
+    drain(make_shipper(sink=LokiSink(SinkSettings(type="loki", url=url))))
+    assert fake.failures == 2
+    assert len(fake.values()) == sum(len(e.records) for e in entries)
+    assert rclient.xlen(keys.dead_letter(STREAM)) == 0
+    assert rclient.xpending(STREAM, GROUP)["pending"] == 0

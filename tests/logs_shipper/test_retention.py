@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import redis
 
 from agents.retention import Retention
+from agents.shipper import Shipper
+from agents.sinks.stdout import StdoutSink
+from opsq.core.config.logs import ShipperSettings
+from opsq.core.errors import RedisUnavailable
+from opsq.core.redis_server import RedisServer, free_port
 from tests.logs_shipper.support import GROUP, STREAM, make_entry, produce
 
 
@@ -50,3 +58,20 @@ def test_a_stream_nobody_consumes_is_left_alone(rclient: redis.Redis) -> None:
     assert Retention(rclient, STREAM).trim() == 0
     assert rclient.xlen(STREAM) == 3
     assert Retention(rclient, "no-such-stream").trim() == 0
+
+
+def test_a_read_only_redis_makes_the_shippers_trim_a_temporary_error(tmp_path: Path) -> None:
+    """After a failover the old primary answers READONLY: back off, do not crash."""
+    server = RedisServer(tmp_path / "r", appendonly=False)
+    server.start()
+    client = redis.Redis.from_url(server.url)
+    try:
+        client.xgroup_create(STREAM, "g", id="0", mkstream=True)
+        settings = ShipperSettings.model_validate({"group": "g"})
+        shipper = Shipper(client, stream=STREAM, settings=settings, sink=StdoutSink())
+        client.replicaof("127.0.0.1", free_port())  # a replica: writes answer READONLY
+        with pytest.raises(RedisUnavailable, match="XTRIM"):
+            shipper.trim()
+    finally:
+        client.close()
+        server.stop()

@@ -119,12 +119,12 @@ class Executor:
             rule = self.settings.rule(target.rule)
         except KeyError:
             message = f"rule {target.rule!r} is not in this process's cleanup config"
-            return count(_outcome(target, "failed", "unknown-rule", message))
+            return count(outcome_of(target, "failed", "unknown-rule", message))
         try:
             outcome = self._execute(rule, target, dry_run)
         except PermanentError as exc:
             reason = "forbidden" if isinstance(exc, Forbidden) else "rejected"
-            outcome = _outcome(target, "failed", reason, str(exc))
+            outcome = outcome_of(target, "failed", reason, str(exc))
         return count(outcome)
 
     def _execute(self, rule: Rule, target: Target, dry_run: bool) -> Outcome:
@@ -138,13 +138,13 @@ class Executor:
             try:
                 self._delete(rule, target, resource_version, dry_run)
             except NotFound:
-                return _outcome(target, "skipped", planner.ALREADY_GONE)
+                return outcome_of(target, "skipped", planner.ALREADY_GONE)
             except Conflict:
                 resource_version = None  # the object changed: judge it again
                 continue
             self._announce(rule, target, dry_run)
-            return _outcome(target, "would_delete" if dry_run else "deleted", reason)
-        return _outcome(
+            return outcome_of(target, "would_delete" if dry_run else "deleted", reason)
+        return outcome_of(
             target, "failed", "conflict", f"still changing after {MAX_REPLANS} re-plans"
         )
 
@@ -154,16 +154,16 @@ class Executor:
         try:
             obj = self._call(lambda: self.kube.get(resource, target.namespace or None, target.name))
         except NotFound:
-            return _outcome(target, "skipped", planner.ALREADY_GONE), None, ""
+            return outcome_of(target, "skipped", planner.ALREADY_GONE), None, ""
         if planner.meta(obj).get("uid") != target.uid:
-            return _outcome(target, "skipped", planner.RECREATED), None, ""
+            return outcome_of(target, "skipped", planner.RECREATED), None, ""
         item = planner.plan_object(
             rule, obj, self.clock(), self.owners, self.settings.ttl_annotation
         )
         if item.reason == planner.TERMINATING:
             TERMINATING_SEEN.labels(target.resource, target.rule).inc()
         if item.action != "delete":
-            return _outcome(target, "skipped", item.reason), None, ""
+            return outcome_of(target, "skipped", item.reason), None, ""
         return None, item.resource_version, item.reason
 
     def _delete(
@@ -214,7 +214,8 @@ def count(outcome: Outcome) -> Outcome:
     return outcome
 
 
-def _outcome(target: Target, result: Result, reason: str, message: str = "") -> Outcome:
+def outcome_of(target: Target, result: Result, reason: str, message: str = "") -> Outcome:
+    """The outcome for *target*; the one constructor producers and the task share."""
     return Outcome(
         result=result, reason=reason, resource=target.resource, namespace=target.namespace,
         name=target.name, uid=target.uid, rule=target.rule, message=message,

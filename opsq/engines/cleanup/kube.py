@@ -249,13 +249,21 @@ class Kube:
             "watch", "GET", path, query, body=None, timeout=(self.request_timeout, read_timeout),
             resource=resource, namespace=namespace,
         )  # fmt: skip
+        ended = False
         try:
             yield from _stream_lines(response.response)
+            ended = True
         except urllib3.exceptions.HTTPError as exc:
             raise ApiUnavailable(f"watch of {resource} interrupted: {exc}") from exc
         finally:
+            # Only a stream read to its end may go back to the pool: one left early
+            # (stop, a 410 ERROR event) still carries unread chunks that the next
+            # request on that connection would read as its own response.
             with contextlib.suppress(Exception):
-                response.response.release_conn()
+                if ended:
+                    response.response.release_conn()
+                else:
+                    response.response.close()
 
     # --- plumbing --------------------------------------------------------------------
 
