@@ -40,6 +40,17 @@ def producer_app(settings: Settings) -> Celery:
     return app
 
 
+def close_producer_app(app: Celery) -> None:
+    """Close what sending opened that Celery's ``app.close()`` leaves open.
+
+    send_task subscribes the app's result backend to each task's result channel on a
+    pub/sub connection of its own. The publishing connections stay: they are kombu's
+    process-wide pool, shared with (and reused by) any other app on the same broker.
+    """
+    app.backend.result_consumer.stop()
+    app.close()
+
+
 class ProbeProducer:
     """Create runs, enqueue their batches, follow them to the summary."""
 
@@ -52,12 +63,7 @@ class ProbeProducer:
         """Close the Redis client and, if a batch was sent, the broker connections."""
         self.store.close()
         if self._app is not None:
-            # send_task subscribed this app's result backend to every batch's result
-            # channel on a pub/sub connection of its own; Celery's app.close() leaves it
-            # open. The publishing connections stay: they are kombu's process-wide pool,
-            # shared with (and reused by) any other app on the same broker.
-            self._app.backend.result_consumer.stop()
-            self._app.close()
+            close_producer_app(self._app)
             self._app = None
 
     def submit(self, targets: Sequence[Target], *, source: str) -> Submitted:

@@ -294,13 +294,10 @@ def kick_demo(settings: Settings, redis_url: str, ready_url: str, stop: threadin
     """Run the demo set once as soon as a worker is ready (beat's first tick is later)."""
     if not wait_http_ok(f"{ready_url}/readyz", 120, stop):
         return
-    from celery import Celery  # noqa: PLC0415 - only needed here
+    from opsq.core import signatures  # noqa: PLC0415 - only needed here
+    from producers.probes import close_producer_app, producer_app  # noqa: PLC0415
 
-    from opsq.core import signatures  # noqa: PLC0415
-    from opsq.core.celeryconf import celery_config  # noqa: PLC0415
-
-    app = Celery("opsq-up", set_as_current=False)
-    app.conf.update(celery_config(settings.model_copy(update={"redis_url": redis_url})))
+    app = producer_app(settings.model_copy(update={"redis_url": redis_url}))
     try:
         app.send_task(signatures.PROBE_SET, kwargs={"name": DEMO_SET})
         click.echo("demo: first run of the demo probe set queued (then every "
@@ -310,7 +307,7 @@ def kick_demo(settings: Settings, redis_url: str, ready_url: str, stop: threadin
         # carry the broker URL); beat's first tick runs the set anyway.
         log.warning("demo: could not queue the first run; beat will run it", exc_info=True)
     finally:
-        app.close()
+        close_producer_app(app)
 
 
 def banner(plan: Plan, redis_line: str, data_dir: Path, options: UpOptions) -> str:
