@@ -189,6 +189,8 @@ def test_demo_probe_results_appear_with_up_and_down_targets(up: Up) -> None:
     assert states["healthy"] is True
     assert states["failing"] is False
     assert states["flaky"] is True, "retries must turn the flaky endpoint's 503s into success"
+    # The first run is queued as soon as a worker is ready, not at beat's first tick.
+    assert "demo: first run of the demo probe set queued" in up.output()
 
 
 def test_agent_and_shipper_carry_a_log_line_to_the_sink(up: Up) -> None:
