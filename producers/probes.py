@@ -52,10 +52,10 @@ class ProbeProducer:
         """Close the Redis client and, if a batch was sent, the broker connections."""
         self.store.close()
         if self._app is not None:
-            # Celery's app.close() only drops its pool reference: close the publishing
-            # connections, and the result backend's pub/sub one (send_task subscribes
-            # to every batch's result channel), ourselves.
-            self._app.pool.force_close_all()
+            # send_task subscribed this app's result backend to every batch's result
+            # channel on a pub/sub connection of its own; Celery's app.close() leaves it
+            # open. The publishing connections stay: they are kombu's process-wide pool,
+            # shared with (and reused by) any other app on the same broker.
             self._app.backend.result_consumer.stop()
             self._app.close()
             self._app = None

@@ -231,7 +231,7 @@ class Builder:
                                "OPSQ_LOGS__AGENT__METRICS_PORT")  # fmt: skip
             self.metrics_child("shipper", [*python_argv("opsq"), "ship"],
                                "OPSQ_LOGS__SHIPPER__METRICS_PORT")  # fmt: skip
-        if getattr(self.settings.cleanup, "rules", None):
+        if self.settings.cleanup.rules:
             self.metrics_child("watcher", [*python_argv("opsq"), "watch"],
                                "OPSQ_CLEANUP__METRICS_PORT")  # fmt: skip
 

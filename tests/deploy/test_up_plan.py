@@ -74,6 +74,10 @@ def test_core_components_always_optional_ones_only_when_configured(tmp_path: Pat
     assert {"agent", "shipper"} <= set(children)
     assert children["agent"].argv[-1] == "agent"
     assert children["shipper"].argv[-1] == "ship"
+    assert "watcher" not in children
+    rule = {"name": "old-pods", "resource": "v1/pods", "when": {"older_than": "1h"}}
+    children, _ = plan_for(tmp_path, cleanup={"rules": [rule]})
+    assert children["watcher"].argv[-1] == "watch"
 
 
 def test_each_child_gets_its_own_port_data_dir_and_session(tmp_path: Path) -> None:
