@@ -129,6 +129,7 @@ class WatchProducer:
         self.clock = clock
         self.rng = rng
         self.sent = 0
+        self._threads: list[threading.Thread] = []
         self._window_start = clock()
         self._window_sent = 0
 
@@ -194,10 +195,20 @@ class WatchProducer:
             thread.start()
         return threads
 
+    def informers_alive(self) -> bool:
+        """False once an informer thread died of an unexpected error (readiness check)."""
+        return all(thread.is_alive() for thread in self._threads)
+
     def run(self, stop: threading.Event) -> None:
         """Run informers in threads and dispatch in this one until *stop* is set."""
-        threads = self.start_informers(stop)
+        threads = self._threads = self.start_informers(stop)
         while not stop.is_set():
+            if not self.informers_alive():
+                # Its cache would go stale while /readyz still said "synced": exit so the
+                # pod restarts with a fresh LIST instead of silently missing due objects.
+                stop.set()
+                dead = ", ".join(t.name for t in threads if not t.is_alive())
+                raise TemporaryError(f"informer thread died ({dead}); restart to relist")
             self.tick()
             stop.wait(self.wait_time())
         # Informers hold nothing worth flushing; a thread blocked in a WATCH read must not

@@ -42,6 +42,10 @@ class ElasticsearchSink:
             answer = response.json()
         except ValueError as exc:
             raise TemporaryError(f"bulk answer is not JSON: {response.text[:200]}") from exc
+        if not isinstance(answer, dict):
+            # A proxy or a broken node answering 200 with something else: nothing is
+            # known to be written, so the batch is retried (ids make that idempotent).
+            raise TemporaryError(f"bulk answer is not a JSON object: {response.text[:200]}")
         if not answer.get("errors"):
             return Outcome()
         return judge_items(answer.get("items", []), owners, batch)

@@ -161,6 +161,7 @@ def watch(apply: bool, local: bool, **opts: Any) -> None:
         checks["redis"] = client.ping
         sender = celery_sender(producer_app(settings), dry_run=dry_run)
         producer = WatchProducer(cfg, watcher, sender, RedisClaims(client))
+    checks["informers_alive"] = producer.informers_alive
     port = settings.metrics.port if cfg.metrics_port is None else cfg.metrics_port
     observe = ObserveServer(settings.metrics.bind, port, ready_checks=checks).start()
     stop = threading.Event()

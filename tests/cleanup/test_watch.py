@@ -19,7 +19,7 @@ import redis
 from prometheus_client import REGISTRY
 
 from opsq.core import keys
-from opsq.core.errors import RedisUnavailable
+from opsq.core.errors import RedisUnavailable, TemporaryError
 from opsq.core.settings import load_settings
 from opsq.engines.cleanup.executor import Executor
 from opsq.engines.cleanup.kube import ApiUnavailable, Kube, _stream_lines
@@ -298,3 +298,24 @@ def test_in_process_watch_defers_an_object_while_the_api_answers_5xx_instead_of_
     offset[0] = 60.0  # past the deferral
     assert producer.tick() == 1
     assert fake_kube.find(JOBS, "flaky", "team-a") is None
+
+
+# The thread's own traceback is the point of this test, not a stray error.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_informer_thread_stops_the_watch_instead_of_serving_a_stale_cache(
+    fake_kube: FakeKube, kube: Kube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error kills an informer thread: readiness turns false and run() exits."""
+    cfg = settings([FINISHED_JOBS], watch_timeout=5)
+    watcher = Watcher(cfg, kube)
+
+    def broken_step(stop: threading.Event | None = None) -> None:
+        raise RuntimeError("bug in an informer")
+
+    monkeypatch.setattr(watcher.informers[0], "step", broken_step)
+    producer = WatchProducer(cfg, watcher, lambda t, _c: None, NoClaims(), ahead=0.0)
+    stop = threading.Event()
+    with pytest.raises(TemporaryError, match="informer thread died"):
+        producer.run(stop)
+    assert stop.is_set()
+    assert producer.informers_alive() is False

@@ -8,11 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from aiohttp import web
 
+from agents.sinks.base import Delivery
 from agents.sinks.elasticsearch import ElasticsearchSink
 from agents.sinks.loki import LokiSink
 from opsq.core import keys
 from opsq.core.config.logs import SinkSettings
+from opsq.core.errors import TemporaryError
 from opsq.core.logformat import record_id
 from tests.logs_shipper.fake_http import FakeElasticsearch, FakeLoki, ServerThread
 from tests.logs_shipper.support import FID, GROUP, STREAM, ids_of, make_entry, produce
@@ -158,3 +161,22 @@ def test_a_408_from_a_proxy_is_retried_not_dead_lettered(
     assert len(fake.values()) == sum(len(e.records) for e in entries)
     assert rclient.xlen(keys.dead_letter(STREAM)) == 0
     assert rclient.xpending(STREAM, GROUP)["pending"] == 0
+
+
+def test_elasticsearch_non_object_answer_is_retried_not_a_crash() -> None:
+    """A 200 whose JSON body is not an object (a proxy, a broken node) is a temporary error."""
+
+    async def bulk(_: web.Request) -> web.Response:
+        return web.json_response(["not", "an", "object"])
+
+    app = web.Application()
+    app.router.add_post("/_bulk", bulk)
+    server = ServerThread(app).start()
+    entry = make_entry(1)
+    sink = ElasticsearchSink(SinkSettings(type="elasticsearch", url=server.url))
+    try:
+        with pytest.raises(TemporaryError):
+            sink.write([Delivery("1-0", entry, entry.encode())])
+    finally:
+        sink.close()
+        server.stop()
