@@ -257,14 +257,17 @@ class Supervisor:
             if code is not None and state.restart_at is None:
                 self._schedule_restart(child, code, now)
             elif state.restart_at is not None and now >= state.restart_at:
-                state.restarts += 1
-                CHILD_RESTARTS.labels(child.name).inc()
-                self.notify(f"restarting {child.name} (restart #{state.restarts})")
+                self.notify(f"restarting {child.name} (restart #{state.restarts + 1})")
                 try:
                     self._start(child)
                 except OpsqError as exc:  # e.g. Redis failed to come back
                     self.notify(f"{child.name} failed to start: {exc}")
                     self._schedule_restart(child, -1, time.monotonic())
+                    continue
+                # Counted once the new process runs and its pid is recorded, so a reader
+                # of the metric never sees a restart whose process does not exist yet.
+                state.restarts += 1
+                CHILD_RESTARTS.labels(child.name).inc()
 
     def _schedule_restart(self, child: Managed, code: int, now: float) -> None:
         state = self._state[child.name]
