@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: up test check lint types bench dist clean venv fmt
+.PHONY: up test check lint types bench dist clean venv fmt system-packages
 
 $(STAMP): pyproject.toml hatch_build.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ venv: $(STAMP)
 up: $(STAMP)
 	$(BIN)/opsq up --demo
 
-test: $(STAMP)
+# Debian packages the tests use (promtool, chromium, nginx, ...): installed when missing.
+system-packages:
+	scripts/system-packages tests/system-packages.txt
+
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

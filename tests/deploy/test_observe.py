@@ -13,7 +13,6 @@ import asyncio
 import io
 import json
 import logging
-import shutil
 import subprocess
 import threading
 import tracemalloc
@@ -31,6 +30,7 @@ from opsq.core.logsetup import (
     redact_handlers,
 )
 from opsq.core.observe import ObserveServer
+from tests.support.tools import require_tool
 
 
 def get(url: str) -> tuple[int, str]:
@@ -80,8 +80,7 @@ def test_a_raising_check_counts_as_not_ready() -> None:
 
 def test_metrics_pass_promtool(server: ObserveServer) -> None:
     """The exposition text is valid for Prometheus (promtool check metrics)."""
-    promtool = shutil.which("promtool")
-    assert promtool, "Debian package prometheus is required (.ci/run installs it)"
+    promtool = require_tool("promtool")
     status, body = get(f"http://127.0.0.1:{server.port}/metrics")
     assert status == 200
     check = subprocess.run([promtool, "check", "metrics"], input=body.encode(),

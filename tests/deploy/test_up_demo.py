@@ -23,7 +23,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from tests.cleanup.objects import pod
 from tests.deploy.chart import render_chart
 from tests.deploy.util import processes_with_env, wait_for
 from tests.fakekube.server import FakeKube
+from tests.support.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
@@ -237,8 +237,7 @@ def test_password_is_not_visible_in_the_process_list(up: Up) -> None:
 
 def test_headless_chromium_sees_opsq_tasks_in_flower(up: Up) -> None:
     """A real browser logged in to Flower lists opsq.probe_set and opsq.probe_batch."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Debian package chromium is required (.ci/run installs it)"
+    chromium = require_tool("chromium")
     assert wait_for(lambda: demo_summary(up.redis_url) is not None, 90)
     ARTIFACTS.mkdir(exist_ok=True)
     profile = up.data_dir.parent / "chromium-profile"
@@ -266,8 +265,7 @@ def test_headless_chromium_sees_opsq_tasks_in_flower(up: Up) -> None:
 
 def test_every_metrics_endpoint_passes_promtool(up: Up) -> None:
     """Each announced /metrics (workers) and Flower's /metrics is valid exposition format."""
-    promtool = shutil.which("promtool")
-    assert promtool, "Debian package prometheus is required (.ci/run installs it)"
+    promtool = require_tool("promtool")
     urls = [*up.metrics_urls, f"{up.flower_url}/metrics"]
     assert len(urls) >= 2
     for url in urls:

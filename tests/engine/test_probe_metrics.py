@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 
-import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 
 from opsq.engines.probe import run_probes
 from tests.engine.conftest import Servers, target
+from tests.support.tools import require_tool
 
 
 def _value(name: str, **labels: str) -> float:
@@ -66,14 +65,12 @@ def test_metrics_aggregate_in_multiprocess_mode(servers: Servers, key: str, tmp_
     assert registry.get_sample_value("opsq_probe_duration_seconds_count", {"group": group}) == 4
 
 
-@pytest.mark.skipif(
-    shutil.which("promtool") is None, reason="promtool (Debian 'prometheus') missing"
-)
 def test_exposition_passes_promtool_check_metrics(servers: Servers, key: str) -> None:
+    promtool = require_tool("promtool")
     run_probes([target(f"{servers.http}/ok", group=f"pt-{key}")], url_labels=True)
     text = generate_latest(REGISTRY)
     proc = subprocess.run(
-        ["promtool", "check", "metrics"], input=text, capture_output=True, check=False
+        [promtool, "check", "metrics"], input=text, capture_output=True, check=False
     )
     opsq_problems = [
         line

@@ -14,6 +14,7 @@ from celery import Celery
 
 from opsq.core import keys
 from tests.pipeline.conftest import LocalHTTP, run_cli, write_targets
+from tests.support.tools import require_tool
 from tests.support.workers import Worker
 
 
@@ -79,7 +80,7 @@ def test_worker_metrics_sum_both_pool_processes_and_pass_promtool(
     assert 'opsq_batches_total{outcome="done"} 6.0' in text
     assert 'opsq_probe_total{group="default",result="up"} 6.0' in text
     assert "opsq_results_written_total 6.0" in text
-    check = subprocess.run(["promtool", "check", "metrics"], input=text,
+    check = subprocess.run([require_tool("promtool"), "check", "metrics"], input=text,
                            capture_output=True, text=True, check=False)  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
     ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5).read()
