@@ -4,8 +4,9 @@ Thin on purpose: parse kwargs, hand the batch to this process's
 :class:`~tasks.batch.BatchRunner`, and map what comes back:
 
 - :class:`~opsq.core.errors.TemporaryError` (Redis unavailable) -> ``self.retry`` with
-  capped exponential backoff. The countdown stays well below the broker's visibility
-  timeout (kombu#1306: a delayed message is held un-acked and would be redelivered).
+  capped exponential backoff and full jitter (:mod:`opsq.core.backoff`). The countdown
+  stays well below the broker's visibility timeout (kombu#1306: a delayed message is
+  held un-acked and would be redelivered).
 - :class:`~opsq.core.errors.PermanentError` (unknown run, invalid payload) -> failure.
 - Celery's soft time limit (a backstop: the batch has its own, earlier deadline) ->
   reject with requeue, so the redelivery counter, not luck, bounds a batch that hangs.
@@ -32,6 +33,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
 
 from opsq.core import signatures
+from opsq.core.backoff import full_jitter
 from opsq.core.config.probes import ProbeSet, Target, TargetsFile
 from opsq.core.errors import PermanentError, TemporaryError
 from opsq.core.loading import validate_file
@@ -80,8 +82,10 @@ def _close_runner(**_: Any) -> None:
 
 
 def retry_countdown(retries: int) -> float:
-    ceiling = min(RETRY_CAP_S, settings.visibility_timeout / 4)
-    return float(min(ceiling, RETRY_BASE_S * 2**retries))
+    """Full jitter (workers retrying after one Redis blip must not return in lockstep),
+    capped well below the visibility timeout (kombu#1306)."""
+    cap = min(RETRY_CAP_S, settings.visibility_timeout / 4)
+    return full_jitter(retries, base=RETRY_BASE_S, cap=cap)
 
 
 @app.task(  # type: ignore[untyped-decorator]  # celery is untyped

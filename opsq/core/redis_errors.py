@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 from collections.abc import Callable, Collection
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
@@ -67,6 +68,7 @@ _PERMANENT_CONNECTION_CLASSES: tuple[type[Exception], ...] = (
     getattr(rex, "AuthorizationError", rex.AuthenticationError),
     getattr(rex, "MaxConnectionsError", rex.AuthenticationError),
 )
+_PIPELINE = re.compile(r"of pipeline caused error: \(?['\"]?")
 _HINTS = {
     "WRONGTYPE": "a key under opsq's prefix holds another type; another program or an "
     "older opsq writes there (use another database or key prefix)",
@@ -86,14 +88,25 @@ def reply_code(exc: BaseException) -> str:
         return "WRONGPASS"
     if isinstance(exc, rex.NoScriptError):
         return "NOSCRIPT"
-    text = str(exc).lstrip("-")
-    first = text.split(" ", 1)[0]
+    return _first_word(_reply_text(str(exc)))
+
+
+def _reply_text(text: str) -> str:
+    """The reply inside redis-py's pipeline wrapping, which differs sync and async:
+    ``Command # 1 (...) of pipeline caused error: WRONGTYPE ...`` and ``...: ('WRONGTYPE ...',)``.
+    """
+    marker = _PIPELINE.search(text)
+    return text[marker.end() :] if marker else text
+
+
+def _first_word(reply: str) -> str:
+    first = reply.lstrip("-").split(" ", 1)[0]
     return first if first.isupper() and first.isalpha() else "ERR"
 
 
 def reply_is_temporary(reply: str, temporary: Collection[str] = ()) -> bool:
     """For raw RESP error replies (``"OOM command not allowed ..."``): retry or not."""
-    code = reply.lstrip("-").split(" ", 1)[0]
+    code = _first_word(reply)
     return code in TEMPORARY_CODES or code in temporary
 
 
@@ -122,17 +135,25 @@ def _is_temporary(exc: rex.RedisError, temporary: Collection[str]) -> bool:
     return isinstance(exc, rex.ConnectionError)
 
 
-def translate(exc: BaseException, what: str, temporary: Collection[str] = ()) -> OpsqError | None:
-    """The opsq exception for *exc* (to ``raise ... from exc``), or None to leave it alone."""
+def translate(
+    exc: BaseException, what: str, temporary: Collection[str] = (), where: str = ""
+) -> OpsqError | None:
+    """The opsq exception for *exc* (to ``raise ... from exc``), or None to leave it alone.
+
+    ``where`` (a redacted URL) names the server in the message.
+    """
     verdict = classify(exc, temporary)
     if verdict is None:
         return None
+    at = f" at {redact_text(where)}" if where else ""
     detail = redact_text(_detail(exc))
     if verdict == "temporary":
-        return RedisUnavailable(f"{what}: Redis unavailable: {detail}")
+        if isinstance(exc, rex.ResponseError):
+            return RedisUnavailable(f"{what}: Redis{at} cannot serve it now: {detail}")
+        return RedisUnavailable(f"{what}: cannot reach Redis{at}: {detail}")
     code = reply_code(exc)
     hint = _HINTS.get(code, "a bug in opsq or a Redis it does not support; not retried")
-    return RedisCommandError(f"{what}: Redis refused the command: {detail} ({hint})", code=code)
+    return RedisCommandError(f"{what}: Redis{at} refused the command: {detail} ({hint})", code=code)
 
 
 def _detail(exc: BaseException) -> str:
@@ -140,7 +161,7 @@ def _detail(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     if isinstance(exc, rex.ResponseError | rex.BusyLoadingError):
         code = reply_code(exc)
-        if not text.startswith(code):
+        if not _reply_text(text).startswith(code):
             text = f"{code} {text}"
     return text
 
@@ -149,11 +170,13 @@ class redis_errors:  # lower case: used like a function, `with redis_errors("...
     """Translate Redis errors raised inside the block (or the decorated function).
 
     ``what`` says what was being done ("store results of run 3f2a"); it starts the
-    message. ``temporary`` adds reply codes that mean "retry" for this caller only.
+    message. ``where`` names the server (redacted). ``temporary`` adds reply codes that
+    mean "retry" for this caller only.
     """
 
-    def __init__(self, what: str, *, temporary: Collection[str] = ()) -> None:
+    def __init__(self, what: str, *, where: str = "", temporary: Collection[str] = ()) -> None:
         self.what = what
+        self.where = where
         self.temporary = frozenset(temporary)
 
     def __enter__(self) -> redis_errors:
@@ -167,7 +190,7 @@ class redis_errors:  # lower case: used like a function, `with redis_errors("...
     ) -> Literal[False]:
         if exc is None:
             return False
-        translated = translate(exc, self.what, self.temporary)
+        translated = translate(exc, self.what, self.temporary, self.where)
         if translated is None:
             return False
         raise translated from exc
