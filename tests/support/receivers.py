@@ -12,6 +12,8 @@ certificate), AUTH required after TLS, and the received messages kept in memory.
 from __future__ import annotations
 
 import json
+import select
+import socket
 import ssl
 import threading
 import time
@@ -96,6 +98,8 @@ class HttpReceiver:
                 receiver._record(item, accepted=False)
                 if receiver.hold is not None:
                     receiver.hold.wait(60)
+                    if _client_gone(self.connection):
+                        return  # the sender died while we held it: never acknowledged
                 code = receiver.status
                 body = b'{"ok": true}' if code < 300 else b'{"error": "try later"}'
                 try:
@@ -113,6 +117,17 @@ class HttpReceiver:
                 return
 
         return Handler
+
+
+def _client_gone(connection: socket.socket) -> bool:
+    """True when the peer closed its side (a killed process's socket reads EOF)."""
+    ready, _, _ = select.select([connection], [], [], 0)
+    if not ready:
+        return False
+    try:
+        return connection.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
 
 
 class SmtpReceiver:
