@@ -110,7 +110,7 @@ class Alertmanager:
              f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        wait_for(lambda: self._ready(), 30, "alertmanager ready")
+        wait_for(self._ready, 30, "alertmanager ready")
 
     def _ready(self) -> bool:
         try:
