@@ -21,12 +21,12 @@ from typing import Any
 
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
-from kombu.exceptions import OperationalError
 
 from opsq.core import signatures
 from opsq.core.config.cleanup import CleanupSettings, Rule
-from opsq.core.errors import OpsqError, RedisUnavailable, TemporaryError
+from opsq.core.errors import OpsqError, TemporaryError
 from opsq.core.metrics.cleanup import CLEANUP_OBJECTS, TERMINATING_SEEN
+from opsq.core.redis_errors import redis_errors
 from opsq.engines.cleanup import planner
 from opsq.engines.cleanup.executor import Executor, Outcome, Target, count, outcome_of
 from opsq.engines.cleanup.kube import Kube
@@ -162,13 +162,11 @@ def celery_executor(app: Celery, *, timeout: float) -> Execute:
     """Send every target to the ``cleanup`` queue, then wait for all outcomes."""
 
     def execute(targets: Sequence[Target], dry_run: bool) -> list[Outcome]:
-        try:
+        with redis_errors("enqueue cleanup tasks"):
             sent = [
                 (t, app.send_task(signatures.CLEANUP_OBJECT, kwargs=task_kwargs(t, dry_run)))
                 for t in targets
             ]
-        except OperationalError as exc:
-            raise RedisUnavailable(f"cannot enqueue cleanup tasks: {exc}") from exc
         deadline = time.monotonic() + timeout
         return [_collect(t, r, deadline) for t, r in sent]
 
