@@ -39,12 +39,12 @@ from typing import Any
 import redis
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
-from kombu.exceptions import OperationalError
 
 from opsq.core import keys, signatures
 from opsq.core.config.cleanup import CleanupSettings, Rule
-from opsq.core.errors import OpsqError, RedisUnavailable, TemporaryError
+from opsq.core.errors import OpsqError, TemporaryError
 from opsq.core.metrics.cleanup import CLEANUP_OBJECTS, TERMINATING_SEEN
+from opsq.core.redis_errors import redis_errors
 from opsq.engines.cleanup import planner, usage
 from opsq.engines.cleanup.executor import Executor, Outcome, Target, count, outcome_of
 from opsq.engines.cleanup.kube import ApiUnavailable, Kube
@@ -226,10 +226,8 @@ def task_kwargs(target: Target, dry_run: bool) -> dict[str, Any]:
 def require_worker(app: Celery, *, timeout: float = WORKER_CHECK_S, attempts: int = 2) -> None:
     """Raise NoWorkers unless a worker consuming ``cleanup`` answers a broadcast."""
     for _ in range(attempts):
-        try:
+        with redis_errors("look for workers on the cleanup queue"):
             replies = app.control.inspect(timeout=timeout).active_queues() or {}
-        except OperationalError as exc:
-            raise RedisUnavailable(f"cannot reach Redis to look for workers: {exc}") from exc
         for queues in replies.values():
             if any(q.get("name") == keys.QUEUE_CLEANUP for q in queues or []):
                 return
@@ -254,29 +252,31 @@ class Batch:
         expires = dt.datetime.fromtimestamp(self.deadline, dt.UTC)
         extra = {"batch": self.id, "deadline": self.deadline}
         try:
-            for target in targets:
-                kwargs = {**task_kwargs(target, dry_run), **extra}
-                result = self.app.send_task(
-                    signatures.CLEANUP_OBJECT, kwargs=kwargs, expires=expires
-                )
-                self.sent.append((target, result))
-        except OperationalError as exc:
+            with redis_errors("enqueue cleanup tasks"):
+                for target in targets:
+                    kwargs = {**task_kwargs(target, dry_run), **extra}
+                    result = self.app.send_task(
+                        signatures.CLEANUP_OBJECT, kwargs=kwargs, expires=expires
+                    )
+                    self.sent.append((target, result))
+        except OpsqError:
             self.cancel([r.id for _, r in self.sent])
-            raise RedisUnavailable(f"cannot enqueue cleanup tasks: {exc}") from exc
+            raise
 
     def cancel(self, task_ids: list[str]) -> bool:
         """Mark the batch cancelled and revoke *task_ids*; False if Redis refused."""
         ttl = max(60, int(self.deadline - time.time()) + 60)
         ok = True
         try:
-            self.client.set(keys.cleanup_cancelled(self.id), "1", ex=ttl)
-        except redis.RedisError as exc:
+            with redis_errors(f"cancel batch {self.id}"):
+                self.client.set(keys.cleanup_cancelled(self.id), "1", ex=ttl)
+        except OpsqError as exc:
             log.error(
                 "could not cancel batch %s: %s (its tasks expire at the deadline)", self.id, exc
             )
             ok = False
-        if task_ids:
-            with contextlib.suppress(OperationalError, redis.RedisError):
+        if task_ids:  # reaches running workers only; a later one sees expires/the key
+            with contextlib.suppress(OpsqError), redis_errors("revoke cleanup tasks"):
                 self.app.control.revoke(task_ids)
         return ok
 

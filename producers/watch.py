@@ -36,10 +36,11 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from opsq.core import keys, signatures
+from opsq.core.backoff import full_jitter
 from opsq.core.config.cleanup import CleanupSettings
-from opsq.core.errors import RedisUnavailable, TemporaryError
+from opsq.core.errors import OpsqError, RedisUnavailable, TemporaryError
+from opsq.core.redis_errors import redis_errors
 from opsq.engines.cleanup.executor import Target
-from opsq.engines.cleanup.retry import backoff_delay
 from opsq.engines.cleanup.watcher import Due, Watcher
 from producers.cleanup import task_kwargs
 
@@ -73,20 +74,16 @@ class RedisClaims:
         self.client = client
 
     def claim(self, uid: str, ttl: int) -> bool:
-        try:
+        with redis_errors(f"claim {uid}"):
             return bool(self.client.set(keys.cleanup_inflight(uid), "1", nx=True, ex=ttl))
-        except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot claim {uid}: {exc}") from exc
 
     def failures(self, uid: str) -> int:
-        try:
+        with redis_errors(f"read the backoff of {uid}"):
             return int(self.client.get(keys.cleanup_backoff(uid)) or 0)
-        except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot read backoff of {uid}: {exc}") from exc
 
     def release(self, uid: str) -> None:
         # Best effort: if Redis is down too, the claim still expires by its TTL.
-        with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(OpsqError), redis_errors(f"release {uid}"):
             self.client.delete(keys.cleanup_inflight(uid))
 
 
@@ -192,7 +189,9 @@ class WatchProducer:
         failures = self.claims.failures(target.uid)
         if failures > due.backoff_for:  # a new failure since this due time was computed
             cfg = self.settings
-            countdown += backoff_delay(failures, cfg.backoff_base, cfg.backoff_cap, None, self.rng)
+            countdown += full_jitter(
+                failures, base=cfg.backoff_base, cap=cfg.backoff_cap, rng=self.rng
+            )
         if countdown > self.ahead:
             self.watcher.queue.upsert(Due(target, now + countdown, failures))  # wait locally
             return 0

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,14 +32,15 @@ from typing import Any
 import redis
 
 from opsq.core import keys, signatures
-from opsq.core.errors import RedisUnavailable, TemporaryError
+from opsq.core.backoff import full_jitter
+from opsq.core.errors import RedisCommandError, RedisUnavailable, TemporaryError
+from opsq.core.redis_errors import redis_errors
 from opsq.engines.cleanup.audit import RedisAudit, identity
 from opsq.engines.cleanup.executor import Executor, Target, count, outcome_of
 from opsq.engines.cleanup.kube import Kube
 from opsq.engines.cleanup.owners import OwnerResolver
 from opsq.engines.cleanup.planner import Guards
 from opsq.engines.cleanup.ratelimit import RedisRateLimiter
-from opsq.engines.cleanup.retry import backoff_delay
 from opsq.engines.cleanup.usage import LiveUsage, namespace_lister
 from tasks.app import app, settings
 
@@ -76,10 +76,8 @@ def _proceed(batch: str | None, deadline: float | None) -> Callable[[], bool]:
             return False
         if batch is None:
             return True
-        try:
+        with redis_errors(f"check whether batch {batch} was cancelled"):
             return not _redis().exists(keys.cleanup_cancelled(batch))
-        except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot check whether batch {batch} was cancelled") from exc
 
     return proceed
 
@@ -98,9 +96,12 @@ def _finish(uid: str, *, failed: bool) -> None:
     else:
         pipe.delete(keys.cleanup_backoff(uid))
     try:
-        pipe.execute()
-    except redis.RedisError as exc:
-        log.warning("could not clear the in-flight claim of %s: %s", uid, exc)
+        with redis_errors(f"clear the in-flight claim of {uid}"):
+            pipe.execute()
+    except RedisUnavailable as exc:
+        log.warning("%s", exc)
+    except RedisCommandError as exc:  # a bug: loud, but the outcome is already decided
+        log.error("%s", exc)
 
 
 @app.task(  # type: ignore[untyped-decorator]  # celery is untyped
@@ -131,8 +132,8 @@ def cleanup_object(
     except TemporaryError as exc:
         if self.request.retries < self.max_retries:
             cfg = settings.cleanup
-            delay = backoff_delay(
-                self.request.retries, cfg.backoff_base, cfg.backoff_cap, exc.delay, random.random
+            delay = full_jitter(
+                self.request.retries, base=cfg.backoff_base, cap=cfg.backoff_cap, at_least=exc.delay
             )
             # A countdown past the visibility timeout would be redelivered early (kombu#1306);
             # the configured one, which the broker uses, not the package default.

@@ -26,7 +26,7 @@ import redis
 
 from opsq.core import keys
 from opsq.core.config.cleanup import Rule
-from opsq.core.errors import RedisUnavailable
+from opsq.core.redis_errors import redis_errors
 from opsq.engines.cleanup.executor import Target
 
 FIELDS = (
@@ -63,26 +63,20 @@ class RedisAudit:
             "deleted_by": self.actor,
         }  # fmt: skip
         oldest_ms = int((self.clock() - self.retention) * 1000)
-        try:
+        with redis_errors("append to the audit trail"):
             self.client.xadd(keys.cleanup_audit(), entry, minid=oldest_ms, approximate=True)
-        except redis.RedisError as exc:
-            raise RedisUnavailable(f"audit trail: {exc}") from exc
 
     def ping(self) -> None:
         """Raise RedisUnavailable unless the stream can be written (checked at start)."""
-        try:
+        with redis_errors("reach Redis for the audit trail"):
             self.client.ping()
-        except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot reach Redis for the audit trail: {exc}") from exc
 
 
 def read(client: redis.Redis[Any], *, since: float, now: float) -> list[dict[str, str]]:
     """Entries newer than ``now - since``, oldest first, with their stream id."""
     start = int((now - since) * 1000)
-    try:
+    with redis_errors("read the audit trail"):
         raw = client.xrange(keys.cleanup_audit(), min=f"{start}-0", max="+")
-    except redis.RedisError as exc:
-        raise RedisUnavailable(f"cannot read the audit trail: {exc}") from exc
     return [{"id": _text(entry_id), **{_text(k): _text(v) for k, v in fields.items()}}
             for entry_id, fields in raw]  # fmt: skip
 

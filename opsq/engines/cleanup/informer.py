@@ -38,13 +38,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from opsq.core.backoff import full_jitter
 from opsq.core.config.cleanup import ResourceRef
 from opsq.core.errors import PermanentError, TemporaryError
 from opsq.core.metrics.cleanup import INFORMER_CACHE_OBJECTS, WATCH_RELISTS, WATCH_RESTARTS
 from opsq.engines.cleanup.kube import ApiUnavailable, Expired, Kube
 from opsq.engines.cleanup.lister import Transform, list_all, slim
 from opsq.engines.cleanup.planner import meta
-from opsq.engines.cleanup.retry import backoff_delay
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -256,6 +256,8 @@ class Informer:
         """Remember the error and wait (full jitter) before the next attempt."""
         self.error = str(exc)
         self._failures += 1
-        delay = backoff_delay(self._failures, 0.5, 30.0, getattr(exc, "delay", None), self.rng)
+        delay = full_jitter(
+            self._failures, base=0.5, cap=30.0, rng=self.rng, at_least=getattr(exc, "delay", None)
+        )
         log.warning("%s: %s; retrying in %.1fs", self.resource, exc, delay)
         stop.wait(delay)

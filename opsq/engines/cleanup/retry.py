@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from opsq.core.backoff import full_jitter
 from opsq.core.errors import TemporaryError
 from opsq.engines.cleanup.kube import ApiUnavailable
 
@@ -27,14 +28,6 @@ T = TypeVar("T")
 
 class Interrupted(TemporaryError):
     """The process is stopping: the request was abandoned, not failed."""
-
-
-def backoff_delay(
-    attempt: int, base: float, cap: float, hint: float | None, rng: Callable[[], float]
-) -> float:
-    """Full jitter (AWS architecture blog), never shorter than a Retry-After hint."""
-    jitter = rng() * min(cap, base * 2**attempt)
-    return max(float(jitter), hint or 0.0)
 
 
 @dataclass
@@ -55,7 +48,9 @@ class Retrier:
             except ApiUnavailable as exc:
                 if attempt >= self.retries:
                     raise
-                delay = backoff_delay(attempt, self.base, self.cap, exc.delay, self.rng)
+                delay = full_jitter(
+                    attempt, base=self.base, cap=self.cap, rng=self.rng, at_least=exc.delay
+                )
                 log.warning("kube API unavailable (%s); retrying in %.2fs", exc, delay)
                 self.wait(delay)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
