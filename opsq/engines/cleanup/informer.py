@@ -24,9 +24,10 @@ Generic on purpose (the cleanup watcher, the PVC usage index and the log agent's
 node-local pod metadata all use it): any resource, namespace, label and field selector
 (``spec.nodeName=node-1``), a ``transform`` applied to every object before it is
 cached (default: drop ``spec`` and ``managedFields``), and optional handlers; without
-handlers it is just a cache. A permission error before the first sync ends
-:meth:`run` with :attr:`fatal` set (retrying a missing Role forever only hides it);
-after the first sync every error backs off and retries, keeping the last good cache.
+handlers it is just a cache. Every error backs off and retries, keeping the last good
+cache; with ``fatal_before_sync`` (the cleanup watcher) a permission error before the
+first sync ends :meth:`run` with :attr:`fatal` set instead, because retrying a missing
+Role forever only hides it.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Informer:
         label_selector: str | None = None,
         field_selector: str | None = None,
         transform: Transform = slim,
+        fatal_before_sync: bool = False,
         page_size: int = 500,
         watch_timeout: float = 300.0,
         resync: float = 600.0,
@@ -90,6 +92,7 @@ class Informer:
         self.label_selector = label_selector
         self.field_selector = field_selector
         self.transform = transform
+        self.fatal_before_sync = fatal_before_sync
         self.page_size = page_size
         self.watch_timeout = watch_timeout
         self.read_timeout = watch_timeout + max(5.0, watch_timeout * 0.2)
@@ -244,7 +247,7 @@ class Informer:
                 log.info("%s: resourceVersion expired; relisting", self.resource)
                 self._needs_list = True
             except PermanentError as exc:
-                if not self.synced:
+                if self.fatal_before_sync and not self.synced:
                     self.error, self.fatal = str(exc), exc
                     log.error("%s: %s; giving up", self.resource, exc)
                     return

@@ -135,6 +135,7 @@ class Watcher:
                 self.usage_informers.append(
                     Informer(
                         kube, referrer.resource, namespace, transform=usage.reducer(referrer),
+                        fatal_before_sync=True,
                         page_size=settings.page_size, watch_timeout=settings.watch_timeout,
                         resync=settings.resync, relist=settings.relist, clock=informer_clock,
                     )
@@ -146,7 +147,7 @@ class Watcher:
             on_object=lambda obj: self.on_object(rule, obj),
             on_gone=lambda obj: self.on_gone(rule, obj),
             label_selector=rule.label_selector, field_selector=rule.field_selector,
-            transform=keep_spec if rule.when.match else slim,
+            transform=keep_spec if rule.when.match else slim, fatal_before_sync=True,
             page_size=self.settings.page_size, watch_timeout=self.settings.watch_timeout,
             resync=self.settings.resync, relist=self.settings.relist, clock=clock,
         )  # fmt: skip
