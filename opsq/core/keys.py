@@ -162,6 +162,18 @@ def cleanup_rate() -> str:
     return f"{PREFIX}:cleanup:rate"
 
 
+def cleanup_audit() -> str:
+    """Stream of every real deletion (rule, object, uid, who judged it, when); trimmed by
+    age with XADD MINID to ``cleanup.audit_retention``, read by `opsq cleanup audit`."""
+    return f"{PREFIX}:cleanup:audit"
+
+
+def cleanup_cancelled(batch: str) -> str:
+    """Set when the `opsq cleanup` that sent *batch* gave up (timeout, Ctrl-C): its queued
+    tasks skip instead of deleting. Expires with the batch's tasks (Celery ``expires``)."""
+    return f"{PREFIX}:cleanup:cancelled:{batch}"
+
+
 # --- logs --------------------------------------------------------------------------------
 LOG_STREAM = f"{PREFIX}:logs"
 LOG_GROUP = "shippers"

@@ -16,7 +16,9 @@ PROBE_SET = "opsq.probe_set"
 """Beat entry point. kwargs: name (a probe set from the config)."""
 
 CLEANUP_OBJECT = "opsq.cleanup_object"
-"""kwargs: rule, resource, namespace, name, uid, dry_run."""
+"""kwargs: rule, resource, namespace, name, uid, dry_run; optional resource_version,
+reason, kind, judged_by, judged_at (audit trail), batch and deadline (sent by `opsq
+cleanup`: the task skips once past the deadline or when the batch was cancelled)."""
 
 NOTIFY = "opsq.notify"
 """kwargs: notifier (a name from alerts.notifiers), message (opsq.engines.alerts.Message
