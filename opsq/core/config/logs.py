@@ -130,14 +130,14 @@ class AgentSettings(Section):
     """A runtime's partial line with no more data for this long is shipped as it is."""
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
 
-
-LABEL_FIELDS = ("namespace", "pod", "container", "stream", "node", "host", "owner")
-"""Record fields that may become Loki stream labels (bounded: never uid, line, path)."""
-
     @field_validator("copytruncate_suffix")
     @classmethod
     def _valid_suffix(cls, value: str) -> str:
         return _regex(value, r"'[.-][0-9][0-9_.-]*'")
+
+
+LABEL_FIELDS = ("namespace", "pod", "container", "stream", "node", "host", "owner")
+"""Record fields that may become Loki stream labels (bounded: never uid, line, path)."""
 
 
 class SinkSettings(Section):
