@@ -25,6 +25,9 @@ from opsq.engines.history.recorder import HistoryRecorder
 from opsq.engines.monitor.spec import build_spec
 from opsq.engines.monitor.store import MonitorStore
 
+URL = "http://user:hunter2@{name}.example/health?token=s3cret"
+"""Target URLs carry a password and a token: pages and the API must never show them."""
+SECRETS = ("hunter2", "s3cret")
 Script = Callable[[str, int, float], tuple[bool, float]]
 """(target name, run number, time) -> (up, latency in seconds)."""
 
@@ -42,9 +45,7 @@ class Sim:
     def __post_init__(self) -> None:
         self.client = redis.Redis.from_url(self.url, decode_responses=True)
         self.raw_client = redis.Redis.from_url(self.url)
-        self.targets = [
-            Target(name=n, url=f"http://{n}.example/health?token=s3cret") for n in self.names
-        ]
+        self.targets = [Target(name=n, url=URL.format(name=n)) for n in self.names]
         self.probe_set = ProbeSet(
             targets=[t.model_dump(mode="json") for t in self.targets],
             failure_threshold=self.thresholds[0],
@@ -69,11 +70,12 @@ class Sim:
                     "duration_s": latency,
                     "status_code": 200 if up else 503,
                     "error_kind": None if up else "status",
-                    "error": None if up else f"HTTP 503 from {target.url}",
+                    "error": None if up else f"HTTP 503 from {target.url.split('?')[0]}",
                     "phases": {"dns": latency / 10, "connect": latency / 5, "ttfb": latency / 2},
                 }
             )
-        outcome = self.store.apply(f"run-{self.runs}", spec, results, now=now)
+        self.store.register(f"{self.set_name}-run-{self.runs}", spec)
+        outcome = self.store.apply(f"{self.set_name}-run-{self.runs}", spec, results, now=now)
         assert outcome.applied
         self.runs += 1
         self.times.append(now)

@@ -120,7 +120,7 @@ def test_a_run_applied_twice_is_recorded_once(sim_factory: type[Sim]) -> None:
     sim.run(START, lambda n, run, t: (True, 0.05))
     spec = build_spec(sim.set_name, sim.probe_set, sim.targets, created_at=START)
     again = [{"name": "svc", "url": sim.targets[0].url, "up": True, "duration_s": 0.05}]
-    assert not sim.store.apply("run-0", spec, again, now=START + 1).applied
+    assert not sim.store.apply("web-run-0", spec, again, now=START + 1).applied
     assert len(sim.raw_samples("svc")) == 1
     live = read(sim.url, lambda r: r.rollups("web", sim.key("svc"), "h", START, START))
     assert [a.up for a in live] == [1]

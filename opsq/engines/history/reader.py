@@ -18,6 +18,7 @@ rollups only (:mod:`.windows`), never from a scan of raw verdicts.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -58,6 +59,17 @@ def target_id(key: str) -> str:
     return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
 
 
+def display_url(url: str) -> str:
+    """A target URL as pages and the API show it: user info redacted, and no query or
+    fragment (where tokens travel; a status page has no use for them)."""
+    return redact_url(url.split("#", 1)[0].split("?", 1)[0])
+
+
+def natural(text: str) -> list[Any]:
+    """Sort key: ``svc2`` before ``svc10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -92,6 +104,8 @@ class TargetView:
     spark: list[float | None]
     locations: dict[str, Any] = field(default_factory=dict)
     open_incident: Incident | None = None
+    days: list[tuple[int, Acc | None]] = field(default_factory=list)
+    """The last 90 days' rollups (oldest first); filled for the target page only."""
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -124,7 +138,7 @@ def incident_api(incident: Incident, now: float | None = None) -> dict[str, Any]
         "set": incident.set,
         "target_id": target_id(incident.target),
         "name": incident.name,
-        "url": redact_url(incident.url),
+        "url": display_url(incident.url),
         "state": incident.state,
         "started_at": incident.started_at,
         "ended_at": incident.ended_at,
@@ -192,7 +206,7 @@ class HistoryReader:
                 self._view(data, key, state, OVERVIEW_WINDOWS, now)
                 for key, state in data.states.items()
             ]
-            views.sort(key=lambda v: (SEVERITY.get(v.state, 2), v.name, v.url))
+            views.sort(key=lambda v: (SEVERITY.get(v.state, 2), natural(v.name), v.url))
             result.append((data.name, views))
         return result
 
@@ -267,7 +281,7 @@ class HistoryReader:
             id=target_id(key),
             set=data.name,
             name=state.name,
-            url=redact_url(state.url),
+            url=display_url(state.url),
             state=state.state,
             since=state.since,
             reason=state.reason,
@@ -321,6 +335,8 @@ class HistoryReader:
         wanted = windows.members(TARGET_WINDOWS, now) & data.members
         incidents = await self._blobs_and_incidents(set_name, wanted, ids, key)
         view = self._view(data, key, data.states[key], TARGET_WINDOWS, now)
+        lookup = self._lookup(data, key)
+        view.days = [(day, lookup("d", day)) for day in windows.periods("90d", now)[1]]
         samples = [raw.decode(entry_id, fields) for entry_id, fields in entries]
         return view, samples, incidents
 
