@@ -35,7 +35,7 @@ from opsq.core.config.probes import TargetsFile
 from opsq.core.errors import PermanentError, TemporaryError
 from opsq.core.loading import validate_file
 from opsq.core.metrics import pipeline as metrics
-from opsq.core.runs import RunStore, submit_run
+from opsq.core.runs import RunStore, batch_repr, submit_run
 from opsq.core.settings import config_path
 from tasks.app import app, settings
 from tasks.batch import BatchRequest, BatchRunner
@@ -134,7 +134,9 @@ def probe_set(name: str) -> dict[str, Any]:
             store,
             targets_file.targets,
             batch_size=settings.probes.batch_size,
-            send=lambda kwargs: probe_batch.apply_async(kwargs=kwargs),
+            send=lambda kwargs: probe_batch.apply_async(
+                kwargs=kwargs, kwargsrepr=batch_repr(kwargs)
+            ),
             source=source,
             probe_set=name,
         )

@@ -23,11 +23,12 @@ from pydantic import Field, SecretStr, model_validator
 
 from opsq.core import keys
 from opsq.core.config.base import Section
+from opsq.core.config.fields import BytesRegex, HttpUrl
 from opsq.core.durations import Duration
 
 
 class MultilineSettings(Section):
-    start_pattern: str
+    start_pattern: BytesRegex
     """A line matching this regex starts a new record; others are appended to it."""
     timeout: Annotated[Duration, Field(gt=0)] = 2.0
     max_lines: Annotated[int, Field(ge=1)] = 500
@@ -68,7 +69,7 @@ class SinkSettings(Section):
     path: Path | None = None
     max_bytes: Annotated[int, Field(ge=1024)] = 100 * 1024 * 1024
     backups: Annotated[int, Field(ge=0)] = 5
-    url: str | None = None
+    url: HttpUrl | None = None
     index: str = "opsq-logs"
     labels: dict[str, str] = Field(default_factory=dict)
     timeout: Annotated[Duration, Field(gt=0)] = 10.0
