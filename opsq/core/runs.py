@@ -224,6 +224,11 @@ class RunStore:
             )
         return summary
 
+    def results(self, run_id: str) -> list[dict[str, Any]]:
+        """Every stored result of the run, decoded (for the monitor's run-completion hook)."""
+        raw = _redis_call(self._hint, lambda: self.client.hvals(keys.run_results(run_id)))
+        return [orjson.loads(r) for r in raw]
+
     def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         """Most recent runs first, with their progress."""
         ids = _redis_call(self._hint, lambda: self.client.zrevrange(keys.RUNS_INDEX, 0, limit - 1))
