@@ -23,7 +23,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from opsq.core import keys
 from opsq.core.config.base import Section
-from opsq.core.config.fields import BytesRegex, HttpUrl
+from opsq.core.config.fields import BytesRegex, HttpUrl, Regex
 from opsq.core.durations import Duration
 
 
@@ -89,7 +89,11 @@ class AgentSettings(Section):
     poll: bool = False
     """Force polling instead of inotify (network filesystems)."""
     rotated_grace: Annotated[Duration, Field(gt=0)] = 60.0
-    """Keep reading a renamed/deleted file to EOF for at most this long."""
+    """Keep reading a renamed file (or a deleted one with unread bytes) at most this long."""
+    copytruncate_suffix: Regex = r"[.-][0-9][0-9_.-]*"
+    """Regex (full match) for what logrotate appends to a file's name when it copies it
+    (``.1``, ``-20240101``, ``-2024-01-01-1700000000``): where the agent looks for the
+    copy after a copytruncate."""
     max_open_deleted: Annotated[int, Field(ge=0)] = 16
     batch_lines: Annotated[int, Field(ge=1)] = 2000
     batch_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
