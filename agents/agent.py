@@ -32,21 +32,18 @@ Rotation handling per open file (see :class:`agents.tailer.Tailer`):
 from __future__ import annotations
 
 import contextlib
-import fnmatch
-import glob
 import logging
 import os
 import queue
 import socket
-import stat
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from agents.checkpoint import CheckpointStore
 from agents.copytruncate import Copy, RotatedNames, find_copy, starts_like
+from agents.discovery import Finder, Found
 from agents.identity import FileIdentity, identify, matches
 from agents.lines import Batch
 from agents.resp import RespClient
@@ -106,6 +103,15 @@ class Agent:
         self._thread: threading.Thread | None = None
         self._warned: set[str] = set()
         self.names = RotatedNames(self.cfg.copytruncate_suffix)
+        self.finder = Finder(
+            self.cfg.paths,
+            self.cfg.exclude,
+            max_depth=self.cfg.max_depth,
+            follow_symlinks=self.cfg.follow_symlinks,
+            symlink_roots=[str(r) for r in self.cfg.symlink_roots],
+            stop=self._stop,
+            notice=self._warn_once,
+        )
         self.orphans: list[Orphan] = []
         self._last_prefix_check = 0.0
         self._blocked = False
@@ -409,39 +415,21 @@ class Agent:
     # --- discovery --------------------------------------------------------------------
     def _discover(self, *, startup: bool) -> None:
         seen: set[Key] = set()
-        for path in self._matching_paths():
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                self._warn_once(path, f"{path} is not a regular file; skipping it")
-                continue
-            key = (st.st_dev, st.st_ino)
+        for found in self.finder.find():
+            if self._stop.is_set():
+                return  # stopping: not a moment to open files (nor to prune checkpoints)
+            key = (found.st.st_dev, found.st.st_ino)
             seen.add(key)
             if key in self.tailers:
-                self._renamed_within_glob(self.tailers[key], path)
-            elif not self._too_old(st):
-                self._open(path, startup=startup)
+                self._renamed_within_glob(self.tailers[key], found.path)
+            elif not self._too_old(found.st):
+                self._open(found, startup=startup)
         metrics.FILES_WATCHED.set(len(self.tailers))
         if not startup:
             self._prune_checkpoints(seen)
         # New identities reach the disk before any of their batches is sent (see
         # CheckpointStore.register); one fsync for the whole scan, not one per file.
         self.store.flush()
-
-    def _matching_paths(self) -> Iterator[str]:
-        """Matching paths, sorted: an original (``app.log``) comes before its rotated
-        names (``app.log.1``), so a copy made while the agent was down is claimed by its
-        original before it could be taken for a new file."""
-        found: set[str] = set()
-        for pattern in self.cfg.paths:
-            found.update(glob.glob(os.path.expanduser(pattern), recursive=True))
-        for path in sorted(found):
-            name = os.path.basename(path)
-            if not any(fnmatch.fnmatch(path, ex) or fnmatch.fnmatch(name, ex)
-                       for ex in self.cfg.exclude):  # fmt: skip
-                yield path
 
     def _renamed_within_glob(self, tailer: Tailer, path: str) -> None:
         """A rotated name that still matches the globs is the same file: keep tailing it."""
@@ -453,9 +441,12 @@ class Agent:
         older = self.cfg.ignore_older
         return older is not None and time.time() - st.st_mtime > older
 
-    def _open(self, path: str, *, startup: bool) -> None:
+    def _open(self, found: Found, *, startup: bool) -> None:
+        path = found.path
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            # Never through a symlink: the target was checked (or links are off), and a
+            # file swapped for a link since the scan must not be opened through it.
+            fd = os.open(found.real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except OSError as exc:
             self._warn_once(path, f"cannot open {path}: {exc}; other files continue")
             return
@@ -472,8 +463,17 @@ class Agent:
             self._warn_once(path, f"cannot read {path}: {exc}; other files continue")
             return
         self._warned.discard(path)
-        tailer = Tailer(path, fd, st, identity=identity, offset=offset, cfg=self.cfg,
-                        host=self.host, store=self.store)  # fmt: skip
+        tailer = Tailer(
+            path,
+            fd,
+            st,
+            identity=identity,
+            offset=offset,
+            cfg=self.cfg,
+            host=self.host,
+            store=self.store,
+            via_link=found.real != path,
+        )
         self.tailers[tailer.key] = tailer
         if not startup:
             metrics.ROTATIONS.labels(kind="new").inc()

@@ -86,6 +86,13 @@ class AgentSettings(Section):
     multiline: MultilineSettings | None = None
     ignore_older: Annotated[Duration, Field(ge=0)] | None = None
     rescan_interval: Annotated[Duration, Field(gt=0)] = 10.0
+    max_depth: Annotated[int, Field(ge=0, le=64)] = 8
+    """How many directories deep ``**`` in ``paths`` goes (it never follows directory links)."""
+    follow_symlinks: bool = False
+    """Read files that are symlinks (the target must resolve under ``symlink_roots``)."""
+    symlink_roots: list[Path] = Field(default_factory=list)
+    """Where a followed link's target may be; default: the fixed part of each of ``paths``
+    (``/var/log/app`` for ``/var/log/app/*.log``)."""
     poll: bool = False
     """Force polling instead of inotify (network filesystems)."""
     rotated_grace: Annotated[Duration, Field(gt=0)] = 60.0
