@@ -107,13 +107,31 @@ def test_dockerfile_is_slim_non_root_and_health_checked() -> None:
     assert "PYTHONDONTWRITEBYTECODE=1" in text
 
 
+def _mount_target(volume: str) -> str:
+    """``SRC:DST[:ro]`` -> DST (SRC may hold ``${VAR:-default}``, colon included)."""
+    parts = volume.split(":")
+    if parts[-1] in ("ro", "rw"):
+        parts = parts[:-1]
+    return parts[-1]
+
+
 def test_every_opsq_variable_in_compose_is_a_real_setting(
-    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Each service's OPSQ_* environment loads through opsq's settings without error."""
+    """Each service's OPSQ_* environment loads through opsq's settings without error.
+
+    A variable naming a file inside the container (the kubeconfig) must be one of the
+    service's mounts; a local file stands in for it, since settings check it exists.
+    """
+    stand_in = tmp_path / "mounted-file"
+    stand_in.write_text("")
     for name in OPSQ_SERVICES:
+        service = compose["services"][name]
+        mounts = {_mount_target(str(v)) for v in service.get("volumes", [])}
         with monkeypatch.context() as patch:
-            for key, value in compose["services"][name]["environment"].items():
+            for key, value in service["environment"].items():
                 if key.startswith("OPSQ_") and key != "OPSQ_CONFIG":
-                    patch.setenv(key, str(value))
+                    if key.endswith("KUBECONFIG"):
+                        assert value in mounts, f"{name}: {key}={value} is not mounted"
+                    patch.setenv(key, str(stand_in if key.endswith("KUBECONFIG") else value))
             load_settings(None)  # ConfigError on an unknown or invalid variable
