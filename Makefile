@@ -8,10 +8,12 @@ PYTEST_ARGS ?=
 
 .PHONY: up test check lint types bench dist clean venv fmt system-packages
 
-$(STAMP): pyproject.toml hatch_build.py
+# Every package at the version constraints.txt pins (scripts/lock regenerates it), so CI
+# and every developer test the same releases the Docker image ships.
+$(STAMP): pyproject.toml hatch_build.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

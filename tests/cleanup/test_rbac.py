@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import helm_python
 import pytest
 import yaml
 
@@ -60,8 +61,7 @@ def _roles(manifests: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def _chart_watcher_rules(values: dict[str, Any]) -> list[dict[str, Any]]:
-    helm = pytest.importorskip("helm_python")
-    with helm.Chart.load(CHART) as chart:
+    with helm_python.Chart.load(CHART) as chart:
         manifests = chart.render(values, name="opsq", namespace="ops", is_install=True)
     roles = [
         r
@@ -75,7 +75,6 @@ def _chart_watcher_rules(values: dict[str, Any]) -> list[dict[str, Any]]:
     return rules
 
 
-@pytest.mark.skipif(not CHART.exists(), reason="chart not present")
 @pytest.mark.parametrize("events", [False, True])
 def test_chart_watcher_role_grants_neither_more_nor_less_than_the_rules_need(events: bool) -> None:
     """Fails when the chart's Role grants more (or less) than `opsq cleanup rbac` computes."""
