@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
@@ -35,8 +34,8 @@ import redis.asyncio as aioredis
 
 from opsq.core import keys
 from opsq.core.config.probes import Target
-from opsq.core.errors import RedisUnavailable
 from opsq.core.redact import redact_url
+from opsq.core.redis_errors import redis_errors
 
 # JSON through orjson: the worker encodes every result and the completing worker
 # decodes a whole run; orjson does both several times faster than the json module
@@ -127,31 +126,15 @@ def _summary_entry(stored: Mapping[str, Any]) -> dict[str, Any]:
     return entry
 
 
-@contextmanager
-def _translated(url_hint: str) -> Iterator[None]:
-    """Translate redis-py's connection and refusal errors into RedisUnavailable.
-
-    One mapping for the synchronous and the asyncio client, so both sides of a run
-    retry on exactly the same faults.
-    """
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {url_hint}: {exc}") from exc
-    except redis.ResponseError as exc:
-        # OOM under noeviction, READONLY replica, LOADING: all temporary for us.
-        raise RedisUnavailable(f"Redis at {url_hint} refused the command: {exc}") from exc
-
-
 def _redis_call(url_hint: str, call: Callable[[], T]) -> T:
-    """Run a redis-py call, translating connection failures into RedisUnavailable."""
-    with _translated(url_hint):
+    """Run a redis-py call under the Redis error policy (:mod:`opsq.core.redis_errors`)."""
+    with redis_errors("run storage", where=url_hint):
         return call()
 
 
 async def _aredis_call(url_hint: str, call: Callable[[], Awaitable[T]]) -> T:
     """The asyncio twin of :func:`_redis_call`."""
-    with _translated(url_hint):
+    with redis_errors("run storage", where=url_hint):
         return await call()
 
 
@@ -237,6 +220,11 @@ class RunStore:
                 ),
             )
         return summary
+
+    def results(self, run_id: str) -> list[dict[str, Any]]:
+        """Every stored result of the run, decoded (for the monitor's run-completion hook)."""
+        raw = _redis_call(self._hint, lambda: self.client.hvals(keys.run_results(run_id)))
+        return [orjson.loads(r) for r in raw]
 
     def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         """Most recent runs first, with their progress."""

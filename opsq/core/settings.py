@@ -15,6 +15,7 @@ turns a failure into a :class:`ConfigError` naming the file and field.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,6 +24,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from opsq.core import keys
+from opsq.core.config.alerts import AlertsSettings
 from opsq.core.config.base import Section
 from opsq.core.config.cleanup import CleanupSettings
 from opsq.core.config.logs import LogsSettings
@@ -113,6 +115,28 @@ class Settings(BaseSettings):
     beat: BeatSettings = Field(default_factory=BeatSettings)
     cleanup: CleanupSettings = Field(default_factory=CleanupSettings)
     logs: LogsSettings = Field(default_factory=LogsSettings)
+    alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+
+    @model_validator(mode="after")
+    def _alert_references(self) -> Settings:
+        """Every notifier a set or inline target names exists; windows name real sets."""
+        known = self.alerts.notifiers
+        for name, probe_set in self.probes.sets.items():
+            where = f"probes.sets.{name}"
+            check_notifier_refs(probe_set.notify, known, f"{where}.notify")
+            if probe_set.targets is not None:
+                for index, target in enumerate(probe_set.targets_file().targets):
+                    check_notifier_refs(
+                        target.notify or (), known, f"{where}.targets[{index}].notify"
+                    )
+        for window_name, window in self.alerts.maintenance.items():
+            unknown = sorted(set(window.sets or ()) - set(self.probes.sets))
+            if unknown:
+                raise ValueError(
+                    f"alerts.maintenance.{window_name}.sets names unknown probe set(s) "
+                    f"{unknown}; known: {sorted(self.probes.sets) or 'none'}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _visibility_exceeds_time_limit(self) -> Settings:
@@ -130,6 +154,16 @@ class Settings(BaseSettings):
     def broker_url(self) -> str:
         """The configured Redis URL, or a local Redis when none is configured."""
         return self.redis_url or LOCAL_REDIS_URL
+
+
+def check_notifier_refs(names: Iterable[str], known: Mapping[str, object], field: str) -> None:
+    """Raise ValueError naming *field* when it refers to a notifier that does not exist."""
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(
+            f"{field} names unknown notifier(s) {unknown}; define them under "
+            f"alerts.notifiers (known: {sorted(known) or 'none'})"
+        )
 
 
 class _YamlSource(PydanticBaseSettingsSource):

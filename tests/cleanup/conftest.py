@@ -21,6 +21,13 @@ FINISHED_JOBS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _private_redis(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every cleanup command in these tests talks to the session's Redis (the audit
+    trail and the cancel keys live there), never to a shared 6379."""
+    monkeypatch.setenv("OPSQ_REDIS_URL", redis_url)
+
+
 @pytest.fixture
 def kube(kubeconfig_path: Callable[..., Path]) -> Kube:
     """An admin client of the fake server through the real kubernetes ApiClient."""

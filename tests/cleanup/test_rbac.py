@@ -85,13 +85,15 @@ def test_chart_watcher_role_grants_neither_more_nor_less_than_the_rules_need(eve
     assert needed - granted == set(), f"chart grants less than needed: {sorted(needed - granted)}"
 
 
-def test_rbac_command_can_emit_a_namespaced_role(
+def test_namespaced_mode_needs_a_cluster_role_for_rules_that_list_all_namespaces(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Defect 4: a Role cannot grant a cluster-wide LIST, so globbed rules get a ClusterRole."""
     path = tmp_path / "opsq.yaml"
     path.write_text(yaml.safe_dump({"cleanup": {"rules": RULES}}))
-    main(["cleanup", "rbac", "--config", str(path), "--role-namespace", "batch"])
+    main(["cleanup", "rbac", "--config", str(path), "--namespaced"])
     role, binding = yaml.safe_load_all(capsys.readouterr().out)
-    assert (role["kind"], role["metadata"]["namespace"]) == ("Role", "batch")
-    assert (binding["kind"], binding["roleRef"]["kind"]) == ("RoleBinding", "Role")
+    assert role["kind"] == "ClusterRole"
+    assert "namespace" not in role["metadata"]
+    assert (binding["kind"], binding["roleRef"]["kind"]) == ("ClusterRoleBinding", "ClusterRole")
     assert rbac.grants(role["rules"]) == NEEDED

@@ -43,13 +43,27 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- and .Values.watcher.enabled (not (empty .Values.cleanup.rules)) -}}
 {{- end -}}
 
-{{/* The opsq config file: values.config plus the cleanup section when it has rules. */}}
+{{/*
+The opsq config file: values.config, plus the cleanup section when it has rules, plus
+agent.config as logs.agent when the agent runs (keys under config.logs.agent win).
+*/}}
 {{- define "opsq.configFile" -}}
 {{- $config := deepCopy .Values.config -}}
 {{- if .Values.cleanup.rules -}}
 {{- $_ := set $config "cleanup" (deepCopy .Values.cleanup) -}}
 {{- end -}}
+{{- if .Values.agent.enabled -}}
+{{- $logs := deepCopy (default dict $config.logs) -}}
+{{- $agent := mergeOverwrite (deepCopy .Values.agent.config) (deepCopy (default dict $logs.agent)) -}}
+{{- $_ := set $logs "agent" $agent -}}
+{{- $_ := set $config "logs" $logs -}}
+{{- end -}}
 {{- toYaml $config -}}
+{{- end -}}
+
+{{/* "true" when the agent reads pod metadata from the API (and so needs its ClusterRole). */}}
+{{- define "opsq.agentMetadata" -}}
+{{- and .Values.agent.enabled (dig "kubernetes" "metadata" "enabled" false .Values.agent.config) -}}
 {{- end -}}
 
 {{/*
@@ -148,7 +162,7 @@ imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 serviceAccountName: {{ include "opsq.name" . }}
-automountServiceAccountToken: {{ has .component (list "watcher" "cleanup-worker") }}
+automountServiceAccountToken: {{ or (has .component (list "watcher" "cleanup-worker")) (eq (toString .token) "true") }}
 {{- $podSecurity := deepCopy .root.Values.podSecurityContext }}
 {{- with .values.supplementalGroups }}
 {{- $_ := set $podSecurity "supplementalGroups" . }}

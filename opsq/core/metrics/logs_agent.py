@@ -52,3 +52,28 @@ CHECKPOINT_ERRORS = Counter(
     "opsq_agent_checkpoint_errors_total",
     "Checkpoint files found corrupt (moved aside) or that could not be written.",
 )
+
+# --- Kubernetes: runtime formats, pod identity, pod metadata --------------------------
+DECODE_ERRORS = Counter(
+    "opsq_agent_decode_errors_total",
+    "Lines of a cri/docker file that did not parse (shipped as they are, time and stream '-').",
+    ["format"],
+)
+PARTIALS_FLUSHED = Counter(
+    "opsq_agent_partials_flushed_total",
+    "Runtime partial lines shipped unfinished (partial_timeout passed, or the file was released).",
+)
+FILES_EXCLUDED = Counter(
+    "opsq_agent_files_excluded_total",
+    "Pod log files not read: namespace filter or the pod's opt-out annotation.",
+    ["reason"],
+)
+METADATA_ERRORS = Counter(
+    "opsq_agent_metadata_errors_total",
+    "Failed LIST/WATCH of this node's pods (forbidden, unavailable, expired); records "
+    "ship without labels meanwhile.",
+    ["reason"],
+)
+METADATA_SYNCED = Gauge(
+    "opsq_agent_metadata_synced", "1 once the pod informer's first LIST completed."
+)
