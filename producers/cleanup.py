@@ -167,9 +167,14 @@ def run_once(
     now: float,
     judged_by: str = "",
     on_plan: Callable[[Report], None] | None = None,
+    notify: Callable[[Target, float], object] | None = None,
 ) -> Report:
-    """Plan, show the plan (*on_plan*), execute the deletions, sort the outcomes."""
+    """Plan, show the plan (*on_plan*), announce what falls due within a rule's
+    ``notify_before`` (*notify*, real runs only), execute the deletions, sort the outcomes."""
     plan, errors = build_plan(settings, kube, now)
+    if notify is not None and not dry_run:
+        for item in upcoming(settings, plan, now):
+            notify(target_of(item, judged_by, now), item.due_at or now)
     report = Report(dry_run=dry_run, plan=plan, errors=errors)
     for item in plan:
         if item.action == "delete":
@@ -188,6 +193,18 @@ def run_once(
         else:
             report.errors.append(outcome)
     return report
+
+
+def upcoming(settings: CleanupSettings, plan: list[PlanItem], now: float) -> list[PlanItem]:
+    """Objects not due yet whose rule wants a heads-up by now."""
+    out = []
+    for item in plan:
+        rule = settings.rule(item.rule)
+        if item.reason != planner.NOT_DUE_YET or rule.notify_before is None:
+            continue
+        if item.due_at is not None and item.due_at - rule.notify_before <= now:
+            out.append(item)
+    return out
 
 
 def _count_skip(item: PlanItem) -> None:

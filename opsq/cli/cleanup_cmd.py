@@ -66,6 +66,8 @@ def _load(opts: dict[str, Any]) -> tuple[Settings, CleanupSettings, Kube]:
     update = {k: v for k, v in {"kubeconfig": kubeconfig, "context": context}.items() if v}
     cfg = cfg.model_copy(update=update)
     setup_logging(settings.log_level, settings.log_format)
+    # urllib3 logs each connect retry with its exception's repr; ours say it in one line.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     kube = Kube.connect(cfg.kubeconfig, cfg.context, request_timeout=cfg.request_timeout)
     return settings, cfg, kube
 
@@ -169,6 +171,7 @@ def _run_cleanup(
         return run_once(
             cfg, kube, execute, dry_run=dry_run, now=time.time(),
             judged_by=audit.identity("opsq cleanup"), on_plan=on_plan,
+            notify=EventNotifier(kube, clock=time.time).announce,
         )  # fmt: skip
     finally:
         kube.close()

@@ -34,6 +34,7 @@ from jmespath.exceptions import JMESPathError
 from pydantic import Field, field_validator, model_validator
 
 from opsq.core.config.base import Section
+from opsq.core.config.fields import ExistingFile
 from opsq.core.durations import Duration
 
 # DNS-1123 subdomain for groups, DNS-1035-ish label for plurals and versions.
@@ -287,7 +288,7 @@ class CleanupSettings(Section):
     DELETE carries the observed uid+resourceVersion as preconditions, which the server
     checks atomically; a 409 then triggers the fresh GET and re-evaluation."""
     rules: list[Rule] = Field(default_factory=list)
-    kubeconfig: str | None = None
+    kubeconfig: ExistingFile | None = None
     context: str | None = None
     page_size: Annotated[int, Field(ge=1, le=10000)] = 500
     resync: Annotated[Duration, Field(gt=0)] = 600.0
