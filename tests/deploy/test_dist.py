@@ -50,6 +50,7 @@ def test_wheel_carries_build_info_and_the_demo_targets(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(360)  # shiv copies every dependency: 35 s alone, over 120 s under load
 def test_zipapp_runs_outside_the_venv_and_shows_commit_and_build_time(tmp_path: Path) -> None:
     """opsq.pyz with the system python3 (no venv): --version shows commit and build time,
     and `up --help` imports the whole stack from the zipapp."""
