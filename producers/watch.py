@@ -33,12 +33,11 @@ from typing import Any, Protocol
 
 import redis
 from celery import Celery
-from kombu.exceptions import OperationalError
 
 from opsq.core import keys, signatures
 from opsq.core.backoff import full_jitter
 from opsq.core.config.cleanup import CleanupSettings
-from opsq.core.errors import OpsqError, RedisUnavailable, TemporaryError
+from opsq.core.errors import OpsqError, TemporaryError
 from opsq.core.redis_errors import redis_errors
 from opsq.engines.cleanup.executor import Target
 from opsq.engines.cleanup.watcher import Due, Watcher
@@ -102,12 +101,10 @@ class NoClaims:
 
 def celery_sender(app: Celery, *, dry_run: bool) -> Send:
     def send(target: Target, countdown: float) -> None:
-        try:
+        with redis_errors(f"enqueue {target.name}"):
             app.send_task(
                 signatures.CLEANUP_OBJECT, kwargs=task_kwargs(target, dry_run), countdown=countdown
             )
-        except OperationalError as exc:
-            raise RedisUnavailable(f"cannot enqueue {target.name}: {exc}") from exc
 
     return send
 
