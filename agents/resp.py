@@ -10,9 +10,8 @@ Errors: a closed socket, a timeout or an unparsable reply is
 :class:`~opsq.core.errors.RedisUnavailable` (the connection is dropped and the sender
 backs off). An error *reply* is judged by the one Redis error policy
 (:func:`opsq.core.redis_errors.reply_error`): ``OOM``, ``LOADING``, ``READONLY`` ... are
-temporary, ``WRONGTYPE``, ``WRONGPASS``, a bad ``SELECT`` are permanent. The policy
-module imports redis-py and kombu (~7 MB), so it is imported only when Redis first
-answers with an error, never on the healthy path.
+temporary, ``WRONGTYPE``, ``WRONGPASS``, a bad ``SELECT`` are permanent (the policy
+module imports neither redis-py nor kombu, so it costs the agent's RSS nothing).
 
 :meth:`RespClient.interrupt` shuts the socket down from another thread: a sender
 blocked on a frozen Redis wakes at once, so shutdown stays within its grace period.
@@ -30,6 +29,7 @@ from typing import BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from opsq.core.errors import ConfigError, OpsqError, RedisUnavailable
+from opsq.core.redis_errors import reply_error
 
 Command = list[bytes]
 
@@ -104,7 +104,7 @@ class RespClient:
         if setup:
             error = first_error(self._roundtrip(setup))
             if error is not None:
-                raise _policy_error(error.text, "AUTH/SELECT", _safe(self.url))
+                raise reply_error(error.text, "AUTH/SELECT", _safe(self.url))
 
     def close(self) -> None:
         # Close the makefile() reader too: a socket's descriptor stays open while a file
@@ -142,7 +142,7 @@ class RespClient:
             raise RedisUnavailable(f"Redis at {_safe(self.url)} unreachable: {exc}") from exc
         error = first_error(replies)
         if error is not None:
-            raise _policy_error(error.text, what, _safe(self.url))
+            raise reply_error(error.text, what, _safe(self.url))
         return replies
 
     def _roundtrip(self, commands: list[Command]) -> list[Reply]:
@@ -194,13 +194,6 @@ def first_error(replies: list[Reply]) -> ErrorReply | None:
             if nested is not None:
                 return nested
     return None
-
-
-def _policy_error(reply: str, what: str, where: str) -> Exception:
-    """The shared policy's exception for an error reply (imported only when needed)."""
-    from opsq.core.redis_errors import reply_error  # noqa: PLC0415 - ~7 MB, see the docstring
-
-    return reply_error(reply, what, where)
 
 
 def _db(path: str, query: str) -> int:

@@ -25,7 +25,7 @@ def test_pipelined_replies_come_back_in_order(redis_url: str) -> None:
 
 
 def test_an_error_reply_raises_but_keeps_the_connection_in_sync(redis_url: str) -> None:
-    """WRONGTYPE is permanent under the shared Redis error policy."""
+    """WRONGTYPE is a bug, not an outage (opsq.core.redis_errors): RedisCommandError."""
     client = RespClient(redis_url)
     try:
         with pytest.raises(RedisCommandError, match="WRONGTYPE"):
@@ -132,3 +132,17 @@ def test_interrupt_wakes_a_blocked_round_trip(redis_url: str) -> None:
     thread.join(10)
     assert not thread.is_alive()
     assert len(errors) == 1
+
+
+def test_oom_reply_is_temporary(tmp_path: Path) -> None:
+    """OOM under noeviction: the sender backs off and retries (RedisUnavailable)."""
+    server = RedisServer(tmp_path / "r", appendonly=False)
+    server.start()
+    try:
+        redis.Redis.from_url(server.url).config_set("maxmemory", "1")
+        client = RespClient(server.url)
+        with pytest.raises(RedisUnavailable, match="OOM"):
+            client.execute([[b"XADD", b"s", b"*", b"k", b"v"]])
+        client.close()
+    finally:
+        server.stop()
