@@ -102,7 +102,7 @@ class Sender(threading.Thread):
                 self._acked(batches)
         except PermanentError as exc:
             self.failure = exc
-            log.error("Redis refused the agent's writes for good: %s", exc)
+            log.error("XADD refused for good, stopping the agent: %s", exc)
         finally:
             self.store.flush()
             self.client.close()
