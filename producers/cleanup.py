@@ -45,6 +45,7 @@ from opsq.core.config.cleanup import CleanupSettings, Rule
 from opsq.core.errors import OpsqError, TemporaryError
 from opsq.core.metrics.cleanup import CLEANUP_OBJECTS, TERMINATING_SEEN
 from opsq.core.redis_errors import redis_errors
+from opsq.engines.alerts import Message
 from opsq.engines.cleanup import planner, usage
 from opsq.engines.cleanup.executor import Executor, Outcome, Target, count, outcome_of
 from opsq.engines.cleanup.kube import ApiUnavailable, Kube
@@ -238,6 +239,17 @@ def task_kwargs(target: Target, dry_run: bool) -> dict[str, Any]:
         "resource_version": target.resource_version, "reason": target.reason,
         "kind": target.kind, "judged_by": target.judged_by, "judged_at": target.judged_at,
     }  # fmt: skip
+
+
+def notify_relay(app: Celery) -> Callable[[str, Message], None]:
+    """Heads-ups through the ``opsq.notify`` task (keyed, retried; on queue ``alerts``)."""
+
+    def relay(notifier: str, message: Message) -> None:
+        kwargs = {"notifier": notifier, "message": message.to_dict()}
+        with redis_errors("queue a cleanup heads-up"):
+            app.send_task(signatures.NOTIFY, kwargs=kwargs)
+
+    return relay
 
 
 def require_worker(app: Celery, *, timeout: float = WORKER_CHECK_S, attempts: int = 2) -> None:

@@ -132,6 +132,9 @@ class Settings(BaseSettings):
                     check_notifier_refs(
                         target.notify or (), known, f"{where}.targets[{index}].notify"
                     )
+        for index, rule in enumerate(self.cleanup.rules):
+            where = f"cleanup.rules[{index}] (name {rule.name!r}).notify"
+            check_notifier_refs(rule.notify, known, where)
         for window_name, window in self.alerts.maintenance.items():
             unknown = sorted(set(window.sets or ()) - set(self.probes.sets))
             if unknown:

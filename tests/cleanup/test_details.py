@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from opsq.core.config.cleanup import CleanupSettings
 from opsq.engines.cleanup import planner
@@ -20,6 +21,7 @@ from producers.watch import NoClaims, WatchProducer
 from tests.cleanup.conftest import JOBS, add, run_cli, settings
 from tests.cleanup.objects import job
 from tests.fakekube.server import FakeKube
+from tests.support.receivers import HttpReceiver
 
 DAY = 86400.0
 HOUR = 3600.0
@@ -172,6 +174,46 @@ def test_notify_before_announces_once_with_a_kubernetes_event(
     assert event["involvedObject"]["name"] == "soon"
     assert "will be deleted by opsq cleanup rule 'finished-jobs' at" in event["message"]
     assert fake_kube.count("delete") == 0
+
+
+def test_notify_before_also_goes_through_the_rules_alert_notifiers_once(
+    fake_kube: FakeKube,
+    kubeconfig_path: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`notify: [hook]` sends the heads-up through the monitoring notifier (a webhook)
+    besides the Event; the Event marks it announced, so the next run sends nothing."""
+    receiver = HttpReceiver().start()
+    try:
+        now = time.time()
+        add(fake_kube, job("soon", namespace="team-a", created=now - DAY, finished=now - HOUR / 2))
+        rule = {"name": "finished-jobs", "resource": JOBS, "notify_before": "1h",
+                "notify": ["hook"], "when": {"finished": True, "older_than": "1h"}}  # fmt: skip
+        config = tmp_path / "opsq.yaml"
+        config.write_text(yaml.safe_dump({
+            "cleanup": {"rules": [rule]},
+            "alerts": {"notifiers": {"hook": {"kind": "webhook", "url": receiver.url}}},
+        }))  # fmt: skip
+        argv = ["cleanup", "--local", "--apply", "--config", str(config),
+                "--kubeconfig", str(kubeconfig_path())]  # fmt: skip
+        assert run_cli(argv) == 0
+        assert run_cli(argv) == 0
+        capsys.readouterr()
+        (sent,) = receiver.accepted
+        assert "soon" in json.dumps(sent.json)
+        assert "will be deleted by opsq cleanup rule 'finished-jobs'" in json.dumps(sent.json)
+    finally:
+        receiver.stop()
+
+
+def test_a_rule_naming_an_unknown_notifier_is_exit_2(
+    write_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rule = {"name": "r", "resource": JOBS, "notify_before": "1h", "notify": ["nope"],
+            "when": {"finished": True}}  # fmt: skip
+    assert run_cli(["cleanup", "--local", "--config", str(write_config(rules=[rule]))]) == 2
+    assert "cleanup.rules[0] (name 'r').notify names unknown notifier" in capsys.readouterr().err
 
 
 def test_every_real_deletion_is_in_the_audit_trail(

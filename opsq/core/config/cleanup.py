@@ -200,6 +200,8 @@ class Rule(Section):
     """Allow a PersistentVolumeClaim rule without ``unused: true`` (deletes claims in use)."""
     notify_before: Annotated[Duration, Field(gt=0)] | None = None
     """Announce the deletion this long before it is due (a Kubernetes Event)."""
+    notify: list[str] = Field(default_factory=list)
+    """Notifiers (names under ``alerts.notifiers``) that also get the heads-up."""
     cluster_scoped: bool | None = None
     """None: known for built-in kinds (namespaces, persistentvolumes...), else namespaced."""
 
@@ -249,6 +251,11 @@ class Rule(Section):
                 f"rule {self.name!r} selects PersistentVolumeClaims without 'unused: true', "
                 "so it would delete claims that running pods still mount; add "
                 "'unused: true' to 'when' (or 'force: true' on the rule if you mean it)"
+            )
+        if self.notify and self.notify_before is None:
+            raise ValueError(
+                f"rule {self.name!r} names notifiers in 'notify' but has no 'notify_before'; "
+                "add e.g. notify_before: 1h"
             )
         self._check_scope()
         return self
