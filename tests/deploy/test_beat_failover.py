@@ -27,24 +27,19 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCK_TIMEOUT_S = 4
 
 
-def _unused_targets(tmp_path: Path) -> Path:
-    """The set's file: never read by beat, but config validation requires it to exist."""
-    path = tmp_path / "unused.yaml"
-    path.write_text("targets: [{name: t, url: 'http://127.0.0.1:1/'}]\n")
-    return path
-
-
 class Beat:
     def __init__(self, name: str, redis_url: str, tmp_path: Path) -> None:
         self.log_path = tmp_path / f"beat-{name}.log"
         self.port = free_port()
+        # Never probed (no worker consumes the queue), but settings check that it exists.
+        (tmp_path / "unused.yaml").write_text("targets: [{name: a, url: 'http://127.0.0.1:1/'}]\n")
         env = {
             **os.environ,
             "OPSQ_REDIS_URL": redis_url,
             "OPSQ_DATA_DIR": str(tmp_path / f"data-{name}"),
             "OPSQ_BEAT__LOCK_TIMEOUT": str(LOCK_TIMEOUT_S),
             "OPSQ_BEAT__MAX_LOOP_INTERVAL": "1",
-            "OPSQ_PROBES__SETS__T__FILE": str(_unused_targets(tmp_path)),
+            "OPSQ_PROBES__SETS__T__FILE": str(tmp_path / "unused.yaml"),
             "OPSQ_PROBES__SETS__T__INTERVAL": "1",
             "OPSQ_METRICS__PORT": str(self.port),
             "OPSQ_LOG_FORMAT": "json",
