@@ -32,21 +32,18 @@ Rotation handling per open file (see :class:`agents.tailer.Tailer`):
 from __future__ import annotations
 
 import contextlib
-import fnmatch
-import glob
 import logging
 import os
 import queue
 import socket
-import stat
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from agents.checkpoint import CheckpointStore
 from agents.copytruncate import Copy, RotatedNames, find_copy, starts_like
+from agents.discovery import Finder, Found
 from agents.identity import FileIdentity, identify, matches
 from agents.lines import Batch
 from agents.resp import RespClient
@@ -65,6 +62,9 @@ READ_BUDGET = 8 * 1024 * 1024
 """Bytes read from one file before the next file gets its turn (fairness)."""
 PREFIX_CHECK_S = 5.0
 """How often each open file's first bytes are re-hashed to catch truncate-and-regrow."""
+READY_TIMEOUT_S = 2.0
+EXIT_MARGIN_S = 1.0
+"""Of ``shutdown_grace``, what is kept for the process to exit after the drain."""
 COPY_SEARCH_S = 10.0
 """How long to keep looking for a copytruncate copy that was not there at once (a
 copy on a slow network filesystem) before its bytes are counted lost."""
@@ -106,8 +106,18 @@ class Agent:
         self._thread: threading.Thread | None = None
         self._warned: set[str] = set()
         self.names = RotatedNames(self.cfg.copytruncate_suffix)
+        self.finder = Finder(
+            self.cfg.paths,
+            self.cfg.exclude,
+            max_depth=self.cfg.max_depth,
+            follow_symlinks=self.cfg.follow_symlinks,
+            symlink_roots=[str(r) for r in self.cfg.symlink_roots],
+            stop=self._stop,
+            notice=self._warn_once,
+        )
         self.orphans: list[Orphan] = []
         self._last_prefix_check = 0.0
+        self._stop_at: float | None = None
         self._blocked = False
         """Set when the queue refused a batch this round (block mode, queue full)."""
         self.sender: Sender | None = None
@@ -116,7 +126,10 @@ class Agent:
         return RespClient(self.redis_url)
 
     def redis_reachable(self) -> bool:
-        client = self.client()
+        """Readiness: a PING answered within READY_TIMEOUT_S (a frozen Redis is not ready)."""
+        client = RespClient(
+            self.redis_url, timeout=READY_TIMEOUT_S, connect_timeout=READY_TIMEOUT_S
+        )
         try:
             return client.ping()
         finally:
@@ -129,9 +142,17 @@ class Agent:
         return self
 
     def stop(self) -> None:
-        """Stop reading; ``run()`` then drains within ``shutdown_grace`` and returns."""
+        """Stop reading; ``run()`` then drains and returns within ``shutdown_grace``."""
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
         self._stop.set()
         self._wake.set()
+
+    def _deadline(self) -> float:
+        """When the drain must be over: ``shutdown_grace`` after the stop, minus the
+        little the process needs to exit (checkpoint flush, closing files)."""
+        start = self._stop_at if self._stop_at is not None else time.monotonic()
+        return start + max(0.0, self.cfg.shutdown_grace - EXIT_MARGIN_S)
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
@@ -151,14 +172,18 @@ class Agent:
         finally:
             if watcher is not None:
                 watcher.stop()
-            self.sender.close(self.cfg.shutdown_grace)
-            for tailer in list(self.tailers.values()):
+            self.sender.close(self._deadline())
+            self.store.flush()  # the checkpoint at the last acknowledged entry, even if
+            for tailer in list(self.tailers.values()):  # the sender was cut off mid-flight
                 self._release(tailer, lost=None)
 
     def _loop(self) -> None:
         next_rescan = time.monotonic() + self.cfg.rescan_interval
         while not self._stop.is_set():
             if self.sender is not None and not self.sender.is_alive():
+                failure = self.sender.failure
+                if failure is not None:
+                    raise OpsqError(f"cannot write to the log stream: {failure}") from failure
                 raise OpsqError("the sender thread died unexpectedly; see the log above")
             progressed = self._read_round()
             now = time.monotonic()
@@ -409,39 +434,21 @@ class Agent:
     # --- discovery --------------------------------------------------------------------
     def _discover(self, *, startup: bool) -> None:
         seen: set[Key] = set()
-        for path in self._matching_paths():
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                self._warn_once(path, f"{path} is not a regular file; skipping it")
-                continue
-            key = (st.st_dev, st.st_ino)
+        for found in self.finder.find():
+            if self._stop.is_set():
+                return  # stopping: not a moment to open files (nor to prune checkpoints)
+            key = (found.st.st_dev, found.st.st_ino)
             seen.add(key)
             if key in self.tailers:
-                self._renamed_within_glob(self.tailers[key], path)
-            elif not self._too_old(st):
-                self._open(path, startup=startup)
+                self._renamed_within_glob(self.tailers[key], found.path)
+            elif not self._too_old(found.st):
+                self._open(found, startup=startup)
         metrics.FILES_WATCHED.set(len(self.tailers))
         if not startup:
             self._prune_checkpoints(seen)
         # New identities reach the disk before any of their batches is sent (see
         # CheckpointStore.register); one fsync for the whole scan, not one per file.
         self.store.flush()
-
-    def _matching_paths(self) -> Iterator[str]:
-        """Matching paths, sorted: an original (``app.log``) comes before its rotated
-        names (``app.log.1``), so a copy made while the agent was down is claimed by its
-        original before it could be taken for a new file."""
-        found: set[str] = set()
-        for pattern in self.cfg.paths:
-            found.update(glob.glob(os.path.expanduser(pattern), recursive=True))
-        for path in sorted(found):
-            name = os.path.basename(path)
-            if not any(fnmatch.fnmatch(path, ex) or fnmatch.fnmatch(name, ex)
-                       for ex in self.cfg.exclude):  # fmt: skip
-                yield path
 
     def _renamed_within_glob(self, tailer: Tailer, path: str) -> None:
         """A rotated name that still matches the globs is the same file: keep tailing it."""
@@ -453,9 +460,12 @@ class Agent:
         older = self.cfg.ignore_older
         return older is not None and time.time() - st.st_mtime > older
 
-    def _open(self, path: str, *, startup: bool) -> None:
+    def _open(self, found: Found, *, startup: bool) -> None:
+        path = found.path
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            # Never through a symlink: the target was checked (or links are off), and a
+            # file swapped for a link since the scan must not be opened through it.
+            fd = os.open(found.real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except OSError as exc:
             self._warn_once(path, f"cannot open {path}: {exc}; other files continue")
             return
@@ -472,8 +482,17 @@ class Agent:
             self._warn_once(path, f"cannot read {path}: {exc}; other files continue")
             return
         self._warned.discard(path)
-        tailer = Tailer(path, fd, st, identity=identity, offset=offset, cfg=self.cfg,
-                        host=self.host, store=self.store)  # fmt: skip
+        tailer = Tailer(
+            path,
+            fd,
+            st,
+            identity=identity,
+            offset=offset,
+            cfg=self.cfg,
+            host=self.host,
+            store=self.store,
+            via_link=found.real != path,
+        )
         self.tailers[tailer.key] = tailer
         if not startup:
             metrics.ROTATIONS.labels(kind="new").inc()

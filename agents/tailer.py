@@ -59,6 +59,7 @@ class Tailer:
         store: CheckpointStore,
         kind: str = "file",
         source: str | None = None,
+        via_link: bool = False,
     ) -> None:
         self.path = path
         """Where the file is found now (rotation checks, metrics label)."""
@@ -66,6 +67,8 @@ class Tailer:
         """The path the records carry: for a copy, the original file's path."""
         self.kind = kind
         """``file``, or ``copy``: a copytruncate copy read to its end, then released."""
+        self.via_link = via_link
+        """Found through a (followed, checked) symlink: rotation checks follow it too."""
         self.fd = fd
         self.key = (st.st_dev, st.st_ino)
         self.identity = identity
@@ -265,7 +268,7 @@ class Tailer:
     def path_moved(self) -> str | None:
         """``rename`` or ``delete`` when the path no longer leads to this file."""
         try:
-            st = os.stat(self.path, follow_symlinks=False)
+            st = os.stat(self.path, follow_symlinks=self.via_link)
         except FileNotFoundError:
             st = None
         except OSError:

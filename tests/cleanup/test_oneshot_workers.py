@@ -4,6 +4,11 @@ gave up never acts later (defect 2 and issue 8's "cleanup with no worker")."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,11 +18,10 @@ import pytest
 import redis
 
 import producers.cleanup
-from opsq.cli.main import main
 from opsq.core import keys, signatures
 from opsq.core.settings import load_settings
 from producers.probes import producer_app
-from tests.cleanup.conftest import JOBS, add
+from tests.cleanup.conftest import JOBS, add, run_cli
 from tests.cleanup.objects import job
 from tests.fakekube.server import FakeKube
 from tests.support.workers import queue_length
@@ -28,13 +32,6 @@ DAY = 86400.0
 def _old_job(name: str) -> dict[str, Any]:
     now = time.time()
     return job(name, namespace="team-a", created=now - DAY, finished=now - DAY / 2)
-
-
-def _exit_code(argv: list[str]) -> int:
-    try:
-        return int(main(argv) or 0)
-    except SystemExit as exc:
-        return int(exc.code or 0)
 
 
 def test_no_worker_prints_the_plan_then_fails_fast_with_exit_3_and_queues_nothing(
@@ -49,7 +46,7 @@ def test_no_worker_prints_the_plan_then_fails_fast_with_exit_3_and_queues_nothin
     add(fake_kube, _old_job("j1"))
     argv = ["cleanup", "--apply", "--config", str(write_config()),
             "--kubeconfig", str(kubeconfig_path()), "--redis-url", redis_url]  # fmt: skip
-    code = _exit_code(argv)
+    code = run_cli(argv)
     out, err = capsys.readouterr()
     assert code == 3
     assert "plan (apply)" in out
@@ -68,7 +65,7 @@ def test_an_abandoned_apply_deletes_nothing_even_when_a_worker_starts_later(
     kubeconfig_path: Callable[..., Path],
     write_config: Callable[..., Path],
     redis_url: str,
-    start_worker: Callable[..., Any],
+    cleanup_worker: Callable[..., Any],
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -79,16 +76,13 @@ def test_an_abandoned_apply_deletes_nothing_even_when_a_worker_starts_later(
     kubeconfig, config = kubeconfig_path(), write_config()
     argv = ["cleanup", "--apply", "--output", "json", "--config", str(config),
             "--kubeconfig", str(kubeconfig), "--redis-url", redis_url, "--wait", "2"]  # fmt: skip
-    code = _exit_code(argv)
+    code = run_cli(argv)
     out, err = capsys.readouterr()
     assert code == 1
     assert [e["reason"] for e in json.loads(out)["errors"]] == ["timeout"]
     assert "cancelled 1 task(s) still queued; they will not run" in err
     assert queue_length(redis_url, keys.QUEUE_CLEANUP) == 1
-    worker = start_worker(
-        queues="cleanup",
-        env={"OPSQ_CONFIG": str(config), "OPSQ_CLEANUP__KUBECONFIG": str(kubeconfig)},
-    )
+    worker = cleanup_worker(config, kubeconfig)
     deadline = time.monotonic() + 30
     while queue_length(redis_url, keys.QUEUE_CLEANUP) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -105,16 +99,13 @@ def test_a_task_of_a_cancelled_batch_skips_on_the_worker_before_deleting(
     kubeconfig_path: Callable[..., Path],
     write_config: Callable[..., Path],
     redis_url: str,
-    start_worker: Callable[..., Any],
+    cleanup_worker: Callable[..., Any],
 ) -> None:
     """The check in the task (not only Celery's expires, which a task interrupted by
     Ctrl-C has not reached yet): a cancelled batch's task skips with reason cancelled."""
     created = add(fake_kube, _old_job("spared"))
     kubeconfig, config = kubeconfig_path(), write_config()
-    start_worker(
-        queues="cleanup",
-        env={"OPSQ_CONFIG": str(config), "OPSQ_CLEANUP__KUBECONFIG": str(kubeconfig)},
-    )
+    cleanup_worker(config, kubeconfig)
     client = redis.Redis.from_url(redis_url)
     client.set(keys.cleanup_cancelled("b1"), "1", ex=600)
     app = producer_app(load_settings(None, redis_url=redis_url))
@@ -130,3 +121,48 @@ def test_a_task_of_a_cancelled_batch_skips_on_the_worker_before_deleting(
     outcome = app.send_task(signatures.CLEANUP_OBJECT, kwargs=kwargs).get(timeout=30)
     assert outcome["result"] == "deleted"
     client.close()
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_queued_tasks_so_a_resumed_worker_deletes_nothing(
+    fake_kube: FakeKube,
+    kubeconfig_path: Callable[..., Path],
+    write_config: Callable[..., Path],
+    redis_url: str,
+    cleanup_worker: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """Main printed "aborted" and left its tasks queued. The worker answers the broadcast
+    but its pool is frozen (SIGSTOP), so the task waits; Ctrl-C cancels it; once the pool
+    resumes, the task runs and deletes nothing."""
+    add(fake_kube, _old_job("interrupted"))
+    kubeconfig, config = kubeconfig_path(), write_config()
+    worker = cleanup_worker(config, kubeconfig)
+    pool = worker.child_pids()
+    for pid in pool:
+        os.kill(pid, signal.SIGSTOP)
+    err_path = tmp_path / "cleanup.err"
+    argv = [sys.executable, "-m", "opsq", "cleanup", "--apply", "--config", str(config),
+            "--kubeconfig", str(kubeconfig), "--redis-url", redis_url, "--wait", "120"]  # fmt: skip
+    try:
+        with err_path.open("wb") as err:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 60
+        while "waiting for 1 outcome" not in err_path.read_text():
+            assert proc.poll() is None, err_path.read_text()
+            assert time.monotonic() < deadline, err_path.read_text()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        for pid in pool:
+            os.kill(pid, signal.SIGCONT)
+    text = err_path.read_text()
+    assert "interrupted: cancelled 1 task(s) still queued; they will not run" in text
+    assert "Traceback" not in text
+    deadline = time.monotonic() + 30
+    while not re.search(r"revoked|succeeded", worker.log(), re.IGNORECASE):
+        assert time.monotonic() < deadline, worker.log()
+        time.sleep(0.1)
+    assert fake_kube.count("delete", "jobs.batch") == 0
+    assert fake_kube.find(JOBS, "interrupted", "team-a") is not None

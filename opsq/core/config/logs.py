@@ -16,7 +16,6 @@ Shape::
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -24,27 +23,15 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from opsq.core import keys
 from opsq.core.config.base import Section
+from opsq.core.config.fields import BytesRegex, HttpUrl, Regex
 from opsq.core.durations import Duration
 
 
-def _regex(value: str, example: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"not a valid regular expression ({exc}); e.g. {example}") from exc
-    return value
-
-
 class MultilineSettings(Section):
-    start_pattern: str
+    start_pattern: BytesRegex
     """A line matching this regex starts a new record; others are appended to it."""
     timeout: Annotated[Duration, Field(gt=0)] = 2.0
     max_lines: Annotated[int, Field(ge=1)] = 500
-
-    @field_validator("start_pattern")
-    @classmethod
-    def _valid_pattern(cls, value: str) -> str:
-        return _regex(value, r"'^\d{4}-'")
 
 
 LogFormat = Literal["raw", "cri", "docker", "auto"]
@@ -99,11 +86,18 @@ class AgentSettings(Section):
     multiline: MultilineSettings | None = None
     ignore_older: Annotated[Duration, Field(ge=0)] | None = None
     rescan_interval: Annotated[Duration, Field(gt=0)] = 10.0
+    max_depth: Annotated[int, Field(ge=0, le=64)] = 8
+    """How many directories deep ``**`` in ``paths`` goes (it never follows directory links)."""
+    follow_symlinks: bool = False
+    """Read files that are symlinks (the target must resolve under ``symlink_roots``)."""
+    symlink_roots: list[Path] = Field(default_factory=list)
+    """Where a followed link's target may be; default: the fixed part of each of ``paths``
+    (``/var/log/app`` for ``/var/log/app/*.log``)."""
     poll: bool = False
     """Force polling instead of inotify (network filesystems)."""
     rotated_grace: Annotated[Duration, Field(gt=0)] = 60.0
     """Keep reading a renamed file (or a deleted one with unread bytes) at most this long."""
-    copytruncate_suffix: str = r"[.-][0-9][0-9_.-]*"
+    copytruncate_suffix: Regex = r"[.-][0-9][0-9_.-]*"
     """Regex (full match) for what logrotate appends to a file's name when it copies it
     (``.1``, ``-20240101``, ``-2024-01-01-1700000000``): where the agent looks for the
     copy after a copytruncate."""
@@ -130,11 +124,6 @@ class AgentSettings(Section):
     """A runtime's partial line with no more data for this long is shipped as it is."""
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
 
-    @field_validator("copytruncate_suffix")
-    @classmethod
-    def _valid_suffix(cls, value: str) -> str:
-        return _regex(value, r"'[.-][0-9][0-9_.-]*'")
-
 
 LABEL_FIELDS = ("namespace", "pod", "container", "stream", "node", "host", "owner")
 """Record fields that may become Loki stream labels (bounded: never uid, line, path)."""
@@ -145,7 +134,7 @@ class SinkSettings(Section):
     path: Path | None = None
     max_bytes: Annotated[int, Field(ge=1024)] = 100 * 1024 * 1024
     backups: Annotated[int, Field(ge=0)] = 5
-    url: str | None = None
+    url: HttpUrl | None = None
     index: str = "opsq-logs"
     labels: dict[str, str] = Field(default_factory=dict)
     timeout: Annotated[Duration, Field(gt=0)] = 10.0
