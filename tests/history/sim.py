@@ -70,7 +70,7 @@ class Sim:
                     "duration_s": latency,
                     "status_code": 200 if up else 503,
                     "error_kind": None if up else "status",
-                    "error": None if up else f"HTTP 503 from {target.url.split('?')[0]}",
+                    "error": None if up else f"HTTP 503 from {target.url}",
                     "phases": {"dns": latency / 10, "connect": latency / 5, "ttfb": latency / 2},
                 }
             )
