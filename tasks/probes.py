@@ -29,12 +29,11 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
 
 from opsq.core import signatures
-from opsq.core.config.probes import TargetsFile
-from opsq.core.errors import PermanentError, TemporaryError
-from opsq.core.loading import validate_file
+from opsq.core.errors import ConfigError, PermanentError, TemporaryError
 from opsq.core.metrics import pipeline as metrics
-from opsq.core.runs import RunStore, submit_run
+from opsq.core.runs import RunStore, plan_run
 from opsq.core.settings import config_path
+from opsq.core.targets import EncodedBatch, encode_batches, load_batches
 from tasks.app import app, settings
 from tasks.batch import BatchRequest, BatchRunner
 
@@ -84,6 +83,7 @@ def retry_countdown(retries: int) -> float:
     acks_late=True,
     reject_on_worker_lost=True,
     acks_on_timeout=False,
+    ignore_result=True,  # the run store holds results; a Celery result per batch grew Redis
     rate_limit=settings.probes.task_rate_limit,
     soft_time_limit=settings.probes.soft_time_limit,
     time_limit=settings.probes.time_limit,
@@ -112,32 +112,43 @@ def probe_batch(
     return report.to_dict()
 
 
-@app.task(name=signatures.PROBE_SET, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
+@app.task(  # type: ignore[untyped-decorator]  # celery is untyped
+    name=signatures.PROBE_SET, acks_late=True, reject_on_worker_lost=True, ignore_result=True
+)
 def probe_set(name: str) -> dict[str, Any]:
-    """Beat's entry point: run the probe set *name* from the config as a new run."""
+    """Beat's entry point: run the probe set *name* from the config as a new run.
+
+    The set is loaded and submitted the way ``opsq probe`` does it (bulk validation,
+    every batch in one transaction), with the beat retention."""
     probe_set_config = settings.probes.sets.get(name)
     if probe_set_config is None:
         raise PermanentError(f"probe set {name!r} is not in probes.sets of the config")
-    if probe_set_config.file is not None:
-        targets_file = validate_file(TargetsFile, _resolve(probe_set_config.file))
-        source = probe_set_config.file
-    else:
-        targets_file = probe_set_config.targets_file()  # validated when settings loaded
-        source = f"probes.sets.{name}"
+    source = probe_set_config.file or f"probes.sets.{name}"
+    plan = plan_run(
+        _set_batches(name), kind="beat", retention=settings.runs.retention.beat,
+        source=source, probe_set=name,
+    )  # fmt: skip
     store = RunStore.from_url(settings.broker_url)
     try:
-        submitted = submit_run(
-            store,
-            targets_file.targets,
-            batch_size=settings.probes.batch_size,
-            send=lambda kwargs: probe_batch.apply_async(kwargs=kwargs),
-            source=source,
-            probe_set=name,
-        )
+        submitted = store.submit(plan)
     finally:
         store.close()
     log.info("probe set %s: run %s, %d targets", name, submitted.run_id, submitted.total)
     return {"run_id": submitted.run_id, "total": submitted.total}
+
+
+def _set_batches(name: str) -> list[EncodedBatch]:
+    """The set's targets, validated and encoded; a bad file fails the tick, permanently."""
+    probe_set_config = settings.probes.sets[name]
+    size = settings.probes.batch_size
+    try:
+        if probe_set_config.file is not None:
+            return load_batches(_resolve(probe_set_config.file), size)
+        return encode_batches(
+            {"targets": probe_set_config.targets}, size, source=f"probes.sets.{name}"
+        )
+    except ConfigError as exc:
+        raise PermanentError(str(exc)) from exc
 
 
 def _resolve(file: str) -> Path:
