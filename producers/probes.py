@@ -27,7 +27,7 @@ from opsq.core.config.probes import Target
 from opsq.core.errors import RedisUnavailable
 from opsq.core.runs import Progress, RunStore, RunView, Submitted, plan_run
 from opsq.core.settings import Settings
-from opsq.core.targets import TARGETS, EncodedBatch, load_batches
+from opsq.core.targets import EncodedBatch, encode_targets, load_batches
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -61,15 +61,6 @@ def close_producer_app(app: Celery) -> None:
     """
     app.backend.result_consumer.stop()
     app.close()
-
-
-def encode_targets(targets: Sequence[Target], batch_size: int) -> list[EncodedBatch]:
-    """Batches of already validated targets (callers that build targets in code)."""
-    return [
-        EncodedBatch(start, len(chunk), TARGETS.dump_json(chunk, exclude_defaults=True))
-        for start in range(0, len(targets), batch_size)
-        for chunk in [list(targets[start : start + batch_size])]
-    ]
 
 
 class ProbeProducer:

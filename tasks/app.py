@@ -60,8 +60,9 @@ log = logging.getLogger("opsq.worker")
 
 
 def beat_schedule(current: Settings) -> dict[str, dict[str, Any]]:
-    """One entry per probe set; a missed tick expires instead of piling up."""
-    return {
+    """One entry per probe set, and the alerts tick when there are sets; a missed tick
+    expires instead of piling up."""
+    schedule: dict[str, dict[str, Any]] = {
         f"probe-set:{name}": {
             "task": signatures.PROBE_SET,
             "schedule": probe_set.interval,
@@ -70,6 +71,14 @@ def beat_schedule(current: Settings) -> dict[str, dict[str, Any]]:
         }
         for name, probe_set in current.probes.sets.items()
     }
+    if schedule:
+        interval = current.alerts.tick_interval
+        schedule["alerts-tick"] = {
+            "task": signatures.ALERTS_TICK,
+            "schedule": interval,
+            "options": {"expires": interval},
+        }
+    return schedule
 
 
 app = Celery("opsq")
@@ -81,7 +90,7 @@ app.conf.task_queues = [
     Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
     for name in keys.ALL_QUEUES
 ]
-app.conf.include = ["tasks.probes", "tasks.cleanup"]
+app.conf.include = ["tasks.probes", "tasks.cleanup", "tasks.alerts"]
 app.conf.beat_schedule = beat_schedule(settings)
 
 _observe: ObserveServer | None = None

@@ -4,8 +4,9 @@ Thin on purpose: parse kwargs, hand the batch to this process's
 :class:`~tasks.batch.BatchRunner`, and map what comes back:
 
 - :class:`~opsq.core.errors.TemporaryError` (Redis unavailable) -> ``self.retry`` with
-  capped exponential backoff. The countdown stays well below the broker's visibility
-  timeout (kombu#1306: a delayed message is held un-acked and would be redelivered).
+  capped exponential backoff and full jitter (:mod:`opsq.core.backoff`). The countdown
+  stays well below the broker's visibility timeout (kombu#1306: a delayed message is
+  held un-acked and would be redelivered).
 - :class:`~opsq.core.errors.PermanentError` (unknown run, invalid payload) -> failure.
 - Celery's soft time limit (a backstop: the batch has its own, earlier deadline) ->
   reject with requeue, so the redelivery counter, not luck, bounds a batch that hangs.
@@ -18,22 +19,30 @@ written), ``reject_on_worker_lost`` (a killed pool process hands the message bac
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
 
 from opsq.core import signatures
+from opsq.core.backoff import full_jitter
+from opsq.core.config.probes import Target
 from opsq.core.errors import ConfigError, PermanentError, TemporaryError
 from opsq.core.metrics import pipeline as metrics
-from opsq.core.runs import RunStore, plan_run
-from opsq.core.settings import config_path
-from opsq.core.targets import EncodedBatch, encode_batches, load_batches
+from opsq.core.runs import RunPlan, RunStore, plan_run
+from opsq.core.settings import check_notifier_refs, config_path
+from opsq.core.targets import EncodedBatch, encode_targets, load_batches
+from opsq.engines.monitor.spec import build_spec
+from opsq.engines.monitor.store import MonitorStore
+from tasks.alerts import finish_run
 from tasks.app import app, settings
 from tasks.batch import BatchRequest, BatchRunner
 
@@ -73,8 +82,10 @@ def _close_runner(**_: Any) -> None:
 
 
 def retry_countdown(retries: int) -> float:
-    ceiling = min(RETRY_CAP_S, settings.visibility_timeout / 4)
-    return float(min(ceiling, RETRY_BASE_S * 2**retries))
+    """Full jitter (workers retrying after one Redis blip must not return in lockstep),
+    capped well below the visibility timeout (kombu#1306)."""
+    cap = min(RETRY_CAP_S, settings.visibility_timeout / 4)
+    return full_jitter(retries, base=RETRY_BASE_S, cap=cap)
 
 
 @app.task(  # type: ignore[untyped-decorator]  # celery is untyped
@@ -96,6 +107,7 @@ def probe_batch(
     started = time.monotonic()
     try:
         report = runner().run(BatchRequest.parse(run_id, batch_id, offset, targets))
+        finish_run(run_id)  # a set run's verdicts, once, when its last batch is in
     except TemporaryError as exc:
         metrics.BATCHES.labels("retry").inc()
         log.warning("batch %s/%s: %s; retrying", run_id, batch_id, exc)
@@ -123,11 +135,13 @@ def probe_set(name: str) -> dict[str, Any]:
     probe_set_config = settings.probes.sets.get(name)
     if probe_set_config is None:
         raise PermanentError(f"probe set {name!r} is not in probes.sets of the config")
-    source = probe_set_config.file or f"probes.sets.{name}"
+    source = str(probe_set_config.file or f"probes.sets.{name}")
+    targets: list[Target] = []
     plan = plan_run(
-        _set_batches(name), kind="beat", retention=settings.runs.retention.beat,
+        _set_batches(name, targets), kind="beat", retention=settings.runs.retention.beat,
         source=source, probe_set=name,
     )  # fmt: skip
+    _register(name, plan, targets)
     store = RunStore.from_url(settings.broker_url)
     try:
         submitted = store.submit(plan)
@@ -137,18 +151,41 @@ def probe_set(name: str) -> dict[str, Any]:
     return {"run_id": submitted.run_id, "total": submitted.total}
 
 
-def _set_batches(name: str) -> list[EncodedBatch]:
-    """The set's targets, validated and encoded; a bad file fails the tick, permanently."""
+def _set_batches(name: str, collect: list[Target]) -> list[EncodedBatch]:
+    """The set's targets, validated and encoded (and kept in *collect* for the monitor's
+    spec); a bad file fails the tick, permanently."""
     probe_set_config = settings.probes.sets[name]
     size = settings.probes.batch_size
+    if probe_set_config.file is None:  # inline targets: validated with the config
+        collect.extend(probe_set_config.targets or [])
+        return encode_targets(collect, size)
     try:
-        if probe_set_config.file is not None:
-            return load_batches(_resolve(probe_set_config.file), size)
-        return encode_batches(
-            {"targets": probe_set_config.targets}, size, source=f"probes.sets.{name}"
-        )
+        return load_batches(_resolve(probe_set_config.file), size, collect=collect)
     except ConfigError as exc:
         raise PermanentError(str(exc)) from exc
+
+
+def _register(name: str, plan: RunPlan, targets: Sequence[Target]) -> None:
+    """Before any batch exists: the monitor's spec of this run (thresholds, notifiers,
+    quorum, deadline), which must be in Redis before a batch can complete the run."""
+    check_target_notifiers(name, targets)
+    spec = build_spec(name, settings.probes.sets[name], targets, created_at=time.time())
+    MonitorStore(_monitor_client(), settings.alerts).register(plan.run_id, spec)
+
+
+def check_target_notifiers(name: str, targets: Sequence[Target]) -> None:
+    """A file set's targets may name notifiers too: refuse the run if one is unknown."""
+    for index, target in enumerate(targets):
+        try:
+            check_notifier_refs(target.notify or (), settings.alerts.notifiers,
+                                f"probes.sets.{name} targets[{index}].notify")  # fmt: skip
+        except ValueError as exc:
+            raise PermanentError(str(exc)) from exc
+
+
+@functools.cache
+def _monitor_client() -> redis.Redis[str]:
+    return redis.Redis.from_url(settings.broker_url, decode_responses=True, socket_timeout=10)
 
 
 def _resolve(file: str) -> Path:

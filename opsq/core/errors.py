@@ -39,4 +39,16 @@ class PermanentError(OpsqError):
 
 
 class RedisUnavailable(TemporaryError):
-    """Redis could not be reached or refused the write (e.g. OOM)."""
+    """Redis could not be reached or said "not now" (OOM, READONLY, LOADING...): retry."""
+
+
+class RedisCommandError(PermanentError):
+    """Redis refused a command for a reason retrying cannot fix: a bug or a config fix.
+
+    ``WRONGTYPE``, ``NOSCRIPT`` after a reload, a syntax error, a wrong password. The
+    policy lives in :mod:`opsq.core.redis_errors`; ``code`` is the reply's first word.
+    """
+
+    def __init__(self, message: str, *, code: str = "ERR") -> None:
+        super().__init__(message)
+        self.code = code

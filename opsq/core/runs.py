@@ -62,7 +62,6 @@ import secrets
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar, cast
@@ -73,8 +72,8 @@ import redis.asyncio as aioredis
 from redis.client import NEVER_DECODE
 
 from opsq.core import celerymsg, keys, signatures
-from opsq.core.errors import RedisUnavailable
-from opsq.core.redact import redact_url
+from opsq.core.redact import redact_text, redact_url
+from opsq.core.redis_errors import redis_errors
 from opsq.core.targets import EncodedBatch
 
 log = logging.getLogger(__name__)
@@ -215,6 +214,16 @@ def decode_result(stored: Mapping[str, Any], created_at: float) -> dict[str, Any
         if len(name) > 1:
             out[name] = value
     return out
+
+
+def printable_result(stored: Mapping[str, Any], created_at: float) -> dict[str, Any]:
+    """A compact result as it is printed: decoded, secrets in URL and error redacted."""
+    result = decode_result(stored, created_at)
+    result["url"] = redact_url(str(result["url"] or ""))
+    error = result.get("error")
+    if isinstance(error, str):
+        result["error"] = redact_text(error)
+    return result
 
 
 def _pack(raw_results: Sequence[str]) -> bytes:
@@ -358,31 +367,15 @@ async def _run_hooks(run: CompletedRun) -> None:
 # --- errors --------------------------------------------------------------------------
 
 
-@contextmanager
-def _translated(url_hint: str) -> Iterator[None]:
-    """Translate redis-py's connection and refusal errors into RedisUnavailable.
-
-    One mapping for the synchronous and the asyncio client, so both sides of a run
-    retry on exactly the same faults.
-    """
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {url_hint}: {exc}") from exc
-    except redis.ResponseError as exc:
-        # OOM under noeviction, READONLY replica, LOADING: all temporary for us.
-        raise RedisUnavailable(f"Redis at {url_hint} refused the command: {exc}") from exc
-
-
 def _redis_call(url_hint: str, call: Callable[[], T]) -> T:
-    """Run a redis-py call, translating connection failures into RedisUnavailable."""
-    with _translated(url_hint):
+    """Run a redis-py call under the Redis error policy (:mod:`opsq.core.redis_errors`)."""
+    with redis_errors("run storage", where=url_hint):
         return call()
 
 
 async def _aredis_call(url_hint: str, call: Callable[[], Awaitable[T]]) -> T:
     """The asyncio twin of :func:`_redis_call`."""
-    with _translated(url_hint):
+    with redis_errors("run storage", where=url_hint):
         return await call()
 
 
@@ -543,6 +536,12 @@ class RunStore:
             return _legacy_summary(self, run_id)
         return {**view.header, "results": list(view.results())}
 
+    def results(self, run_id: str) -> list[dict[str, Any]]:
+        """Every stored result of the run, decoded, not redacted (the monitor judges them
+        when a set run completes); empty for an unknown or expired run."""
+        view = self.open(run_id)
+        return [] if view is None else list(view.results(redacted=False))
+
     def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         """Most recent runs first: the summary header of each (no results)."""
         ids = _redis_call(self._hint, lambda: self.client.zrevrange(keys.RUNS_INDEX, 0, limit - 1))
@@ -577,11 +576,15 @@ class RunView:
     def complete(self) -> bool:
         return bool(self.header["pending"] == 0)
 
-    def results(self) -> Iterator[dict[str, Any]]:
-        """Every stored result in file order, CHUNK at a time (pending ones are absent)."""
+    def results(self, *, redacted: bool = True) -> Iterator[dict[str, Any]]:
+        """Every stored result in file order, CHUNK at a time (pending ones are absent).
+
+        *redacted* (for printing): secrets in URLs and error messages are masked.
+        """
         created = self.meta.created_at
+        decode = printable_result if redacted else decode_result
         for compact in self._compact():
-            yield decode_result(compact, created)
+            yield decode(compact, created)
 
     def _compact(self) -> Iterator[dict[str, Any]]:
         if self.meta.finished_at is not None:

@@ -19,7 +19,7 @@ into the batches of a run here. Stages, each measured on the 2-core dev VM:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,7 +27,7 @@ from typing import Annotated, Any
 from pydantic import Field, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-from opsq.core.config.base import Section
+from opsq.core.config.base import Section, config_dir
 from opsq.core.config.probes import ProbeSpec, Target, merge_defaults
 from opsq.core.errors import ConfigError
 from opsq.core.loading import describe_problem, paused_gc, read_document
@@ -54,12 +54,22 @@ class _Shape(Section):
     targets: Annotated[list[Any], Field(min_length=1)]
 
 
-def load_batches(path: Path, batch_size: int) -> list[EncodedBatch]:
-    """Read, validate and encode a targets file, or raise ConfigError naming every problem."""
-    return encode_batches(read_document(path), batch_size, source=str(path))
+def load_batches(
+    path: Path, batch_size: int, *, collect: list[Target] | None = None
+) -> list[EncodedBatch]:
+    """Read, validate and encode a targets file, or raise ConfigError naming every problem.
+
+    Relative paths inside the file are relative to the file's directory. *collect*, if
+    given, receives the validated targets (beat's monitor needs them; the CLI does not).
+    """
+    data = read_document(path)
+    with config_dir(path.parent.absolute()):
+        return encode_batches(data, batch_size, source=str(path), collect=collect)
 
 
-def encode_batches(data: dict[str, Any], batch_size: int, *, source: str) -> list[EncodedBatch]:
+def encode_batches(
+    data: dict[str, Any], batch_size: int, *, source: str, collect: list[Target] | None = None
+) -> list[EncodedBatch]:
     """Validate a parsed targets document in chunks and encode each chunk as a batch."""
     with paused_gc():
         shape = _validated_shape(data, source)
@@ -70,9 +80,20 @@ def encode_batches(data: dict[str, Any], batch_size: int, *, source: str) -> lis
             if not problems:
                 blob = TARGETS.dump_json(chunk, exclude_defaults=True)
                 batches.append(EncodedBatch(offset, len(chunk), blob))
+                if collect is not None:
+                    collect.extend(chunk)
         if problems:
             raise ConfigError(_report(source, problems))
         return batches
+
+
+def encode_targets(targets: Sequence[Target], batch_size: int) -> list[EncodedBatch]:
+    """Batches of targets validated already (inline probe sets, targets built in code)."""
+    return [
+        EncodedBatch(start, len(chunk), TARGETS.dump_json(chunk, exclude_defaults=True))
+        for start in range(0, len(targets), batch_size)
+        for chunk in [list(targets[start : start + batch_size])]
+    ]
 
 
 def _validated_shape(data: dict[str, Any], source: str) -> _Shape:

@@ -36,7 +36,7 @@ def test_5xx_is_retried_then_down_with_attempts_counted(
 ) -> None:
     result = probe(target(f"{servers.http}/hits/{key}/503", retries=2), transport)
     assert not result.up
-    assert (result.error_kind, result.status_code, result.attempts) == ("5xx", 503, 3)
+    assert (result.error_kind, result.status_code, result.attempts) == ("status", 503, 3)
     assert servers.state.hits[key] == 3
     assert result.error == "status 503 not in 200-399"
 
@@ -94,7 +94,7 @@ def test_method_headers_and_body_are_sent(servers: Servers, transport: str) -> N
 def test_body_regex_mismatch_is_a_final_assertion(servers: Servers, transport: str) -> None:
     t = target(f"{servers.http}/ok", retries=3, expect={"body_regex": "^nope"})
     result = probe(t, transport)
-    assert (result.up, result.error_kind, result.attempts) == (False, "assertion", 1)
+    assert (result.up, result.error_kind, result.attempts) == (False, "body", 1)
     assert result.error == "body does not match '^nope'"
     assert probe(target(f"{servers.http}/ok", expect={"body_regex": "ok$"}), transport).up
 
@@ -104,14 +104,14 @@ def test_header_regex_is_checked(servers: Servers, transport: str) -> None:
     bad = target(f"{servers.http}/ok", expect={"header_regex": {"X-Probe": r"^no"}})
     missing = target(f"{servers.http}/ok", expect={"header_regex": {"X-Absent": "."}})
     assert probe(good, transport).up
-    assert probe(bad, transport).error_kind == "assertion"
+    assert probe(bad, transport).error_kind == "header"
     assert probe(missing, transport).error == "header x-absent missing"
 
 
 def test_max_latency_is_checked(servers: Servers, transport: str) -> None:
     t = target(f"{servers.http}/slow?delay=0.5", expect={"max_latency": "50ms"})
     result = probe(t, transport)
-    assert (result.up, result.error_kind) == (False, "assertion")
+    assert (result.up, result.error_kind) == (False, "latency")
     assert "max_latency" in (result.error or "")
 
 
@@ -145,7 +145,7 @@ def test_certificate_near_expiry_fails_min_cert_days(servers: Servers, transport
         f"{servers.https_expiring}/ok", verify_tls=False, retries=2, expect={"min_cert_days": 14}
     )
     result = probe(t, transport)
-    assert (result.up, result.error_kind, result.attempts) == (False, "assertion", 1)
+    assert (result.up, result.error_kind, result.attempts) == (False, "cert", 1)
     assert result.cert_days_left is not None
     assert 2 < result.cert_days_left < 3.1
     assert "certificate expires in" in (result.error or "")
@@ -160,7 +160,7 @@ def test_self_signed_probes_when_verify_is_off(servers: Servers, transport: str)
 def test_tls_verification_failure_is_final(servers: Servers, transport: str) -> None:
     t = target(f"{servers.https}/ok", retries=3, retry_on=["timeout", "connect", "5xx"])
     result = probe(t, transport)  # the test CA is not trusted by default
-    assert (result.up, result.error_kind, result.attempts) == (False, "tls", 1)
+    assert (result.up, result.error_kind, result.attempts) == (False, "cert", 1)
     assert "certificate verify failed" in (result.error or "")
 
 

@@ -28,7 +28,7 @@ def test_counters_histograms_and_failures_move(servers: Servers, key: str) -> No
     )
     assert _value("opsq_probe_total", group=group, result="up") == 1
     assert _value("opsq_probe_total", group=group, result="down") == 1
-    assert _value("opsq_probe_failures_total", group=group, kind="5xx") == 1
+    assert _value("opsq_probe_failures_total", group=group, kind="status") == 1
     assert _value("opsq_probe_retries_total", group=group) == before_retries + 1
     assert _value("opsq_probe_duration_seconds_count", group=group) == 2
     assert _value("opsq_probe_phase_duration_seconds_count", group=group, phase="connect") >= 2
@@ -60,7 +60,7 @@ def test_metrics_aggregate_in_multiprocess_mode(servers: Servers, key: str, tmp_
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(tmp_path))
     assert registry.get_sample_value("opsq_probe_total", {"group": group, "result": "up"}) == 2
-    down = {"group": group, "kind": "5xx"}
+    down = {"group": group, "kind": "status"}
     assert registry.get_sample_value("opsq_probe_failures_total", down) == 2
     assert registry.get_sample_value("opsq_probe_duration_seconds_count", {"group": group}) == 4
 

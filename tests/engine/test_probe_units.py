@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from opsq.core.config.probes import Expect
-from opsq.engines.probe import checks
+from opsq.engines.probe import ERROR_KIND_MEANINGS, ERROR_KINDS, checks
 from opsq.engines.probe.errors import classify
 from opsq.engines.probe.http import _redirected
 
@@ -63,6 +63,7 @@ def _raised(outer: BaseException, inner: BaseException) -> BaseException:
         (_raised(httpx.ConnectError("x"), socket.gaierror(-2, "Name or service not known")), "dns"),
         (_raised(httpx.ConnectError("x"), ConnectionRefusedError(111, "refused")), "connect"),
         (_raised(httpx.ConnectError("x"), ssl.SSLError(1, "wrong version")), "tls"),
+        (_raised(httpx.ConnectError("x"), ssl.SSLCertVerificationError(1, "expired")), "cert"),
         (ValueError("odd"), "other"),
     ],
 )
@@ -82,4 +83,24 @@ def test_missing_certificate_fails_min_cert_days_but_not_without_it() -> None:
     assert checks.check_cert(Expect(), None) is None
     failure = checks.check_cert(Expect(min_cert_days=7), None)
     assert failure is not None
-    assert failure.kind == "assertion"
+    assert failure.kind == "cert"
+
+
+def test_every_check_failure_has_a_kind_from_the_documented_set() -> None:
+    """The monitor and alerts route on error_kind: each check names its own category."""
+    expect = Expect.model_validate(
+        {"body_regex": "^ok", "header_regex": {"x": "y"}, "max_latency": 0.1, "min_cert_days": 9}
+    )
+    failures = [
+        checks.check_status(expect, 404),
+        checks.check_status(expect, 503),
+        checks.check_headers(expect, {}),
+        checks.check_body(expect, "no"),
+        checks.check_latency(expect, 1.0),
+        checks.check_cert(expect, 3.0),
+    ]
+    kinds = [f.kind if f is not None else None for f in failures]
+    assert kinds == ["status", "status", "header", "body", "latency", "cert"]
+    assert set(kinds) <= set(ERROR_KINDS)
+    assert [f.retry_as for f in failures[:2] if f is not None] == ["status", "5xx"]
+    assert set(ERROR_KIND_MEANINGS) == set(ERROR_KINDS)

@@ -87,7 +87,7 @@ def test_unreachable_redis_exits_1_with_a_clear_message(
         ["probe", str(path), "--redis-url", f"redis://:s3cret@127.0.0.1:{port}/0"], capsys
     )
     assert code == 1
-    assert f"error: cannot reach Redis at redis://127.0.0.1:{port}/0" in err
+    assert f"cannot reach Redis at redis://127.0.0.1:{port}/0" in err
     assert "Traceback" not in err
     assert "s3cret" not in err + out
 

@@ -18,12 +18,19 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from opsq.core.config.base import Section
+from opsq.core.config.fields import ExistingFile, Regex
 from opsq.core.durations import Duration
 
 RetryOn = Literal["timeout", "connect", "5xx", "dns"]
+MAX_THRESHOLD = 20
+"""Upper bound of failure/success thresholds (the state keeps that many verdicts)."""
+LOCATION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,40}$"
+"""A location names a Celery queue, ``probes.<location>``."""
+DEFAULT_LOCATION = "default"
+"""The one location of a set without ``locations`` (its batches go to ``probes``)."""
 DEFAULT_STATUS: tuple[tuple[int, int], ...] = ((200, 399),)
 
 
@@ -52,24 +59,18 @@ def _parse_status(item: object) -> tuple[int, int]:
     return lo, hi
 
 
-def _compile(pattern: str | None) -> str | None:
-    if pattern is None:
-        return None
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
-    return pattern
-
-
 class Expect(Section):
     """What a probe must see to be *up*."""
 
     status: tuple[tuple[int, int], ...] = DEFAULT_STATUS
-    body_regex: str | None = None
-    header_regex: dict[str, str] = Field(default_factory=dict)
+    body_regex: Regex | None = None
+    header_regex: dict[str, Regex] = Field(default_factory=dict)
     max_latency: Duration | None = None
     min_cert_days: Annotated[float, Field(ge=0)] | None = None
+    degraded_latency: Duration | None = None
+    """Up but slower than this: the target's state becomes ``degraded``."""
+    cert_warn_days: Annotated[float, Field(ge=0)] | None = None
+    """Up but the certificate expires within this many days: ``degraded``."""
 
     @field_validator("status", mode="before")
     @classmethod
@@ -79,16 +80,9 @@ class Expect(Section):
             raise ValueError("status list is empty; omit it to accept 200-399")
         return tuple(_parse_status(i) for i in items)
 
-    @field_validator("body_regex")
-    @classmethod
-    def _body(cls, value: str | None) -> str | None:
-        return _compile(value)
-
     @field_validator("header_regex")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        for pattern in value.values():
-            _compile(pattern)
         return {k.lower(): v for k, v in value.items()}
 
     def status_ok(self, code: int) -> bool:
@@ -114,6 +108,12 @@ class ProbeSpec(Section):
     group: str = "default"
     """Bounded metrics label. URLs become labels only with ``metrics.url_labels``."""
     expect: Expect = Field(default_factory=Expect)
+    failure_threshold: Annotated[int, Field(ge=1, le=MAX_THRESHOLD)] | None = None
+    """Consecutive failing verdicts before the state worsens (None: the set's value)."""
+    success_threshold: Annotated[int, Field(ge=1, le=MAX_THRESHOLD)] | None = None
+    """Consecutive passing verdicts before the state recovers (None: the set's value)."""
+    notify: tuple[str, ...] | None = None
+    """Notifier names from ``alerts.notifiers`` (None: the set's ``notify``)."""
 
     @field_validator("method")
     @classmethod
@@ -200,11 +200,25 @@ def merge_defaults(base: dict[str, Any], over: object) -> object:
 
 
 class ProbeSet(Section):
-    """A named probe set run by beat on an interval."""
+    """A named probe set run by beat on an interval; its runs update target states."""
 
-    file: str | None = None
-    targets: list[dict[str, Any]] | None = None
+    file: ExistingFile | None = None
+    """A targets file; relative to the config file. Stored as an absolute path."""
+    targets: list[Target] | None = None
+    """Inline targets: validated like a targets file's, errors located in the config."""
     interval: Annotated[Duration, Field(ge=1)] = 60.0
+    locations: list[Annotated[str, Field(pattern=LOCATION_PATTERN)]] | None = None
+    """Each location is the Celery queue ``probes.<location>``; every target is probed
+    from every location. None: the ``probes`` queue, one implicit location."""
+    quorum: Annotated[int, Field(ge=1)] | None = None
+    """Failing locations needed for a ``down`` verdict (None: a majority)."""
+    deadline: Annotated[Duration, Field(gt=0)] | None = None
+    """A location with no result this long after the run started is ``missing``
+    (None: the interval)."""
+    failure_threshold: Annotated[int, Field(ge=1, le=MAX_THRESHOLD)] = 3
+    success_threshold: Annotated[int, Field(ge=1, le=MAX_THRESHOLD)] = 2
+    notify: tuple[str, ...] = ()
+    """Notifier names from ``alerts.notifiers`` used by every target of the set."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ProbeSet:
@@ -214,12 +228,31 @@ class ProbeSet(Section):
             self.targets_file()  # inline targets fail at config load, not at 3 am
         return self
 
-    def targets_file(self) -> TargetsFile:
-        """The inline targets validated as a targets file (not for ``file:`` sets)."""
-        try:
-            return TargetsFile.model_validate({"targets": self.targets})
-        except ValidationError as exc:
-            problems = "; ".join(
-                ".".join(str(p) for p in err["loc"]) + ": " + err["msg"] for err in exc.errors()
+    @model_validator(mode="after")
+    def _quorum_fits(self) -> ProbeSet:
+        locations = self.locations or []
+        if len(set(locations)) != len(locations):
+            raise ValueError(f"locations {locations} name a location twice")
+        if self.quorum is not None and self.quorum > max(1, len(locations)):
+            raise ValueError(
+                f"quorum {self.quorum} is more than the {max(1, len(locations))} location(s); "
+                "lower quorum or add locations"
             )
-            raise ValueError(f"invalid inline targets: {problems}") from exc
+        return self
+
+    @property
+    def location_names(self) -> tuple[str, ...]:
+        """The set's locations; ``("default",)`` for a set without ``locations``."""
+        return tuple(self.locations) if self.locations else (DEFAULT_LOCATION,)
+
+    @property
+    def effective_quorum(self) -> int:
+        return self.quorum or len(self.location_names) // 2 + 1
+
+    @property
+    def effective_deadline(self) -> float:
+        return self.deadline if self.deadline is not None else self.interval
+
+    def targets_file(self) -> TargetsFile:
+        """The inline targets as a targets file (not for ``file:`` sets)."""
+        return TargetsFile(targets=self.targets or [])

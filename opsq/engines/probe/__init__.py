@@ -7,10 +7,17 @@ thin adapters over :class:`ProbeEngine`. Input is :class:`opsq.core.config.probe
 
 from opsq.engines.probe.backoff import Deadline, full_jitter
 from opsq.engines.probe.engine import ProbeEngine, RateLimiter, ResultCallback, run_probes
-from opsq.engines.probe.result import ERROR_KINDS, PHASES, ErrorKind, ProbeResult
+from opsq.engines.probe.result import (
+    ERROR_KIND_MEANINGS,
+    ERROR_KINDS,
+    PHASES,
+    ErrorKind,
+    ProbeResult,
+)
 
 __all__ = [
     "ERROR_KINDS",
+    "ERROR_KIND_MEANINGS",
     "PHASES",
     "Deadline",
     "ErrorKind",

@@ -1,7 +1,8 @@
 """Assertions on a response: status, headers, body, latency, certificate lifetime.
 
-Each check returns ``None`` when satisfied or a :class:`ProbeFailure` saying why not.
-Only a 5xx is a *temporary* verdict (kind ``5xx``, retryable when the target says so);
+Each check returns ``None`` when satisfied or a :class:`ProbeFailure` saying why not,
+with its kind from the stable set in :mod:`.result` (status, header, body, latency,
+cert). Only a 5xx is a *temporary* verdict (retried when ``retry_on`` has ``5xx``);
 every other failed expectation is final: retrying a 404 or a wrong body wastes the
 deadline and load on the target.
 """
@@ -17,7 +18,6 @@ from cryptography import x509
 
 from opsq.core.config.probes import Expect
 from opsq.engines.probe.errors import ProbeFailure
-from opsq.engines.probe.result import ErrorKind
 
 SECONDS_PER_DAY = 86400.0
 
@@ -34,17 +34,17 @@ def _ranges(expect: Expect) -> str:
 def check_status(expect: Expect, code: int) -> ProbeFailure | None:
     if expect.status_ok(code):
         return None
-    kind: ErrorKind = "5xx" if 500 <= code <= 599 else "status"
-    return ProbeFailure(kind, f"status {code} not in {_ranges(expect)}")
+    retry_as = "5xx" if 500 <= code <= 599 else None
+    return ProbeFailure("status", f"status {code} not in {_ranges(expect)}", retry_as=retry_as)
 
 
 def check_headers(expect: Expect, headers: Mapping[str, str]) -> ProbeFailure | None:
     for name, pattern in expect.header_regex.items():
         value = headers.get(name)
         if value is None:
-            return ProbeFailure("assertion", f"header {name} missing")
+            return ProbeFailure("header", f"header {name} missing")
         if not _regex(pattern).search(value):
-            return ProbeFailure("assertion", f"header {name} {value!r} does not match {pattern!r}")
+            return ProbeFailure("header", f"header {name} {value!r} does not match {pattern!r}")
     return None
 
 
@@ -52,14 +52,14 @@ def check_body(expect: Expect, body: str) -> ProbeFailure | None:
     pattern = expect.body_regex
     if pattern is None or _regex(pattern).search(body):
         return None
-    return ProbeFailure("assertion", f"body does not match {pattern!r}")
+    return ProbeFailure("body", f"body does not match {pattern!r}")
 
 
 def check_latency(expect: Expect, seconds: float) -> ProbeFailure | None:
     limit = expect.max_latency
     if limit is None or seconds <= limit:
         return None
-    return ProbeFailure("assertion", f"latency {seconds:.3f}s over max_latency {limit:g}s")
+    return ProbeFailure("latency", f"latency {seconds:.3f}s over max_latency {limit:g}s")
 
 
 def cert_days_left(der: bytes | None, *, now: dt.datetime | None = None) -> float | None:
@@ -76,11 +76,7 @@ def check_cert(expect: Expect, days_left: float | None) -> ProbeFailure | None:
     if minimum is None:
         return None
     if days_left is None:
-        return ProbeFailure(
-            "assertion", f"no TLS certificate seen to check min_cert_days {minimum:g}"
-        )
+        return ProbeFailure("cert", f"no TLS certificate seen to check min_cert_days {minimum:g}")
     if days_left < minimum:
-        return ProbeFailure(
-            "assertion", f"certificate expires in {days_left:.1f} days (< {minimum:g})"
-        )
+        return ProbeFailure("cert", f"certificate expires in {days_left:.1f} days (< {minimum:g})")
     return None

@@ -7,8 +7,8 @@ Design:
   outlives the deadline whatever the transport's own per-operation timeouts do.
 * **Retries only for temporary failures** whose kind is in ``target.retry_on``
   (timeout, connect, 5xx, dns), with full-jitter backoff (:mod:`.backoff`) that is
-  skipped when the sleep would cross the deadline. A 4xx, an assertion failure or a
-  TLS verification failure is final.
+  skipped when the sleep would cross the deadline. A 4xx, a failed expectation or a
+  certificate verification failure is final.
 * **Bounded concurrency**: a global semaphore, a per-host semaphore and, when given,
   a shared :class:`RateLimiter` (the pipeline implements it as a Redis token bucket)
   awaited before every attempt.
@@ -243,7 +243,7 @@ class ProbeEngine:
 
     @staticmethod
     def _retryable(target: Target, failure: ProbeFailure, attempts: int) -> bool:
-        return attempts <= target.retries and failure.kind in target.retry_on
+        return attempts <= target.retries and failure.retry_as in target.retry_on
 
     async def _attempt(self, target: Target, deadline: Deadline) -> _Outcome:
         """One try, bounded by what is left of the deadline; never raises."""

@@ -4,7 +4,8 @@ httpx, httpcore, aiohttp, httpx-aiohttp and asyncio each wrap socket errors thei
 way (httpx-aiohttp even maps every aiohttp connection error to ``ConnectTimeout``), so
 the outermost type says little. We walk the whole ``__cause__``/``__context__`` chain
 and decide by the most specific fact found, in a fixed priority: certificate
-verification, name resolution, other TLS trouble, timeouts, connection errors.
+verification (kind ``cert``), name resolution, other TLS trouble, timeouts, connection
+errors. The kinds are the stable set documented in :mod:`.result`.
 """
 
 from __future__ import annotations
@@ -26,12 +27,17 @@ E = TypeVar("E", bound=BaseException)
 
 
 class ProbeFailure(Exception):
-    """Raised inside an attempt for failures the engine itself detects."""
+    """Raised inside an attempt for failures the engine itself detects.
 
-    def __init__(self, kind: ErrorKind, message: str) -> None:
+    ``retry_as`` is the ``retry_on`` entry that makes it retryable when that differs
+    from its kind: a 503 is kind ``status`` but retried under ``retry_on: [5xx]``.
+    """
+
+    def __init__(self, kind: ErrorKind, message: str, *, retry_as: str | None = None) -> None:
         super().__init__(message)
         self.kind: ErrorKind = kind
         self.message = message
+        self.retry_as = retry_as or kind
 
 
 def chain(exc: BaseException) -> Iterator[BaseException]:
@@ -77,7 +83,7 @@ def _tls_verify(links: list[BaseException], timeout: float) -> tuple[ErrorKind, 
     failures = [link for link in links if isinstance(link, ssl.SSLCertVerificationError)]
     if not failures:
         return None
-    return "tls", f"certificate verify failed: {_detail(failures, 'verify_message')}"
+    return "cert", f"certificate verify failed: {_detail(failures, 'verify_message')}"
 
 
 def _dns(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str] | None:

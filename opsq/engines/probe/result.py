@@ -12,19 +12,41 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 ErrorKind = Literal[
-    "timeout", "connect", "dns", "tls", "5xx", "status", "assertion", "redirect", "other"
-]
-ERROR_KINDS: tuple[ErrorKind, ...] = (
-    "timeout",
-    "connect",
     "dns",
+    "connect",
     "tls",
-    "5xx",
+    "cert",
+    "timeout",
     "status",
-    "assertion",
+    "header",
+    "body",
+    "latency",
     "redirect",
     "other",
-)
+]
+ERROR_KIND_MEANINGS: dict[ErrorKind, str] = {
+    "dns": "the name did not resolve, or a dns:// probe got an unexpected rcode or no answer",
+    "connect": "the TCP connection was refused, reset or unreachable",
+    "tls": "the TLS handshake failed (protocol, cipher, client certificate refused)",
+    "cert": "the server's certificate: not trusted, wrong name, expired, or fewer "
+    "days left than expect.min_cert_days",
+    "timeout": "the attempt's share of the deadline ran out",
+    "status": "the HTTP status is not in expect.status (5xx included)",
+    "header": "a response header is missing or does not match expect.header_regex",
+    "body": "the body does not match expect.body_regex, or no DNS answer matches "
+    "expect.answer_regex",
+    "latency": "the response came slower than expect.max_latency",
+    "redirect": "more redirects than max_redirects",
+    "other": "anything else: a batch given up after redeliveries, an unclassified error",
+}
+"""The stable set of failure categories, one per ``error_kind`` of a down result.
+
+Every down result carries exactly one of these (an up result carries none); alerts,
+metrics (``opsq_probe_failures_total{kind}``) and the monitor route on them, so a kind
+is only ever added, never renamed. The ``error`` text says the precise reason.
+"""
+ERROR_KINDS: tuple[ErrorKind, ...] = tuple(ERROR_KIND_MEANINGS)
+
 PHASES = ("dns", "connect", "tls", "ttfb", "transfer")
 
 
