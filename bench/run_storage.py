@@ -35,7 +35,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -97,17 +99,27 @@ def _worker(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]
         proc.wait(30)
 
 
-def _run_bytes(client: redis.Redis[str], run_id: str) -> tuple[int, int]:
-    """(bytes, keys) a run holds: its own keys plus its two index entries."""
-    total, count = 0, 0
+def _run_bytes(client: redis.Redis[str], run_id: str) -> int:
+    """Bytes a run's own keys hold (``MEMORY USAGE``), plus its two index entries."""
+    total = 0
     for key in client.scan_iter(f"{keys.PREFIX}:run:{run_id}:*"):
         total += int(client.memory_usage(key, samples=0) or 0)
-        count += 1
-    return total + 2 * (len(run_id) + 24), count
+    return total + 2 * (len(run_id) + 24)
 
 
-def real_runs(server: RedisServer, base: str, tmp: Path) -> tuple[list[int], int, str]:
-    """Run the set through beat's task on a real worker; bytes per run and a run id."""
+@dataclass
+class RealRuns:
+    run_bytes: list[int]
+    """``MEMORY USAGE`` of each run's own keys (the run storage)."""
+    used_per_run: float
+    """``used_memory`` growth per run: everything a beat run leaves (monitor included)."""
+    by_key: dict[str, int]
+    """Bytes per run by key pattern (run id replaced by ``<id>``), every key that grew."""
+    sample_run: str
+
+
+def real_runs(server: RedisServer, base: str, tmp: Path) -> RealRuns:
+    """Run the set through beat's task on a real worker and measure what each run leaves."""
     config = tmp / "opsq.yaml"
     _targets_file(tmp / "set.yaml", base)
     probe_set = {"file": "set.yaml", "interval": "30s"}
@@ -117,18 +129,41 @@ def real_runs(server: RedisServer, base: str, tmp: Path) -> tuple[list[int], int
                OPSQ_DATA_DIR=str(tmp / "data"), OPSQ_METRICS__PORT="0")  # fmt: skip
     client = redis.Redis.from_url(server.url, decode_responses=True)
     store = RunStore(client)
-    sizes: list[int] = []
     with _worker(env, tmp / "worker.log"):
         app = producer_app(load_settings(config, redis_url=server.url))
-        keys_before = client.dbsize()
-        for _ in range(REAL_RUNS):
-            known = set(client.zrange(keys.RUNS_INDEX, 0, -1))
-            app.send_task(signatures.PROBE_SET, kwargs={"name": "bench"})
-            run_id = _wait_new_run(client, store, known)
-            sizes.append(_run_bytes(client, run_id)[0])
-        keys_per_run = (client.dbsize() - keys_before) // REAL_RUNS
+        _one_run(client, store, app)  # warm-up: the index, set state and streams exist now
+        before, used_before = _key_sizes(client), _used(client)
+        run_ids = [_one_run(client, store, app) for _ in range(REAL_RUNS)]
+        after, used_after = _key_sizes(client), _used(client)
         close_producer_app(app)
-    return sizes, keys_per_run, run_id
+    by_key: dict[str, int] = {}
+    for key, size in after.items():
+        pattern = key
+        for run_id in run_ids:
+            pattern = pattern.replace(run_id, "<id>")
+        by_key[pattern] = by_key.get(pattern, 0) + size - before.get(key, 0)
+    return RealRuns(
+        [_run_bytes(client, run_id) for run_id in run_ids],
+        (used_after - used_before) / REAL_RUNS,
+        {k: v // REAL_RUNS for k, v in by_key.items() if v > 0},
+        run_ids[-1],
+    )
+
+
+def _one_run(client: redis.Redis[str], store: RunStore, app: Any) -> str:
+    known = set(client.zrange(keys.RUNS_INDEX, 0, -1))
+    app.send_task(signatures.PROBE_SET, kwargs={"name": "bench"})
+    run_id = _wait_new_run(client, store, known)
+    time.sleep(0.5)  # what follows completion (the monitor applying verdicts) settles
+    return run_id
+
+
+def _key_sizes(client: redis.Redis[str]) -> dict[str, int]:
+    return {key: int(client.memory_usage(key, samples=0) or 0) for key in client.scan_iter()}
+
+
+def _used(client: redis.Redis[str]) -> int:
+    return int(client.info("memory")["used_memory"])
 
 
 def _wait_new_run(client: redis.Redis[str], store: RunStore, known: set[str]) -> str:
@@ -210,16 +245,23 @@ def main() -> int:
         server.start()
         try:
             retention = load_settings(None).runs.retention.beat
-            sizes, keys_per_run, sample = real_runs(server, base, tmp)
-            per_run = statistics.median(sizes)
-            print(f"real runs of the {TARGETS:,}-target set through opsq.probe_set on a worker: "
-                  f"{', '.join(f'{s:,}' for s in sizes)} bytes; {keys_per_run} keys per run",
-                  flush=True)  # fmt: skip
-            samples = asyncio.run(simulate(server.url, sample, retention))
+            real = real_runs(server, base, tmp)
+            _report_real(real)
+            samples = asyncio.run(simulate(server.url, real.sample_run, retention))
         finally:
             server.stop()
-    _report(per_run, samples, retention)
+    _report(statistics.median(real.run_bytes), samples, retention)
     return 0
+
+
+def _report_real(real: RealRuns) -> None:
+    print(f"real runs of the {TARGETS:,}-target set through opsq.probe_set on a worker "
+          f"(after a warm-up run), MEMORY USAGE of each run's keys: "
+          f"{', '.join(f'{b:,}' for b in real.run_bytes)} bytes", flush=True)  # fmt: skip
+    print(f"used_memory growth per run, everything a beat run leaves: {real.used_per_run:,.0f} "
+          "bytes; by key (bytes per run):")  # fmt: skip
+    for key, size in sorted(real.by_key.items(), key=lambda kv: -kv[1]):
+        print(f"  {size:>9,}  {key}")
 
 
 def _report(per_run: float, samples: list[tuple[float, int]], retention: float) -> None:
