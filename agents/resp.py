@@ -82,11 +82,14 @@ class RespClient:
             self._roundtrip(setup)
 
     def close(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock, self._file = None, None
+        # Close the makefile() reader too: a socket's descriptor stays open while a file
+        # made from it lives, and a traceback holding the reader would keep it alive.
+        sock, reader = self._sock, self._file
+        self._sock, self._file = None, None
+        if reader is not None:
+            reader.close()
+        if sock is not None:
+            sock.close()
 
     # --- commands ---------------------------------------------------------------------
     def execute(self, commands: list[Command]) -> list[Reply]:

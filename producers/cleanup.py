@@ -45,6 +45,7 @@ from opsq.core.config.cleanup import CleanupSettings, Rule
 from opsq.core.errors import OpsqError, TemporaryError
 from opsq.core.metrics.cleanup import CLEANUP_OBJECTS, TERMINATING_SEEN
 from opsq.core.redis_errors import redis_errors
+from opsq.engines.alerts import Message
 from opsq.engines.cleanup import planner, usage
 from opsq.engines.cleanup.executor import Executor, Outcome, Target, count, outcome_of
 from opsq.engines.cleanup.kube import ApiUnavailable, Kube
@@ -167,9 +168,14 @@ def run_once(
     now: float,
     judged_by: str = "",
     on_plan: Callable[[Report], None] | None = None,
+    notify: Callable[[Target, float], object] | None = None,
 ) -> Report:
-    """Plan, show the plan (*on_plan*), execute the deletions, sort the outcomes."""
+    """Plan, show the plan (*on_plan*), announce what falls due within a rule's
+    ``notify_before`` (*notify*, real runs only), execute the deletions, sort the outcomes."""
     plan, errors = build_plan(settings, kube, now)
+    if notify is not None and not dry_run:
+        for item in upcoming(settings, plan, now):
+            notify(target_of(item, judged_by, now), item.due_at or now)
     report = Report(dry_run=dry_run, plan=plan, errors=errors)
     for item in plan:
         if item.action == "delete":
@@ -188,6 +194,18 @@ def run_once(
         else:
             report.errors.append(outcome)
     return report
+
+
+def upcoming(settings: CleanupSettings, plan: list[PlanItem], now: float) -> list[PlanItem]:
+    """Objects not due yet whose rule wants a heads-up by now."""
+    out = []
+    for item in plan:
+        rule = settings.rule(item.rule)
+        if item.reason != planner.NOT_DUE_YET or rule.notify_before is None:
+            continue
+        if item.due_at is not None and item.due_at - rule.notify_before <= now:
+            out.append(item)
+    return out
 
 
 def _count_skip(item: PlanItem) -> None:
@@ -221,6 +239,17 @@ def task_kwargs(target: Target, dry_run: bool) -> dict[str, Any]:
         "resource_version": target.resource_version, "reason": target.reason,
         "kind": target.kind, "judged_by": target.judged_by, "judged_at": target.judged_at,
     }  # fmt: skip
+
+
+def notify_relay(app: Celery) -> Callable[[str, Message], None]:
+    """Heads-ups through the ``opsq.notify`` task (keyed, retried; on queue ``alerts``)."""
+
+    def relay(notifier: str, message: Message) -> None:
+        kwargs = {"notifier": notifier, "message": message.to_dict()}
+        with redis_errors("queue a cleanup heads-up"):
+            app.send_task(signatures.NOTIFY, kwargs=kwargs)
+
+    return relay
 
 
 def require_worker(app: Celery, *, timeout: float = WORKER_CHECK_S, attempts: int = 2) -> None:

@@ -23,7 +23,7 @@ from opsq.core.config.probes import Target
 from opsq.core.errors import RedisUnavailable
 from opsq.core.redact import redact_url
 from opsq.core.redis_errors import redis_errors
-from opsq.core.runs import Progress, RunStore, Submitted, submit_run
+from opsq.core.runs import Progress, RunStore, Submitted, batch_repr, submit_run
 from opsq.core.settings import Settings
 
 POLL_INTERVAL_S = 0.2
@@ -80,7 +80,11 @@ class ProbeProducer:
             self._app = producer_app(self.settings)
         with redis_errors("publish a probe batch", where=redact_url(self.settings.broker_url)):
             self._app.send_task(
-                signatures.PROBE_BATCH, kwargs=kwargs, retry=True, retry_policy=_PUBLISH_RETRY
+                signatures.PROBE_BATCH,
+                kwargs=kwargs,
+                kwargsrepr=batch_repr(kwargs),
+                retry=True,
+                retry_policy=_PUBLISH_RETRY,
             )
 
     def wait(

@@ -38,7 +38,7 @@ from opsq.core.config.probes import ProbeSet, Target, TargetsFile
 from opsq.core.errors import PermanentError, TemporaryError
 from opsq.core.loading import validate_file
 from opsq.core.metrics import pipeline as metrics
-from opsq.core.runs import RunStore, submit_run
+from opsq.core.runs import RunStore, batch_repr, submit_run
 from opsq.core.settings import check_notifier_refs, config_path
 from opsq.engines.monitor.spec import build_spec
 from opsq.engines.monitor.store import MonitorStore
@@ -171,7 +171,7 @@ class MonitoredSend:
             spec = build_spec(self.name, self.probe_set, self.targets, created_at=time.time())
             MonitorStore(_monitor_client(), settings.alerts).register(kwargs["run_id"], spec)
             self.registered = True
-        probe_batch.apply_async(kwargs=kwargs)
+        probe_batch.apply_async(kwargs=kwargs, kwargsrepr=batch_repr(kwargs))
 
 
 def check_target_notifiers(name: str, targets: Sequence[Target]) -> None:

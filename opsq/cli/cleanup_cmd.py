@@ -31,6 +31,7 @@ from opsq.core.errors import PermanentError, RedisUnavailable
 from opsq.core.logsetup import setup_logging
 from opsq.core.observe import ObserveServer
 from opsq.core.settings import Settings
+from opsq.engines.alerts import Message, send_via
 from opsq.engines.cleanup import audit, planner, rbac
 from opsq.engines.cleanup.executor import Executor, Target
 from opsq.engines.cleanup.kube import ApiUnavailable, Kube
@@ -40,7 +41,14 @@ from opsq.engines.cleanup.planner import Guards
 from opsq.engines.cleanup.ratelimit import LocalRateLimiter
 from opsq.engines.cleanup.usage import LiveUsage, namespace_lister
 from opsq.engines.cleanup.watcher import Watcher
-from producers.cleanup import NoWorkers, Report, celery_executor, local_executor, run_once
+from producers.cleanup import (
+    NoWorkers,
+    Report,
+    celery_executor,
+    local_executor,
+    notify_relay,
+    run_once,
+)
 from producers.probes import producer_app
 from producers.watch import NoClaims, RedisClaims, WatchProducer, celery_sender
 
@@ -66,6 +74,8 @@ def _load(opts: dict[str, Any]) -> tuple[Settings, CleanupSettings, Kube]:
     update = {k: v for k, v in {"kubeconfig": kubeconfig, "context": context}.items() if v}
     cfg = cfg.model_copy(update=update)
     setup_logging(settings.log_level, settings.log_format)
+    # urllib3 logs each connect retry with its exception's repr; ours say it in one line.
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     kube = Kube.connect(cfg.kubeconfig, cfg.context, request_timeout=cfg.request_timeout)
     return settings, cfg, kube
 
@@ -169,11 +179,22 @@ def _run_cleanup(
         return run_once(
             cfg, kube, execute, dry_run=dry_run, now=time.time(),
             judged_by=audit.identity("opsq cleanup"), on_plan=on_plan,
+            notify=_notifier(settings, kube, local=local).announce,
         )  # fmt: skip
     finally:
         kube.close()
         if client is not None:
             client.close()
+
+
+def _notifier(settings: Settings, kube: Kube, *, local: bool) -> EventNotifier:
+    """Heads-ups: the Event, plus notifiers in process (--local) or via ``opsq.notify``."""
+
+    def in_process(name: str, message: Message) -> None:
+        send_via(settings.alerts, name, message)
+
+    relay = in_process if local else notify_relay(producer_app(settings))
+    return EventNotifier(kube, clock=time.time, settings=settings.cleanup, relay=relay)
 
 
 def _age(seconds: float | None) -> str:
@@ -288,7 +309,7 @@ def watch(apply: bool, local: bool, **opts: Any) -> None:
     watcher = Watcher(cfg, kube, judged_by=audit.identity("opsq watch"))
     checks: dict[str, Any] = {"cache_synced": lambda: watcher.synced}
     client = _redis(settings) if not local or (cfg.audit and not dry_run) else None
-    notifier = EventNotifier(kube, clock=time.time)
+    notifier = _notifier(settings, kube, local=local)
     try:
         with _exit_codes():
             producer = _watch_producer(

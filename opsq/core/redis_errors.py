@@ -22,18 +22,21 @@ and a permanent error is loud where a temporary one is retried quietly.
 
 Use :func:`redis_errors` around the calls (a context manager, or a decorator for sync
 and ``async def`` functions). A caller that expects a particular reply (``BUSYGROUP``
-when creating a group that exists) catches it inside the block; a caller for which a
-reply means "retry" in its own context (``NOGROUP`` for a shipper whose Redis lost its
-group) passes it in ``temporary=``. Clients that speak RESP themselves (the log agent)
-classify the raw reply text with :func:`reply_is_temporary`.
+when creating a group that exists) wraps the call in :func:`ignore_reply` inside the
+block; a caller for which a reply means "retry" in its own context (``NOGROUP`` for a
+shipper whose Redis lost its group) passes it in ``temporary=``. Clients that speak
+RESP themselves (the log agent) turn an error reply into the same exceptions with
+:func:`reply_error`. ``tests/core/test_one_policy.py`` fails if a backoff formula or
+a Redis error classification appears anywhere else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from types import TracebackType
 from typing import Any, Literal, TypeVar, cast
 
@@ -102,6 +105,21 @@ def _reply_text(text: str) -> str:
 def _first_word(reply: str) -> str:
     first = reply.lstrip("-").split(" ", 1)[0]
     return first if first.isupper() and first.isalpha() else "ERR"
+
+
+def reply_error(reply: str, what: str, where: str = "") -> OpsqError:
+    """The exception for a raw RESP error reply (``"WRONGTYPE Operation ..."``)."""
+    return cast(OpsqError, translate(rex.ResponseError(reply), what, where=where))
+
+
+@contextlib.contextmanager
+def ignore_reply(*codes: str) -> Iterator[None]:
+    """Swallow an expected error reply (``ignore_reply("BUSYGROUP")``); re-raise others."""
+    try:
+        yield
+    except rex.ResponseError as exc:
+        if reply_code(exc) not in codes:
+            raise
 
 
 def reply_is_temporary(reply: str, temporary: Collection[str] = ()) -> bool:

@@ -34,7 +34,7 @@ import redis.asyncio as aioredis
 
 from opsq.core import keys
 from opsq.core.config.probes import Target
-from opsq.core.redact import redact_url
+from opsq.core.redact import redact_text, redact_url
 from opsq.core.redis_errors import redis_errors
 
 # JSON through orjson: the worker encodes every result and the completing worker
@@ -119,9 +119,12 @@ def build_summary(
 
 
 def _summary_entry(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """One result as it is printed: secrets in its URL and error message redacted."""
     entry = {field: stored.get(field) for field in SUMMARY_FIELDS}
+    entry["url"] = redact_url(str(entry["url"] or ""))
     entry["phases"] = stored.get("phases") or {}
-    entry["error"] = stored.get("error")
+    error = stored.get("error")
+    entry["error"] = redact_text(error) if isinstance(error, str) else error
     entry["error_kind"] = stored.get("error_kind")
     return entry
 
@@ -318,6 +321,16 @@ def batch_payloads(run_id: str, targets: Sequence[Target], batch_size: int) -> l
             }
         )
     return payloads
+
+
+def batch_repr(payload: Mapping[str, Any]) -> str:
+    """What Celery logs and Flower shows for a batch (``kwargsrepr``): no target URLs,
+    which may carry tokens, and no 1 KiB repr of a hundred targets per message."""
+    targets = payload.get("targets") or []
+    return (
+        f"{{'run_id': {payload.get('run_id')!r}, 'batch_id': {payload.get('batch_id')!r}, "
+        f"'offset': {payload.get('offset')!r}, 'targets': '<{len(targets)} targets>'}}"
+    )
 
 
 def submit_run(

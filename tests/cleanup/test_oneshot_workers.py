@@ -13,11 +13,10 @@ import pytest
 import redis
 
 import producers.cleanup
-from opsq.cli.main import main
 from opsq.core import keys, signatures
 from opsq.core.settings import load_settings
 from producers.probes import producer_app
-from tests.cleanup.conftest import JOBS, add
+from tests.cleanup.conftest import JOBS, add, run_cli
 from tests.cleanup.objects import job
 from tests.fakekube.server import FakeKube
 from tests.support.workers import queue_length
@@ -28,13 +27,6 @@ DAY = 86400.0
 def _old_job(name: str) -> dict[str, Any]:
     now = time.time()
     return job(name, namespace="team-a", created=now - DAY, finished=now - DAY / 2)
-
-
-def _exit_code(argv: list[str]) -> int:
-    try:
-        return int(main(argv) or 0)
-    except SystemExit as exc:
-        return int(exc.code or 0)
 
 
 def test_no_worker_prints_the_plan_then_fails_fast_with_exit_3_and_queues_nothing(
@@ -49,7 +41,7 @@ def test_no_worker_prints_the_plan_then_fails_fast_with_exit_3_and_queues_nothin
     add(fake_kube, _old_job("j1"))
     argv = ["cleanup", "--apply", "--config", str(write_config()),
             "--kubeconfig", str(kubeconfig_path()), "--redis-url", redis_url]  # fmt: skip
-    code = _exit_code(argv)
+    code = run_cli(argv)
     out, err = capsys.readouterr()
     assert code == 3
     assert "plan (apply)" in out
@@ -68,7 +60,7 @@ def test_an_abandoned_apply_deletes_nothing_even_when_a_worker_starts_later(
     kubeconfig_path: Callable[..., Path],
     write_config: Callable[..., Path],
     redis_url: str,
-    start_worker: Callable[..., Any],
+    cleanup_worker: Callable[..., Any],
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -79,16 +71,13 @@ def test_an_abandoned_apply_deletes_nothing_even_when_a_worker_starts_later(
     kubeconfig, config = kubeconfig_path(), write_config()
     argv = ["cleanup", "--apply", "--output", "json", "--config", str(config),
             "--kubeconfig", str(kubeconfig), "--redis-url", redis_url, "--wait", "2"]  # fmt: skip
-    code = _exit_code(argv)
+    code = run_cli(argv)
     out, err = capsys.readouterr()
     assert code == 1
     assert [e["reason"] for e in json.loads(out)["errors"]] == ["timeout"]
     assert "cancelled 1 task(s) still queued; they will not run" in err
     assert queue_length(redis_url, keys.QUEUE_CLEANUP) == 1
-    worker = start_worker(
-        queues="cleanup",
-        env={"OPSQ_CONFIG": str(config), "OPSQ_CLEANUP__KUBECONFIG": str(kubeconfig)},
-    )
+    worker = cleanup_worker(config, kubeconfig)
     deadline = time.monotonic() + 30
     while queue_length(redis_url, keys.QUEUE_CLEANUP) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -105,16 +94,13 @@ def test_a_task_of_a_cancelled_batch_skips_on_the_worker_before_deleting(
     kubeconfig_path: Callable[..., Path],
     write_config: Callable[..., Path],
     redis_url: str,
-    start_worker: Callable[..., Any],
+    cleanup_worker: Callable[..., Any],
 ) -> None:
     """The check in the task (not only Celery's expires, which a task interrupted by
     Ctrl-C has not reached yet): a cancelled batch's task skips with reason cancelled."""
     created = add(fake_kube, _old_job("spared"))
     kubeconfig, config = kubeconfig_path(), write_config()
-    start_worker(
-        queues="cleanup",
-        env={"OPSQ_CONFIG": str(config), "OPSQ_CLEANUP__KUBECONFIG": str(kubeconfig)},
-    )
+    cleanup_worker(config, kubeconfig)
     client = redis.Redis.from_url(redis_url)
     client.set(keys.cleanup_cancelled("b1"), "1", ex=600)
     app = producer_app(load_settings(None, redis_url=redis_url))

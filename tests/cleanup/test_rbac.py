@@ -75,13 +75,23 @@ def _chart_watcher_rules(values: dict[str, Any]) -> list[dict[str, Any]]:
     return rules
 
 
+PVC_RULE = {"name": "pvcs", "resource": "v1/persistentvolumeclaims", "when": {"unused": True}}
+NOTIFYING = {**RULES[0], "name": "announced", "notify_before": "1h"}
+
+
 @pytest.mark.skipif(not CHART.exists(), reason="chart not present")
-@pytest.mark.parametrize("events", [False, True])
-def test_chart_watcher_role_grants_neither_more_nor_less_than_the_rules_need(events: bool) -> None:
-    """Fails when the chart's Role grants more (or less) than `opsq cleanup rbac` computes."""
-    settings = CleanupSettings.model_validate({"rules": RULES, "events": events})
+@pytest.mark.parametrize(
+    ("rules", "events"),
+    [(RULES, False), (RULES, True), ([*RULES, PVC_RULE], False), ([NOTIFYING, PVC_RULE], False)],
+)
+def test_chart_watcher_role_grants_neither_more_nor_less_than_the_rules_need(
+    rules: list[dict[str, Any]], events: bool
+) -> None:
+    """Fails when the chart's Role grants more (or less) than `opsq cleanup rbac` computes,
+    PVC usage reads and heads-up Events included."""
+    settings = CleanupSettings.model_validate({"rules": rules, "events": events})
     needed = rbac.grants(rbac.policy_rules(settings))
-    granted = rbac.grants(_chart_watcher_rules({"cleanup": {"rules": RULES, "events": events}}))
+    granted = rbac.grants(_chart_watcher_rules({"cleanup": {"rules": rules, "events": events}}))
     assert granted - needed == set(), f"chart grants more than needed: {sorted(granted - needed)}"
     assert needed - granted == set(), f"chart grants less than needed: {sorted(needed - granted)}"
 

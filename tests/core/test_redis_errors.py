@@ -21,7 +21,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from opsq.core.errors import RedisCommandError, RedisUnavailable
-from opsq.core.redis_errors import classify, redis_errors, reply_is_temporary, translate
+from opsq.core.redis_errors import (
+    classify,
+    ignore_reply,
+    redis_errors,
+    reply_error,
+    reply_is_temporary,
+    translate,
+)
 from opsq.core.redis_server import RedisServer, free_port
 
 
@@ -291,3 +298,28 @@ def test_pipeline_errors_keep_their_verdict(
             asyncio.run(async_pipeline())
     finally:
         private.config_set("min-replicas-to-write", "0")
+
+
+def test_an_expected_reply_can_be_ignored(redis_client: redis.Redis) -> None:
+    """BUSYGROUP when the group exists is expected; any other reply still fails loudly."""
+    redis_client.xgroup_create("s", "g", id="0", mkstream=True)
+    with redis_errors("create group"), ignore_reply("BUSYGROUP"):
+        redis_client.xgroup_create("s", "g", id="0", mkstream=True)
+    redis_client.set("k", "v")
+    with pytest.raises(RedisCommandError, match="WRONGTYPE"):
+        with redis_errors("create group"), ignore_reply("BUSYGROUP"):
+            redis_client.xgroup_create("k", "g", id="0")
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("OOM command not allowed when used memory > 'maxmemory'.", RedisUnavailable),
+        ("LOADING Redis is loading the dataset in memory", RedisUnavailable),
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", RedisCommandError),
+        ("ERR unknown command 'XADDD'", RedisCommandError),
+    ],
+)
+def test_raw_resp_replies_become_the_same_exceptions(reply: str, expected: type) -> None:
+    """The log agent's own RESP client maps replies exactly as redis-py's callers do."""
+    assert isinstance(reply_error(reply, "XADD"), expected)

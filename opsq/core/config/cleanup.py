@@ -34,6 +34,7 @@ from jmespath.exceptions import JMESPathError
 from pydantic import Field, field_validator, model_validator
 
 from opsq.core.config.base import Section
+from opsq.core.config.fields import ExistingFile
 from opsq.core.durations import Duration
 
 # DNS-1123 subdomain for groups, DNS-1035-ish label for plurals and versions.
@@ -199,6 +200,8 @@ class Rule(Section):
     """Allow a PersistentVolumeClaim rule without ``unused: true`` (deletes claims in use)."""
     notify_before: Annotated[Duration, Field(gt=0)] | None = None
     """Announce the deletion this long before it is due (a Kubernetes Event)."""
+    notify: list[str] = Field(default_factory=list)
+    """Notifiers (names under ``alerts.notifiers``) that also get the heads-up."""
     cluster_scoped: bool | None = None
     """None: known for built-in kinds (namespaces, persistentvolumes...), else namespaced."""
 
@@ -249,6 +252,11 @@ class Rule(Section):
                 "so it would delete claims that running pods still mount; add "
                 "'unused: true' to 'when' (or 'force: true' on the rule if you mean it)"
             )
+        if self.notify and self.notify_before is None:
+            raise ValueError(
+                f"rule {self.name!r} names notifiers in 'notify' but has no 'notify_before'; "
+                "add e.g. notify_before: 1h"
+            )
         self._check_scope()
         return self
 
@@ -287,7 +295,7 @@ class CleanupSettings(Section):
     DELETE carries the observed uid+resourceVersion as preconditions, which the server
     checks atomically; a 409 then triggers the fresh GET and re-evaluation."""
     rules: list[Rule] = Field(default_factory=list)
-    kubeconfig: str | None = None
+    kubeconfig: ExistingFile | None = None
     context: str | None = None
     page_size: Annotated[int, Field(ge=1, le=10000)] = 500
     resync: Annotated[Duration, Field(gt=0)] = 600.0

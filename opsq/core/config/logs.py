@@ -23,11 +23,12 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from opsq.core import keys
 from opsq.core.config.base import Section
+from opsq.core.config.fields import BytesRegex, HttpUrl, Regex
 from opsq.core.durations import Duration
 
 
 class MultilineSettings(Section):
-    start_pattern: str
+    start_pattern: BytesRegex
     """A line matching this regex starts a new record; others are appended to it."""
     timeout: Annotated[Duration, Field(gt=0)] = 2.0
     max_lines: Annotated[int, Field(ge=1)] = 500
@@ -85,10 +86,21 @@ class AgentSettings(Section):
     multiline: MultilineSettings | None = None
     ignore_older: Annotated[Duration, Field(ge=0)] | None = None
     rescan_interval: Annotated[Duration, Field(gt=0)] = 10.0
+    max_depth: Annotated[int, Field(ge=0, le=64)] = 8
+    """How many directories deep ``**`` in ``paths`` goes (it never follows directory links)."""
+    follow_symlinks: bool = False
+    """Read files that are symlinks (the target must resolve under ``symlink_roots``)."""
+    symlink_roots: list[Path] = Field(default_factory=list)
+    """Where a followed link's target may be; default: the fixed part of each of ``paths``
+    (``/var/log/app`` for ``/var/log/app/*.log``)."""
     poll: bool = False
     """Force polling instead of inotify (network filesystems)."""
     rotated_grace: Annotated[Duration, Field(gt=0)] = 60.0
-    """Keep reading a renamed/deleted file to EOF for at most this long."""
+    """Keep reading a renamed file (or a deleted one with unread bytes) at most this long."""
+    copytruncate_suffix: Regex = r"[.-][0-9][0-9_.-]*"
+    """Regex (full match) for what logrotate appends to a file's name when it copies it
+    (``.1``, ``-20240101``, ``-2024-01-01-1700000000``): where the agent looks for the
+    copy after a copytruncate."""
     max_open_deleted: Annotated[int, Field(ge=0)] = 16
     batch_lines: Annotated[int, Field(ge=1)] = 2000
     batch_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
@@ -122,7 +134,7 @@ class SinkSettings(Section):
     path: Path | None = None
     max_bytes: Annotated[int, Field(ge=1024)] = 100 * 1024 * 1024
     backups: Annotated[int, Field(ge=0)] = 5
-    url: str | None = None
+    url: HttpUrl | None = None
     index: str = "opsq-logs"
     labels: dict[str, str] = Field(default_factory=dict)
     timeout: Annotated[Duration, Field(gt=0)] = 10.0

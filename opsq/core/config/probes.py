@@ -18,9 +18,10 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from opsq.core.config.base import Section
+from opsq.core.config.fields import ExistingFile, Regex
 from opsq.core.durations import Duration
 
 RetryOn = Literal["timeout", "connect", "5xx", "dns"]
@@ -58,22 +59,12 @@ def _parse_status(item: object) -> tuple[int, int]:
     return lo, hi
 
 
-def _compile(pattern: str | None) -> str | None:
-    if pattern is None:
-        return None
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
-    return pattern
-
-
 class Expect(Section):
     """What a probe must see to be *up*."""
 
     status: tuple[tuple[int, int], ...] = DEFAULT_STATUS
-    body_regex: str | None = None
-    header_regex: dict[str, str] = Field(default_factory=dict)
+    body_regex: Regex | None = None
+    header_regex: dict[str, Regex] = Field(default_factory=dict)
     max_latency: Duration | None = None
     min_cert_days: Annotated[float, Field(ge=0)] | None = None
     degraded_latency: Duration | None = None
@@ -89,16 +80,9 @@ class Expect(Section):
             raise ValueError("status list is empty; omit it to accept 200-399")
         return tuple(_parse_status(i) for i in items)
 
-    @field_validator("body_regex")
-    @classmethod
-    def _body(cls, value: str | None) -> str | None:
-        return _compile(value)
-
     @field_validator("header_regex")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        for pattern in value.values():
-            _compile(pattern)
         return {k.lower(): v for k, v in value.items()}
 
     def status_ok(self, code: int) -> bool:
@@ -217,8 +201,10 @@ def _merge(base: dict[str, Any], over: object) -> object:
 class ProbeSet(Section):
     """A named probe set run by beat on an interval; its runs update target states."""
 
-    file: str | None = None
-    targets: list[dict[str, Any]] | None = None
+    file: ExistingFile | None = None
+    """A targets file; relative to the config file. Stored as an absolute path."""
+    targets: list[Target] | None = None
+    """Inline targets: validated like a targets file's, errors located in the config."""
     interval: Annotated[Duration, Field(ge=1)] = 60.0
     locations: list[Annotated[str, Field(pattern=LOCATION_PATTERN)]] | None = None
     """Each location is the Celery queue ``probes.<location>``; every target is probed
@@ -267,11 +253,5 @@ class ProbeSet(Section):
         return self.deadline if self.deadline is not None else self.interval
 
     def targets_file(self) -> TargetsFile:
-        """The inline targets validated as a targets file (not for ``file:`` sets)."""
-        try:
-            return TargetsFile.model_validate({"targets": self.targets})
-        except ValidationError as exc:
-            problems = "; ".join(
-                ".".join(str(p) for p in err["loc"]) + ": " + err["msg"] for err in exc.errors()
-            )
-            raise ValueError(f"invalid inline targets: {problems}") from exc
+        """The inline targets as a targets file (not for ``file:`` sets)."""
+        return TargetsFile(targets=self.targets or [])

@@ -20,10 +20,12 @@ LINES_DROPPED = Counter(
     "Lines not delivered: queue_full (on_full: drop).",
     ["reason"],
 )
-BYTES_RELEASED_UNREAD = Counter(
-    "opsq_agent_bytes_released_unread_total",
-    "Bytes of rotated or deleted files released before they were read "
-    "(rotated_grace or max_open_deleted reached).",
+BYTES_LOST = Counter(
+    "opsq_agent_bytes_lost",
+    "Bytes of files the agent could not read before they were gone, by reason: "
+    "copy_not_found (copytruncate without a findable copy: at least these bytes), "
+    "rotated_grace and max_open_deleted (rotated or deleted files released unread).",
+    ["reason"],
 )
 ENTRIES_TRIMMED = Counter(
     "opsq_agent_entries_trimmed_total",

@@ -249,7 +249,7 @@ class Informer:
             except PermanentError as exc:
                 if self.fatal_before_sync and not self.synced:
                     self.error, self.fatal = str(exc), exc
-                    log.error("%s: %s; giving up", self.resource, exc)
+                    log.debug("%s: %s; giving up (the caller reports it)", self.resource, exc)
                     return
                 self._back_off(stop, exc)
             except TemporaryError as exc:

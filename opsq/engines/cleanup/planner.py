@@ -289,28 +289,33 @@ def evaluate(rule: Rule, obj: Obj, annotations: Annotations = NO_ANNOTATIONS) ->
     (and its other conditions, if any, must hold too).
     """
     expiry = expiry_decision(obj, annotations)
-    if expiry is not None and not rule.when.ttl_annotation:
-        return expiry
-    if rule.when.ttl_annotation:
-        if expiry is None:
-            return Decision(None, NO_ANNOTATION)
-        if expiry.due_at is None:
-            return expiry
+    early = _annotation_gate(rule, expiry)
+    if early is not None:
+        return early
     state = _state(rule.when, obj)
     if isinstance(state, str):
         return Decision(None, state)
     since, reason = state
     if since is None:
         return Decision(None, NOT_DUE_YET)
-    times = [since]
+    extra = []
     if rule.when.older_than is not None:
-        times.append(since + rule.when.older_than)
+        extra.append(since + rule.when.older_than)
     if rule.when.pending_longer_than is not None:
-        times.append((created_at(obj) or since) + rule.when.pending_longer_than)
-    if expiry is not None and expiry.due_at is not None:
-        times.append(expiry.due_at)
-        reason = expiry.reason if expiry.due_at >= max(times) else reason
-    return Decision(max(times), reason, since)
+        extra.append((created_at(obj) or since) + rule.when.pending_longer_than)
+    if expiry is not None and expiry.due_at is not None:  # a ttl_annotation rule
+        due = max([expiry.due_at, *extra])
+        return Decision(due, expiry.reason if due == expiry.due_at else reason, since)
+    return Decision(max([since, *extra]), reason, since)
+
+
+def _annotation_gate(rule: Rule, expiry: Decision | None) -> Decision | None:
+    """The decision when the expiry annotation alone settles it, else None."""
+    if not rule.when.ttl_annotation:
+        return expiry  # present: it overrides the conditions; absent: they decide
+    if expiry is None:
+        return Decision(None, NO_ANNOTATION)
+    return expiry if expiry.due_at is None else None
 
 
 def _state(when: When, obj: Obj) -> tuple[float | None, str] | str:

@@ -203,7 +203,7 @@ class MonitorStore:
         if states:
             pipe.hset(
                 keys.monitor_state(spec.set),
-                mapping={k: orjson.dumps(s.to_dict()) for k, s in states.items()},
+                mapping={k: orjson.dumps(s) for k, s in states.items()},
             )
         stream = keys.monitor_transitions(spec.set)
         for change in outcome.transitions:
@@ -224,7 +224,7 @@ class MonitorStore:
             if entry is None:
                 pipe.hdel(firing_key, name)
             else:
-                pipe.hset(firing_key, name, orjson.dumps(entry.to_dict()))
+                pipe.hset(firing_key, name, orjson.dumps(entry))
         self._queue_jobs(pipe, run_id, outcome.jobs, now)
         pipe.zrem(keys.MONITOR_OPEN_RUNS, run_id)
 
@@ -273,7 +273,7 @@ class MonitorStore:
                                        now=now)  # fmt: skip
                 if due:
                     jobs.extend(due)
-                    updates[field_name] = orjson.dumps(entry.to_dict())
+                    updates[field_name] = orjson.dumps(entry)
             if not jobs:
                 pipe.unwatch()
                 return None
