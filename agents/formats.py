@@ -41,6 +41,7 @@ successor's checkpoint past the parts it consumed.
 from __future__ import annotations
 
 import operator
+import os
 import re
 from dataclasses import dataclass
 from itertools import repeat
@@ -48,7 +49,7 @@ from typing import Literal
 
 import orjson
 
-from agents.lines import Records, Source
+from agents.lines import Joiner, Records, Source, split_chunk
 from opsq.core.metrics import logs_agent as metrics
 
 Format = Literal["raw", "cri", "docker"]
@@ -207,6 +208,22 @@ class Decoder:
         return bool(self.pending or self.held)
 
     @property
+    def adopted(self) -> bool:
+        """True while lines handed over by a predecessor are not finished."""
+        return any(p.origin is not None for p in (*self.pending.values(), *self.held))
+
+    def snapshot(self) -> tuple[dict[bytes, _Line], list[_Line], list[Carried]]:
+        """The open and held lines (copies), to go back to if a read is refused."""
+        return (
+            {s: _copy(p) for s, p in self.pending.items()},
+            [_copy(h) for h in self.held],
+            list(self.carried),
+        )
+
+    def restore(self, snap: tuple[dict[bytes, _Line], list[_Line], list[Carried]]) -> None:
+        self.pending, self.held, self.carried = snap
+
+    @property
     def held_from(self) -> int | None:
         starts = [p.start for p in self.pending.values()] + [h.start for h in self.held]
         return min(starts) if starts else None
@@ -363,11 +380,52 @@ class Decoder:
         self.held.extend(held)
 
 
+def _copy(line: _Line) -> _Line:
+    return _Line(line.rank, line.off, line.start, line.ts, line.stream, list(line.parts),
+                 line.size, line.cut, line.origin)  # fmt: skip
+
+
+def recover_runs(fd: int, offset: int, fmt: Format, max_line: int) -> Runs:
+    """The repeat count of the last runtime time before *offset* (a resumed file).
+
+    Re-reads up to :data:`RUN_WINDOW` bytes before the checkpoint and decodes the whole
+    lines there, so the first entry after a restart carries the ``tsk`` the entries of
+    the previous run would have: Loki timestamps stay the same across restarts.
+    """
+    runs = Runs()
+    if offset <= 0:
+        return runs
+    start = max(0, offset - RUN_WINDOW)
+    window = os.pread(fd, offset - start, start)
+    if start > 0:
+        window = window[window.find(b"\n") + 1 :]  # drop the line the window cut
+        start = offset - len(window)
+    decoder = Decoder(fmt, max_line)
+    records = decoder.feed(split_chunk(window, start, decoder.physical_max))
+    runs.consume([*records.lines, *decoder.flush().lines])
+    return runs
+
+
 def _next_false(flags: list[bool], start: int) -> int:
     try:
         return flags.index(False, start)
     except ValueError:
         return len(flags)
+
+
+class FramedJoiner(Joiner):
+    """Multiline joining of runtime-framed records (a Java stack trace inside CRI).
+
+    ``start_pattern`` is matched against the message, not the runtime's prefix; the
+    joined record keeps the first line's time and stream; a line of the other stream
+    ends the record (stdout and stderr interleave in one file, and a trace is written
+    to one of them).
+    """
+
+    @staticmethod
+    def split(line: bytes) -> tuple[bytes, bytes]:
+        _ts, stream, message = split_framed(line)
+        return message, stream
 
 
 class Runs:

@@ -42,6 +42,7 @@ if str(ROOT) not in sys.path:
 from bench.logs_agent import (  # noqa: E402
     LINES,
     OPSQ,
+    STREAM,
     ensure_rsyslog,
     last_end,
     run_rsyslog,
@@ -53,7 +54,6 @@ from opsq.core.redis_server import RedisServer, free_port  # noqa: E402
 from tests.fakekube.server import FakeKube  # noqa: E402
 
 ROUNDS = int(os.environ.get("K8S_LOGS_ROUNDS", "3"))
-STREAM = "opsq:bench:k8s-logs"
 NODE = "bench-node"
 NAMESPACE, POD, CONTAINER = "shop", "web-5d8f9c7b6-x2x4q", "app"
 TARGET_RATIO = 3.0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.formats import Decoder, Runs, detect, parse_docker, split_framed
+from agents.formats import Decoder, FramedJoiner, Runs, detect, parse_docker, split_framed
 from agents.lines import Records, Source, split_chunk
 from tests.k8slogs.runtimes import MAX_LEN, Clock, CriWriter, DockerWriter, go_rfc3339nano
 
@@ -303,3 +303,37 @@ def test_a_split_line_in_a_chunk_only_slows_down_its_own_lines(tmp_path: Path) -
     assert out.lines[-1] is lines.lines[-1]
     assert out.offs == sorted(out.offs)
     assert out.offs[50] == lines.offs[50], "the joined line sits at its first part"
+
+
+JAVA_TRACE = b"""2026-11-18 11:06:40.123 ERROR [main] c.e.Shop - order failed
+java.lang.IllegalStateException: payment declined
+\tat com.example.shop.Payments.charge(Payments.java:42)
+\tat com.example.shop.Orders.place(Orders.java:17)
+Caused by: java.net.SocketTimeoutException: Read timed out
+\tat java.base/java.net.SocketInputStream.read(SocketInputStream.java:168)
+\t... 5 more
+"""
+
+
+def test_a_java_stack_trace_inside_cri_is_joined_on_its_messages(tmp_path: Path) -> None:
+    """Decoder then FramedJoiner: the start pattern sees the message (not the runtime's
+    time), a 20 KB frame split into P/F joins first, the trace keeps its first line's
+    time and stream, and the stdout lines around it stay separate records."""
+    writer = CriWriter(tmp_path / "0.log", Clock(T0))
+    writer.write("stdout", b"2026-11-18 11:06:39.000 INFO  [main] c.e.Shop - started\n")
+    long_frame = b"\tat com.example.Generated.deep(" + b"x" * 20_000 + b")\n"
+    stamps = writer.write("stderr", JAVA_TRACE + long_frame)
+    writer.write("stdout", b"2026-11-18 11:06:41.000 INFO  [main] c.e.Shop - next\n")
+    decoder = Decoder("cri", 10**6)
+    joiner = FramedJoiner(r"\d{4}-\d\d-\d\d ", 500, 10**6)
+    lines = physical(tmp_path / "0.log", max_line=decoder.physical_max)
+    out = joiner.feed(decoder.feed(lines))
+    out.lines += joiner.flush().lines
+    got = [split_framed(line) for line in out.lines]
+    assert [m[:28] for _, _, m in got] == [
+        b"2026-11-18 11:06:39.000 INFO", b"2026-11-18 11:06:40.123 ERRO",
+        b"2026-11-18 11:06:41.000 INFO",
+    ]  # fmt: skip
+    ts, stream, trace = got[1]
+    assert (ts, stream) == (stamps[0], b"stderr")
+    assert trace == JAVA_TRACE + long_frame[:-1]
