@@ -66,6 +66,9 @@ READ_BUDGET = 8 * 1024 * 1024
 """Bytes read from one file before the next file gets its turn (fairness)."""
 PREFIX_CHECK_S = 5.0
 """How often each open file's first bytes are re-hashed to catch truncate-and-regrow."""
+READY_TIMEOUT_S = 2.0
+EXIT_MARGIN_S = 1.0
+"""Of ``shutdown_grace``, what is kept for the process to exit after the drain."""
 COPY_SEARCH_S = 10.0
 """How long to keep looking for a copytruncate copy that was not there at once (a
 copy on a slow network filesystem) before its bytes are counted lost."""
@@ -120,6 +123,7 @@ class Agent:
         self.pods = PodFiles(self.cfg)
         """Kubernetes: per-file format, pod identity, admission, entry metadata."""
         self._last_prefix_check = 0.0
+        self._stop_at: float | None = None
         self._blocked = False
         """Set when the queue refused a batch this round (block mode, queue full)."""
         self.sender: Sender | None = None
@@ -128,7 +132,10 @@ class Agent:
         return RespClient(self.redis_url)
 
     def redis_reachable(self) -> bool:
-        client = self.client()
+        """Readiness: a PING answered within READY_TIMEOUT_S (a frozen Redis is not ready)."""
+        client = RespClient(
+            self.redis_url, timeout=READY_TIMEOUT_S, connect_timeout=READY_TIMEOUT_S
+        )
         try:
             return client.ping()
         finally:
@@ -141,9 +148,17 @@ class Agent:
         return self
 
     def stop(self) -> None:
-        """Stop reading; ``run()`` then drains within ``shutdown_grace`` and returns."""
+        """Stop reading; ``run()`` then drains and returns within ``shutdown_grace``."""
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
         self._stop.set()
         self._wake.set()
+
+    def _deadline(self) -> float:
+        """When the drain must be over: ``shutdown_grace`` after the stop, minus the
+        little the process needs to exit (checkpoint flush, closing files)."""
+        start = self._stop_at if self._stop_at is not None else time.monotonic()
+        return start + max(0.0, self.cfg.shutdown_grace - EXIT_MARGIN_S)
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
@@ -165,14 +180,18 @@ class Agent:
             if watcher is not None:
                 watcher.stop()
             self.pods.stop()
-            self.sender.close(self.cfg.shutdown_grace)
-            for tailer in list(self.tailers.values()):
+            self.sender.close(self._deadline())
+            self.store.flush()  # the checkpoint at the last acknowledged entry, even if
+            for tailer in list(self.tailers.values()):  # the sender was cut off mid-flight
                 self._release(tailer, lost=None)
 
     def _loop(self) -> None:
         next_rescan = self._next_rescan(time.monotonic())
         while not self._stop.is_set():
             if self.sender is not None and not self.sender.is_alive():
+                failure = self.sender.failure
+                if failure is not None:
+                    raise OpsqError(f"cannot write to the log stream: {failure}") from failure
                 raise OpsqError("the sender thread died unexpectedly; see the log above")
             progressed = self._read_round()
             now = time.monotonic()

@@ -33,12 +33,11 @@ from typing import Any, Protocol
 
 import redis
 from celery import Celery
-from kombu.exceptions import OperationalError
 
 from opsq.core import keys, signatures
 from opsq.core.backoff import full_jitter
 from opsq.core.config.cleanup import CleanupSettings
-from opsq.core.errors import OpsqError, RedisUnavailable, TemporaryError
+from opsq.core.errors import OpsqError, TemporaryError
 from opsq.core.redis_errors import redis_errors
 from opsq.engines.cleanup.executor import Target
 from opsq.engines.cleanup.watcher import Due, Watcher
@@ -102,12 +101,10 @@ class NoClaims:
 
 def celery_sender(app: Celery, *, dry_run: bool) -> Send:
     def send(target: Target, countdown: float) -> None:
-        try:
+        with redis_errors(f"enqueue {target.name}"):
             app.send_task(
                 signatures.CLEANUP_OBJECT, kwargs=task_kwargs(target, dry_run), countdown=countdown
             )
-        except OperationalError as exc:
-            raise RedisUnavailable(f"cannot enqueue {target.name}: {exc}") from exc
 
     return send
 
@@ -178,7 +175,7 @@ class WatchProducer:
     def _roll_window(self, now: float) -> None:
         if now - self._window_start >= self.settings.resync:
             self._window_start, self._window_sent = now, 0
-            known = {uid for uid in self._dry_sent if self.watcher._known(uid) is not None}
+            known = {uid for uid in self._dry_sent if self.watcher.known(uid) is not None}
             self._dry_sent = {uid: rv for uid, rv in self._dry_sent.items() if uid in known}
 
     def _dispatch(self, due: Due, now: float) -> int:

@@ -36,12 +36,10 @@ import contextlib
 import functools
 import inspect
 import re
+import sys
 from collections.abc import Callable, Collection, Iterator
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any, Literal, TypeVar, cast
-
-import redis.exceptions as rex
-from kombu.exceptions import OperationalError
 
 from opsq.core.errors import OpsqError, RedisCommandError, RedisUnavailable
 from opsq.core.redact import redact_text
@@ -54,23 +52,38 @@ TEMPORARY_CODES = frozenset(
 )
 """Error-reply codes (the reply's first word) that mean "not now" rather than "wrong"."""
 
-# redis-py maps some codes to classes and strips the code from the message (redis-py
-# 5-7 keep no status_code), so those are recognised by class.
-_TEMPORARY_CLASSES: tuple[type[Exception], ...] = (
-    rex.TimeoutError,
-    rex.BusyLoadingError,  # LOADING
-    rex.ReadOnlyError,  # READONLY
-    rex.TryAgainError,  # TRYAGAIN
-    rex.ClusterDownError,  # CLUSTERDOWN, MASTERDOWN
-    rex.InvalidResponse,  # garbage on the socket: the connection is dropped, retry on a new one
-    rex.WatchError,  # optimistic transaction lost a race: run it again
-    getattr(rex, "OutOfMemoryError", rex.ResponseError),  # OOM (redis-py >= 4.4)
-)
-_PERMANENT_CONNECTION_CLASSES: tuple[type[Exception], ...] = (
-    rex.AuthenticationError,
-    getattr(rex, "AuthorizationError", rex.AuthenticationError),
-    getattr(rex, "MaxConnectionsError", rex.AuthenticationError),
-)
+
+def _rex() -> ModuleType | None:
+    """redis-py's exceptions module if redis-py is loaded, else None.
+
+    Looked up, never imported: an exception from redis-py cannot exist in a process that
+    has not loaded it, and the log agent keeps redis-py (~10 MB of RSS) out on purpose.
+    """
+    return sys.modules.get("redis.exceptions")
+
+
+@functools.cache
+def _classes(rex: ModuleType) -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
+    """(temporary, permanent) classes. redis-py maps some codes to classes and strips the
+    code from the message (redis-py 5-7 keep no status_code), so those go by class."""
+    temporary = (
+        rex.TimeoutError,
+        rex.BusyLoadingError,  # LOADING
+        rex.ReadOnlyError,  # READONLY
+        rex.TryAgainError,  # TRYAGAIN
+        rex.ClusterDownError,  # CLUSTERDOWN, MASTERDOWN
+        rex.InvalidResponse,  # garbage on the socket: retried on a new connection
+        rex.WatchError,  # an optimistic transaction lost a race: run it again
+        getattr(rex, "OutOfMemoryError", rex.TimeoutError),  # OOM (redis-py >= 4.4)
+    )
+    permanent = (
+        rex.AuthenticationError,
+        getattr(rex, "AuthorizationError", rex.AuthenticationError),
+        getattr(rex, "MaxConnectionsError", rex.AuthenticationError),  # redis-py >= 6
+    )
+    return temporary, permanent
+
+
 _PIPELINE = re.compile(r"of pipeline caused error: \(?['\"]?")
 _HINTS = {
     "WRONGTYPE": "a key under opsq's prefix holds another type; another program or an "
@@ -87,9 +100,10 @@ def reply_code(exc: BaseException) -> str:
     status = getattr(exc, "status_code", None)  # redis-py >= 8 keeps the stripped code
     if isinstance(status, str) and status:
         return status
-    if isinstance(exc, rex.AuthenticationError):
+    rex = _rex()
+    if rex is not None and isinstance(exc, rex.AuthenticationError):
         return "WRONGPASS"
-    if isinstance(exc, rex.NoScriptError):
+    if rex is not None and isinstance(exc, rex.NoScriptError):
         return "NOSCRIPT"
     return _first_word(_reply_text(str(exc)))
 
@@ -109,12 +123,16 @@ def _first_word(reply: str) -> str:
 
 def reply_error(reply: str, what: str, where: str = "") -> OpsqError:
     """The exception for a raw RESP error reply (``"WRONGTYPE Operation ..."``)."""
-    return cast(OpsqError, translate(rex.ResponseError(reply), what, where=where))
+    code = _first_word(reply)
+    detail = redact_text(reply.lstrip("-"))
+    return _error("reply" if code in TEMPORARY_CODES else "permanent", code, detail, what, where)
 
 
 @contextlib.contextmanager
 def ignore_reply(*codes: str) -> Iterator[None]:
     """Swallow an expected error reply (``ignore_reply("BUSYGROUP")``); re-raise others."""
+    import redis.exceptions as rex  # noqa: PLC0415 -- only redis-py callers get here
+
     try:
         yield
     except rex.ResponseError as exc:
@@ -134,18 +152,21 @@ def classify(exc: BaseException, temporary: Collection[str] = ()) -> Verdict | N
     A kombu ``OperationalError`` (the broker connection behind ``send_task``) is
     judged by the Redis error that caused it, else as a connection failure.
     """
-    if isinstance(exc, OperationalError):
+    kombu = sys.modules.get("kombu.exceptions")
+    if kombu is not None and isinstance(exc, kombu.OperationalError):
         cause = exc.__cause__ or exc.__context__
         return (classify(cause, temporary) if cause is not None else None) or "temporary"
-    if not isinstance(exc, rex.RedisError):
+    rex = _rex()
+    if rex is None or not isinstance(exc, rex.RedisError):
         return None
-    return "temporary" if _is_temporary(exc, temporary) else "permanent"
+    return "temporary" if _is_temporary(rex, exc, temporary) else "permanent"
 
 
-def _is_temporary(exc: rex.RedisError, temporary: Collection[str]) -> bool:
-    if isinstance(exc, _PERMANENT_CONNECTION_CLASSES) or "Too many connections" in str(exc):
+def _is_temporary(rex: ModuleType, exc: BaseException, temporary: Collection[str]) -> bool:
+    temporary_classes, permanent_classes = _classes(rex)
+    if isinstance(exc, permanent_classes) or "Too many connections" in str(exc):
         return False
-    if isinstance(exc, _TEMPORARY_CLASSES):
+    if isinstance(exc, temporary_classes):
         return True
     if isinstance(exc, rex.ResponseError):
         code = reply_code(exc)
@@ -163,21 +184,37 @@ def translate(
     verdict = classify(exc, temporary)
     if verdict is None:
         return None
+    is_reply = _is_reply(exc)
+    if verdict == "temporary" and is_reply:
+        verdict_kind: _Kind = "reply"
+    else:
+        verdict_kind = "connection" if verdict == "temporary" else "permanent"
+    return _error(verdict_kind, reply_code(exc), redact_text(_detail(exc, is_reply)), what, where)
+
+
+_Kind = Literal["connection", "reply", "permanent"]
+
+
+def _error(kind: _Kind, code: str, detail: str, what: str, where: str) -> OpsqError:
     at = f" at {redact_text(where)}" if where else ""
-    detail = redact_text(_detail(exc))
-    if verdict == "temporary":
-        if isinstance(exc, rex.ResponseError):
-            return RedisUnavailable(f"{what}: Redis{at} cannot serve it now: {detail}")
+    if kind == "connection":
         return RedisUnavailable(f"{what}: cannot reach Redis{at}: {detail}")
-    code = reply_code(exc)
+    if kind == "reply":
+        return RedisUnavailable(f"{what}: Redis{at} cannot serve it now: {detail}")
     hint = _HINTS.get(code, "a bug in opsq or a Redis it does not support; not retried")
     return RedisCommandError(f"{what}: Redis{at} refused the command: {detail} ({hint})", code=code)
 
 
-def _detail(exc: BaseException) -> str:
+def _is_reply(exc: BaseException) -> bool:
+    """An error reply from the server (as opposed to a failed connection)."""
+    rex = _rex()
+    return rex is not None and isinstance(exc, rex.ResponseError | rex.BusyLoadingError)
+
+
+def _detail(exc: BaseException, is_reply: bool) -> str:
     """The reply as the server sent it: redis-py strips the code of some replies."""
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, rex.ResponseError | rex.BusyLoadingError):
+    if is_reply:
         code = reply_code(exc)
         if not _reply_text(text).startswith(code):
             text = f"{code} {text}"

@@ -193,6 +193,29 @@ def test_demo_probe_results_appear_with_up_and_down_targets(up: Up) -> None:
     assert "demo: first run of the demo probe set queued" in up.output()
 
 
+def test_banner_commands_list_the_demo_run_from_another_shell(up: Up) -> None:
+    """The banner's follow-up lines (an export for the non-default Redis port, then
+    `runs list`), pasted into a fresh shell in the directory `opsq up` ran in, with no
+    OPSQ_* variable and no virtualenv on PATH, list the demo run."""
+    lines = up.output().splitlines()
+    start = next(i for i, line in enumerate(lines) if "from another shell" in line)
+    commands = [line.split("#")[0].strip() for line in lines[start + 1 : start + 3]]
+    assert commands[0] == f"export OPSQ_REDIS_URL={up.redis_url}", lines[start:]
+    assert " runs list" in commands[1]
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp")}
+    listed = subprocess.run(
+        ["bash", "-c", "\n".join(commands)],
+        cwd=up.out_path.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "demo" in listed.stdout, listed.stdout
+
+
 def test_agent_and_shipper_carry_a_log_line_to_the_sink(up: Up) -> None:
     """Configured log paths start agent + shipper; an appended line reaches the file sink."""
     with up.app_log.open("a") as log:
@@ -231,7 +254,9 @@ def test_flower_rejects_anonymous_and_accepts_the_printed_credentials(up: Up) ->
 
 def test_password_is_not_visible_in_the_process_list(up: Up) -> None:
     """No process's command line carries Flower's password."""
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
+    ps = subprocess.run(
+        [require_tool("ps"), "-eo", "args"], capture_output=True, text=True, check=True
+    )
     assert up.flower_password not in ps.stdout
 
 

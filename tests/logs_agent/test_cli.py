@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import urllib.error
 from pathlib import Path
@@ -16,18 +15,19 @@ from agents.checkpoint import FILE_NAME
 from opsq.core.metrics import collector_registry
 from tests.logs_agent.conftest import STREAM, agent_settings, all_lines, wait_for, write_lines
 from tests.logs_agent.process import OPSQ, AgentProcess
-
-needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool")
+from tests.support.tools import require_tool
 
 
 def promtool_ok(text: bytes) -> None:
     res = subprocess.run(
-        check=False, args=["promtool", "check", "metrics"], input=text, capture_output=True
+        check=False,
+        args=[require_tool("promtool"), "check", "metrics"],
+        input=text,
+        capture_output=True,
     )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-@needs_promtool
 def test_in_process_metrics_pass_promtool(tmp_path: Path, run_agent, raw_client) -> None:
     write_lines(tmp_path / "logs" / "a.log", [b"x"] * 10)
     run_agent(agent_settings(tmp_path))
@@ -40,7 +40,6 @@ def test_in_process_metrics_pass_promtool(tmp_path: Path, run_agent, raw_client)
     promtool_ok(text)
 
 
-@needs_promtool
 def test_sigterm_drains_flushes_checkpoints_and_exits_zero(tmp_path: Path, redis_url: str) -> None:
     log = tmp_path / "logs" / "a.log"
     lines = [b"l%06d" % i for i in range(50_000)]
@@ -107,3 +106,24 @@ def test_a_log_directory_created_after_start_is_found_by_rescan(
     run_agent(agent_settings(tmp_path))
     write_lines(tmp_path / "logs" / "late.log", [b"found"])
     wait_for(lambda: all_lines(raw_client) == [b"found"], what="file in the new directory")
+
+
+def test_a_stream_key_of_the_wrong_type_stops_the_agent(tmp_path: Path, redis_url: str) -> None:
+    """WRONGTYPE on XADD is permanent (opsq.core.redis_errors): the agent exits non-zero
+    with the reason in its log instead of retrying forever, and no checkpoint moves."""
+    redis.Redis.from_url(redis_url).set(STREAM, "not a stream")
+    log = tmp_path / "logs" / "a.log"
+    write_lines(log, [])
+    cfg = {"paths": [str(log)], "checkpoint_dir": str(tmp_path / "ck"), "rescan_interval": 0.2}
+    agent = AgentProcess(tmp_path, redis_url, cfg, stream=STREAM).start()
+    try:
+        write_lines(log, [b"one", b"two"])
+        assert agent.proc is not None
+        code = agent.proc.wait(30)
+    finally:
+        agent.stop()
+    output = agent.log_file.read_text()
+    assert code != 0
+    assert "XADD refused for good" in output
+    assert "WRONGTYPE" in output
+    assert redis.Redis.from_url(redis_url).get(STREAM) == b"not a stream"
