@@ -61,8 +61,9 @@ def brute_force(sim: Sim, name: str, window: str, now: float) -> float | None:
 
 def test_uptime_from_rollups_matches_brute_force_over_raw(sim_factory: type[Sim]) -> None:
     """33 days of runs at irregular intervals (17-43 min): at checkpoints across hour and
-    day boundaries, uptime 24h/7d/30d/90d from rollups equals the brute-force figure
-    over every raw verdict, for targets always up, flapping, slow and dead."""
+    day boundaries, uptime 24h/7d/30d/90d from rollups (the target page's lookups and
+    the overview's one-pass summary alike) equals the brute-force figure over every raw
+    verdict, for targets always up, flapping, slow and dead."""
     history = HistorySettings(raw_retention=40 * DAY, retention=40 * DAY)
     sim = sim_factory(history=history)
     rng = random.Random(13)
@@ -74,6 +75,15 @@ def test_uptime_from_rollups_matches_brute_force_over_raw(sim_factory: type[Sim]
         if now >= checkpoints[0]:
             checkpoints.pop(0)
             at = sim.times[-1] + 1
+            (_, overview), *_ = read(sim.url, lambda r, t=at: r.overview(t))
+            for row in overview:
+                for window in ("24h", "7d", "30d"):
+                    assert row.uptime[window] == brute_force(sim, row.name, window, at), (
+                        "overview",
+                        row.name,
+                        window,
+                        at,
+                    )
             for name in sim.names:
                 found = read(sim.url, lambda r, n=name, t=at: r.target("web", sim.key(n), t, 0))
                 view = found[0]
@@ -208,3 +218,31 @@ def test_latency_percentiles_from_rollups_are_close_to_raw(sim_factory: type[Sim
         truth = exact[int(q * len(exact)) - 1]
         estimate = view.latency.quantile(q) or 0
         assert truth / 1.26 <= estimate <= truth * 1.26, (q, truth, estimate)
+
+
+def test_raw_reads_survive_a_script_flush(sim_factory: type[Sim]) -> None:
+    """Raw verdicts are read with a packing script; after SCRIPT FLUSH (a restarted
+    Redis) the same reader loads it again and reads the same samples."""
+    import asyncio  # noqa: PLC0415
+
+    import redis.asyncio as aioredis  # noqa: PLC0415
+
+    from opsq.engines.history.reader import HistoryReader  # noqa: PLC0415
+
+    sim = sim_factory(history=HistorySettings(), names=("svc",))
+    for i in range(5):
+        sim.run(START + i * 60, lambda n, run, t: (run != 2, 0.05))
+
+    async def twice() -> tuple[list[str], list[str]]:
+        client = aioredis.Redis.from_url(sim.url)
+        reader = HistoryReader(client)
+        try:
+            first = await reader.raw_range("web", sim.key("svc"), START, START + 3600)
+            await client.script_flush()
+            second = await reader.raw_range("web", sim.key("svc"), START, START + 3600)
+        finally:
+            await client.aclose()
+        return [s.verdict for s in first], [s.verdict for s in second]
+
+    first, second = asyncio.run(twice())
+    assert first == second == ["up", "up", "down", "up", "up"]

@@ -22,6 +22,7 @@ latency_s]}``.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,28 +93,35 @@ def _level(name: str) -> int:
     return LEVELS.index(name) if name in LEVELS else 0
 
 
-def _half(seconds: float) -> bytes:
-    return struct.pack("<e", min(max(seconds, 0.0), _HALF_MAX))
+_REASON_CODES = {name: code for code, name in enumerate(REASONS)}
+
+
+def _half(seconds: float) -> float:
+    return min(max(seconds, 0.0), _HALF_MAX)
 
 
 def encode(sample: Sample) -> dict[str, bytes]:
-    """The stream fields of *sample* (its time is the entry id)."""
+    """The stream fields of *sample* (its time is the entry id). One ``struct.pack``
+    per entry: the worker encodes one per target per run."""
     flags = _level(sample.state) | _level(sample.verdict) << 2
-    body = bytearray()
+    fmt, values = ["<BB"], []
     if sample.latency is not None:
         flags |= _LAT
-        body += _half(sample.latency)
+        fmt.append("e")
+        values.append(_half(sample.latency))
     if sample.status is not None:
         flags |= _STATUS
-        body += struct.pack("<H", min(max(sample.status, 0), 0xFFFF))
-    present = [(i, sample.phases[p]) for i, p in enumerate(PHASES) if p in sample.phases]
-    if present:
-        flags |= _PHASES
-        body.append(sum(1 << i for i, _ in present))
-        for _, seconds in present:
-            body += _half(seconds)
-    reason = REASONS.index(sample.reason) if sample.reason in REASONS else REASONS.index("other")
-    fields = {"v": bytes([flags, reason]) + bytes(body)}
+        fmt.append("H")
+        values.append(min(max(sample.status, 0), 0xFFFF))
+    if sample.phases:
+        present = [(i, sample.phases[p]) for i, p in enumerate(PHASES) if p in sample.phases]
+        if present:
+            flags |= _PHASES
+            fmt.append("B" + "e" * len(present))
+            values.append(sum(1 << i for i, _ in present))
+            values.extend(_half(seconds) for _, seconds in present)
+    reason = _REASON_CODES.get(sample.reason, _REASON_CODES["other"])
+    fields = {"v": struct.pack("".join(fmt), flags, reason, *values)}
     if sample.locations:
         fields["l"] = orjson.dumps(sample.locations)
     return fields
@@ -152,3 +160,35 @@ def decode(entry_id: str | bytes, fields: dict[Any, Any]) -> Sample:
         phases=phases,
         locations=orjson.loads(raw_locations) if raw_locations else {},
     )
+
+
+# Reading a day of raw entries through redis-py's pure-Python RESP parser costs ~0.3 ms
+# per entry (a nested reply each); this script returns them as one string instead:
+# per entry three big-endian u16 lengths (id, v, l), then the three values.
+PACK_LUA = """
+local entries = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2], 'COUNT', ARGV[3])
+local out = {}
+for i, entry in ipairs(entries) do
+  local fields, v, l = entry[2], '', ''
+  for j = 1, #fields, 2 do
+    if fields[j] == 'v' then v = fields[j + 1] elseif fields[j] == 'l' then l = fields[j + 1] end
+  end
+  out[i] = struct.pack('>HHH', #entry[1], #v, #l) .. entry[1] .. v .. l
+end
+return table.concat(out)
+"""
+PACK_SHA = hashlib.sha1(PACK_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
+
+
+def unpack(blob: bytes) -> list[Sample]:
+    """The samples in a :data:`PACK_LUA` reply, oldest first."""
+    samples, pos = [], 0
+    while pos < len(blob):
+        id_len, v_len, l_len = struct.unpack_from(">HHH", blob, pos)
+        pos += 6
+        entry_id = blob[pos : pos + id_len]
+        value = blob[pos + id_len : pos + id_len + v_len]
+        where = blob[pos + id_len + v_len : pos + id_len + v_len + l_len]
+        pos += id_len + v_len + l_len
+        samples.append(decode(entry_id, {b"v": value, b"l": where} if where else {b"v": value}))
+    return samples
