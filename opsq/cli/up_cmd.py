@@ -40,6 +40,7 @@ from opsq.core.errors import OpsqError
 from opsq.core.logsetup import setup_logging
 from opsq.core.observe import ObserveServer
 from opsq.core.redact import redact_url
+from opsq.core.redis_memory import MemoryWatch
 from opsq.core.redis_server import RedisServer, free_port
 from opsq.core.settings import Settings
 
@@ -383,9 +384,11 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
             notify=log.warning, pidfile=pidfile,
         )  # fmt: skip
         supervisor.install_signal_handlers()
+        memory = MemoryWatch(redis_url)
         observe = ObserveServer(
             settings.metrics.bind, builder.ports.take(),
             ready_checks={"children": supervisor.all_running},
+            reports={"redis_memory": memory.report},
         ).start()  # fmt: skip
         plan.lines.append(
             f"  supervisor http://{_host(settings.metrics.bind)}:{observe.port}/metrics  "
@@ -395,6 +398,7 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
         receiver = _demo_receiver(plan) if options.demo else None
         try:
             supervisor.start_all()
+            memory.start()  # warns past 80% of maxmemory (noeviction: then writes fail)
             followup = followup_lines(export, config_file)
             click.echo(banner(plan, redis_line, data_dir, options, followup))
             if options.demo and plan.worker_ready_url:
@@ -405,6 +409,7 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
             supervisor.supervise()
         finally:
             stop.set()
+            memory.stop()
             supervisor.stop_all()
             observe.stop()
             if receiver is not None:
