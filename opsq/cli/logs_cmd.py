@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from agents.agent import Agent
+from agents.pods import node_name
 from opsq.cli.options import common_options, settings_from
 from opsq.core.errors import ConfigError
 from opsq.core.logsetup import setup_logging
@@ -55,6 +56,12 @@ def _check_agent_settings(settings: Settings) -> None:
         raise ConfigError(
             f"{source}: logs.agent.checkpoint_dir {ckpt} is not writable; "
             "point it at a writable directory"
+        )
+    if agent.kubernetes.metadata.enabled and node_name(agent) is None:
+        raise ConfigError(
+            f"{source}: logs.agent.kubernetes.metadata.enabled needs this node's name; set "
+            "NODE_NAME from the downward API (fieldRef spec.nodeName) or "
+            "logs.agent.kubernetes.node_name"
         )
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import click
 
 from opsq.cli.demo_receiver import DemoReceiver
+from opsq.cli.invocation import followup_lines
 from opsq.cli.options import common_options, settings_from
 from opsq.cli.supervisor import SESSION_ENV, Child, Managed, PidFile, RedisChild, Supervisor
 from opsq.cli.supervisor import exclusive as exclusive_data_dir
@@ -39,6 +40,7 @@ from opsq.core.errors import OpsqError
 from opsq.core.logsetup import setup_logging
 from opsq.core.observe import ObserveServer
 from opsq.core.redact import redact_url
+from opsq.core.redis_memory import MemoryWatch
 from opsq.core.redis_server import RedisServer, free_port
 from opsq.core.settings import Settings
 
@@ -314,7 +316,7 @@ def kick_demo(settings: Settings, redis_url: str, ready_url: str, stop: threadin
     try:
         app.send_task(signatures.PROBE_SET, kwargs={"name": DEMO_SET})
         click.echo("demo: first run of the demo probe set queued (then every "
-                   f"{DEMO_INTERVAL_S}s); see `opsq runs list`")  # fmt: skip
+                   f"{DEMO_INTERVAL_S}s); see `runs list` above")  # fmt: skip
     except Exception:
         # A thread's uncaught traceback goes to stderr unredacted (kombu errors can
         # carry the broker URL); beat's first tick runs the set anyway.
@@ -329,38 +331,39 @@ def _demo_receiver(plan: Plan) -> DemoReceiver:
     return DemoReceiver(click.echo, port).start()
 
 
-def banner(plan: Plan, redis_line: str, data_dir: Path, options: UpOptions) -> str:
+def banner(
+    plan: Plan, redis_line: str, data_dir: Path, options: UpOptions, followup: list[str]
+) -> str:
     lines = [
         f"opsq up: Ctrl-C or SIGTERM stops everything (within {options.stop_timeout:.0f}s).",
         redis_line,
         *plan.lines,
         f"  logs       {data_dir / 'logs'}/<name>.log",
+        "Within a minute you will see results, retries and failures; from another shell:"
+        if options.demo
+        else "Runs, from another shell:",
+        *followup,
     ]
     if options.demo:
-        lines += [
-            "Within a minute you will see results, retries and failures:",
-            "  opsq runs list            # recent runs, up/down counts",
-            "  opsq runs show <run-id>   # every target with attempts, latency, error",
-            f"  Flower: {plan.flower_url}/tasks  (opsq.probe_set, opsq.probe_batch)",
-        ]
+        lines.append(f"  Flower: {plan.flower_url}/tasks  (opsq.probe_set, opsq.probe_batch)")
     return "\n".join(lines)
 
 
 def _redis_for(
     settings: Settings, data_dir: Path, options: UpOptions
-) -> tuple[str, str, list[Managed]]:
-    """The Redis URL to hand every child, its banner line, and the embedded server to
-    supervise (none when a Redis URL is configured)."""
+) -> tuple[str, str, list[Managed], str | None]:
+    """The Redis URL to hand every child, its banner line, the embedded server to
+    supervise (none when a Redis URL is configured) and the URL other shells must
+    export (the embedded server off the port `opsq` looks at by default)."""
     if settings.redis_url:
-        return settings.redis_url, f"  redis      {redact_url(settings.redis_url)} (configured)", []
+        line = f"  redis      {redact_url(settings.redis_url)} (configured)"
+        return settings.redis_url, line, [], None
     server = embedded_redis(data_dir, options.redis_port)
     redis_url = server.url
     redis_line = (f"  redis      {redact_url(redis_url)} (embedded valkey-server, "
                   f"AOF in {server.data_dir}, noeviction)")  # fmt: skip
-    if server.port != DEFAULT_REDIS_PORT:
-        redis_line += (f"\n             other shells: export OPSQ_REDIS_URL="
-                       f"{redact_url(redis_url)}")  # fmt: skip
-    return redis_url, redis_line, [RedisChild(server)]
+    export = redact_url(redis_url) if server.port != DEFAULT_REDIS_PORT else None
+    return redis_url, redis_line, [RedisChild(server)], export
 
 
 def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> None:
@@ -373,7 +376,7 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
         reaped = pidfile.reap_stale()
         if reaped:
             click.echo(f"reaped {len(reaped)} process group(s) left by a crashed `opsq up`")
-        redis_url, redis_line, children = _redis_for(settings, data_dir, options)
+        redis_url, redis_line, children, export = _redis_for(settings, data_dir, options)
         builder = Builder(settings, options, data_dir, redis_url, session, config_file)
         plan = builder.build()
         supervisor = Supervisor(
@@ -381,9 +384,11 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
             notify=log.warning, pidfile=pidfile,
         )  # fmt: skip
         supervisor.install_signal_handlers()
+        memory = MemoryWatch(redis_url)
         observe = ObserveServer(
             settings.metrics.bind, builder.ports.take(),
             ready_checks={"children": supervisor.all_running},
+            reports={"redis_memory": memory.report},
         ).start()  # fmt: skip
         plan.lines.append(
             f"  supervisor http://{_host(settings.metrics.bind)}:{observe.port}/metrics  "
@@ -393,7 +398,9 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
         receiver = _demo_receiver(plan) if options.demo else None
         try:
             supervisor.start_all()
-            click.echo(banner(plan, redis_line, data_dir, options))
+            memory.start()  # warns past 80% of maxmemory (noeviction: then writes fail)
+            followup = followup_lines(export, config_file)
+            click.echo(banner(plan, redis_line, data_dir, options, followup))
             if options.demo and plan.worker_ready_url:
                 threading.Thread(
                     target=kick_demo, args=(settings, redis_url, plan.worker_ready_url, stop),
@@ -402,6 +409,7 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
             supervisor.supervise()
         finally:
             stop.set()
+            memory.stop()
             supervisor.stop_all()
             observe.stop()
             if receiver is not None:

@@ -32,22 +32,33 @@ def location_queue(location: str) -> str:
 VISIBILITY_TIMEOUT_S = 3600
 
 # --- probe runs --------------------------------------------------------------------------
+# How long each run is kept is a setting (runs.retention, on-demand and beat apart); the
+# layout of these keys is documented in opsq/core/runs.py.
 RUN_TTL_S = 7 * 24 * 3600
-"""Run results and summaries are kept a week: long enough to compare, short enough not to grow."""
+"""The longest a run-related key lives (the monitor's per-run spec and markers); run
+data itself follows ``runs.retention``."""
+CELERY_RESULT_TTL_S = 24 * 3600
+"""Celery task results (cleanup waits on them; probe batches store none): read within
+seconds, so a day is plenty, and a week of them grew Redis under beat."""
 
 
 def run_results(run_id: str) -> str:
-    """Hash target-key -> result JSON. HSETNX makes redelivered batches idempotent."""
+    """Hash result-key -> compact result while the run is in progress (HSETNX: idempotent)."""
     return f"{PREFIX}:run:{run_id}:results"
 
 
 def run_meta(run_id: str) -> str:
-    """Hash with the run's total, start time, source file and probe set name."""
+    """Hash with the run's total, up/down counts, times, kind, retention and source."""
     return f"{PREFIX}:run:{run_id}:meta"
 
 
+def run_packed(run_id: str) -> str:
+    """List of zlib-compressed chunks of results, written once the run is complete."""
+    return f"{PREFIX}:run:{run_id}:packed"
+
+
 def run_summary(run_id: str) -> str:
-    """The aggregated summary JSON, written once every target has a result."""
+    """Read-only: the whole summary JSON of a run stored before format 2."""
     return f"{PREFIX}:run:{run_id}:summary"
 
 
@@ -58,6 +69,9 @@ def run_attempts(run_id: str) -> str:
 
 RUNS_INDEX = f"{PREFIX}:runs"
 """Sorted set run_id -> start time, so `opsq runs list` can show recent runs."""
+RUNS_EXPIRY = f"{PREFIX}:runs:expiry"
+"""Sorted set run_id -> expiry time: index entries leave when their run expires, each
+run by its own retention (beat runs long before on-demand ones)."""
 
 
 def host_bucket(host: str) -> str:

@@ -63,6 +63,21 @@ class ProbesSettings(Section):
         return self
 
 
+class RunRetention(Section):
+    """How long a run's results stay in Redis, counted from its creation and again from
+    its completion. Redis holds about (targets x bytes per result x retention / interval)
+    for a beat set: see the README's run retention section before raising ``beat``."""
+
+    on_demand: Annotated[Duration, Field(ge=300)] = 7 * 86400.0
+    """``opsq probe`` runs: a week, to compare and to read the report later."""
+    beat: Annotated[Duration, Field(ge=300)] = 86400.0
+    """Probe-set runs: a day; they recur every interval, metrics keep the long view."""
+
+
+class RunsSettings(Section):
+    retention: RunRetention = Field(default_factory=RunRetention)
+
+
 class MetricsSettings(Section):
     port: Annotated[int, Field(ge=0, le=65535)] = 9464
     bind: Host = "127.0.0.1"
@@ -113,6 +128,7 @@ class Settings(BaseSettings):
     visibility_timeout: Annotated[Duration, Field(gt=0)] = float(keys.VISIBILITY_TIMEOUT_S)
     """Seconds before Redis hands an un-acknowledged task to another worker."""
     probes: ProbesSettings = Field(default_factory=ProbesSettings)
+    runs: RunsSettings = Field(default_factory=RunsSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     beat: BeatSettings = Field(default_factory=BeatSettings)
