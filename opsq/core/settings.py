@@ -14,11 +14,12 @@ turns a failure into a :class:`ConfigError` naming the file and field.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -45,7 +46,21 @@ class ProbesSettings(Section):
     soft_time_limit: Annotated[Duration, Field(gt=0)] = 300.0
     time_limit: Annotated[Duration, Field(gt=0)] = 360.0
     max_redeliveries: Annotated[int, Field(ge=0, le=100)] = 3
+    source_address: str | None = None
+    """Local address outgoing probe sockets bind to (a host with several addresses)."""
     sets: dict[str, ProbeSet] = Field(default_factory=dict)
+
+    @field_validator("source_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError as exc:
+            raise ValueError(
+                f"source_address {value!r} is not an IP address of this host, e.g. 10.0.0.5"
+            ) from exc
 
     @model_validator(mode="after")
     def _limits_ordered(self) -> ProbesSettings:

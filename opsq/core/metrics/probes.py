@@ -38,6 +38,16 @@ PROBE_FAILURES = Counter(
 PROBES_IN_FLIGHT = Gauge(
     "opsq_probes_in_flight", "Probes running now.", multiprocess_mode="livesum"
 )
+# Per worker process: the earliest expiry among the group's certificates seen within
+# CERT_MEMORY_S; the scrape takes the minimum over live processes. Alert on
+# `opsq_probe_cert_expiry_timestamp_seconds - time() < 14 * 86400`.
+PROBE_CERT_EXPIRY = Gauge(
+    "opsq_probe_cert_expiry_timestamp_seconds",
+    "Earliest certificate expiry (epoch seconds) in the chains of the group's HTTPS "
+    "targets probed in the last hour.",
+    ["group"],
+    multiprocess_mode="livemin",
+)
 
 # Opt-in, unbounded: one series per target URL.
 PROBE_URL_TOTAL = Counter(
@@ -48,4 +58,10 @@ PROBE_URL_DURATION = Histogram(
     "Whole-probe duration per URL (opt-in).",
     ["group", "url"],
     buckets=LATENCY_BUCKETS,
+)
+PROBE_URL_CERT_EXPIRY = Gauge(
+    "opsq_probe_url_cert_expiry_timestamp_seconds",
+    "Earliest certificate expiry (epoch seconds) in the chain per URL, last probe (opt-in).",
+    ["group", "url"],
+    multiprocess_mode="livemostrecent",
 )
