@@ -17,29 +17,33 @@ Rotation handling per open file (see :class:`agents.tailer.Tailer`):
 - rename: the path now leads elsewhere; keep reading the old descriptor for
   ``rotated_grace`` (the writer may not have reopened yet), then ship a trailing
   partial line and release it; the new file at the path is a new file.
-- copytruncate: size below the read offset (or a changed first-bytes fingerprint);
-  restart at 0 under a new identity, counted.
-- delete: the same, and at most ``max_open_deleted`` deleted-but-open files
-  are held (and each for at most ``rotated_grace``), so a dead Redis cannot fill the
-  disk with unlinked files; bytes released unread are counted.
+- copytruncate: size below the read offset (or a changed first-bytes fingerprint).
+  The lines written after the last read and before the truncate live only in the
+  copy logrotate just made: the agent finds it (:mod:`agents.copytruncate`), reads it
+  from the old offset to its end under the old identity, and restarts the truncated
+  file at 0 under a new identity. No copy found within ``COPY_SEARCH_S``: the bytes
+  are counted lost (``opsq_agent_bytes_lost_total{reason="copy_not_found"}``) and logged.
+- delete: a fully read deleted file is released at once; one with unread bytes is
+  drained for at most ``rotated_grace``, and at most ``max_open_deleted`` are held,
+  so a dead Redis cannot fill the disk with unlinked files; bytes released unread are
+  counted lost.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
-import glob
 import logging
 import os
 import queue
 import socket
-import stat
 import threading
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from agents.checkpoint import CheckpointStore
+from agents.copytruncate import Copy, RotatedNames, find_copy, starts_like
+from agents.discovery import Finder, Found
 from agents.identity import FileIdentity, identify, matches
 from agents.lines import Batch
 from agents.resp import RespClient
@@ -58,8 +62,25 @@ READ_BUDGET = 8 * 1024 * 1024
 """Bytes read from one file before the next file gets its turn (fairness)."""
 PREFIX_CHECK_S = 5.0
 """How often each open file's first bytes are re-hashed to catch truncate-and-regrow."""
+COPY_SEARCH_S = 10.0
+"""How long to keep looking for a copytruncate copy that was not there at once (a
+copy on a slow network filesystem) before its bytes are counted lost."""
 
 Key = tuple[int, int]
+
+
+@dataclass(slots=True)
+class Orphan:
+    """A truncated file's old identity whose copy has not been found (yet)."""
+
+    path: str
+    source: str
+    identity: FileIdentity
+    head: bytes
+    offset: int
+    seen: int
+    """File size last seen before the truncation: at least ``seen - offset`` bytes lost."""
+    since: float
 
 
 class Agent:
@@ -81,6 +102,17 @@ class Agent:
         self._rescan = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned: set[str] = set()
+        self.names = RotatedNames(self.cfg.copytruncate_suffix)
+        self.finder = Finder(
+            self.cfg.paths,
+            self.cfg.exclude,
+            max_depth=self.cfg.max_depth,
+            follow_symlinks=self.cfg.follow_symlinks,
+            symlink_roots=[str(r) for r in self.cfg.symlink_roots],
+            stop=self._stop,
+            notice=self._warn_once,
+        )
+        self.orphans: list[Orphan] = []
         self._last_prefix_check = 0.0
         self._blocked = False
         """Set when the queue refused a batch this round (block mode, queue full)."""
@@ -119,6 +151,7 @@ class Agent:
         if watcher is not None:
             watcher.start()
         try:
+            self._resume_copies()
             self._discover(startup=True)
             self._loop()
         finally:
@@ -126,7 +159,7 @@ class Agent:
                 watcher.stop()
             self.sender.close(self.cfg.shutdown_grace)
             for tailer in list(self.tailers.values()):
-                self._release(tailer, count_unread=False)
+                self._release(tailer, lost=None)
 
     def _loop(self) -> None:
         next_rescan = time.monotonic() + self.cfg.rescan_interval
@@ -190,7 +223,7 @@ class Agent:
         if unread:
             log.warning("%s rotated %.0fs ago; releasing it with %d bytes unread",
                         tailer.path, self.cfg.rotated_grace, unread)  # fmt: skip
-        self._release(tailer, count_unread=True)
+        self._release(tailer, lost="rotated_grace")
 
     # --- rotation, truncation, grace --------------------------------------------------
     def _housekeeping(self, now: float) -> None:
@@ -202,24 +235,158 @@ class Agent:
                 self._check(tailer, now, verify=verify)
             except OSError as exc:
                 self._warn_once(tailer.path, f"cannot check {tailer.path}: {exc}")
+        if self.orphans:
+            self._search_orphans(now)
         self._enforce_deleted_limit()
 
     def _check(self, tailer: Tailer, now: float, *, verify: bool) -> None:
-        if tailer.truncated(verify_prefix=verify):
-            metrics.ROTATIONS.labels(kind="copytruncate").inc()
-            log.info("%s was truncated (copytruncate); reading it again from 0", tailer.path)
-            tailer.restart_from_zero()
+        if tailer.kind == "file" and tailer.truncated(verify_prefix=verify):
+            self._truncated(tailer, now)
         if tailer.rotated_at is None:
             kind = tailer.path_moved()
+            if kind == "rename" and tailer.kind == "copy":
+                kind = None  # nobody writes to a copy: a rename changes nothing
             if kind is not None:
                 metrics.ROTATIONS.labels(kind=kind).inc()
                 tailer.rotated_at, tailer.rotation = now, kind
                 self._rescan.set()  # pick up the file that replaced it without waiting
-        elif now - tailer.rotated_at > self.cfg.rotated_grace:
+        if self._finished(tailer):
+            log.debug(
+                "%s (%s) fully read; releasing it", tailer.path, tailer.rotation or tailer.kind
+            )
+            self._release(tailer, lost=None)
+            return
+        if tailer.rotated_at is not None and now - tailer.rotated_at > self.cfg.rotated_grace:
             self._retire(tailer)
             return
         tailer.tick(now, self._emit)
         metrics.LAG_BYTES.labels(path=tailer.path).set(tailer.lag())
+
+    def _finished(self, tailer: Tailer) -> bool:
+        """A copy, or a deleted file, read to its end: nothing more can come.
+
+        A renamed file keeps its grace period (the application writes to it until it
+        reopens the path); a deleted one with unread bytes too. A copy's last line may
+        lack its newline (it is shipped as is), and a copy waits for Redis's
+        acknowledgement, so that a restart does not read it again.
+        """
+        if tailer.kind == "copy":
+            done = tailer.drained() and tailer.flush_partial(self._emit)
+            return done and tailer.acknowledged()
+        if tailer.rotation == "delete":
+            return tailer.remaining() == 0 and tailer.flush_partial(self._emit)
+        return False
+
+    # --- copytruncate -----------------------------------------------------------------
+    def _truncated(self, tailer: Tailer, now: float) -> None:
+        """The file shrank (or its first bytes changed): read the rest from its copy."""
+        metrics.ROTATIONS.labels(kind="copytruncate").inc()
+        identity = tailer.identity
+        if identity is not None:
+            copy = find_copy(self.names, tailer.path, identity)
+            if copy is not None:
+                self._follow_copy(tailer.continue_in(copy, identity), copy)
+            else:
+                self.orphans.append(
+                    Orphan(
+                        tailer.path,
+                        tailer.source,
+                        identity,
+                        tailer.head,
+                        tailer.resume_offset(),
+                        tailer.last_size,
+                        now,
+                    )
+                )
+                log.info(
+                    "%s was truncated (copytruncate) and no copy of it was found yet", tailer.path
+                )
+        log.info("%s was truncated (copytruncate); reading it again from 0", tailer.path)
+        tailer.restart_from_zero()
+
+    def _follow_copy_at(
+        self, copy: Copy, identity: FileIdentity, offset: int, *, source: str | None = None
+    ) -> None:
+        """Read *copy* from *offset* under *identity* (its checkpoint moves into the copy)."""
+        follow = Tailer(
+            copy.path,
+            copy.fd,
+            copy.st,
+            identity=identity,
+            offset=offset,
+            cfg=self.cfg,
+            host=self.host,
+            store=self.store,
+            kind="copy",
+            source=source,
+        )
+        if self.store.get(identity.fid) is None:
+            self.store.put(identity, offset, copy.path)
+        self.store.move(identity.fid, copy.st.st_ino, copy.path)
+        self._follow_copy(follow, copy)
+
+    def _follow_copy(self, follow: Tailer, copy: Copy) -> None:
+        if follow.key in self.tailers:  # already read as a file of its own (found first)
+            os.close(copy.fd)
+            return
+        self.tailers[follow.key] = follow
+        self.store.flush()
+        log.info(
+            "reading the rest of %s from its copy %s (offset %d)",
+            follow.source,
+            copy.path,
+            follow.offset,
+        )
+
+    def _search_orphans(self, now: float) -> None:
+        """Look again for copies not found at truncation; give up after COPY_SEARCH_S."""
+        for orphan in list(self.orphans):
+            copy = find_copy(self.names, orphan.path, orphan.identity)
+            if copy is not None:
+                self.orphans.remove(orphan)
+                self._follow_copy_at(copy, orphan.identity, orphan.offset, source=orphan.source)
+            elif now - orphan.since > min(COPY_SEARCH_S, self.cfg.rotated_grace):
+                self.orphans.remove(orphan)
+                self._copy_lost(orphan)
+
+    def _copy_lost(self, orphan: Orphan) -> None:
+        lost = max(0, orphan.seen - orphan.offset)
+        metrics.BYTES_LOST.labels(reason="copy_not_found").inc(lost)
+        self.store.forget(orphan.identity.fid)
+        log.warning(
+            "%s was truncated but no copy of it was found (looked for names matching "
+            "copytruncate_suffix %r); lines written between the last read and the "
+            "truncation are lost (at least %d bytes)",
+            orphan.path,
+            self.cfg.copytruncate_suffix,
+            lost,
+        )
+
+    def _resume_copies(self) -> None:
+        """At start-up: go on reading copies a previous run had not finished."""
+        for cp in self.store.copies():
+            copy = _open_regular(cp.path)
+            if copy is None or (copy.st.st_dev, copy.st.st_ino) != (cp.identity.dev, cp.ino):
+                if copy is not None:
+                    os.close(copy.fd)
+                continue
+            if not matches(copy.fd, cp.identity) or copy.st.st_size <= cp.offset:
+                os.close(copy.fd)
+                continue
+            self._follow_copy_at(copy, cp.identity, cp.offset)
+
+    def _copy_in_the_making(self, path: str, fd: int) -> bool:
+        """A rotated name of a tailed file that starts like it: a copy being made.
+
+        Reading it as a new file would ship the original's lines twice; the truncation
+        that follows the copy hands it its place (:meth:`_truncated`).
+        """
+        heads = [(t.path, t.head) for t in self.tailers.values() if t.kind == "file"]
+        heads += [(o.path, o.head) for o in self.orphans]
+        return any(
+            self.names.is_rotated(original, path) and starts_like(fd, head)
+            for original, head in heads
+        )
 
     def _enforce_deleted_limit(self) -> None:
         deleted = sorted(
@@ -227,13 +394,18 @@ class Agent:
             key=lambda t: t.rotated_at or 0.0,
         )
         for tailer in deleted[: max(0, len(deleted) - self.cfg.max_open_deleted)]:
-            log.warning("more than %d deleted files held open; releasing %s",
-                        self.cfg.max_open_deleted, tailer.path)  # fmt: skip
-            self._release(tailer, count_unread=True)
+            log.warning(
+                "more than %d deleted files held open; releasing %s with %d bytes unread",
+                self.cfg.max_open_deleted,
+                tailer.path,
+                tailer.remaining(),
+            )
+            self._release(tailer, lost="max_open_deleted")
 
-    def _release(self, tailer: Tailer, *, count_unread: bool) -> None:
-        if count_unread:
-            metrics.BYTES_RELEASED_UNREAD.inc(tailer.remaining())
+    def _release(self, tailer: Tailer, *, lost: str | None) -> None:
+        """Close *tailer*; *lost* names the reason its unread bytes are counted lost."""
+        if lost is not None:
+            metrics.BYTES_LOST.labels(reason=lost).inc(tailer.remaining())
         tailer.close()
         self.tailers.pop(tailer.key, None)
         metrics.FILES_WATCHED.set(len(self.tailers))
@@ -243,36 +415,21 @@ class Agent:
     # --- discovery --------------------------------------------------------------------
     def _discover(self, *, startup: bool) -> None:
         seen: set[Key] = set()
-        for path in self._matching_paths():
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                self._warn_once(path, f"{path} is not a regular file; skipping it")
-                continue
-            key = (st.st_dev, st.st_ino)
+        for found in self.finder.find():
+            if self._stop.is_set():
+                return  # stopping: not a moment to open files (nor to prune checkpoints)
+            key = (found.st.st_dev, found.st.st_ino)
             seen.add(key)
             if key in self.tailers:
-                self._renamed_within_glob(self.tailers[key], path)
-            elif not self._too_old(st):
-                self._open(path, startup=startup)
+                self._renamed_within_glob(self.tailers[key], found.path)
+            elif not self._too_old(found.st):
+                self._open(found, startup=startup)
         metrics.FILES_WATCHED.set(len(self.tailers))
         if not startup:
             self._prune_checkpoints(seen)
         # New identities reach the disk before any of their batches is sent (see
         # CheckpointStore.register); one fsync for the whole scan, not one per file.
         self.store.flush()
-
-    def _matching_paths(self) -> Iterator[str]:
-        found: set[str] = set()
-        for pattern in self.cfg.paths:
-            found.update(glob.glob(os.path.expanduser(pattern), recursive=True))
-        for path in sorted(found):
-            name = os.path.basename(path)
-            if not any(fnmatch.fnmatch(path, ex) or fnmatch.fnmatch(name, ex)
-                       for ex in self.cfg.exclude):  # fmt: skip
-                yield path
 
     def _renamed_within_glob(self, tailer: Tailer, path: str) -> None:
         """A rotated name that still matches the globs is the same file: keep tailing it."""
@@ -284,22 +441,39 @@ class Agent:
         older = self.cfg.ignore_older
         return older is not None and time.time() - st.st_mtime > older
 
-    def _open(self, path: str, *, startup: bool) -> None:
+    def _open(self, found: Found, *, startup: bool) -> None:
+        path = found.path
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            # Never through a symlink: the target was checked (or links are off), and a
+            # file swapped for a link since the scan must not be opened through it.
+            fd = os.open(found.real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except OSError as exc:
             self._warn_once(path, f"cannot open {path}: {exc}; other files continue")
             return
         try:
             st = os.fstat(fd)
+            known = self.store.candidates(st.st_dev, st.st_ino)
+            if not known and self._copy_in_the_making(path, fd):
+                os.close(fd)
+                log.debug("%s looks like a copy of a file being tailed; not read as new", path)
+                return
             identity, offset = self._start_position(fd, st, path, startup=startup)
         except OSError as exc:
             os.close(fd)
             self._warn_once(path, f"cannot read {path}: {exc}; other files continue")
             return
         self._warned.discard(path)
-        tailer = Tailer(path, fd, st, identity=identity, offset=offset, cfg=self.cfg,
-                        host=self.host, store=self.store)  # fmt: skip
+        tailer = Tailer(
+            path,
+            fd,
+            st,
+            identity=identity,
+            offset=offset,
+            cfg=self.cfg,
+            host=self.host,
+            store=self.store,
+            via_link=found.real != path,
+        )
         self.tailers[tailer.key] = tailer
         if not startup:
             metrics.ROTATIONS.labels(kind="new").inc()
@@ -315,14 +489,23 @@ class Agent:
             if same and cp.offset <= st.st_size:
                 self.store.put(cp.identity, cp.offset, path)
                 return cp.identity, cp.offset
-            if same:  # our file, but shorter than our offset: truncated while we were down
-                metrics.ROTATIONS.labels(kind="copytruncate").inc()
-                log.info("%s was truncated while the agent was down; reading it from 0", path)
-                known = True
-            else:
+            copy = find_copy(self.names, path, cp.identity)
+            if copy is None and not same:
                 log.info("%s: inode %d reused by a different file; starting it afresh",
                          path, st.st_ino)  # fmt: skip
-            self.store.forget(cp.identity.fid)
+                self.store.forget(cp.identity.fid)
+                continue
+            # Shorter than our offset, or a copy of it beside it: truncated (copytruncate)
+            # while the agent was down. The rest is in the copy, or being looked for.
+            metrics.ROTATIONS.labels(kind="copytruncate").inc()
+            log.info("%s was truncated while the agent was down; reading it from 0", path)
+            known = True
+            if copy is not None:
+                self._follow_copy_at(copy, cp.identity, cp.offset, source=path)
+            else:
+                self.orphans.append(
+                    Orphan(path, path, cp.identity, b"", cp.offset, cp.offset, time.monotonic())
+                )
         mode = self.cfg.read_from
         if self.store.corrupt:
             mode = self.cfg.on_corrupt_checkpoint
@@ -335,14 +518,29 @@ class Agent:
     def _prune_checkpoints(self, seen: set[Key]) -> None:
         """Forget checkpoints of files that no longer exist under the globs."""
         live = seen | set(self.tailers)
-        keep = {fid for fid, cp in self.store.snapshot().items()
-                if (cp.identity.dev, cp.identity.ino) in live}  # fmt: skip
+        keep = {
+            fid for fid, cp in self.store.snapshot().items() if (cp.identity.dev, cp.ino) in live
+        }
+        keep.update(o.identity.fid for o in self.orphans)
         self.store.forget_all_except(keep)
 
     def _warn_once(self, path: str, message: str) -> None:
         if path not in self._warned:
             self._warned.add(path)
             log.warning("%s", message)
+
+
+def _open_regular(path: str) -> Copy | None:
+    """Open *path* for reading (never through a symlink), or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        return Copy(path, fd, os.fstat(fd))
+    except OSError:
+        os.close(fd)
+        return None
 
 
 def _remove_lag(path: str) -> None:

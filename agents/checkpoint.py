@@ -37,6 +37,14 @@ class Checkpoint:
     identity: FileIdentity
     offset: int
     path: str
+    copy_ino: int | None = None
+    """Set when the identity's bytes now live in a copytruncate copy (another inode on
+    the same device, at ``path``): the copy is read on under the original identity."""
+
+    @property
+    def ino(self) -> int:
+        """The inode that holds this identity's bytes now."""
+        return self.identity.ino if self.copy_ino is None else self.copy_ino
 
 
 class CheckpointStore:
@@ -84,13 +92,9 @@ class CheckpointStore:
 
     # --- queries and updates ----------------------------------------------------------
     def candidates(self, dev: int, ino: int) -> list[Checkpoint]:
-        """Checkpoints recorded for this device and inode (any fingerprint)."""
+        """Checkpoints whose bytes live in this device and inode (any fingerprint)."""
         with self._lock:
-            return [
-                cp
-                for cp in self._items.values()
-                if cp.identity.dev == dev and cp.identity.ino == ino
-            ]
+            return [cp for cp in self._items.values() if cp.identity.dev == dev and cp.ino == ino]
 
     def get(self, fid: str) -> Checkpoint | None:
         with self._lock:
@@ -101,7 +105,8 @@ class CheckpointStore:
             current = self._items.get(identity.fid)
             if current is not None and current.offset == offset and current.path == path:
                 return
-            self._items[identity.fid] = Checkpoint(identity, offset, path)
+            copy_ino = current.copy_ino if current is not None else None
+            self._items[identity.fid] = Checkpoint(identity, offset, path, copy_ino)
             self._dirty = True
 
     def register(self, identity: FileIdentity, offset: int, path: str) -> None:
@@ -123,6 +128,23 @@ class CheckpointStore:
                 current.offset = offset
                 self._dirty = True
 
+    def move(self, fid: str, ino: int, path: str) -> None:
+        """The identity's bytes continue in a copy (inode *ino* at *path*)."""
+        with self._lock:
+            current = self._items.get(fid)
+            if current is not None:
+                current.copy_ino, current.path = ino, path
+                self._dirty = True
+
+    def copies(self) -> list[Checkpoint]:
+        """Checkpoints that point into a copytruncate copy (resumed at start-up)."""
+        with self._lock:
+            return [
+                Checkpoint(cp.identity, cp.offset, cp.path, cp.copy_ino)
+                for cp in self._items.values()
+                if cp.copy_ino is not None
+            ]
+
     def forget(self, fid: str) -> None:
         with self._lock:
             if self._items.pop(fid, None) is not None:
@@ -137,7 +159,8 @@ class CheckpointStore:
     def snapshot(self) -> dict[str, Checkpoint]:
         with self._lock:
             return {
-                fid: Checkpoint(cp.identity, cp.offset, cp.path) for fid, cp in self._items.items()
+                fid: Checkpoint(cp.identity, cp.offset, cp.path, cp.copy_ino)
+                for fid, cp in self._items.items()
             }
 
     # --- persistence ------------------------------------------------------------------
@@ -178,18 +201,22 @@ def atomic_write(path: Path, body: bytes) -> None:
 
 
 def _render(items: Any) -> bytes:
-    files = [
-        {
-            "dev": cp.identity.dev,
-            "ino": cp.identity.ino,
-            "fingerprint": cp.identity.fingerprint,
-            "fp_len": cp.identity.fp_len,
-            "offset": cp.offset,
-            "path": cp.path,
-        }
-        for cp in items
-    ]
+    files = [_item(cp) for cp in items]
     return json.dumps({"version": FORMAT_VERSION, "files": files}, indent=1).encode()
+
+
+def _item(cp: Checkpoint) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "dev": cp.identity.dev,
+        "ino": cp.identity.ino,
+        "fingerprint": cp.identity.fingerprint,
+        "fp_len": cp.identity.fp_len,
+        "offset": cp.offset,
+        "path": cp.path,
+    }
+    if cp.copy_ino is not None:
+        item["copy_ino"] = cp.copy_ino  # optional: older documents simply lack it
+    return item
 
 
 def _parse(raw: bytes) -> list[Checkpoint]:
@@ -204,7 +231,8 @@ def _parse(raw: bytes) -> list[Checkpoint]:
             fingerprint=str(item["fingerprint"]),
             fp_len=_int(item["fp_len"]),
         )
-        out.append(Checkpoint(identity, _int(item["offset"]), str(item["path"])))
+        copy_ino = _int(item["copy_ino"]) if "copy_ino" in item else None
+        out.append(Checkpoint(identity, _int(item["offset"]), str(item["path"]), copy_ino))
     return out
 
 

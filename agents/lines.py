@@ -19,6 +19,7 @@ import operator
 import re
 from dataclasses import dataclass, field
 from itertools import accumulate
+from typing import Protocol
 
 from opsq.core.logformat import VERSION
 
@@ -155,6 +156,27 @@ def _encode(src: Source, lines: list[bytes], offs: list[int], end: int) -> Batch
     return Batch(src.fid, end, len(lines), fields)
 
 
+class Stage(Protocol):
+    """One step between cutting lines and packing entries (decode, join, ...).
+
+    The tailer runs read -> split/truncate -> stages in order -> pack. A stage may
+    hold records back (a multiline record waiting for its next start line, a
+    container runtime's partial line): ``held_from`` is the file offset of the first
+    byte it holds, so the checkpoint never passes it. ``flush`` hands out whatever is
+    held (a timeout, a rotated file's end); ``reset`` drops it because the tailer will
+    re-read from an earlier offset.
+    """
+
+    @property
+    def held_from(self) -> int | None: ...
+
+    def feed(self, records: Records) -> Records: ...
+
+    def flush(self) -> Records: ...
+
+    def reset(self) -> None: ...
+
+
 class Joiner:
     """Multiline joining: a line matching *start_pattern* starts a record, others append.
 
@@ -175,6 +197,10 @@ class Joiner:
     @property
     def pending(self) -> bool:
         return bool(self.parts)
+
+    @property
+    def held_from(self) -> int | None:
+        return self.off if self.parts else None
 
     def feed(self, records: Records) -> Records:
         """Join *records*; return the completed ones (the last may stay pending)."""

@@ -6,7 +6,9 @@ before a single line is read, and its per-command packing is overhead we measure
 the benchmark. The agent needs five commands (AUTH, SELECT, PING, XADD, XTRIM), sent
 pipelined, with replies read in order. Anything unusual (a closed socket, a timeout,
 an ``-OOM``/``-LOADING`` error reply) becomes :class:`RedisUnavailable`, which the sender
-answers with backoff and a retry of the whole pipeline.
+answers with backoff and a retry of the whole pipeline; a reply that retrying cannot fix
+(``WRONGTYPE``, ``WRONGPASS``) becomes :class:`RedisCommandError`, which stops the agent
+loudly (:func:`opsq.core.redis_errors.reply_error`: the same rules as every other client).
 
 Supports ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS) and
 ``unix:///path?db=N``.
@@ -19,7 +21,8 @@ import ssl
 from typing import BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from opsq.core.errors import ConfigError, RedisUnavailable
+from opsq.core.errors import ConfigError, RedisCommandError, RedisUnavailable
+from opsq.core.redis_errors import reply_error
 
 Reply = bytes | int | list["Reply"] | None
 Command = list[bytes]
@@ -82,21 +85,28 @@ class RespClient:
             self._roundtrip(setup)
 
     def close(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock, self._file = None, None
+        # Close the makefile() reader too: a socket's descriptor stays open while a file
+        # made from it lives, and a traceback holding the reader would keep it alive.
+        sock, reader = self._sock, self._file
+        self._sock, self._file = None, None
+        if reader is not None:
+            reader.close()
+        if sock is not None:
+            sock.close()
 
     # --- commands ---------------------------------------------------------------------
     def execute(self, commands: list[Command]) -> list[Reply]:
-        """Send *commands* pipelined; return replies in order, or raise RedisUnavailable."""
+        """Send *commands* pipelined; return replies in order.
+
+        Raises RedisUnavailable (retry) or RedisCommandError (a bug or a config fix), as
+        :mod:`opsq.core.redis_errors` decides for every Redis client in opsq.
+        """
         try:
             if self._file is None:
                 self._connect()
             return self._roundtrip(commands)
-        except ErrorReply as exc:
-            raise RedisUnavailable(f"Redis refused the write: {exc}") from exc
+        except ErrorReply as exc:  # OOM/LOADING: retry; WRONGTYPE, WRONGPASS: a fix, not a wait
+            raise reply_error(str(exc), "log stream write", _safe(self.url)) from exc
         except (OSError, EOFError, ValueError) as exc:
             # ValueError: a length or integer that does not parse (a peer that is not
             # Redis, or a corrupted stream). Either way the connection is unusable, and
@@ -123,7 +133,7 @@ class RespClient:
     def ping(self) -> bool:
         try:
             return self.execute([[b"PING"]]) == [b"PONG"]
-        except RedisUnavailable:
+        except (RedisUnavailable, RedisCommandError):
             return False
 
 

@@ -65,6 +65,6 @@ class Retention:
 
         A stream without consumer groups is left alone: nobody has read it yet.
         redis-py errors propagate; the caller translates them (the shipper with its
-        ``redis_errors``, which also knows READONLY after a failover and OOM).
+        ``redis_errors``: :mod:`opsq.core.redis_errors`).
         """
         return int(self._script(keys=[self.stream]))

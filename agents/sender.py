@@ -4,18 +4,19 @@ One thread owns the Redis connection. It takes every batch waiting in the bounde
 queue (up to a pipeline's worth), sends them as one pipelined round trip, and only
 after Redis replied moves each file's checkpoint to the end of its last acknowledged
 batch. If the round trip fails (Redis down, restarting, answering OOM under
-``noeviction``) the same batches are sent again after an exponential backoff: the
-queue fills, readers pause (``block``) or drop and count (``drop``), and the
-checkpoint stays where Redis last acknowledged. A retried pipeline may have been
-partly applied; the duplicates carry the same record ids and the consumer dedupes
-them (at-least-once, never at-most-once).
+``noeviction``) the same batches are sent again after a full-jitter backoff
+(:mod:`opsq.core.backoff`): the queue fills, readers pause (``block``) or drop and
+count (``drop``), and the checkpoint stays where Redis last acknowledged. A retried
+pipeline may have been partly applied; the duplicates carry the same record ids and
+the consumer dedupes them (at-least-once, never at-most-once). A reply no retry can
+fix (``WRONGTYPE`` on the stream key, ``WRONGPASS``) ends the sender, and the agent
+exits with an error, instead of retrying forever.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -23,8 +24,9 @@ from collections.abc import Callable
 from agents.checkpoint import CheckpointStore
 from agents.lines import Batch
 from agents.resp import RespClient
+from opsq.core.backoff import Backoff
 from opsq.core.config.logs import AgentSettings
-from opsq.core.errors import RedisUnavailable
+from opsq.core.errors import RedisCommandError, RedisUnavailable
 from opsq.core.metrics import logs_agent as metrics
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,13 @@ class Sender(threading.Thread):
 
     def run(self) -> None:
         try:
+            self._run()
+        except RedisCommandError as exc:  # WRONGTYPE, WRONGPASS: no wait fixes it
+            metrics.SEND_ERRORS.inc()
+            log.error("XADD refused for good, stopping the agent: %s", exc)
+
+    def _run(self) -> None:
+        try:
             while not self._abort.is_set():
                 batches = self._take()
                 if not batches:
@@ -102,19 +111,19 @@ class Sender(threading.Thread):
 
     def _send_until_acked(self, batches: list[Batch]) -> bool:
         """True once Redis acknowledged; False if the shutdown deadline ran out first."""
-        delay = BACKOFF_START_S
+        backoff = Backoff(base=BACKOFF_START_S, cap=BACKOFF_MAX_S)
         while True:
             try:
                 self._xadd(batches)
             except RedisUnavailable as exc:
                 metrics.SEND_ERRORS.inc()
+                delay = backoff.next()
                 log.warning("XADD failed, retrying in %.1fs: %s", delay, exc)
             else:
                 return True
             if time.monotonic() + delay > self._deadline or self._abort.wait(delay):
                 log.warning("shutdown grace over with %d entries unacknowledged", len(batches))
                 return False
-            delay = min(BACKOFF_MAX_S, delay * 2) * random.uniform(0.8, 1.2)  # noqa: S311
 
     def _xadd(self, batches: list[Batch]) -> None:
         stream = self.stream.encode()

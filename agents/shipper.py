@@ -38,11 +38,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
@@ -50,8 +49,10 @@ import redis
 from agents.retention import Retention
 from agents.sinks.base import Delivery, Outcome, Sink
 from opsq.core import keys
+from opsq.core import redis_errors as policy
+from opsq.core.backoff import Backoff
 from opsq.core.config.logs import ShipperSettings
-from opsq.core.errors import PermanentError, RedisUnavailable, TemporaryError
+from opsq.core.errors import PermanentError, RedisCommandError, RedisUnavailable, TemporaryError
 from opsq.core.logformat import decode
 from opsq.core.metrics import logs_shipper as m
 
@@ -60,52 +61,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RawEntry = tuple[str, dict[bytes, bytes]]
 
-# Redis answers that mean "try again later" rather than "your command is wrong".
-# redis-py turns OOM, READONLY and TRYAGAIN into their own ResponseError subclasses and
-# strips the code from the message, so those are matched by class, the rest by prefix.
-_TRANSIENT_CLASSES = (
-    redis.exceptions.OutOfMemoryError,  # type: ignore[attr-defined]
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.TryAgainError,
-)
-_TRANSIENT_REPLIES = ("NOGROUP", "MASTERDOWN")
+
+def redis_errors(what: str) -> policy.redis_errors:
+    """The shared Redis error policy (:mod:`opsq.core.redis_errors`), with NOGROUP as
+    "retry" too: here it means Redis lost the group (restarted without its data), and
+    recovery recreates it."""
+    return policy.redis_errors(what, temporary={"NOGROUP"})
 
 
-@contextlib.contextmanager
-def redis_errors(what: str) -> Iterator[None]:
-    """Translate redis-py failures that retrying can fix into :class:`RedisUnavailable`.
-
-    NOGROUP is among them: it means Redis lost the group (restarted without its
-    data); recovery recreates it.
-    """
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise RedisUnavailable(f"{what}: {exc}") from exc
-    except redis.ResponseError as exc:
-        if isinstance(exc, _TRANSIENT_CLASSES) or str(exc).startswith(_TRANSIENT_REPLIES):
-            raise RedisUnavailable(f"{what}: {exc}") from exc
-        raise
-
-
-class Backoff:
-    """Exponential backoff with equal jitter (half fixed, half random).
-
-    Jitter keeps a fleet of shippers from hammering a recovering sink in lockstep.
-    """
-
-    def __init__(self, base: float = 0.05, cap: float = 5.0) -> None:
-        self.base = base
-        self.cap = cap
-        self.attempt = 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.base * 2**self.attempt)
-        self.attempt += 1
-        return float(delay / 2 + random.random() * delay / 2)  # noqa: S311 - jitter, not crypto
-
-    def reset(self) -> None:
-        self.attempt = 0
+def _backoff(cap: float) -> Backoff:
+    """Full jitter from 50 ms: a fleet of shippers does not hit a recovering sink or
+    Redis in lockstep."""
+    return Backoff(base=0.05, cap=cap)
 
 
 def default_consumer() -> str:
@@ -118,19 +85,16 @@ def ensure_group(client: redis.Redis[bytes], stream: str, group: str) -> None:
     From id 0, not ``$``: entries already in the stream were never shipped, and a
     group Redis lost must re-deliver rather than skip.
     """
-    try:
-        with redis_errors("XGROUP CREATE"):
-            client.xgroup_create(stream, group, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
+    with redis_errors("XGROUP CREATE"), policy.ignore_reply("BUSYGROUP"):
+        client.xgroup_create(stream, group, id="0", mkstream=True)
 
 
 def group_exists(client: redis.Redis[bytes], stream: str, group: str) -> bool:
     """Readiness: Redis answers and the consumer group is there."""
     try:
-        groups = client.xinfo_groups(stream)  # type: ignore[no-untyped-call]
-    except redis.ResponseError:  # no such key
+        with redis_errors("XINFO GROUPS"):
+            groups = client.xinfo_groups(stream)  # type: ignore[no-untyped-call]
+    except RedisCommandError:  # ERR no such key: not ready
         return False
     return any(g["name"] in (group, group.encode()) for g in groups)
 
@@ -159,7 +123,7 @@ class Shipper:
         self.dead_letter_stream = keys.dead_letter(stream)
         self.retry_cap = retry_cap
         self._retention = Retention(client, stream)
-        self._backoff = Backoff(cap=retry_cap)
+        self._backoff = _backoff(retry_cap)
         self._block_ms = int(settings.block * 1000) or None  # 0 would mean "forever"
         self._claim_every = min(max(settings.claim_idle / 2, 0.05), 30.0)
         self._next_claim = 0.0
@@ -322,7 +286,7 @@ class Shipper:
     def _ship(self, batch: Sequence[Delivery]) -> None:
         """Write to the sink until every entry is confirmed or refused (or grace ran out)."""
         pending = list(batch)
-        backoff = Backoff(cap=self.retry_cap)
+        backoff = _backoff(self.retry_cap)
         while pending:
             try:
                 outcome = self._write(pending)
@@ -398,7 +362,7 @@ class Shipper:
         Retrying in place rather than unwinding avoids writing the batch to the sink
         again just because Redis blinked after the sink had it.
         """
-        backoff = Backoff(cap=self.retry_cap)
+        backoff = _backoff(self.retry_cap)
         while True:
             try:
                 with redis_errors(what):

@@ -6,9 +6,15 @@ again next time (nothing is buffered), so memory stays bounded by one read. A li
 longer than ``max_line_bytes`` keeps its first ``max_line_bytes`` and the rest is
 skipped by scanning forward for the newline, never held in memory.
 
+The line pipeline has fixed stages: read (``pread``) -> split and cut oversized lines
+(:func:`agents.lines.split_chunk`) -> the configured :class:`agents.lines.Stage` list
+(decoders, multiline joining) -> pack into stream entries. A stage that holds records
+back keeps the checkpoint before them (``held_from``).
+
 The tailer keeps its descriptor when the path is renamed or deleted: the agent keeps
-draining it for at most ``rotated_grace`` (tracked here as ``rotated_at``), so lines
-written just before a rotation are not lost, and then releases it.
+draining it (see :mod:`agents.agent` for how long), so lines written just before a
+rotation are not lost. After ``copytruncate`` it hands its identity, offset and stage
+state to a tailer of the copy (:meth:`continue_in`) and starts over at 0 itself.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import time
 from collections.abc import Callable
 
 from agents.checkpoint import CheckpointStore
+from agents.copytruncate import Copy
 from agents.identity import FileIdentity, identify, matches
-from agents.lines import Batch, Joiner, Records, Source, is_clean, pack, split_chunk
+from agents.lines import Batch, Joiner, Records, Source, Stage, is_clean, pack, split_chunk
 from opsq.core.config.logs import AgentSettings
 from opsq.core.metrics import logs_agent as metrics
 
@@ -28,6 +35,14 @@ READ_SIZE = 1024 * 1024
 
 Emit = Callable[[Batch], bool]
 """Hand a batch to the sender; False means the agent is stopping and it was not taken."""
+
+
+def make_stages(cfg: AgentSettings) -> list[Stage]:
+    """The stages between splitting and packing, in order, for these settings."""
+    ml = cfg.multiline
+    if ml is None:
+        return []
+    return [Joiner(ml.start_pattern, ml.max_lines, cfg.max_line_bytes)]
 
 
 class Tailer:
@@ -42,13 +57,27 @@ class Tailer:
         cfg: AgentSettings,
         host: bytes,
         store: CheckpointStore,
+        kind: str = "file",
+        source: str | None = None,
+        via_link: bool = False,
     ) -> None:
         self.path = path
+        """Where the file is found now (rotation checks, metrics label)."""
+        self.source = source or path
+        """The path the records carry: for a copy, the original file's path."""
+        self.kind = kind
+        """``file``, or ``copy``: a copytruncate copy read to its end, then released."""
+        self.via_link = via_link
+        """Found through a (followed, checked) symlink: rotation checks follow it too."""
         self.fd = fd
         self.key = (st.st_dev, st.st_ino)
         self.identity = identity
+        self.head = b"" if identity is None else os.pread(fd, identity.fp_len, 0)
+        """The bytes the identity was made from (to recognise copies in the making)."""
         self.offset = offset
         """Start of the first line not yet handed to the sender (the read position)."""
+        self.last_size = st.st_size
+        """File size at the last check (a lower bound of what a truncation destroyed)."""
         self.cfg = cfg
         self.host = host
         self.store = store
@@ -58,10 +87,7 @@ class Tailer:
         self.rotated_at: float | None = None
         self.rotation = ""
         self.last_data = time.monotonic()
-        ml = cfg.multiline
-        self.joiner = (
-            Joiner(ml.start_pattern, ml.max_lines, cfg.max_line_bytes) if ml is not None else None
-        )
+        self.stages = make_stages(cfg)
 
     # --- reading ----------------------------------------------------------------------
     def read(self, emit: Emit, budget: int) -> int:
@@ -84,6 +110,7 @@ class Tailer:
     def _identify(self) -> None:
         self.identity = identify(self.fd, os.fstat(self.fd))
         if self.identity is not None:
+            self.head = os.pread(self.fd, self.identity.fp_len, 0)
             self.store.register(self.identity, self.offset, self.path)
 
     def _lines(self, buf: bytes, emit: Emit) -> int:
@@ -109,9 +136,9 @@ class Tailer:
             return self._advance_skipped(len(buf))
         off, head = skip
         end = self.offset + nl + 1
-        if not self._emit_records(self._one(off, head), end, emit):
+        self.skip = None  # the record below covers the whole line (a refusal rewinds)
+        if not self._ship(self._one(off, head), end, emit, counted=True):
             return -1
-        self.skip = None
         self.offset = end
         metrics.BYTES_READ.inc(nl + 1)
         return nl + 1
@@ -128,28 +155,36 @@ class Tailer:
             rec.invalid = 1
         return rec
 
-    def _ship(self, records: Records, end: int, emit: Emit) -> bool:
-        if records.truncated:
+    def _ship(self, records: Records, end: int, emit: Emit, *, counted: bool = False) -> bool:
+        """Run *records* (cut from bytes up to *end*) through the stages and emit them."""
+        if not counted:
             metrics.LINES_TRUNCATED.inc(records.truncated)
-        if records.invalid:
             metrics.INVALID_ENCODING.inc(records.invalid)
-        if self.joiner is not None:
-            records = self.joiner.feed(records)
-            end = self.joiner.emitted_end
+        for stage in self.stages:
+            records = stage.feed(records)
             metrics.LINES_TRUNCATED.inc(records.truncated)
-        return self._emit_records(records, end, emit)
+        return self._emit_records(records, self._covered(end), emit)
+
+    def _covered(self, end: int) -> int:
+        """*end*, or the first byte still held back (by a stage, or an oversized line
+        being skipped) if that is earlier: the checkpoint must never pass it."""
+        held = [h for h in (s.held_from for s in self.stages) if h is not None]
+        if self.skip is not None:
+            held.append(self.skip[0])
+        return min([end, *held])
 
     def _emit_records(self, records: Records, end: int, emit: Emit) -> bool:
         """Hand out *records* as batches; on refusal rewind to the last accepted one.
 
         A refusal (queue full in ``block`` mode, or stopping) must not lose anything:
         the read position goes back to the end of the last accepted batch (a record
-        boundary) and everything after it is read again later. Multiline state is
-        rebuilt from there too.
+        boundary) and everything after it is read again later. Stage state (multiline)
+        is rebuilt from there too.
         """
         if not records.lines or self.identity is None:
             return True
-        src = Source(self.host, self.path.encode("utf-8", "surrogateescape"), self.identity.fid)
+        path = self.source.encode("utf-8", "surrogateescape")
+        src = Source(self.host, path, self.identity.fid)
         accepted = records.offs[0]
         for batch in pack(src, records, end, self.cfg.batch_lines, self.cfg.batch_bytes):
             if not emit(batch):
@@ -162,29 +197,35 @@ class Tailer:
     def _rewind(self, offset: int) -> None:
         self.offset = offset
         self.skip = None
-        if self.joiner is not None:
-            self.joiner.reset()
+        for stage in self.stages:
+            stage.reset()
 
     # --- timeouts and end of life -----------------------------------------------------
     def tick(self, now: float, emit: Emit) -> None:
-        """Ship a pending multiline record once no line arrived for the timeout."""
+        """Ship what the stages hold once no line arrived for the multiline timeout."""
         ml = self.cfg.multiline
-        if self.joiner is None or ml is None or not self.joiner.pending:
-            return
-        if now - self.last_data >= ml.timeout:
-            records = self.joiner.flush()
-            self._emit_records(records, self.joiner.emitted_end, emit)
+        if ml is not None and now - self.last_data >= ml.timeout:
+            self._flush_stages(emit)
+
+    def _flush_stages(self, emit: Emit) -> bool:
+        """Flush every stage in order (each one's output goes through the next)."""
+        for i, stage in enumerate(self.stages):
+            if stage.held_from is None:
+                continue
+            records = stage.flush()
+            for later in self.stages[i + 1 :]:
+                records = later.feed(records)
+            if not self._emit_records(records, self._covered(self.offset), emit):
+                return False
+        return True
 
     def flush_partial(self, emit: Emit) -> bool:
         """Ship what is left (a last line without newline) before the file is released.
 
         False when the queue refused it (try again later, the file is not done).
         """
-        joiner = self.joiner
-        if joiner is not None and joiner.pending:
-            ok = self._emit_records(joiner.flush(), joiner.emitted_end, emit)
-            if not ok:
-                return False
+        if not self._flush_stages(emit):
+            return False
         size = os.fstat(self.fd).st_size
         if self.skip is not None:
             off, head = self.skip
@@ -205,11 +246,29 @@ class Tailer:
     def remaining(self) -> int:
         return max(0, os.fstat(self.fd).st_size - self.offset)
 
+    def drained(self) -> bool:
+        """Every whole line is read: what is left, if anything, is one partial line."""
+        rest = self.remaining()
+        if rest == 0:
+            return True
+        return rest <= self.cfg.max_line_bytes and b"\n" not in os.pread(self.fd, rest, self.offset)
+
+    def acknowledged(self) -> bool:
+        """Whether Redis acknowledged everything handed out so far."""
+        if self.identity is None:
+            return True
+        cp = self.store.get(self.identity.fid)
+        return cp is not None and cp.offset >= self.offset
+
+    def resume_offset(self) -> int:
+        """Where reading must start again to rebuild this tailer's state exactly."""
+        return self._covered(self.offset)
+
     # --- checks ------------------------------------------------------------------------
     def path_moved(self) -> str | None:
         """``rename`` or ``delete`` when the path no longer leads to this file."""
         try:
-            st = os.stat(self.path)
+            st = os.stat(self.path, follow_symlinks=self.via_link)
         except FileNotFoundError:
             st = None
         except OSError:
@@ -220,19 +279,48 @@ class Tailer:
 
     def truncated(self, *, verify_prefix: bool) -> bool:
         """Whether the file was truncated (copytruncate) or rewritten from the start."""
-        if os.fstat(self.fd).st_size < self.offset:
+        size = os.fstat(self.fd).st_size
+        if size < self.offset:
             return True
+        self.last_size = size
         return verify_prefix and self.identity is not None and not matches(self.fd, self.identity)
 
+    def continue_in(self, copy: Copy, identity: FileIdentity) -> Tailer:
+        """A tailer reading *copy* on from here, under this file's identity and state.
+
+        Its records keep this file's identity and offsets (ids go on where this file
+        stopped) and its path; the checkpoint now points into the copy.
+        """
+        follow = Tailer(
+            copy.path,
+            copy.fd,
+            copy.st,
+            identity=identity,
+            offset=self.offset,
+            cfg=self.cfg,
+            host=self.host,
+            store=self.store,
+            kind="copy",
+            source=self.source,
+        )
+        follow.skip, follow.stages, follow.last_data = self.skip, self.stages, self.last_data
+        self.stages = make_stages(self.cfg)
+        self.store.move(identity.fid, copy.st.st_ino, copy.path)
+        return follow
+
     def restart_from_zero(self) -> None:
-        """After copytruncate: a new identity (so record ids never collide) from offset 0."""
-        if self.identity is not None:
-            self.store.forget(self.identity.fid)
+        """After copytruncate: a new identity (so record ids never collide) from offset 0.
+
+        The old identity's checkpoint is not forgotten here: it moved into the copy,
+        or the agent keeps it while it still looks for one.
+        """
         self.identity = None
+        self.head = b""
         self.offset = 0
+        self.last_size = 0
         self.skip = None
-        if self.joiner is not None:
-            self.joiner.reset()
+        for stage in self.stages:
+            stage.reset()
 
     def lag(self) -> int:
         size = os.fstat(self.fd).st_size

@@ -9,12 +9,13 @@ once and ends; the reader's own polling then carries on alone.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import threading
 
 import watchfiles
+
+from agents.discovery import fixed_root
 
 log = logging.getLogger(__name__)
 # watchfiles logs "N changes detected" at INFO for every batch of events: on a busy log
@@ -29,14 +30,7 @@ def watch_roots(patterns: list[str]) -> dict[str, bool]:
     """The directory to watch per pattern -> whether it must be watched recursively."""
     roots: dict[str, bool] = {}
     for pattern in patterns:
-        parts = os.path.expanduser(pattern).split(os.sep)
-        fixed = []
-        for part in parts[:-1]:
-            if glob.has_magic(part):
-                break
-            fixed.append(part)
-        root = os.sep.join(fixed) or "."
-        recursive = len(fixed) < len(parts) - 1
+        root, recursive = fixed_root(pattern)
         if os.path.isdir(root):
             roots[root] = roots.get(root, False) or recursive
     return roots

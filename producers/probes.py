@@ -16,14 +16,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery
-from kombu.exceptions import OperationalError
 
 from opsq.core import signatures
 from opsq.core.celeryconf import celery_config
 from opsq.core.config.probes import Target
 from opsq.core.errors import RedisUnavailable
 from opsq.core.redact import redact_url
-from opsq.core.runs import Progress, RunStore, Submitted, submit_run
+from opsq.core.redis_errors import redis_errors
+from opsq.core.runs import Progress, RunStore, Submitted, batch_repr, submit_run
 from opsq.core.settings import Settings
 
 POLL_INTERVAL_S = 0.2
@@ -78,13 +78,14 @@ class ProbeProducer:
     def _send(self, kwargs: dict[str, Any]) -> None:
         if self._app is None:
             self._app = producer_app(self.settings)
-        try:
+        with redis_errors("publish a probe batch", where=redact_url(self.settings.broker_url)):
             self._app.send_task(
-                signatures.PROBE_BATCH, kwargs=kwargs, retry=True, retry_policy=_PUBLISH_RETRY
+                signatures.PROBE_BATCH,
+                kwargs=kwargs,
+                kwargsrepr=batch_repr(kwargs),
+                retry=True,
+                retry_policy=_PUBLISH_RETRY,
             )
-        except OperationalError as exc:
-            where = redact_url(self.settings.broker_url)
-            raise RedisUnavailable(f"cannot publish to the broker at {where}: {exc}") from exc
 
     def wait(
         self,

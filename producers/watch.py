@@ -13,7 +13,12 @@ An object whose previous attempts failed waits longer each time (the worker coun
 failures in :func:`opsq.core.keys.cleanup_backoff`). Nothing is sent before every
 informer has synced (no action on a partial view). At most
 ``max_deletions_per_run`` objects are sent per ``resync`` window; the rest wait for
-the next window.
+the next window. In a dry run an object is sent once per resourceVersion: a resync
+re-announces everything, and the same would-delete every ten minutes is noise.
+
+Stopping: :meth:`WatchProducer.tick` checks the stop event between objects, so SIGTERM
+during a backlog ends the loop after the object in hand (the executor's backoff sleeps
+on the same event).
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ from typing import Any, Protocol
 
 import redis
 from celery import Celery
-from kombu.exceptions import OperationalError
 
 from opsq.core import keys, signatures
+from opsq.core.backoff import full_jitter
 from opsq.core.config.cleanup import CleanupSettings
-from opsq.core.errors import RedisUnavailable, TemporaryError
-from opsq.engines.cleanup.executor import Target, backoff_delay
+from opsq.core.errors import OpsqError, TemporaryError
+from opsq.core.redis_errors import redis_errors
+from opsq.engines.cleanup.executor import Target
 from opsq.engines.cleanup.watcher import Due, Watcher
 from producers.cleanup import task_kwargs
 
@@ -48,6 +54,7 @@ IDLE_WAIT_S = 1.0
 """Longest sleep between checks, so stop requests and new due objects are seen quickly."""
 
 Send = Callable[[Target, float], None]
+Notify = Callable[[Target, float], object]
 
 
 class Claims(Protocol):
@@ -66,20 +73,16 @@ class RedisClaims:
         self.client = client
 
     def claim(self, uid: str, ttl: int) -> bool:
-        try:
+        with redis_errors(f"claim {uid}"):
             return bool(self.client.set(keys.cleanup_inflight(uid), "1", nx=True, ex=ttl))
-        except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot claim {uid}: {exc}") from exc
 
     def failures(self, uid: str) -> int:
-        try:
+        with redis_errors(f"read the backoff of {uid}"):
             return int(self.client.get(keys.cleanup_backoff(uid)) or 0)
-        except redis.RedisError as exc:
-            raise RedisUnavailable(f"cannot read backoff of {uid}: {exc}") from exc
 
     def release(self, uid: str) -> None:
         # Best effort: if Redis is down too, the claim still expires by its TTL.
-        with contextlib.suppress(redis.RedisError):
+        with contextlib.suppress(OpsqError), redis_errors(f"release {uid}"):
             self.client.delete(keys.cleanup_inflight(uid))
 
 
@@ -98,12 +101,10 @@ class NoClaims:
 
 def celery_sender(app: Celery, *, dry_run: bool) -> Send:
     def send(target: Target, countdown: float) -> None:
-        try:
+        with redis_errors(f"enqueue {target.name}"):
             app.send_task(
                 signatures.CLEANUP_OBJECT, kwargs=task_kwargs(target, dry_run), countdown=countdown
             )
-        except OperationalError as exc:
-            raise RedisUnavailable(f"cannot enqueue {target.name}: {exc}") from exc
 
     return send
 
@@ -119,9 +120,17 @@ class WatchProducer:
         clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
         ahead: float = DISPATCH_AHEAD_S,
+        dry_run: bool = False,
+        notify: Notify | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
-        """*ahead*: 0 for in-process sends, which run at once and ignore the countdown."""
+        """*ahead*: 0 for in-process sends, which run at once and ignore the countdown.
+        *notify*: announces upcoming deletions (``notify_before``)."""
         self.settings = settings
+        self.dry_run = dry_run
+        self.notify = notify
+        self.stop = stop or threading.Event()
+        self._dry_sent: dict[str, str | None] = {}
         self.ahead = ahead
         self.watcher = watcher
         self.send = send
@@ -139,8 +148,12 @@ class WatchProducer:
             return 0
         now = self.clock()
         self._roll_window(now)
+        self._announce(now)
         sent = 0
         for due in self.watcher.due(now + self.ahead):
+            if self.stop.is_set():  # SIGTERM mid-backlog: put the rest back and leave
+                self.watcher.queue.upsert(due)
+                continue
             try:
                 sent += self._dispatch(due, now)
             except TemporaryError as exc:  # broker down, or the API for in-process sends
@@ -149,17 +162,33 @@ class WatchProducer:
         self.sent += sent
         return sent
 
+    def _announce(self, now: float) -> None:
+        """Heads-up for deletions within their rule's ``notify_before`` (apply mode)."""
+        for notice in self.watcher.notices.pop_until(now):
+            if self.notify is None or self.dry_run:
+                continue
+            rule = self.settings.rule(notice.target.rule)
+            due_at = notice.due_at + (rule.notify_before or 0.0)
+            if due_at > now:
+                self.notify(notice.target, due_at)
+
     def _roll_window(self, now: float) -> None:
         if now - self._window_start >= self.settings.resync:
             self._window_start, self._window_sent = now, 0
+            known = {uid for uid in self._dry_sent if self.watcher._known(uid) is not None}
+            self._dry_sent = {uid: rv for uid, rv in self._dry_sent.items() if uid in known}
 
     def _dispatch(self, due: Due, now: float) -> int:
         target = due.target
+        if self.dry_run and self._dry_sent.get(target.uid) == target.resource_version:
+            return 0  # already dry-run at this resourceVersion: nothing new to say
         countdown = max(0.0, due.due_at - now)
         failures = self.claims.failures(target.uid)
         if failures > due.backoff_for:  # a new failure since this due time was computed
             cfg = self.settings
-            countdown += backoff_delay(failures, cfg.backoff_base, cfg.backoff_cap, None, self.rng)
+            countdown += full_jitter(
+                failures, base=cfg.backoff_base, cap=cfg.backoff_cap, rng=self.rng
+            )
         if countdown > self.ahead:
             self.watcher.queue.upsert(Due(target, now + countdown, failures))  # wait locally
             return 0
@@ -177,6 +206,8 @@ class WatchProducer:
             self.claims.release(target.uid)
             raise
         self._window_sent += 1
+        if self.dry_run:
+            self._dry_sent[target.uid] = target.resource_version
         return 1
 
     def wait_time(self) -> float:
@@ -189,7 +220,7 @@ class WatchProducer:
     def start_informers(self, stop: threading.Event) -> list[threading.Thread]:
         threads = [
             threading.Thread(target=i.run, args=(stop,), name=f"informer-{i.resource}", daemon=True)
-            for i in self.watcher.informers
+            for i in self.watcher.all_informers
         ]
         for thread in threads:
             thread.start()
@@ -201,8 +232,13 @@ class WatchProducer:
 
     def run(self, stop: threading.Event) -> None:
         """Run informers in threads and dispatch in this one until *stop* is set."""
+        self.stop = stop
         threads = self._threads = self.start_informers(stop)
         while not stop.is_set():
+            fatal = next((i.fatal for i in self.watcher.all_informers if i.fatal), None)
+            if fatal is not None:
+                stop.set()
+                raise fatal
             if not self.informers_alive():
                 # Its cache would go stale while /readyz still said "synced": exit so the
                 # pod restarts with a fresh LIST instead of silently missing due objects.

@@ -4,8 +4,9 @@ Thin on purpose: parse kwargs, hand the batch to this process's
 :class:`~tasks.batch.BatchRunner`, and map what comes back:
 
 - :class:`~opsq.core.errors.TemporaryError` (Redis unavailable) -> ``self.retry`` with
-  capped exponential backoff. The countdown stays well below the broker's visibility
-  timeout (kombu#1306: a delayed message is held un-acked and would be redelivered).
+  capped exponential backoff and full jitter (:mod:`opsq.core.backoff`). The countdown
+  stays well below the broker's visibility timeout (kombu#1306: a delayed message is
+  held un-acked and would be redelivered).
 - :class:`~opsq.core.errors.PermanentError` (unknown run, invalid payload) -> failure.
 - Celery's soft time limit (a backstop: the batch has its own, earlier deadline) ->
   reject with requeue, so the redelivery counter, not luck, bounds a batch that hangs.
@@ -18,23 +19,30 @@ written), ``reject_on_worker_lost`` (a killed pool process hands the message bac
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
 
 from opsq.core import signatures
-from opsq.core.config.probes import TargetsFile
+from opsq.core.backoff import full_jitter
+from opsq.core.config.probes import ProbeSet, Target, TargetsFile
 from opsq.core.errors import PermanentError, TemporaryError
 from opsq.core.loading import validate_file
 from opsq.core.metrics import pipeline as metrics
-from opsq.core.runs import RunStore, submit_run
-from opsq.core.settings import config_path
+from opsq.core.runs import RunStore, batch_repr, submit_run
+from opsq.core.settings import check_notifier_refs, config_path
+from opsq.engines.monitor.spec import build_spec
+from opsq.engines.monitor.store import MonitorStore
+from tasks.alerts import finish_run
 from tasks.app import app, settings
 from tasks.batch import BatchRequest, BatchRunner
 
@@ -74,8 +82,10 @@ def _close_runner(**_: Any) -> None:
 
 
 def retry_countdown(retries: int) -> float:
-    ceiling = min(RETRY_CAP_S, settings.visibility_timeout / 4)
-    return float(min(ceiling, RETRY_BASE_S * 2**retries))
+    """Full jitter (workers retrying after one Redis blip must not return in lockstep),
+    capped well below the visibility timeout (kombu#1306)."""
+    cap = min(RETRY_CAP_S, settings.visibility_timeout / 4)
+    return full_jitter(retries, base=RETRY_BASE_S, cap=cap)
 
 
 @app.task(  # type: ignore[untyped-decorator]  # celery is untyped
@@ -96,6 +106,7 @@ def probe_batch(
     started = time.monotonic()
     try:
         report = runner().run(BatchRequest.parse(run_id, batch_id, offset, targets))
+        finish_run(run_id)  # a set run's verdicts, once, when its last batch is in
     except TemporaryError as exc:
         metrics.BATCHES.labels("retry").inc()
         log.warning("batch %s/%s: %s; retrying", run_id, batch_id, exc)
@@ -125,12 +136,13 @@ def probe_set(name: str) -> dict[str, Any]:
         targets_file = probe_set_config.targets_file()  # validated when settings loaded
         source = f"probes.sets.{name}"
     store = RunStore.from_url(settings.broker_url)
+    monitored = MonitoredSend(name, probe_set_config, targets_file.targets)
     try:
         submitted = submit_run(
             store,
             targets_file.targets,
             batch_size=settings.probes.batch_size,
-            send=lambda kwargs: probe_batch.apply_async(kwargs=kwargs),
+            send=monitored.send,
             source=source,
             probe_set=name,
         )
@@ -138,6 +150,43 @@ def probe_set(name: str) -> dict[str, Any]:
         store.close()
     log.info("probe set %s: run %s, %d targets", name, submitted.run_id, submitted.total)
     return {"run_id": submitted.run_id, "total": submitted.total}
+
+
+class MonitoredSend:
+    """Sends a set run's batches; registers the run with the monitor before the first.
+
+    The spec (thresholds, notifiers, quorum, deadline) must be in Redis before any batch
+    can complete the run; the run id is known only once ``submit_run`` created it.
+    """
+
+    def __init__(self, name: str, probe_set: ProbeSet, targets: Sequence[Target]) -> None:
+        self.name = name
+        self.probe_set = probe_set
+        self.targets = targets
+        self.registered = False
+
+    def send(self, kwargs: dict[str, Any]) -> None:
+        if not self.registered:
+            check_target_notifiers(self.name, self.targets)
+            spec = build_spec(self.name, self.probe_set, self.targets, created_at=time.time())
+            MonitorStore(_monitor_client(), settings.alerts).register(kwargs["run_id"], spec)
+            self.registered = True
+        probe_batch.apply_async(kwargs=kwargs, kwargsrepr=batch_repr(kwargs))
+
+
+def check_target_notifiers(name: str, targets: Sequence[Target]) -> None:
+    """A file set's targets may name notifiers too: refuse the run if one is unknown."""
+    for index, target in enumerate(targets):
+        try:
+            check_notifier_refs(target.notify or (), settings.alerts.notifiers,
+                                f"probes.sets.{name} targets[{index}].notify")  # fmt: skip
+        except ValueError as exc:
+            raise PermanentError(str(exc)) from exc
+
+
+@functools.cache
+def _monitor_client() -> redis.Redis[str]:
+    return redis.Redis.from_url(settings.broker_url, decode_responses=True, socket_timeout=10)
 
 
 def _resolve(file: str) -> Path:

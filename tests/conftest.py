@@ -12,6 +12,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+# Imported here, at a shallow stack: hypothesis' pytest plugin otherwise imports it at
+# session finish, deep in pluggy, where CPython 3.11.7's compile() fails with
+# "AST constructor recursion depth mismatch" (fixed in later 3.11 releases).
+import hypothesis  # noqa: F401
 import pytest
 import redis
 

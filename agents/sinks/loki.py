@@ -1,24 +1,49 @@
 """Grafana Loki sink: the push API (``POST /loki/api/v1/push``, JSON body).
 
-Records are grouped into Loki streams by labels ``host`` and ``path`` plus the
-configured ``labels``; the record id is not a label (one value per line would explode
-Loki's index). Instead redelivery is made idempotent through timestamps: each record's
-timestamp is derived from its stream entry id (entry milliseconds, plus the entry's
-sequence number and the record's index as nanoseconds), so a redelivered entry
-carries the same (timestamp, line) pairs and Loki's ingester drops exact duplicates.
+**Stream labels are a bounded set.** Records of a pod's container log (entries with
+``meta``) are grouped by ``label_fields`` (default ``namespace``, ``pod``,
+``container``, ``stream``; ``node``, ``host``, ``owner`` and ``label.<pod label>`` on
+request) plus the static ``labels``. The settings refuse the pod uid, the path and
+anything per line: each distinct label set is a Loki stream, and per-pod-instance or
+per-line values would explode Loki's index. Other files keep ``host`` and ``path``.
+
+**Timestamps.** A runtime-framed record (CRI, Docker) carries the time the runtime
+wrote it; that is the Loki timestamp, so queries show when the line was written, not
+when it was shipped. Loki drops an entry whose stream, timestamp and text equal
+another's, so identical timestamps must be kept apart, and the same record must get
+the same timestamp on every delivery (that same rule then makes redelivery
+idempotent). The rule: the *k*-th record in a row of one file with exactly the same
+runtime timestamp text gets that time plus *k* nanoseconds (*k* = 0 for the first).
+*k* is counted within the entry from the entry's ``tsk`` (what the agent counted in
+the entries before it), so it depends only on the file's content. Records without a
+runtime time (plain files) get a time derived from the stream entry id (entry
+milliseconds, plus the entry's sequence number and the record's index as
+nanoseconds), which is equally stable across redeliveries.
 """
 
 from __future__ import annotations
 
+import calendar
 import json
+import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
+from agents.formats import FRAMED, UNKNOWN, split_framed
 from agents.sinks.base import Delivery, Outcome, path_text, text
 from agents.sinks.http import make_client, post
 from opsq.core.config.logs import SinkSettings
+from opsq.core.logformat import Entry
 
 PUSH_PATH = "/loki/api/v1/push"
+_TIME = re.compile(rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
+_SECONDS: dict[bytes, int] = {}
+"""Epoch seconds per ``YYYY-MM-DDThh:mm:ss`` text: consecutive lines share seconds."""
+_SECONDS_MAX = 4096
+_LABEL_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+Labels = tuple[tuple[str, str], ...]
 
 
 class LokiSink:
@@ -27,12 +52,14 @@ class LokiSink:
     def __init__(self, settings: SinkSettings) -> None:
         headers = {"X-Scope-OrgID": settings.tenant} if settings.tenant else {}
         self.labels = dict(settings.labels)
+        self.label_fields = list(settings.label_fields)
         url = settings.url or ""
         self.path = "" if url.rstrip("/").endswith(PUSH_PATH) else PUSH_PATH
         self.client = make_client(settings, headers)
 
     def write(self, batch: Sequence[Delivery]) -> Outcome:
-        post(self.client, self.path, push_body(batch, self.labels), "application/json")
+        body = push_body(batch, self.labels, self.label_fields)
+        post(self.client, self.path, body, "application/json")
         return Outcome()
 
     def close(self) -> None:
@@ -44,17 +71,76 @@ def record_ns(delivery: Delivery, index: int) -> int:
     return delivery.ms * 1_000_000 + (delivery.seq * 4096 + index) % 1_000_000
 
 
-def push_body(batch: Sequence[Delivery], labels: dict[str, str]) -> bytes:
-    streams: dict[tuple[str, str], list[list[str]]] = {}
+def runtime_ns(stamp: bytes) -> int | None:
+    """Nanoseconds since the epoch of an RFC 3339 time (Go's RFC3339Nano), or None."""
+    match = _TIME.fullmatch(stamp)
+    if match is None:
+        return None
+    base, frac, zone = match.groups()
+    seconds = _SECONDS.get(base)
+    if seconds is None:
+        if len(_SECONDS) >= _SECONDS_MAX:
+            _SECONDS.clear()
+        seconds = calendar.timegm(time.strptime(base.decode(), "%Y-%m-%dT%H:%M:%S"))
+        _SECONDS[base] = seconds
+    if zone != b"Z":
+        sign = -1 if zone[:1] == b"+" else 1
+        seconds += sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    return seconds * 1_000_000_000 + int((frac or b"0").ljust(9, b"0"))
+
+
+def push_body(batch: Sequence[Delivery], labels: dict[str, str], fields: list[str]) -> bytes:
+    streams: dict[Labels, list[list[str]]] = {}
     for delivery in batch:
-        entry = delivery.entry
-        values = streams.setdefault((entry.host, path_text(entry.path)), [])
-        for index, (_, raw) in enumerate(entry.records):
-            values.append([str(record_ns(delivery, index)), text(raw)])
+        for key, ns, line in _values(delivery, labels, fields):
+            streams.setdefault(key, []).append([str(ns), line])
     body: dict[str, Any] = {
-        "streams": [
-            {"stream": {**labels, "host": host, "path": path}, "values": values}
-            for (host, path), values in streams.items()
-        ]
+        "streams": [{"stream": dict(key), "values": values} for key, values in streams.items()]
     }
     return json.dumps(body).encode()
+
+
+def _values(
+    delivery: Delivery, static: dict[str, str], fields: list[str]
+) -> list[tuple[Labels, int, str]]:
+    entry = delivery.entry
+    if entry.meta is None:
+        key = tuple({**static, "host": entry.host, "path": path_text(entry.path)}.items())
+        return [
+            (key, record_ns(delivery, i), text(raw)) for i, (_, raw) in enumerate(entry.records)
+        ]
+    base = {**static, **pod_labels(entry, fields)}
+    out = []
+    prev, k = b"", entry.tsk
+    for index, (_, raw) in enumerate(entry.records):
+        ts, stream, line = split_framed(raw) if entry.fmt == FRAMED else (UNKNOWN, UNKNOWN, raw)
+        if index:
+            k = k + 1 if ts == prev else 0
+        prev = ts
+        ns = runtime_ns(ts)
+        labels = dict(base)
+        if "stream" in fields and stream != UNKNOWN:
+            labels["stream"] = text(stream)
+        if not labels:
+            labels["host"] = entry.host  # Loki refuses a stream without labels
+        value = ns + k if ns is not None else record_ns(delivery, index)
+        out.append((tuple(labels.items()), value, text(line)))
+    return out
+
+
+def pod_labels(entry: Entry, fields: list[str]) -> dict[str, str]:
+    """The configured label fields that this entry's pod identity has values for."""
+    meta = entry.meta or {}
+    pod_labels_: dict[str, Any] = meta.get("labels") or {}
+    owner = meta.get("owner") or {}
+    out: dict[str, str] = {}
+    for name in fields:
+        if name in ("namespace", "pod", "container", "node") and meta.get(name):
+            out[name] = str(meta[name])
+        elif name == "host":
+            out[name] = entry.host
+        elif name == "owner" and owner:
+            out[name] = f"{owner.get('kind', '')}/{owner.get('name', '')}"
+        elif name.startswith("label.") and name[6:] in pod_labels_:
+            out[_LABEL_NAME.sub("_", name[6:])] = str(pod_labels_[name[6:]])
+    return out

@@ -10,6 +10,7 @@ import yaml
 
 from opsq.cli.options import common_options, settings_from
 from opsq.core.redact import redact
+from opsq.core.settings import default_settings
 
 
 @click.group()
@@ -28,9 +29,10 @@ def check(**opts: Any) -> None:
 @config.command()
 @common_options
 @click.option("--output", type=click.Choice(["yaml", "json"]), default="yaml")
-def show(output: str, **opts: Any) -> None:
+@click.option("--defaults", is_flag=True, help="Print the built-in defaults alone.")
+def show(output: str, defaults: bool, **opts: Any) -> None:
     """Print the effective configuration with secrets redacted."""
-    settings = settings_from(**opts)
+    settings = default_settings() if defaults else settings_from(**opts)
     data = redact(settings.model_dump(mode="json"))
     if output == "json":
         click.echo(json.dumps(data, indent=2))

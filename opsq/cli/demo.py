@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
+import time
 from pathlib import Path
 from string import Template
 
@@ -24,6 +26,9 @@ TEMPLATE = Path(__file__).with_name("demo_targets.yaml")
 SLOW_S = 0.6
 FLAKY_PERIOD = 3
 """/flaky succeeds once every FLAKY_PERIOD requests (503 otherwise)."""
+TOGGLE_PERIOD_ENV = "OPSQ_DEMO_TOGGLE_PERIOD"
+DEFAULT_TOGGLE_PERIOD_S = 30.0
+"""/toggle is down for this long, then up for this long, and so on (the alert demo)."""
 
 
 def render_targets(destination: Path, *, demo_address: str, closed_port: int) -> Path:
@@ -36,9 +41,10 @@ def render_targets(destination: Path, *, demo_address: str, closed_port: int) ->
 
 def make_app() -> web.Application:
     counter = itertools.count(1)
+    toggle_period = float(os.environ.get(TOGGLE_PERIOD_ENV, DEFAULT_TOGGLE_PERIOD_S))
 
     async def index(_: web.Request) -> web.Response:
-        return web.Response(text="opsq demo: /healthy /slow /flaky /failing\n")
+        return web.Response(text="opsq demo: /healthy /slow /flaky /failing /toggle\n")
 
     async def healthy(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -52,6 +58,11 @@ def make_app() -> web.Application:
             return web.Response(status=503, text="flaky: try again\n")
         return web.Response(text="ok this time\n")
 
+    async def toggle(_: web.Request) -> web.Response:
+        if int(time.time() // toggle_period) % 2 == 0:
+            return web.Response(status=503, text="toggle: down for now\n")
+        return web.Response(text="toggle: ok for now\n")
+
     async def failing(_: web.Request) -> web.Response:
         return web.Response(status=500, text="failing on purpose\n")
 
@@ -61,6 +72,7 @@ def make_app() -> web.Application:
     app.router.add_get("/slow", slow)
     app.router.add_get("/flaky", flaky)
     app.router.add_get("/failing", failing)
+    app.router.add_get("/toggle", toggle)
     return app
 
 

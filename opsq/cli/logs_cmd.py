@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import threading
 from types import FrameType
@@ -54,14 +53,6 @@ def _check_agent_settings(settings: Settings) -> None:
             f"{source}: logs.agent.checkpoint_dir {ckpt} is not writable; "
             "point it at a writable directory"
         )
-    if agent.multiline is not None:
-        try:
-            re.compile(agent.multiline.start_pattern)
-        except re.error as exc:
-            raise ConfigError(
-                f"{source}: logs.agent.multiline.start_pattern is not a valid regex ({exc}); "
-                "fix the pattern"
-            ) from exc
 
 
 @click.command()

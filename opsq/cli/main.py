@@ -26,6 +26,8 @@ COMMANDS = {
     "agent": "opsq.cli.logs_cmd:agent",
     "ship": "opsq.cli.logs_cmd:ship",
     "up": "opsq.cli.up_cmd:up",
+    "status": "opsq.cli.monitor_cmd:status",
+    "alerts": "opsq.cli.monitor_cmd:alerts",
 }
 
 

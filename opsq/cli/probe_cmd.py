@@ -104,9 +104,14 @@ def _print_summary(summary: dict[str, Any], output: str) -> None:
 
 
 def render_table(summary: dict[str, Any]) -> str:
-    header = ("NAME", "URL", "STATE", "STATUS", "ATTEMPTS", "DURATION", "ERROR")
+    """The results as aligned columns; CERT (days left) only when some target has TLS."""
+    certs = any(r.get("cert_days_left") is not None for r in summary["results"])
+    header = ("NAME", "URL", "STATE", "STATUS", "ATTEMPTS", "DURATION", *(("CERT",) * certs),
+              "ERROR")  # fmt: skip
     rows = [header]
     for r in summary["results"]:
+        days = r.get("cert_days_left")
+        cert = ("-" if days is None else f"{days:.1f}d",) * certs
         rows.append(
             (
                 str(r["name"]),
@@ -115,6 +120,7 @@ def render_table(summary: dict[str, Any]) -> str:
                 "-" if r["status_code"] is None else str(r["status_code"]),
                 str(r["attempts"]),
                 format_duration(float(r["duration_s"] or 0)),
+                *cert,
                 _shorten(r.get("error") or ""),
             )
         )

@@ -11,8 +11,11 @@
   and are waited for; whatever is still running when the bound is reached is SIGKILLed.
   The last phase (Redis) has a reserved slice of the bound, so it always gets a
   clean shutdown after the processes that write to it.
-- **Restart with backoff.** A child that exits on its own is restarted after 1, 2, 4 ...
-  seconds (capped); the delay resets once it has run for a while.
+- **Restart with backoff.** A child that exits on its own is restarted after a delay
+  drawn with full jitter (:mod:`opsq.core.backoff`) under a ceiling of 1, 2, 4 ...
+  seconds (capped); the ceiling resets once it has run for a while. Jitter matters
+  here: a Redis restart makes every worker, beat and the watcher exit together, and
+  they should not all reconnect in the same instant.
 - **Nothing survives the supervisor.** Children get ``PR_SET_PDEATHSIG`` (see
   :mod:`opsq.core.procs`); and because a SIGKILLed supervisor cannot clean up, the
   process groups of a run are recorded in a pid file that the next run reaps, after
@@ -25,6 +28,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import signal
 import subprocess
 import threading
@@ -34,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
+from opsq.core.backoff import Backoff, Rng
 from opsq.core.errors import OpsqError
 from opsq.core.metrics.up import CHILD_RESTARTS, CHILD_UP
 from opsq.core.procs import die_with_parent, group_alive, kill_group
@@ -109,6 +114,7 @@ class RedisChild:
 
 @dataclass
 class _State:
+    backoff: Backoff
     started_at: float = 0.0
     restarts: int = 0
     delay: float = 0.0
@@ -191,16 +197,18 @@ class Supervisor:
         stable_after: float = 60.0,
         notify: Notify = print,
         pidfile: PidFile | None = None,
+        rng: Rng = random.random,
     ) -> None:
         self.children = children
         self.stop_timeout = stop_timeout
         self.last_phase_reserve = min(last_phase_reserve, stop_timeout / 2)
-        self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
         self.stable_after = stable_after
         self.notify = notify
         self.pidfile = pidfile
-        self._state = {c.name: _State() for c in children}
+        self._state = {
+            c.name: _State(Backoff(base=backoff_initial, cap=backoff_max, rng=rng))
+            for c in children
+        }
         self._stop = threading.Event()
         self._kill_now = threading.Event()
 
@@ -274,13 +282,11 @@ class Supervisor:
         CHILD_UP.labels(child.name).set(0)
         if child.pgid is not None:
             kill_group(child.pgid)  # leftovers of the dead child (e.g. pool processes)
-        ran_for = now - state.started_at
-        if ran_for >= self.stable_after or state.delay == 0:
-            state.delay = self.backoff_initial
-        else:
-            state.delay = min(state.delay * 2, self.backoff_max)
+        if now - state.started_at >= self.stable_after:
+            state.backoff.reset()  # it ran well for a while: this is a new failure
+        state.delay = state.backoff.next()
         state.restart_at = now + state.delay
-        self.notify(f"{child.name} exited with code {code}; restarting in {state.delay:.0f}s")
+        self.notify(f"{child.name} exited with code {code}; restarting in {state.delay:.1f}s")
 
     # --- stopping --------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import click
 
+from opsq.cli.demo_receiver import DemoReceiver
 from opsq.cli.options import common_options, settings_from
 from opsq.cli.supervisor import SESSION_ENV, Child, Managed, PidFile, RedisChild, Supervisor
 from opsq.cli.supervisor import exclusive as exclusive_data_dir
@@ -76,6 +77,8 @@ class Plan:
     worker_ready_url: str | None = None
     flower_url: str = ""
     flower_auth: tuple[str, str] | None = None
+    demo_hook_url: str = ""
+    """The demo webhook receiver (a thread of `opsq up`) that prints what it gets."""
 
 
 class Ports:
@@ -148,6 +151,11 @@ class Builder:
         if self.options.demo:
             env["OPSQ_PROBES__SETS__DEMO__FILE"] = str(self.data_dir / "demo-targets.yaml")
             env["OPSQ_PROBES__SETS__DEMO__INTERVAL"] = str(DEMO_INTERVAL_S)
+            # The alert demo: one transition fires or resolves it, so it shows within a run.
+            env["OPSQ_PROBES__SETS__DEMO__FAILURE_THRESHOLD"] = "1"
+            env["OPSQ_PROBES__SETS__DEMO__SUCCESS_THRESHOLD"] = "1"
+            env["OPSQ_ALERTS__NOTIFIERS__DEMO__KIND"] = "webhook"
+            env["OPSQ_ALERTS__NOTIFIERS__DEMO__URL"] = self.plan.demo_hook_url
         env.update(extra or {})
         return env
 
@@ -244,10 +252,15 @@ class Builder:
             demo_address=f"127.0.0.1:{port}", closed_port=free_port(),
         )  # fmt: skip
         argv = [*python_argv("opsq.cli.demo"), "--port", str(port)]
+        self.plan.demo_hook_url = f"http://127.0.0.1:{self.ports.take()}/hook"
         self.child("demo", argv, STOP_PHASE_SERVICES)
         self.plan.lines.append(
             f"  demo       http://127.0.0.1:{port}/  (healthy, slow, flaky, failing), "
             f"probe set {DEMO_SET!r} every {DEMO_INTERVAL_S}s"
+        )
+        self.plan.lines.append(
+            f"  alerts     {self.plan.demo_hook_url}  (webhook receiver: prints the 'toggle' "
+            "target's alert firing and resolving below)"
         )
 
     def build(self) -> Plan:
@@ -308,6 +321,12 @@ def kick_demo(settings: Settings, redis_url: str, ready_url: str, stop: threadin
         log.warning("demo: could not queue the first run; beat will run it", exc_info=True)
     finally:
         close_producer_app(app)
+
+
+def _demo_receiver(plan: Plan) -> DemoReceiver:
+    """Serve the demo's webhook on the port the plan announced; print what arrives."""
+    port = int(plan.demo_hook_url.rsplit(":", 1)[1].split("/", 1)[0])
+    return DemoReceiver(click.echo, port).start()
 
 
 def banner(plan: Plan, redis_line: str, data_dir: Path, options: UpOptions) -> str:
@@ -371,6 +390,7 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
             "(opsq_up_child_up, opsq_up_child_restarts_total; /readyz: all children up)"
         )
         stop = threading.Event()
+        receiver = _demo_receiver(plan) if options.demo else None
         try:
             supervisor.start_all()
             click.echo(banner(plan, redis_line, data_dir, options))
@@ -384,6 +404,8 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
             stop.set()
             supervisor.stop_all()
             observe.stop()
+            if receiver is not None:
+                receiver.stop()
         click.echo("opsq up: stopped")
 
 

@@ -2,37 +2,59 @@
 
 Gatus, Prometheus and Kubernetes users write durations this way; a bare number is
 seconds. Parsed into float seconds at validation time so engines never see strings.
+
+Only finite, non-negative values below :data:`MAX_DURATION_S` pass: YAML reads ``.inf``
+and ``.nan`` as floats, and each failed later (``interval: .inf`` made beat raise
+OverflowError, ``max_latency: nan`` made every probe fail "over max_latency nans"). A
+negative value gets its own message with the fix rather than "not a duration".
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated
 
 from pydantic import BeforeValidator
 
+from opsq.core.config.base import Invalid
+
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_EXAMPLES = "a number of seconds or a duration such as 500ms, 2s, 1m30s, 1h or 7d"
+MAX_DURATION_S = 100 * 365 * 86400.0
+"""A century: anything longer is a typo, and Python's timedelta (beat's schedules)
+overflows not far above the range floats allow."""
 
 
 def parse_duration(value: object) -> float:
-    """Return seconds for a duration string or number; raise ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 500ms, 2s, 1m or 1h, not a boolean")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        seconds = _parse_text(value.strip())
+    """Return seconds for a duration string or number; raise :class:`Invalid` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise Invalid(f"expected a duration, got {value!r}", fix=f"write {_EXAMPLES}")
+    if isinstance(value, str):
+        text = value.strip()
+        negative = text.startswith("-")
+        seconds = _parse_text(text.removeprefix("-").strip(), value)
+        if negative and seconds:
+            seconds = -seconds
     else:
-        raise ValueError(f"expected a duration such as 500ms, 2s, 1m or 1h, got {value!r}")
+        seconds = float(value)
+    if not math.isfinite(seconds):
+        raise Invalid(f"{value!r} is not a finite duration", fix=f"write {_EXAMPLES}")
     if seconds < 0:
-        raise ValueError(f"duration must not be negative, got {value!r}")
+        shown = str(value).strip().removeprefix("-").strip()
+        raise Invalid(
+            f"a duration cannot be negative, got {value!r}",
+            fix=f"drop the minus sign ({shown}), or use 0 where the field allows it",
+        )
+    if seconds > MAX_DURATION_S:
+        raise Invalid(f"{value!r} is longer than a century", fix=f"write {_EXAMPLES}")
     return seconds
 
 
-def _parse_text(text: str) -> float:
+def _parse_text(text: str, original: str) -> float:
     try:
-        return float(text)
+        return float(text)  # "2.5", but also "inf"/"nan": refused by the caller
     except ValueError:
         pass
     pos, total = 0, 0.0
@@ -42,7 +64,7 @@ def _parse_text(text: str) -> float:
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if pos != len(text) or not text:
-        raise ValueError(f"expected a duration such as 500ms, 2s, 1m30s or 1h, got {text!r}")
+        raise Invalid(f"{original!r} is not a duration", fix=f"write {_EXAMPLES}")
     return total
 
 
@@ -58,4 +80,4 @@ def format_duration(seconds: float) -> str:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-"""A non-negative number of seconds, written as ``2s``/``500ms``/... in config."""
+"""A finite, non-negative number of seconds, written as ``2s``/``500ms``/... in config."""

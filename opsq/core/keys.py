@@ -12,8 +12,18 @@ PREFIX = "opsq"
 # --- Celery queues -----------------------------------------------------------------------
 QUEUE_PROBES = "probes"
 QUEUE_CLEANUP = "cleanup"
-ALL_QUEUES = (QUEUE_PROBES, QUEUE_CLEANUP)
-"""A worker started without ``-Q`` consumes all of these (``task_create_missing_queues``)."""
+QUEUE_ALERTS = "alerts"
+"""Notification tasks: their own queue, so a slow receiver never delays probe batches."""
+ALL_QUEUES = (QUEUE_PROBES, QUEUE_CLEANUP, QUEUE_ALERTS)
+"""A worker started without ``-Q`` consumes all of these (``task_create_missing_queues``).
+Location queues (``probes.<location>``) are not among them: a worker joins a location
+explicitly with ``-Q probes.<location>``."""
+
+
+def location_queue(location: str) -> str:
+    """The queue of one probing location (``probes.eu-west``)."""
+    return f"{QUEUE_PROBES}.{location}"
+
 
 # Celery's Redis transport re-delivers an un-acked message after this many seconds.
 # It must exceed the longest batch (hard time limit) or a slow batch is delivered twice
@@ -63,6 +73,72 @@ def host_slots(host: str) -> str:
 HOST_SLOT_TTL_S = 120
 """A crashed worker's slot reservations expire instead of blocking the host forever."""
 
+# --- monitoring: target state, transitions, alerts (see opsq.engines.monitor) ------------
+MONITOR_SETS = f"{PREFIX}:monitor:sets"
+"""Set of probe set names that have target state (``opsq status`` lists them)."""
+
+
+def monitor_state(set_name: str) -> str:
+    """Hash target key (``name|url``) -> state JSON. One hash per set: one HGETALL for
+    ``opsq status``, and one WATCH covers a set's whole state when a run is applied."""
+    return f"{PREFIX}:monitor:state:{set_name}"
+
+
+def monitor_transitions(set_name: str) -> str:
+    """Stream of the set's transitions, trimmed by time (``alerts.transition_retention``)."""
+    return f"{PREFIX}:monitor:transitions:{set_name}"
+
+
+MONITOR_VERDICTS = f"{PREFIX}:monitor:verdicts"
+"""Stream, one entry per applied run: every target's verdict and per-location results.
+For consumers such as history rollups; trimmed by time (MONITOR_VERDICTS_RETENTION_S)."""
+MONITOR_VERDICTS_RETENTION_S = 6 * 3600
+"""Long enough for a consumer that was down a few hours; bounded for 10k-target sets."""
+
+
+def monitor_applied(run_id: str) -> str:
+    """Set once a run's verdicts are applied (in the same MULTI): exactly once per run."""
+    return f"{PREFIX}:monitor:applied:{run_id}"
+
+
+def monitor_spec(run_id: str) -> str:
+    """JSON: set, locations, quorum, deadline, thresholds and notifiers of a set run."""
+    return f"{PREFIX}:monitor:spec:{run_id}"
+
+
+MONITOR_OPEN_RUNS = f"{PREFIX}:monitor:open"
+"""Sorted set run_id -> deadline: set runs not applied yet. The alerts tick applies a
+run past its deadline with the locations that never answered marked missing."""
+
+
+def monitor_firing(set_name: str) -> str:
+    """Hash ``target key|notifier`` -> firing entry JSON while a target is down/degraded."""
+    return f"{PREFIX}:monitor:firing:{set_name}"
+
+
+def monitor_outbox(owner: str) -> str:
+    """List of notification jobs written with the state change that caused them, sent
+    as Celery tasks afterwards and then deleted: a crash in between loses nothing."""
+    return f"{PREFIX}:monitor:outbox:{owner}"
+
+
+MONITOR_OUTBOXES = f"{PREFIX}:monitor:outboxes"
+"""Sorted set outbox owner -> creation time; the tick flushes outboxes left behind."""
+
+
+def notify_done(key: str) -> str:
+    """Set after a notification was delivered: a redelivered task sends a key once."""
+    return f"{PREFIX}:notify:done:{key}"
+
+
+def notify_claim(key: str) -> str:
+    """A short lease while one task delivers a key, so two copies never send at once."""
+    return f"{PREFIX}:notify:claim:{key}"
+
+
+NOTIFY_DONE_TTL_S = 7 * 24 * 3600
+"""Delivered keys are remembered a week: longer than any redelivery or retry chain."""
+
 # --- beat --------------------------------------------------------------------------------
 REDBEAT_PREFIX = f"{PREFIX}:redbeat:"
 REDBEAT_LOCK_TIMEOUT_S = 30
@@ -84,6 +160,18 @@ def cleanup_backoff(uid: str) -> str:
 def cleanup_rate() -> str:
     """Token bucket bounding deletions per second across all cleanup workers."""
     return f"{PREFIX}:cleanup:rate"
+
+
+def cleanup_audit() -> str:
+    """Stream of every real deletion (rule, object, uid, who judged it, when); trimmed by
+    age with XADD MINID to ``cleanup.audit_retention``, read by `opsq cleanup audit`."""
+    return f"{PREFIX}:cleanup:audit"
+
+
+def cleanup_cancelled(batch: str) -> str:
+    """Set when the `opsq cleanup` that sent *batch* gave up (timeout, Ctrl-C): its queued
+    tasks skip instead of deleting. Expires with the batch's tasks (Celery ``expires``)."""
+    return f"{PREFIX}:cleanup:cancelled:{batch}"
 
 
 # --- logs --------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
+from opsq.core.config.base import Invalid, config_dir
 from opsq.core.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
@@ -56,17 +58,44 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+# Constraint errors: the fix is built from the constraint (pydantic's ctx).
+_BOUND_FIXES = {
+    "greater_than": "use a value above {gt}",
+    "greater_than_equal": "use {ge} or more",
+    "less_than": "use a value below {lt}",
+    "less_than_equal": "use {le} or less",
+    "finite_number": "use a finite number (not .inf or .nan)",
+    "literal_error": "use one of {expected}",
+    "string_pattern_mismatch": "match the pattern {pattern}",
+}
+
+
 def describe_errors(exc: ValidationError, source: str, data: object = None) -> str:
-    """One line per problem: ``source: field a.b.c: message (fix: ...)``."""
+    """One line per problem: ``source: field a.b.c: message (fix: ...)``.
+
+    The fix comes from the validator (:class:`~opsq.core.config.base.Invalid`), else
+    from the error type.
+    """
     lines = [f"{source}: {exc.error_count()} problem(s):"]
     for err in exc.errors():
         loc = _location(err["loc"], data)
-        fix = _FIXES.get(err["type"])
+        fix = _fix(err)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         lines.append(f"  {loc}: {msg}" + (f" (fix: {fix})" if fix else ""))
     return "\n".join(lines)
+
+
+def _fix(err: ErrorDetails) -> str | None:
+    ctx = err.get("ctx") or {}
+    raised = ctx.get("error")
+    if isinstance(raised, Invalid):
+        return raised.fix
+    template = _BOUND_FIXES.get(err["type"])
+    if template is not None:
+        return template.format(**ctx)
+    return _FIXES.get(err["type"])
 
 
 def _location(loc: tuple[int | str, ...], data: object) -> str:
@@ -89,9 +118,13 @@ def _location(loc: tuple[int | str, ...], data: object) -> str:
 
 
 def validate_file(model: type[M], path: Path) -> M:
-    """Read *path* and validate it as *model*, or raise ConfigError."""
+    """Read *path* and validate it as *model*, or raise ConfigError.
+
+    Relative paths inside the file are relative to the file's directory.
+    """
     data = read_yaml(path)
     try:
-        return model.model_validate(data)
+        with config_dir(path.parent.absolute()):
+            return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc, str(path), data)) from exc

@@ -12,14 +12,28 @@ up; see the README's log benchmark). Fields, all bytes:
 - ``lens``: comma-separated byte length of each record within ``data``
 - ``offs``: comma-separated absolute file offset where each record starts
 
+Optional fields (an entry without them is what older agents wrote; a shipper that
+does not know them ships the records as they are):
+
+- ``fmt``: ``cri`` when every record is framed ``<time> <stream> F <message>`` (the
+  container runtime's time and stream travel inside the record; see
+  :mod:`agents.formats`)
+- ``meta``: a JSON object with the pod identity and metadata of the file
+  (``namespace``, ``pod``, ``container``, ``pod_uid``, ``restart``, ``node``,
+  ``labels``, ``annotations``, ``owner``)
+- ``tsk``: how many records right before the first one (same file) carry the same
+  runtime time (Loki's rule for identical timestamps; see the README)
+
 A record's id is ``<fid>:<offset>``: deterministic, so a redelivered entry yields the
 same ids (idempotent ``_id`` in Elasticsearch, dedupable anywhere else).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import Any
 
 VERSION = b"1"
 
@@ -40,9 +54,12 @@ class Entry:
     end: int
     records: tuple[tuple[int, bytes], ...]
     """(absolute offset, record bytes) pairs."""
+    fmt: str = ""
+    meta: dict[str, Any] | None = None
+    tsk: int = 0
 
     def encode(self) -> dict[bytes, bytes]:
-        return {
+        fields = {
             b"v": VERSION,
             b"host": self.host.encode(),
             b"path": self.path.encode("utf-8", "surrogateescape"),
@@ -53,6 +70,13 @@ class Entry:
             b"lens": ",".join(str(len(r)) for _, r in self.records).encode(),
             b"offs": ",".join(str(o) for o, _ in self.records).encode(),
         }
+        if self.fmt:
+            fields[b"fmt"] = self.fmt.encode()
+        if self.meta is not None:
+            fields[b"meta"] = json.dumps(self.meta, separators=(",", ":")).encode()
+        if self.tsk:
+            fields[b"tsk"] = str(self.tsk).encode()
+        return fields
 
 
 def record_id(fid: str, offset: int) -> str:
@@ -79,4 +103,16 @@ def decode(fields: dict[bytes, bytes]) -> Entry:
         start=int(fields[b"start"]),
         end=int(fields[b"end"]),
         records=records,
+        fmt=fields.get(b"fmt", b"").decode(),
+        meta=_meta(fields.get(b"meta")),
+        tsk=int(fields.get(b"tsk", b"0")),
     )
+
+
+def _meta(raw: bytes | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    meta = json.loads(raw)
+    if not isinstance(meta, dict):
+        raise ValueError("entry meta is not a JSON object")
+    return meta

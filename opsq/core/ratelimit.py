@@ -26,6 +26,15 @@ Why these choices:
 - **Keys expire** when the bucket is full again, so idle hosts cost nothing.
 - **A reservation is spent** even if its caller is cancelled while sleeping: the limit
   errs on the side of fewer requests.
+- **A guard for the way to the host.** The host, not Redis, is what must never see
+  more than ``burst + rate`` requests in a second, and requests granted together reach
+  it spread out: a process that sends a whole burst at once takes tens of milliseconds
+  to open those connections, while the requests after it go out at once. So the
+  per-host bucket hands out ``burst - rate * GUARD_S`` at once (at least 1) and keeps
+  the rest in reserve: the host sees at most ``burst + rate`` in any second as long as
+  requests granted together arrive within :data:`GUARD_S` of each other. Measured with
+  ``tests/pipeline/test_ratelimit_e2e.py`` on a loaded 2-core machine (bound 100): 102-104
+  without a guard, 92-100 with 0.2 s, 86-88 with 0.3 s.
 
 Errors follow :mod:`opsq.core.redis_errors`. :class:`RedisTokenBucket` (the probes'
 per-host limit) **fails open only on a Redis outage** (connection refused or lost, a
@@ -76,6 +85,8 @@ return slot - t
 """
 
 _MICROS = 1_000_000
+GUARD_S = 0.3
+"""The spread in arrival at the host that the per-host bucket absorbs (see above)."""
 _WARN_EVERY_S = 10.0
 """At most one fail-open warning per this many seconds per limiter (a Redis outage
 would otherwise log once per probe)."""
@@ -107,6 +118,7 @@ class RedisTokenBucket:
         self.rate = rate
         self.burst = burst
         self._interval = interval_us(rate) if rate > 0 else 0
+        self._at_once = max(1, burst - math.ceil(rate * GUARD_S))
         self._client = client
         self._script = client.register_script(RESERVE_LUA)
         # Never more calls in flight than the pool has connections: a pool that runs out
@@ -123,7 +135,7 @@ class RedisTokenBucket:
         async with self._slots:
             with redis_errors(f"rate limit of {host}"):
                 reply = await self._script(
-                    keys=[keys.host_bucket(host)], args=[self._interval, self.burst]
+                    keys=[keys.host_bucket(host)], args=[self._interval, self._at_once]
                 )
         return int(reply) / _MICROS
 

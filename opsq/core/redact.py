@@ -1,38 +1,77 @@
-"""Secrets never printed: redact passwords in URLs and secret-looking fields.
+"""Secrets never printed: redact credentials in URLs and secret-looking fields.
 
-Used by `opsq config show`, the JSON log formatter and `opsq up`'s banner.
+A URL carries secrets in two places, and both are redacted wherever opsq prints one:
+
+- the user info: ``redis://:PASSWORD@host``, or ``https://TOKEN@host`` where the user
+  name is the secret (GitHub, many registries);
+- query and fragment parameters whose name says "secret": ``?access_token=``,
+  ``&token=``, ``&sig=`` (Azure SAS), ``X-Amz-Signature``/``X-Amz-Credential`` (S3
+  pre-signed URLs), ``password=``, ``api_key=``, ``key=``, ``client_secret=``,
+  ``#access_token=`` (OAuth implicit flow). See :data:`SECRET_PARAM`.
+
+Used by ``opsq config show``, every log formatter (text and JSON), probe results as
+they are read back for output (``opsq probe``, ``opsq runs show``), the task repr that
+Celery logs and Flower shows, and ``opsq up``'s banner.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 REDACTED = "***"
 _SECRET_KEYS = re.compile(r"(pass(word)?|secret|token|api_?key|credential|auth)", re.I)
 _URL_IN_TEXT = re.compile(r"([a-z][a-z0-9+.-]*://)([^/@\s:]*)(:[^/@\s]*)?@", re.I)
 
+SECRET_PARAM = re.compile(
+    # Long words end the name, joined or not: accessToken, client_secret, X-Amz-Signature.
+    r"^(?:.*(?:token|secret|password|passwd|signature|apikey|credentials?|session(?:id)?)"
+    # Short words only whole or after a separator: key, api_key, sig, pwd, auth (not monkey).
+    r"|(?:.*[_.-])?(?:key|sig|pass|pwd|auth|authorization|jwt))$",
+    re.I,
+)
+"""Query/fragment parameter names whose value is a secret."""
+_PARAM = re.compile(r"([?&;#])([^=&;#\s]+)=([^&;#\s\"'<>]*)")
+
 
 def redact_url(url: str) -> str:
-    """``redis://:pw@host:6379/0`` -> ``redis://:***@host:6379/0``."""
+    """``redis://:pw@host/0`` -> ``redis://:***@host/0``; ``?token=x`` -> ``?token=***``."""
+    if "@" not in url and "=" not in url:
+        return url  # the common case, cheaply (probe results are redacted one by one)
     try:
         parts = urlsplit(url)
-    except ValueError:
+        port = parts.port
+    except ValueError:  # a malformed netloc or port: redact it as free text
         return redact_text(url)
     if parts.password is None and not (parts.username and "@" in parts.netloc):
-        return url
+        return redact_params(url)
     host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    if port is not None:
+        host = f"{host}:{port}"
     user = parts.username or ""
     netloc = f"{user}:{REDACTED}@{host}" if parts.password is not None else f"{REDACTED}@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    rebuilt = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return redact_params(rebuilt)
+
+
+def redact_params(text: str) -> str:
+    """Redact the values of secret-named ``?name=value`` / ``&name=value`` parameters."""
+    if "=" not in text:
+        return text
+    return _PARAM.sub(_redact_param, text)
+
+
+def _redact_param(match: re.Match[str]) -> str:
+    sep, name, value = match.group(1), match.group(2), match.group(3)
+    if value and SECRET_PARAM.match(unquote(name)):
+        return f"{sep}{name}={REDACTED}"
+    return match.group(0)
 
 
 def redact_text(text: str) -> str:
     """Redact credentials in any URL embedded in free text (log lines, errors)."""
-    return _URL_IN_TEXT.sub(_redact_match, text)
+    return redact_params(_URL_IN_TEXT.sub(_redact_match, text))
 
 
 def _redact_match(match: re.Match[str]) -> str:

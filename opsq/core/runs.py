@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
@@ -35,13 +34,15 @@ import redis.asyncio as aioredis
 
 from opsq.core import keys
 from opsq.core.config.probes import Target
-from opsq.core.errors import RedisUnavailable
-from opsq.core.redact import redact_url
+from opsq.core.redact import redact_text, redact_url
+from opsq.core.redis_errors import redis_errors
 
 # JSON through orjson: the worker encodes every result and the completing worker
 # decodes a whole run; orjson does both several times faster than the json module
 # (same JSON for these plain values; non-ASCII stays UTF-8 instead of \u escapes).
-SUMMARY_FIELDS = ("name", "url", "group", "up", "status_code", "attempts", "duration_s")
+SUMMARY_FIELDS = (
+    "name", "url", "group", "up", "status_code", "attempts", "duration_s", "cert_days_left",
+)  # fmt: skip
 
 # KEYS: results, meta. ARGV: ttl, then field/value pairs. Returns {added, done, total}.
 _RECORD_LUA = """
@@ -120,38 +121,25 @@ def build_summary(
 
 
 def _summary_entry(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """One result as it is printed: secrets in its URL and error message redacted."""
     entry = {field: stored.get(field) for field in SUMMARY_FIELDS}
+    entry["url"] = redact_url(str(entry["url"] or ""))
     entry["phases"] = stored.get("phases") or {}
-    entry["error"] = stored.get("error")
+    error = stored.get("error")
+    entry["error"] = redact_text(error) if isinstance(error, str) else error
     entry["error_kind"] = stored.get("error_kind")
     return entry
 
 
-@contextmanager
-def _translated(url_hint: str) -> Iterator[None]:
-    """Translate redis-py's connection and refusal errors into RedisUnavailable.
-
-    One mapping for the synchronous and the asyncio client, so both sides of a run
-    retry on exactly the same faults.
-    """
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {url_hint}: {exc}") from exc
-    except redis.ResponseError as exc:
-        # OOM under noeviction, READONLY replica, LOADING: all temporary for us.
-        raise RedisUnavailable(f"Redis at {url_hint} refused the command: {exc}") from exc
-
-
 def _redis_call(url_hint: str, call: Callable[[], T]) -> T:
-    """Run a redis-py call, translating connection failures into RedisUnavailable."""
-    with _translated(url_hint):
+    """Run a redis-py call under the Redis error policy (:mod:`opsq.core.redis_errors`)."""
+    with redis_errors("run storage", where=url_hint):
         return call()
 
 
 async def _aredis_call(url_hint: str, call: Callable[[], Awaitable[T]]) -> T:
     """The asyncio twin of :func:`_redis_call`."""
-    with _translated(url_hint):
+    with redis_errors("run storage", where=url_hint):
         return await call()
 
 
@@ -237,6 +225,11 @@ class RunStore:
                 ),
             )
         return summary
+
+    def results(self, run_id: str) -> list[dict[str, Any]]:
+        """Every stored result of the run, decoded (for the monitor's run-completion hook)."""
+        raw = _redis_call(self._hint, lambda: self.client.hvals(keys.run_results(run_id)))
+        return [orjson.loads(r) for r in raw]
 
     def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         """Most recent runs first, with their progress."""
@@ -330,6 +323,16 @@ def batch_payloads(run_id: str, targets: Sequence[Target], batch_size: int) -> l
             }
         )
     return payloads
+
+
+def batch_repr(payload: Mapping[str, Any]) -> str:
+    """What Celery logs and Flower shows for a batch (``kwargsrepr``): no target URLs,
+    which may carry tokens, and no 1 KiB repr of a hundred targets per message."""
+    targets = payload.get("targets") or []
+    return (
+        f"{{'run_id': {payload.get('run_id')!r}, 'batch_id': {payload.get('batch_id')!r}, "
+        f"'offset': {payload.get('offset')!r}, 'targets': '<{len(targets)} targets>'}}"
+    )
 
 
 def submit_run(

@@ -5,17 +5,20 @@ Built on pydantic-settings. Sources, highest first:
 1. keyword overrides (what the CLI parsed from flags),
 2. ``OPSQ_*`` environment variables (nested with ``__``: ``OPSQ_PROBES__BATCH_SIZE``),
 3. the YAML file named by ``--config`` or ``OPSQ_CONFIG``,
-4. ``defaults.yaml`` shipped inside the package.
+4. the defaults on the model fields: the one place a default is stated (there used
+   to be a ``defaults.yaml`` as well, which could drift from them).
 
 Mappings are deep-merged across sources, so a config file may set one field of a
 section and inherit the rest. Validation happens at construction; :func:`load_settings`
-turns a failure into a :class:`ConfigError` naming the file and field.
+turns a failure into a :class:`ConfigError` naming the file and field. How to add a
+validated setting: :mod:`opsq.core.config`.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,15 +27,16 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from opsq.core import keys
-from opsq.core.config.base import Section
+from opsq.core.config.alerts import AlertsSettings
+from opsq.core.config.base import Invalid, Section, config_dir
 from opsq.core.config.cleanup import CleanupSettings
+from opsq.core.config.fields import Host, RedisUrl
 from opsq.core.config.logs import LogsSettings
 from opsq.core.config.probes import ProbeSet
 from opsq.core.durations import Duration
 from opsq.core.errors import ConfigError
 from opsq.core.loading import describe_errors, read_yaml
 
-DEFAULTS_FILE = Path(__file__).with_name("defaults.yaml")
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -58,8 +62,9 @@ class ProbesSettings(Section):
         try:
             return str(ipaddress.ip_address(value))
         except ValueError as exc:
-            raise ValueError(
-                f"source_address {value!r} is not an IP address of this host, e.g. 10.0.0.5"
+            raise Invalid(
+                f"source_address {value!r} is not an IP address",
+                fix="write an address of this host, e.g. 10.0.0.5 (or remove it: the OS chooses)",
             ) from exc
 
     @model_validator(mode="after")
@@ -76,7 +81,7 @@ class ProbesSettings(Section):
 
 class MetricsSettings(Section):
     port: Annotated[int, Field(ge=0, le=65535)] = 9464
-    bind: str = "127.0.0.1"
+    bind: Host = "127.0.0.1"
     url_labels: bool = False
     """Label probe metrics with the URL (unbounded cardinality: opt in knowingly)."""
 
@@ -114,9 +119,10 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,
     )
 
-    redis_url: str | None = None
+    redis_url: RedisUrl | None = None
     data_dir: Path = Path(".opsq")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -128,6 +134,31 @@ class Settings(BaseSettings):
     beat: BeatSettings = Field(default_factory=BeatSettings)
     cleanup: CleanupSettings = Field(default_factory=CleanupSettings)
     logs: LogsSettings = Field(default_factory=LogsSettings)
+    alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+
+    @model_validator(mode="after")
+    def _alert_references(self) -> Settings:
+        """Every notifier a set or inline target names exists; windows name real sets."""
+        known = self.alerts.notifiers
+        for name, probe_set in self.probes.sets.items():
+            where = f"probes.sets.{name}"
+            check_notifier_refs(probe_set.notify, known, f"{where}.notify")
+            if probe_set.targets is not None:
+                for index, target in enumerate(probe_set.targets_file().targets):
+                    check_notifier_refs(
+                        target.notify or (), known, f"{where}.targets[{index}].notify"
+                    )
+        for index, rule in enumerate(self.cleanup.rules):
+            where = f"cleanup.rules[{index}] (name {rule.name!r}).notify"
+            check_notifier_refs(rule.notify, known, where)
+        for window_name, window in self.alerts.maintenance.items():
+            unknown = sorted(set(window.sets or ()) - set(self.probes.sets))
+            if unknown:
+                raise ValueError(
+                    f"alerts.maintenance.{window_name}.sets names unknown probe set(s) "
+                    f"{unknown}; known: {sorted(self.probes.sets) or 'none'}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _visibility_exceeds_time_limit(self) -> Settings:
@@ -147,6 +178,16 @@ class Settings(BaseSettings):
         return self.redis_url or LOCAL_REDIS_URL
 
 
+def check_notifier_refs(names: Iterable[str], known: Mapping[str, object], field: str) -> None:
+    """Raise ValueError naming *field* when it refers to a notifier that does not exist."""
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(
+            f"{field} names unknown notifier(s) {unknown}; define them under "
+            f"alerts.notifiers (known: {sorted(known) or 'none'})"
+        )
+
+
 class _YamlSource(PydanticBaseSettingsSource):
     """A YAML file as a settings source (already validated to be a mapping)."""
 
@@ -161,6 +202,31 @@ class _YamlSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
+def _sourced(file_data: dict[str, Any] | None) -> type[Settings]:
+    """Settings read from flags, the environment and *file_data*; None: flags only."""
+
+    class _Sourced(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            if file_data is None:
+                return (init_settings,)
+            return (init_settings, env_settings, _YamlSource(settings_cls, file_data))
+
+    return _Sourced
+
+
+def default_settings() -> Settings:
+    """The built-in defaults alone: no environment, no file (``opsq config show --defaults``)."""
+    return _sourced(None)()
+
+
 def config_path(explicit: str | Path | None = None) -> Path | None:
     """The config file in effect: ``--config``, else ``OPSQ_CONFIG``, else none."""
     chosen = explicit or os.environ.get("OPSQ_CONFIG")
@@ -171,28 +237,11 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     """Build the effective settings or raise ConfigError naming file and field."""
     path = config_path(config_file)
     file_data = read_yaml(path) if path is not None else {}
-    defaults = read_yaml(DEFAULTS_FILE)
-
-    class _Effective(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (
-                init_settings,
-                env_settings,
-                _YamlSource(settings_cls, file_data),
-                _YamlSource(settings_cls, defaults),
-            )
 
     clean = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return _Effective(**clean)
+        with config_dir(path.parent.absolute() if path is not None else None):
+            return _sourced(file_data)(**clean)
     except ValidationError as exc:
         source = str(path) if path else "configuration (environment and defaults)"
         raise ConfigError(describe_errors(exc, source, file_data)) from exc

@@ -16,10 +16,21 @@ PROBE_SET = "opsq.probe_set"
 """Beat entry point. kwargs: name (a probe set from the config)."""
 
 CLEANUP_OBJECT = "opsq.cleanup_object"
-"""kwargs: rule, resource, namespace, name, uid, dry_run."""
+"""kwargs: rule, resource, namespace, name, uid, dry_run; optional resource_version,
+reason, kind, judged_by, judged_at (audit trail), batch and deadline (sent by `opsq
+cleanup`: the task skips once past the deadline or when the batch was cancelled)."""
+
+NOTIFY = "opsq.notify"
+"""kwargs: notifier (a name from alerts.notifiers), message (opsq.engines.alerts.Message
+as a dict; its ``key`` makes delivery idempotent). Retried with backoff."""
+
+ALERTS_TICK = "opsq.alerts_tick"
+"""Beat entry, no kwargs: runs past their deadline, reminders, re-posts, stale outboxes."""
 
 ROUTES = {
     PROBE_BATCH: {"queue": keys.QUEUE_PROBES},
     PROBE_SET: {"queue": keys.QUEUE_PROBES},
     CLEANUP_OBJECT: {"queue": keys.QUEUE_CLEANUP},
+    NOTIFY: {"queue": keys.QUEUE_ALERTS},
+    ALERTS_TICK: {"queue": keys.QUEUE_ALERTS},
 }

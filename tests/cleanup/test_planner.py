@@ -19,8 +19,12 @@ def rule(**kwargs: Any) -> Rule:
     return Rule.model_validate(data)
 
 
-def no_owners(namespace: str, ref: dict[str, Any]) -> OwnerState:
+def _no_owner_lookup(namespace: str, ref: dict[str, Any]) -> OwnerState:
     raise AssertionError("owners must not be looked up for an object without owners")
+
+
+no_owners = planner.Guards(owners=_no_owner_lookup)
+TTL = planner.Annotations(("opsq.io/ttl",), ())
 
 
 def test_finished_job_is_due_one_interval_after_completion_not_creation() -> None:
@@ -62,10 +66,10 @@ def test_evicted_and_pending_rules() -> None:
 def test_ttl_annotation_makes_any_object_due_after_creation() -> None:
     r = rule(when={"finished": True})
     obj = job("j", created=100, annotations={"opsq.io/ttl": "2h"})
-    decision = planner.evaluate(r, obj, "opsq.io/ttl")
+    decision = planner.evaluate(r, obj, TTL)
     assert (decision.due_at, decision.reason) == (100 + 2 * HOUR, planner.TTL_ANNOTATION)
     bad = job("j", annotations={"opsq.io/ttl": "soon"})
-    assert planner.evaluate(r, bad, "opsq.io/ttl").reason == planner.BAD_TTL
+    assert planner.evaluate(r, bad, TTL).reason == planner.BAD_TTL
 
 
 def test_terminating_object_is_reported_and_never_planned_for_deletion() -> None:
@@ -89,7 +93,7 @@ def test_owner_guard(state: OwnerState, allow: bool, expected: str | None) -> No
     owner = job("owner")
     obj = pod("p", phase="Succeeded", ended=0, owner=owner)
     r = rule(resource="v1/pods", when={"phase": ["Succeeded"]}, delete_if_owner_exists=allow)
-    item = planner.plan_object(r, obj, HOUR, lambda ns, ref: state)
+    item = planner.plan_object(r, obj, HOUR, planner.Guards(owners=lambda ns, ref: state))
     assert item.reason == (expected or planner.POD_PHASE)
     assert item.action == ("skip" if expected else "delete")
 
@@ -108,8 +112,8 @@ def test_namespace_globs_and_where_to_list() -> None:
     assert planner.namespace_selected("team-a", spaces)
     assert not planner.namespace_selected("team-keep", spaces)
     assert not planner.namespace_selected("default", spaces)
-    assert planner.list_namespaces(spaces) == [None]
-    assert planner.list_namespaces(Namespaces(include=["a", "b", "a"])) == ["a", "b"]
+    assert planner.list_namespaces(rule(namespaces=spaces)) == [None]
+    assert planner.list_namespaces(rule(namespaces={"include": ["a", "b", "a"]})) == ["a", "b"]
 
 
 def test_plan_filters_namespaces_and_caps_deletions() -> None:
@@ -117,7 +121,7 @@ def test_plan_filters_namespaces_and_caps_deletions() -> None:
     objects = [job(f"j{i}", namespace="ns") for i in range(5)] + [
         job("sys", namespace="kube-system")
     ]
-    items = planner.cap_deletions(planner.make_plan(r, objects, 2 * HOUR, no_owners), 3)
+    items = planner.cap_deletions(planner.make_plan([(r, objects)], 2 * HOUR, no_owners), 3)
     assert len(items) == 5
     assert [i.action for i in items] == ["delete"] * 3 + ["skip"] * 2
     assert {i.reason for i in items[3:]} == {planner.MAX_DELETIONS}

@@ -75,24 +75,36 @@ def _chart_watcher_rules(values: dict[str, Any]) -> list[dict[str, Any]]:
     return rules
 
 
+PVC_RULE = {"name": "pvcs", "resource": "v1/persistentvolumeclaims", "when": {"unused": True}}
+NOTIFYING = {**RULES[0], "name": "announced", "notify_before": "1h"}
+
+
 @pytest.mark.skipif(not CHART.exists(), reason="chart not present")
-@pytest.mark.parametrize("events", [False, True])
-def test_chart_watcher_role_grants_neither_more_nor_less_than_the_rules_need(events: bool) -> None:
-    """Fails when the chart's Role grants more (or less) than `opsq cleanup rbac` computes."""
-    settings = CleanupSettings.model_validate({"rules": RULES, "events": events})
+@pytest.mark.parametrize(
+    ("rules", "events"),
+    [(RULES, False), (RULES, True), ([*RULES, PVC_RULE], False), ([NOTIFYING, PVC_RULE], False)],
+)
+def test_chart_watcher_role_grants_neither_more_nor_less_than_the_rules_need(
+    rules: list[dict[str, Any]], events: bool
+) -> None:
+    """Fails when the chart's Role grants more (or less) than `opsq cleanup rbac` computes,
+    PVC usage reads and heads-up Events included."""
+    settings = CleanupSettings.model_validate({"rules": rules, "events": events})
     needed = rbac.grants(rbac.policy_rules(settings))
-    granted = rbac.grants(_chart_watcher_rules({"cleanup": {"rules": RULES, "events": events}}))
+    granted = rbac.grants(_chart_watcher_rules({"cleanup": {"rules": rules, "events": events}}))
     assert granted - needed == set(), f"chart grants more than needed: {sorted(granted - needed)}"
     assert needed - granted == set(), f"chart grants less than needed: {sorted(needed - granted)}"
 
 
-def test_rbac_command_can_emit_a_namespaced_role(
+def test_namespaced_mode_needs_a_cluster_role_for_rules_that_list_all_namespaces(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Defect 4: a Role cannot grant a cluster-wide LIST, so globbed rules get a ClusterRole."""
     path = tmp_path / "opsq.yaml"
     path.write_text(yaml.safe_dump({"cleanup": {"rules": RULES}}))
-    main(["cleanup", "rbac", "--config", str(path), "--role-namespace", "batch"])
+    main(["cleanup", "rbac", "--config", str(path), "--namespaced"])
     role, binding = yaml.safe_load_all(capsys.readouterr().out)
-    assert (role["kind"], role["metadata"]["namespace"]) == ("Role", "batch")
-    assert (binding["kind"], binding["roleRef"]["kind"]) == ("RoleBinding", "Role")
+    assert role["kind"] == "ClusterRole"
+    assert "namespace" not in role["metadata"]
+    assert (binding["kind"], binding["roleRef"]["kind"]) == ("ClusterRoleBinding", "ClusterRole")
     assert rbac.grants(role["rules"]) == NEEDED

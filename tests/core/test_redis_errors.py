@@ -21,7 +21,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from opsq.core.errors import RedisCommandError, RedisUnavailable
-from opsq.core.redis_errors import classify, redis_errors, reply_is_temporary, translate
+from opsq.core.redis_errors import (
+    classify,
+    ignore_reply,
+    redis_errors,
+    reply_error,
+    reply_is_temporary,
+    translate,
+)
 from opsq.core.redis_server import RedisServer, free_port
 
 
@@ -75,7 +82,7 @@ def test_command_errors_are_permanent(redis_client: redis.Redis, command: tuple[
 def test_connection_refused_is_temporary() -> None:
     """Nothing listening: Redis is down, retry later."""
     client = redis.Redis(port=free_port(), socket_connect_timeout=1, **NO_RETRY)
-    with pytest.raises(RedisUnavailable, match="ping: Redis unavailable"), redis_errors("ping"):
+    with pytest.raises(RedisUnavailable, match="ping: cannot reach Redis"), redis_errors("ping"):
         client.ping()
 
 
@@ -256,3 +263,63 @@ def test_decorator_translates_sync_and_async_functions(redis_url: str, tmp_path:
         sync_get()
     with pytest.raises(RedisUnavailable, match="async get"):
         asyncio.run(async_get())
+
+
+def test_pipeline_errors_keep_their_verdict(
+    private: redis.Redis, private_server: RedisServer
+) -> None:
+    """redis-py rewraps pipeline errors ('Command # 1 ... caused error: ...'), differently
+    sync and async; WRONGTYPE stays permanent and NOREPLICAS temporary in both."""
+    private.set("s", "string")
+    pipe = private.pipeline(transaction=True)
+    pipe.lpush("s", "x")
+    with pytest.raises(RedisCommandError) as info, redis_errors("pipe"):
+        pipe.execute()
+    assert info.value.code == "WRONGTYPE"
+
+    private.config_set("min-replicas-to-write", "1")
+    try:
+        pipe = private.pipeline(transaction=False)
+        pipe.set("k", "v")
+        with pytest.raises(RedisUnavailable, match="NOREPLICAS"), redis_errors("pipe"):
+            pipe.execute()
+
+        async def async_pipeline() -> None:
+            client = aioredis.Redis.from_url(private_server.url)
+            try:
+                apipe = client.pipeline(transaction=False)
+                apipe.set("k", "v")
+                with redis_errors("async pipe"):
+                    await apipe.execute()
+            finally:
+                await client.aclose()
+
+        with pytest.raises(RedisUnavailable, match="NOREPLICAS"):
+            asyncio.run(async_pipeline())
+    finally:
+        private.config_set("min-replicas-to-write", "0")
+
+
+def test_an_expected_reply_can_be_ignored(redis_client: redis.Redis) -> None:
+    """BUSYGROUP when the group exists is expected; any other reply still fails loudly."""
+    redis_client.xgroup_create("s", "g", id="0", mkstream=True)
+    with redis_errors("create group"), ignore_reply("BUSYGROUP"):
+        redis_client.xgroup_create("s", "g", id="0", mkstream=True)
+    redis_client.set("k", "v")
+    with pytest.raises(RedisCommandError, match="WRONGTYPE"):
+        with redis_errors("create group"), ignore_reply("BUSYGROUP"):
+            redis_client.xgroup_create("k", "g", id="0")
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("OOM command not allowed when used memory > 'maxmemory'.", RedisUnavailable),
+        ("LOADING Redis is loading the dataset in memory", RedisUnavailable),
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", RedisCommandError),
+        ("ERR unknown command 'XADDD'", RedisCommandError),
+    ],
+)
+def test_raw_resp_replies_become_the_same_exceptions(reply: str, expected: type) -> None:
+    """The log agent's own RESP client maps replies exactly as redis-py's callers do."""
+    assert isinstance(reply_error(reply, "XADD"), expected)

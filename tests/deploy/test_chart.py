@@ -188,7 +188,8 @@ def test_every_pod_is_hardened(full_objects: list[dict[str, Any]]) -> None:
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert spec["serviceAccountName"] == name
-        needs_token = name in ("opsq-watcher", "opsq-cleanup-worker")
+        # The agent reads pod metadata (get/list/watch pods; tests/k8slogs/test_chart_agent).
+        needs_token = name in ("opsq-watcher", "opsq-cleanup-worker", "opsq-agent")
         assert spec["automountServiceAccountToken"] is needs_token, name
         for container in spec["containers"]:
             sc = container["securityContext"]

@@ -128,8 +128,41 @@ def test_grandchildren_in_the_group_are_not_left_behind(tmp_path: Path) -> None:
     assert sup.leftovers() == []
 
 
+class _AlwaysExited:
+    """A child that has exited whenever asked (no process: only the delays are tested)."""
+
+    name, phase, pgid = "exited", 0, None
+
+    def start(self) -> None:
+        return None
+
+    def returncode(self) -> int:
+        return 3
+
+
+def test_restart_delay_is_drawn_with_full_jitter_under_the_ceiling() -> None:
+    """Delay = rng() x ceiling (opsq.core.backoff), not the ceiling: 0.5 x 1 s, then
+    0.75 x 2 s; children that crashed together do not restart in the same instant."""
+    draws = iter([0.5, 0.75])
+    sup = Supervisor(
+        [_AlwaysExited()],
+        backoff_initial=1.0,
+        backoff_max=30.0,
+        notify=lambda _: None,
+        rng=lambda: next(draws),
+    )
+    sup.start_all()
+    sup.check_children()
+    assert sup._state["exited"].delay == 0.5
+    sup._state["exited"].restart_at = 0.0  # due now: restart it
+    sup.check_children()
+    sup.check_children()  # it exited again
+    assert sup._state["exited"].delay == 1.5
+
+
 def test_crashed_child_is_restarted_with_doubling_backoff(tmp_path: Path) -> None:
-    """Exit -> restart after 0.1 s, then 0.2 s, 0.4 s ...; each start really runs the command."""
+    """Exit -> restart under a ceiling of 0.1 s, then 0.2 s, 0.4 s ... (rng pinned to the
+    ceiling); each start really runs the command."""
     counter = tmp_path / "starts"
     crasher = child(
         tmp_path, "crasher",
@@ -145,7 +178,9 @@ def test_crashed_child_is_restarted_with_doubling_backoff(tmp_path: Path) -> Non
         COUNTER=str(counter),
     )  # fmt: skip
     messages: list[str] = []
-    sup = Supervisor([crasher], backoff_initial=0.1, backoff_max=0.4, notify=messages.append)
+    sup = Supervisor(
+        [crasher], backoff_initial=0.1, backoff_max=0.4, notify=messages.append, rng=lambda: 1.0
+    )
     sup.start_all()
     delays = []
     while sup.restarts("crasher") < 4:

@@ -167,3 +167,10 @@ def test_dns_expectations_only_on_dns_queries() -> None:
         Target.model_validate({"name": "d", "url": "http://x/", "expect": {"answer_regex": "1"}})
     with pytest.raises(ValueError, match="apply to DNS queries only"):
         Target.model_validate({"name": "d", "url": "dns://x.test", "expect": {"rcode": "NOERROR"}})
+
+
+@pytest.mark.parametrize("expect", [{}, {"rcode": ["nxdomain", "NOERROR"], "answer_regex": "x"}])
+def test_a_dns_target_survives_the_trip_to_a_worker(expect: dict[str, object]) -> None:
+    """Targets travel to workers as model_dump(mode='json') and are validated again."""
+    t = Target.model_validate({"name": "d", "url": "dns:///a.test?type=MX", "expect": expect})
+    assert Target.model_validate(t.model_dump(mode="json")) == t

@@ -14,7 +14,8 @@ import trustme
 from cryptography import x509
 from prometheus_client import REGISTRY
 
-from opsq.core.config.probes import ON_WORKER, Target
+from opsq.core.config.probes import ON_WORKER, Target, TargetsFile
+from opsq.core.loading import validate_file
 from opsq.engines.probe import ProbeResult, run_probes
 from tests.engine.certs import chain_server
 from tests.engine.conftest import ServerState, serving, target
@@ -179,8 +180,15 @@ def test_a_ca_file_missing_on_the_worker_fails_the_probe_not_the_batch(
     assert f"cannot read ca_file {tmp_path / 'x.pem'}" in (result.error or "")
 
 
-def test_tls_files_must_be_absolute_and_key_needs_cert() -> None:
-    with pytest.raises(ValueError, match="must be an absolute path"):
-        Target.model_validate({"name": "t", "url": "https://x/", "ca_file": "ca.pem"})
+def test_tls_files_resolve_against_the_targets_file_and_key_needs_cert(
+    sites: Sites, tmp_path: Path
+) -> None:
+    """A relative ca_file is relative to the targets file and travels absolute to workers."""
+    ca = Path(sites.ca_file)
+    targets = tmp_path / "targets.yaml"
+    targets.write_text(f"targets: [{{name: t, url: 'https://x/', ca_file: {ca.name}}}]\n")
+    (tmp_path / ca.name).write_bytes(ca.read_bytes())
+    loaded = validate_file(TargetsFile, targets)
+    assert loaded.targets[0].ca_file == str(tmp_path / ca.name)
     with pytest.raises(ValueError, match="key_file is set without cert_file"):
         Target.model_validate({"name": "t", "url": "https://x/", "key_file": "/etc/hostname"})

@@ -146,6 +146,17 @@ def _builtin_types() -> list[ResourceType]:
         ResourceType(
             "", "v1", "events", "Event", short_names=("ev",), subresources=(), fields=EVENT_FIELDS
         ),
+        ResourceType(
+            "", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", short_names=("pvc",)
+        ),
+        ResourceType(
+            "",
+            "v1",
+            "persistentvolumes",
+            "PersistentVolume",
+            namespaced=False,
+            short_names=("pv",),
+        ),
         ResourceType("", "v1", "configmaps", "ConfigMap", short_names=("cm",), subresources=()),
         ResourceType("", "v1", "secrets", "Secret", subresources=(), fields=("type",)),
         ResourceType(

@@ -14,8 +14,9 @@ The deletion machinery follows the registry's generic store: preconditions, grac
 deletion for pods, finalizers (``orphan``/``foregroundDeletion`` added from the
 propagation policy) and a garbage collector that orphans or deletes dependents by
 ``ownerReferences``. The controllers (garbage collector, kubelet's final delete after a
-grace period, namespace controller) run asynchronously like the real ones; tests call
-:meth:`Store.settle` to wait for them deterministically.
+grace period, namespace controller, and the PVC/PV protection controllers that keep a
+claim a pod mounts, and a volume a claim binds, from going away) run asynchronously
+like the real ones; tests call :meth:`Store.settle` to wait for them deterministically.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ TypeKey = tuple[str, str, str]
 
 ORPHAN = "orphan"
 FOREGROUND = "foregroundDeletion"
+PVC_PROTECTION = "kubernetes.io/pvc-protection"
+PV_PROTECTION = "kubernetes.io/pv-protection"
+PVC_KEY = ("", "v1", "persistentvolumeclaims")
+PV_KEY = ("", "v1", "persistentvolumes")
+POD_KEY = ("", "v1", "pods")
 NAMESPACE_FINALIZER = "kubernetes"
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 IMMORTAL_NAMESPACES = ("default", "kube-system", "kube-public")
@@ -597,7 +603,44 @@ class Store:
                 did = self._collect(type_key, key) or did
             for name in sorted(self.terminating_namespaces):
                 did = self._terminate_namespace(name) or did
-            return did
+            return self._release_protection() or did
+
+    def _release_protection(self) -> bool:
+        """The storage protection controllers: drop ``pvc-protection`` from a deleted
+        claim no running pod mounts, ``pv-protection`` from a volume no claim binds."""
+        did = False
+        for key_type, finalizer, in_use in (
+            (PVC_KEY, PVC_PROTECTION, self._claim_in_use),
+            (PV_KEY, PV_PROTECTION, self._volume_bound),
+        ):
+            rtype = self.registry.get(*key_type)
+            for key, obj in list(self.objects.get(key_type, {}).items()):
+                md = meta(obj)
+                if rtype is None or not md.get("deletionTimestamp"):
+                    continue
+                if finalizer in (md.get("finalizers") or []) and not in_use(obj):
+                    self._remove_finalizer(rtype, key, obj, finalizer)
+                    did = True
+        return did
+
+    def _claim_in_use(self, claim: Obj) -> bool:
+        namespace, name = meta(claim).get("namespace"), meta(claim).get("name")
+        for pod in self.objects.get(POD_KEY, {}).values():
+            if meta(pod).get("namespace") != namespace:
+                continue
+            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            for volume in (pod.get("spec") or {}).get("volumes") or []:
+                if (volume.get("persistentVolumeClaim") or {}).get("claimName") == name:
+                    return True
+        return False
+
+    def _volume_bound(self, volume: Obj) -> bool:
+        name = meta(volume).get("name")
+        return any(
+            (c.get("spec") or {}).get("volumeName") == name
+            for c in self.objects.get(PVC_KEY, {}).values()
+        )
 
     def settle(self, max_rounds: int = 1000) -> None:
         """Run the controllers until nothing is left to do (tests' deterministic wait)."""
@@ -856,6 +899,12 @@ def _apply_defaults(rtype: ResourceType, obj: Obj) -> None:
         meta(obj).setdefault("labels", {})["kubernetes.io/metadata.name"] = meta(obj)["name"]
     elif rtype.key == ("batch", "v1", "jobs"):
         _default_job(obj)
+    elif rtype.key in (PVC_KEY, PV_KEY):
+        # The StorageObjectInUseProtection admission plugin adds these on create.
+        finalizer = PVC_PROTECTION if rtype.key == PVC_KEY else PV_PROTECTION
+        finalizers = meta(obj).setdefault("finalizers", [])
+        if finalizer not in finalizers:
+            finalizers.append(finalizer)
 
 
 def _default_job(obj: Obj) -> None:

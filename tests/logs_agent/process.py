@@ -77,6 +77,11 @@ class AgentProcess:
                 return int(line.split()[1])
         raise AssertionError("no VmHWM")
 
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)

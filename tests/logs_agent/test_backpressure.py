@@ -62,8 +62,8 @@ def test_drop_mode_keeps_reading_and_counts_what_it_dropped(
     wait_for(lambda: len(all_lines(client)) + lost == 2000, what="sent + dropped == written")
 
 
-def released_unread() -> float:
-    return float(metrics.BYTES_RELEASED_UNREAD._value.get())
+def released_unread(reason: str) -> float:
+    return float(metrics.BYTES_LOST.labels(reason=reason)._value.get())
 
 
 def open_fds_to(path: Path) -> int:
@@ -87,7 +87,8 @@ def test_with_redis_down_deleted_files_are_released_and_counted(
     logs = tmp_path / "logs"
     for name in ("a.log", "b.log"):
         write_lines(logs / name, [b"%s %05d" % (name.encode(), i) for i in range(5000)])
-    before = released_unread()
+    reason = "rotated_grace" if limit == "grace" else "max_open_deleted"
+    before = released_unread(reason)
     redis_server.stop()
     bounds = {"rotated_grace": 0.5} if limit == "grace" else {"max_open_deleted": 0}
     agent = run_agent(agent_settings(tmp_path, queue_entries=1, batch_lines=10, **bounds))
@@ -96,4 +97,4 @@ def test_with_redis_down_deleted_files_are_released_and_counted(
         os.unlink(logs / name)
     wait_for(lambda: not agent.tailers, what="deleted files released while blocked")
     assert open_fds_to(logs) == 0
-    assert released_unread() > before
+    assert released_unread(reason) > before

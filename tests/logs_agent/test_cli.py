@@ -107,3 +107,24 @@ def test_a_log_directory_created_after_start_is_found_by_rescan(
     run_agent(agent_settings(tmp_path))
     write_lines(tmp_path / "logs" / "late.log", [b"found"])
     wait_for(lambda: all_lines(raw_client) == [b"found"], what="file in the new directory")
+
+
+def test_a_stream_key_of_the_wrong_type_stops_the_agent(tmp_path: Path, redis_url: str) -> None:
+    """WRONGTYPE on XADD is permanent (opsq.core.redis_errors): the agent exits non-zero
+    with the reason in its log instead of retrying forever, and no checkpoint moves."""
+    redis.Redis.from_url(redis_url).set(STREAM, "not a stream")
+    log = tmp_path / "logs" / "a.log"
+    write_lines(log, [])
+    cfg = {"paths": [str(log)], "checkpoint_dir": str(tmp_path / "ck"), "rescan_interval": 0.2}
+    agent = AgentProcess(tmp_path, redis_url, cfg, stream=STREAM).start()
+    try:
+        write_lines(log, [b"one", b"two"])
+        assert agent.proc is not None
+        code = agent.proc.wait(30)
+    finally:
+        agent.stop()
+    output = agent.log_file.read_text()
+    assert code != 0
+    assert "XADD refused for good" in output
+    assert "WRONGTYPE" in output
+    assert redis.Redis.from_url(redis_url).get(STREAM) == b"not a stream"

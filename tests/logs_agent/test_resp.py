@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from agents.resp import RespClient
-from opsq.core.errors import RedisUnavailable
+from opsq.core.errors import RedisCommandError, RedisUnavailable
 from opsq.core.redis_server import RedisServer, free_port
 
 
@@ -25,9 +25,10 @@ def test_pipelined_replies_come_back_in_order(redis_url: str) -> None:
 
 
 def test_an_error_reply_raises_but_keeps_the_connection_in_sync(redis_url: str) -> None:
+    """WRONGTYPE is a bug, not an outage (opsq.core.redis_errors): RedisCommandError."""
     client = RespClient(redis_url)
     try:
-        with pytest.raises(RedisUnavailable, match="WRONGTYPE"):
+        with pytest.raises(RedisCommandError, match="WRONGTYPE"):
             client.execute([[b"SET", b"s", b"x"], [b"LPUSH", b"s", b"y"], [b"GET", b"s"]])
         assert client.execute([[b"GET", b"s"]]) == [b"x"]  # replies were all consumed
     finally:
@@ -45,11 +46,12 @@ def test_password_and_database_from_the_url(tmp_path: Path) -> None:
         assert check.get("where") == b"db3"
         check.close()
         bad = RespClient(server.url.replace("s3cret", "wrong"))
-        with pytest.raises(RedisUnavailable):
+        with pytest.raises(RedisCommandError, match="redis_url"):  # a config fix, not a wait
             bad.execute([[b"PING"]])
+        assert not bad.ping()
         wrong_db = RespClient(server.url.replace("/0", "/999"))
         for _ in range(2):  # a failed SELECT must not leave a connection on db 0
-            with pytest.raises(RedisUnavailable):
+            with pytest.raises(RedisCommandError):
                 wrong_db.execute([[b"SET", b"lost", b"x"]])
         wrong_db.close()
     finally:
@@ -86,3 +88,17 @@ def test_a_malformed_reply_is_redis_unavailable_and_the_connection_is_dropped() 
     finally:
         client.close()
         listener.close()
+
+
+def test_oom_reply_is_temporary(tmp_path: Path) -> None:
+    """OOM under noeviction: the sender backs off and retries (RedisUnavailable)."""
+    server = RedisServer(tmp_path / "r", appendonly=False)
+    server.start()
+    try:
+        redis.Redis.from_url(server.url).config_set("maxmemory", "1")
+        client = RespClient(server.url)
+        with pytest.raises(RedisUnavailable, match="OOM"):
+            client.execute([[b"XADD", b"s", b"*", b"k", b"v"]])
+        client.close()
+    finally:
+        server.stop()

@@ -14,7 +14,7 @@ from agents.shipper import ensure_group, group_exists, redis_errors
 from agents.sinks.base import Delivery, jsonl_bytes
 from agents.sinks.file import FileSink
 from opsq.core import keys
-from opsq.core.errors import RedisUnavailable
+from opsq.core.errors import RedisCommandError, RedisUnavailable
 from opsq.core.logformat import Entry, record_id
 from opsq.core.metrics.logs_shipper import STREAM_PENDING
 from tests.logs_shipper.support import (
@@ -266,3 +266,13 @@ def test_oom_reply_is_mapped_to_redis_unavailable_so_the_shipper_backs_off(
                 rclient.xadd(keys.dead_letter(STREAM), {b"k": b"v"})
     finally:
         rclient.config_set("maxmemory", limit)
+
+
+def test_nogroup_is_retried_but_wrongtype_is_a_bug(rclient: redis.Redis) -> None:
+    """The shipper's one caller-specific rule (NOGROUP: Redis lost the group, recovery
+    recreates it) on top of the shared policy, where WRONGTYPE is permanent."""
+    with pytest.raises(RedisUnavailable, match="NOGROUP"), redis_errors("XREADGROUP"):
+        rclient.xreadgroup("missing-group", "c", {"no-such-stream": ">"})
+    rclient.set("not-a-stream", "x")
+    with pytest.raises(RedisCommandError, match="WRONGTYPE"), redis_errors("XREADGROUP"):
+        rclient.xreadgroup("g", "c", {"not-a-stream": ">"})

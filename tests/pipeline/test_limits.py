@@ -53,6 +53,5 @@ def test_a_bad_inline_probe_set_fails_at_config_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(cfg)
     message = str(info.value)
-    assert "probes.sets.web" in message
-    assert "targets.0.url" in message
+    assert "field probes.sets.web.targets[0] (name 'a').url:" in message
     assert "must start with http://" in message

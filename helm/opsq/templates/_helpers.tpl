@@ -43,22 +43,39 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- and .Values.watcher.enabled (not (empty .Values.cleanup.rules)) -}}
 {{- end -}}
 
-{{/* The opsq config file: values.config plus the cleanup section when it has rules. */}}
+{{/*
+The opsq config file: values.config, plus the cleanup section when it has rules, plus
+agent.config as logs.agent when the agent runs (keys under config.logs.agent win).
+*/}}
 {{- define "opsq.configFile" -}}
 {{- $config := deepCopy .Values.config -}}
 {{- if .Values.cleanup.rules -}}
 {{- $_ := set $config "cleanup" (deepCopy .Values.cleanup) -}}
 {{- end -}}
+{{- if .Values.agent.enabled -}}
+{{- $logs := deepCopy (default dict $config.logs) -}}
+{{- $agent := mergeOverwrite (deepCopy .Values.agent.config) (deepCopy (default dict $logs.agent)) -}}
+{{- $_ := set $logs "agent" $agent -}}
+{{- $_ := set $config "logs" $logs -}}
+{{- end -}}
 {{- toYaml $config -}}
+{{- end -}}
+
+{{/* "true" when the agent reads pod metadata from the API (and so needs its ClusterRole). */}}
+{{- define "opsq.agentMetadata" -}}
+{{- and .Values.agent.enabled (dig "kubernetes" "metadata" "enabled" false .Values.agent.config) -}}
 {{- end -}}
 
 {{/*
 Watcher RBAC rules from cleanup.rules: one rule per (apiGroup, resource), first
-appearance first; "v1/pods" is the core group "". `opsq cleanup rbac` prints the same.
+appearance first, verbs merged; "v1/pods" is the core group "". PVC rules (when.unused)
+add list/watch on what may use a claim; events: true or any notify_before adds events
+create. `opsq cleanup rbac` prints the same (tests/cleanup/test_rbac.py compares them).
 */}}
 {{- define "opsq.watcherRules" -}}
-{{- $seen := dict -}}
-{{- $rules := list -}}
+{{- $verbs := dict -}}
+{{- $order := list -}}
+{{- $announce := .Values.cleanup.events -}}
 {{- range .Values.cleanup.rules -}}
 {{- $parts := splitList "/" .resource -}}
 {{- $group := "" -}}
@@ -71,13 +88,32 @@ appearance first; "v1/pods" is the core group "". `opsq cleanup rbac` prints the
 {{- else -}}
 {{- fail (printf "cleanup.rules[].resource %q must be \"group/version/plural\" or \"v1/plural\"" .resource) -}}
 {{- end -}}
-{{- $key := printf "%s/%s" $group $plural -}}
-{{- if not (hasKey $seen $key) -}}
-{{- $_ := set $seen $key true -}}
-{{- $rules = append $rules (dict "apiGroups" (list $group) "resources" (list $plural) "verbs" (list "get" "list" "watch" "delete")) -}}
+{{- if .notify_before -}}{{- $announce = true -}}{{- end -}}
+{{- $grants := list (list $group $plural (list "get" "list" "watch" "delete")) -}}
+{{- if and .when .when.unused -}}
+{{- /* PVC rules read what may still use a claim (opsq/engines/cleanup/usage.py). */ -}}
+{{- range list (list "" "pods") (list "apps" "statefulsets") (list "apps" "deployments") (list "batch" "jobs") (list "batch" "cronjobs") -}}
+{{- $grants = append $grants (list (index . 0) (index . 1) (list "list" "watch")) -}}
 {{- end -}}
 {{- end -}}
-{{- if .Values.cleanup.events -}}
+{{- range $grants -}}
+{{- $key := printf "%s/%s" (index . 0) (index . 1) -}}
+{{- if not (hasKey $verbs $key) -}}
+{{- $order = append $order (list (index . 0) (index . 1) $key) -}}
+{{- $_ := set $verbs $key list -}}
+{{- end -}}
+{{- range (index . 2) -}}
+{{- if not (has . (get $verbs $key)) -}}
+{{- $_ := set $verbs $key (append (get $verbs $key) .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $rules := list -}}
+{{- range $order -}}
+{{- $rules = append $rules (dict "apiGroups" (list (index . 0)) "resources" (list (index . 1)) "verbs" (get $verbs (index . 2))) -}}
+{{- end -}}
+{{- if $announce -}}
 {{- $rules = append $rules (dict "apiGroups" (list "") "resources" (list "events") "verbs" (list "create")) -}}
 {{- end -}}
 {{- toYaml $rules -}}
@@ -148,7 +184,7 @@ imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 serviceAccountName: {{ include "opsq.name" . }}
-automountServiceAccountToken: {{ has .component (list "watcher" "cleanup-worker") }}
+automountServiceAccountToken: {{ or (has .component (list "watcher" "cleanup-worker")) (eq (toString .token) "true") }}
 {{- $podSecurity := deepCopy .root.Values.podSecurityContext }}
 {{- with .values.supplementalGroups }}
 {{- $_ := set $podSecurity "supplementalGroups" . }}

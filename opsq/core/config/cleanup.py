@@ -8,6 +8,7 @@ Shape::
       delete_rate: 10               # deletions per second, across all workers
       events: false                 # create a Kubernetes Event for each deletion
       ttl_annotation: opsq.io/ttl
+      expires_annotation: opsq.io/expires
       rules:
         - name: finished-jobs
           resource: batch/v1/jobs
@@ -25,11 +26,15 @@ away. Errors name the rule by index and name (``rules[1] (name 'dead-pods')``) v
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from functools import lru_cache
+from typing import Annotated, Any, Literal
 
+import jmespath
+from jmespath.exceptions import JMESPathError
 from pydantic import Field, field_validator, model_validator
 
 from opsq.core.config.base import Section
+from opsq.core.config.fields import ExistingFile
 from opsq.core.durations import Duration
 
 # DNS-1123 subdomain for groups, DNS-1035-ish label for plurals and versions.
@@ -69,6 +74,29 @@ def split_requirements(selector: str) -> list[str]:
     return parts
 
 
+@lru_cache(maxsize=256)
+def compile_match(expression: str) -> Any:
+    """A compiled JMESPath expression; ValueError naming the problem when it does not parse."""
+    try:
+        return jmespath.compile(expression)
+    except JMESPathError as exc:
+        raise ValueError(
+            f"match {expression!r} is not a JMESPath expression: {exc}; e.g. "
+            "\"status.phase == 'Failed'\" or \"metadata.labels.keep != 'true'\""
+        ) from exc
+
+
+CLUSTER_SCOPED = frozenset(
+    {
+        ("", "namespaces"), ("", "persistentvolumes"), ("", "nodes"),
+        ("storage.k8s.io", "storageclasses"), ("rbac.authorization.k8s.io", "clusterroles"),
+        ("rbac.authorization.k8s.io", "clusterrolebindings"),
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+    }
+)  # fmt: skip
+"""Built-in kinds without a namespace; custom ones say ``cluster_scoped: true``."""
+
+
 def check_label_selector(selector: str) -> str:
     """Raise ValueError unless *selector* parses as a Kubernetes label selector."""
     for requirement in split_requirements(selector):
@@ -98,6 +126,14 @@ class ResourceRef(Section):
         return cls(group=match["group"] or "", version=match["version"], plural=match["plural"])
 
     @property
+    def is_pvc(self) -> bool:
+        return (self.group, self.plural) == ("", "persistentvolumeclaims")
+
+    @property
+    def is_namespace(self) -> bool:
+        return (self.group, self.plural) == ("", "namespaces")
+
+    @property
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
 
@@ -123,6 +159,19 @@ class When(Section):
     """Pods evicted by the kubelet (phase Failed, reason Evicted)."""
     pending_longer_than: Duration | None = None
     """Pods stuck in Pending for longer than this since creation."""
+    ttl_annotation: bool | None = None
+    """Only objects carrying a TTL or expiry annotation; due when it says."""
+    unused: bool | None = None
+    """PersistentVolumeClaims mounted by no pod and referenced by no workload."""
+    match: str | None = None
+    """A JMESPath expression over the object; the condition holds when it is truthy."""
+
+    @field_validator("match")
+    @classmethod
+    def _match(cls, value: str | None) -> str | None:
+        if value is not None:
+            compile_match(value)
+        return value
 
     @field_validator("phase")
     @classmethod
@@ -147,6 +196,20 @@ class Rule(Section):
     grace_period_seconds: Annotated[int, Field(ge=0)] | None = None
     """None: the object's own terminationGracePeriodSeconds."""
     delete_if_owner_exists: bool = False
+    force: bool = False
+    """Allow a PersistentVolumeClaim rule without ``unused: true`` (deletes claims in use)."""
+    notify_before: Annotated[Duration, Field(gt=0)] | None = None
+    """Announce the deletion this long before it is due (a Kubernetes Event)."""
+    notify: list[str] = Field(default_factory=list)
+    """Notifiers (names under ``alerts.notifiers``) that also get the heads-up."""
+    cluster_scoped: bool | None = None
+    """None: known for built-in kinds (namespaces, persistentvolumes...), else namespaced."""
+
+    @property
+    def is_cluster_scoped(self) -> bool:
+        if self.cluster_scoped is not None:
+            return self.cluster_scoped
+        return (self.resource.group, self.resource.plural) in CLUSTER_SCOPED
 
     @field_validator("resource", mode="before")
     @classmethod
@@ -178,7 +241,35 @@ class Rule(Section):
                 f"rule {self.name!r} has no condition in 'when'; add e.g. older_than: 1h "
                 "(a rule without conditions would delete everything it matches)"
             )
+        if self.when.unused and not self.resource.is_pvc:
+            raise ValueError(
+                f"rule {self.name!r}: 'unused' applies to v1/persistentvolumeclaims only; "
+                "remove it or change the resource"
+            )
+        if self.resource.is_pvc and not self.when.unused and not self.force:
+            raise ValueError(
+                f"rule {self.name!r} selects PersistentVolumeClaims without 'unused: true', "
+                "so it would delete claims that running pods still mount; add "
+                "'unused: true' to 'when' (or 'force: true' on the rule if you mean it)"
+            )
+        if self.notify and self.notify_before is None:
+            raise ValueError(
+                f"rule {self.name!r} names notifiers in 'notify' but has no 'notify_before'; "
+                "add e.g. notify_before: 1h"
+            )
+        self._check_scope()
         return self
+
+    def _check_scope(self) -> None:
+        """Cluster-scoped kinds have no namespace to filter on, except Namespaces
+        themselves, whose ``namespaces`` filter applies to their own names."""
+        if not self.is_cluster_scoped or self.resource.is_namespace:
+            return
+        if self.namespaces.include != ["*"] or self.namespaces.exclude:
+            raise ValueError(
+                f"rule {self.name!r}: {self.resource} is cluster-scoped, so 'namespaces' "
+                "cannot select anything; remove it (use label_selector or match instead)"
+            )
 
 
 class CleanupSettings(Section):
@@ -188,12 +279,23 @@ class CleanupSettings(Section):
     """Deletions per second across all workers (token bucket)."""
     events: bool = False
     ttl_annotation: str | None = "opsq.io/ttl"
+    """A duration (``7d``, ``2w``; ``forever`` never expires) counted from creation."""
+    expires_annotation: str | None = "opsq.io/expires"
+    """An absolute time: a date (``2024-05-01``, midnight UTC) or RFC 3339."""
+    janitor_annotations: bool = False
+    """Also honour kube-janitor's ``janitor/ttl`` and ``janitor/expires`` (migration)."""
+    audit: bool = True
+    """Append every real deletion to the audit stream in Redis (``opsq cleanup audit``)."""
+    audit_retention: Annotated[Duration, Field(gt=0)] = 30 * 86400.0
+    """Audit entries older than this are trimmed (XADD MINID)."""
+    shutdown_grace: Annotated[Duration, Field(gt=0)] = 10.0
+    """`opsq watch` exits within this long after SIGTERM, even mid-request."""
     verify_with_get: bool = False
     """GET before every DELETE (TTL-controller style, 2 requests per object). Off: the
     DELETE carries the observed uid+resourceVersion as preconditions, which the server
     checks atomically; a 409 then triggers the fresh GET and re-evaluation."""
     rules: list[Rule] = Field(default_factory=list)
-    kubeconfig: str | None = None
+    kubeconfig: ExistingFile | None = None
     context: str | None = None
     page_size: Annotated[int, Field(ge=1, le=10000)] = 500
     resync: Annotated[Duration, Field(gt=0)] = 600.0
@@ -218,6 +320,16 @@ class CleanupSettings(Section):
                 raise ValueError(f"rule name {rule.name!r} appears twice; names must be unique")
             seen.add(rule.name)
         return self
+
+    @property
+    def ttl_annotations(self) -> tuple[str, ...]:
+        names = [self.ttl_annotation, "janitor/ttl" if self.janitor_annotations else None]
+        return tuple(n for n in names if n)
+
+    @property
+    def expires_annotations(self) -> tuple[str, ...]:
+        names = [self.expires_annotation, "janitor/expires" if self.janitor_annotations else None]
+        return tuple(n for n in names if n)
 
     def rule(self, name: str) -> Rule:
         for rule in self.rules:

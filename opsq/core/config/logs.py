@@ -19,18 +19,62 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from opsq.core import keys
 from opsq.core.config.base import Section
+from opsq.core.config.fields import BytesRegex, HttpUrl, Regex
 from opsq.core.durations import Duration
 
 
 class MultilineSettings(Section):
-    start_pattern: str
+    start_pattern: BytesRegex
     """A line matching this regex starts a new record; others are appended to it."""
     timeout: Annotated[Duration, Field(gt=0)] = 2.0
     max_lines: Annotated[int, Field(ge=1)] = 500
+
+
+LogFormat = Literal["raw", "cri", "docker", "auto"]
+"""How file lines are framed: as written (raw), by a container runtime, or detected."""
+
+
+class NamespaceFilter(Section):
+    include: list[str] = Field(default_factory=lambda: ["*"])
+    """Namespace globs whose pods' files are read (from the path, no API needed)."""
+    exclude: list[str] = Field(default_factory=list)
+    """Namespace globs never read; wins over include."""
+
+
+class PodMetadataSettings(Section):
+    """Labels and annotations from a node-local pod informer (list + watch, no per-line call)."""
+
+    enabled: bool = False
+    labels: list[str] = Field(default_factory=lambda: ["*"])
+    """Pod label keys (globs) copied into records as ``labels``."""
+    annotations: list[str] = Field(default_factory=list)
+    """Pod annotation keys (globs) copied into records as ``annotations``."""
+    opt_out_annotation: str = "opsq.io/logs"
+    """A pod annotated with this key set to "false" is not read."""
+    kubeconfig: str | None = None
+    """Default: the pod's service account (in cluster), else KUBECONFIG / ~/.kube/config."""
+    sync_timeout: Annotated[Duration, Field(ge=0)] = 10.0
+    """Pod files wait this long at start for the first LIST (opt-out needs it); then go."""
+    pod_wait: Annotated[Duration, Field(ge=0)] = 5.0
+    """A file of a pod the cache does not know yet waits this long for its watch event."""
+    keep_deleted: Annotated[Duration, Field(ge=0)] = 60.0
+    """A deleted pod's metadata stays this long, for its lines still being read."""
+    watch_timeout: Annotated[Duration, Field(gt=0)] = 300.0
+
+
+class KubernetesSettings(Section):
+    """Pod identity from the kubelet's paths, optional metadata, namespace filters."""
+
+    pods_dir: str = "/var/log/pods"
+    containers_dir: str = "/var/log/containers"
+    node_name: str | None = None
+    """This node's name; default: the NODE_NAME variable (downward API)."""
+    namespaces: NamespaceFilter = Field(default_factory=NamespaceFilter)
+    metadata: PodMetadataSettings = Field(default_factory=PodMetadataSettings)
 
 
 class AgentSettings(Section):
@@ -42,10 +86,21 @@ class AgentSettings(Section):
     multiline: MultilineSettings | None = None
     ignore_older: Annotated[Duration, Field(ge=0)] | None = None
     rescan_interval: Annotated[Duration, Field(gt=0)] = 10.0
+    max_depth: Annotated[int, Field(ge=0, le=64)] = 8
+    """How many directories deep ``**`` in ``paths`` goes (it never follows directory links)."""
+    follow_symlinks: bool = False
+    """Read files that are symlinks (the target must resolve under ``symlink_roots``)."""
+    symlink_roots: list[Path] = Field(default_factory=list)
+    """Where a followed link's target may be; default: the fixed part of each of ``paths``
+    (``/var/log/app`` for ``/var/log/app/*.log``)."""
     poll: bool = False
     """Force polling instead of inotify (network filesystems)."""
     rotated_grace: Annotated[Duration, Field(gt=0)] = 60.0
-    """Keep reading a renamed/deleted file to EOF for at most this long."""
+    """Keep reading a renamed file (or a deleted one with unread bytes) at most this long."""
+    copytruncate_suffix: Regex = r"[.-][0-9][0-9_.-]*"
+    """Regex (full match) for what logrotate appends to a file's name when it copies it
+    (``.1``, ``-20240101``, ``-2024-01-01-1700000000``): where the agent looks for the
+    copy after a copytruncate."""
     max_open_deleted: Annotated[int, Field(ge=0)] = 16
     batch_lines: Annotated[int, Field(ge=1)] = 2000
     batch_bytes: Annotated[int, Field(ge=1024)] = 1024 * 1024
@@ -61,6 +116,17 @@ class AgentSettings(Section):
     maxlen: Annotated[int, Field(ge=1)] | None = None
     """Hard cap on stream length (drops unacknowledged entries, counted). Off by default."""
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9465
+    format: LogFormat = "raw"
+    """Line framing of every path (``auto``: from each file's first line)."""
+    formats: dict[str, LogFormat] = Field(default_factory=dict)
+    """Per-path framing: glob -> format; the first glob matching a file's path wins."""
+    partial_timeout: Annotated[Duration, Field(gt=0)] = 5.0
+    """A runtime's partial line with no more data for this long is shipped as it is."""
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+
+
+LABEL_FIELDS = ("namespace", "pod", "container", "stream", "node", "host", "owner")
+"""Record fields that may become Loki stream labels (bounded: never uid, line, path)."""
 
 
 class SinkSettings(Section):
@@ -68,7 +134,7 @@ class SinkSettings(Section):
     path: Path | None = None
     max_bytes: Annotated[int, Field(ge=1024)] = 100 * 1024 * 1024
     backups: Annotated[int, Field(ge=0)] = 5
-    url: str | None = None
+    url: HttpUrl | None = None
     index: str = "opsq-logs"
     labels: dict[str, str] = Field(default_factory=dict)
     timeout: Annotated[Duration, Field(gt=0)] = 10.0
@@ -79,6 +145,21 @@ class SinkSettings(Section):
     """Elasticsearch API key (sent as ``Authorization: ApiKey ...``)."""
     tenant: str | None = None
     """Loki tenant (``X-Scope-OrgID``) for multi-tenant Loki."""
+    label_fields: list[str] = Field(
+        default_factory=lambda: ["namespace", "pod", "container", "stream"]
+    )
+    """Loki stream labels of records with pod identity; ``label.<key>`` promotes a pod label."""
+
+    @field_validator("label_fields")
+    @classmethod
+    def _bounded_labels(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in LABEL_FIELDS and not name.startswith("label."):
+                raise ValueError(
+                    f"{name!r} cannot be a Loki label; use {', '.join(LABEL_FIELDS)} or "
+                    "label.<pod label key> (the pod uid, path and line have unbounded values)"
+                )
+        return value
 
     @model_validator(mode="after")
     def _destination_given(self) -> SinkSettings:

@@ -11,11 +11,12 @@ A targets file is Gatus-like::
 ``defaults`` is deep-merged under each target. Everything is validated before any
 work is enqueued, so a typo fails the whole run at start instead of one probe at 3 am.
 
-Files a target names (``ca_file``, ``cert_file``, ``key_file``) must be absolute paths
-and are checked to exist where the targets are loaded (``opsq probe``, ``opsq config
-check``, beat's probe sets). A worker re-validates each batch it receives with
-:data:`ON_WORKER` as context, which skips that check: a file missing on one worker makes
-its probes fail with a clear reason instead of refusing the whole batch.
+Files a target names (``ca_file``, ``cert_file``, ``key_file``) are resolved like every
+path in a config (relative to the file naming them, stored absolute) and checked to
+exist where the targets are loaded (``opsq probe``, ``opsq config check``, beat's probe
+sets). A worker re-validates each batch it receives with :data:`ON_WORKER` as context,
+which skips that check: a file missing on one worker makes its probes fail with a
+clear reason instead of refusing the whole batch.
 """
 
 from __future__ import annotations
@@ -27,12 +28,19 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from opsq.core.config.base import Section
+from opsq.core.config.base import Invalid, Section, resolve_path
+from opsq.core.config.fields import ExistingFile, Regex
 from opsq.core.durations import Duration
 
 RetryOn = Literal["timeout", "connect", "5xx", "dns"]
+MAX_THRESHOLD = 20
+"""Upper bound of failure/success thresholds (the state keeps that many verdicts)."""
+LOCATION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,40}$"
+"""A location names a Celery queue, ``probes.<location>``."""
+DEFAULT_LOCATION = "default"
+"""The one location of a set without ``locations`` (its batches go to ``probes``)."""
 DEFAULT_STATUS: tuple[tuple[int, int], ...] = ((200, 399),)
 DnsType = Literal["A", "AAAA", "CNAME", "MX", "TXT", "NS", "SRV"]
 DNS_TYPES: tuple[DnsType, ...] = ("A", "AAAA", "CNAME", "MX", "TXT", "NS", "SRV")
@@ -70,25 +78,19 @@ def _parse_status(item: object) -> tuple[int, int]:
     return lo, hi
 
 
-def _compile(pattern: str | None) -> str | None:
-    if pattern is None:
-        return None
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from exc
-    return pattern
-
-
 class Expect(Section):
     """What a probe must see to be *up*."""
 
     status: tuple[tuple[int, int], ...] = DEFAULT_STATUS
-    body_regex: str | None = None
-    header_regex: dict[str, str] = Field(default_factory=dict)
+    body_regex: Regex | None = None
+    header_regex: dict[str, Regex] = Field(default_factory=dict)
     max_latency: Duration | None = None
     min_cert_days: Annotated[float, Field(ge=0)] | None = None
-    answer_regex: str | None = None
+    degraded_latency: Duration | None = None
+    """Up but slower than this: the target's state becomes ``degraded``."""
+    cert_warn_days: Annotated[float, Field(ge=0)] | None = None
+    """Up but the certificate expires within this many days: ``degraded``."""
+    answer_regex: Regex | None = None
     """dns:// with a server path: some answer record's text must match."""
     rcode: tuple[Rcode, ...] | None = None
     """dns:// with a server path: accepted response codes (default NOERROR only)."""
@@ -101,14 +103,11 @@ class Expect(Section):
             raise ValueError("status list is empty; omit it to accept 200-399")
         return tuple(_parse_status(i) for i in items)
 
-    @field_validator("body_regex", "answer_regex")
-    @classmethod
-    def _body(cls, value: str | None) -> str | None:
-        return _compile(value)
-
     @field_validator("rcode", mode="before")
     @classmethod
     def _rcode(cls, value: object) -> object:
+        if value is None:
+            return None
         items = value if isinstance(value, list | tuple) else [value]
         if not items:
             raise ValueError("rcode list is empty; omit it to accept NOERROR")
@@ -117,8 +116,6 @@ class Expect(Section):
     @field_validator("header_regex")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        for pattern in value.values():
-            _compile(pattern)
         return {k.lower(): v for k, v in value.items()}
 
     def status_ok(self, code: int) -> bool:
@@ -150,6 +147,12 @@ class ProbeSpec(Section):
     group: str = "default"
     """Bounded metrics label. URLs become labels only with ``metrics.url_labels``."""
     expect: Expect = Field(default_factory=Expect)
+    failure_threshold: Annotated[int, Field(ge=1, le=MAX_THRESHOLD)] | None = None
+    """Consecutive failing verdicts before the state worsens (None: the set's value)."""
+    success_threshold: Annotated[int, Field(ge=1, le=MAX_THRESHOLD)] | None = None
+    """Consecutive passing verdicts before the state recovers (None: the set's value)."""
+    notify: tuple[str, ...] | None = None
+    """Notifier names from ``alerts.notifiers`` (None: the set's ``notify``)."""
 
     @field_validator("method")
     @classmethod
@@ -164,24 +167,19 @@ class ProbeSpec(Section):
     def _file(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        path = Path(value)
-        if not path.is_absolute():
-            raise ValueError(
-                f"{info.field_name} {value!r} must be an absolute path (the worker opens it "
-                "on its own machine), e.g. /etc/opsq/ca.pem"
+        path = resolve_path(Path(value))
+        if (info.context or {}).get("check_files", True) and not path.is_file():
+            raise Invalid(
+                f"{info.field_name} {str(path)!r} does not exist or is not a file",
+                fix="correct the path (relative to the file naming it) or create the file; "
+                "every worker needs it at the same absolute path",
             )
-        context = info.context or {}
-        if context.get("check_files", True) and not path.is_file():
-            raise ValueError(
-                f"{info.field_name} {value} does not exist or is not a file; fix the path "
-                "or create the file (it must exist on every worker too)"
-            )
-        return value
+        return str(path)
 
     @model_validator(mode="after")
     def _key_needs_cert(self) -> ProbeSpec:
         if self.key_file is not None and self.cert_file is None:
-            raise ValueError("key_file is set without cert_file; add the client certificate")
+            raise Invalid("key_file is set without cert_file", fix="add the client certificate")
         return self
 
 
@@ -340,11 +338,25 @@ def _merge(base: dict[str, Any], over: object) -> object:
 
 
 class ProbeSet(Section):
-    """A named probe set run by beat on an interval."""
+    """A named probe set run by beat on an interval; its runs update target states."""
 
-    file: str | None = None
-    targets: list[dict[str, Any]] | None = None
+    file: ExistingFile | None = None
+    """A targets file; relative to the config file. Stored as an absolute path."""
+    targets: list[Target] | None = None
+    """Inline targets: validated like a targets file's, errors located in the config."""
     interval: Annotated[Duration, Field(ge=1)] = 60.0
+    locations: list[Annotated[str, Field(pattern=LOCATION_PATTERN)]] | None = None
+    """Each location is the Celery queue ``probes.<location>``; every target is probed
+    from every location. None: the ``probes`` queue, one implicit location."""
+    quorum: Annotated[int, Field(ge=1)] | None = None
+    """Failing locations needed for a ``down`` verdict (None: a majority)."""
+    deadline: Annotated[Duration, Field(gt=0)] | None = None
+    """A location with no result this long after the run started is ``missing``
+    (None: the interval)."""
+    failure_threshold: Annotated[int, Field(ge=1, le=MAX_THRESHOLD)] = 3
+    success_threshold: Annotated[int, Field(ge=1, le=MAX_THRESHOLD)] = 2
+    notify: tuple[str, ...] = ()
+    """Notifier names from ``alerts.notifiers`` used by every target of the set."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ProbeSet:
@@ -354,12 +366,31 @@ class ProbeSet(Section):
             self.targets_file()  # inline targets fail at config load, not at 3 am
         return self
 
-    def targets_file(self) -> TargetsFile:
-        """The inline targets validated as a targets file (not for ``file:`` sets)."""
-        try:
-            return TargetsFile.model_validate({"targets": self.targets})
-        except ValidationError as exc:
-            problems = "; ".join(
-                ".".join(str(p) for p in err["loc"]) + ": " + err["msg"] for err in exc.errors()
+    @model_validator(mode="after")
+    def _quorum_fits(self) -> ProbeSet:
+        locations = self.locations or []
+        if len(set(locations)) != len(locations):
+            raise ValueError(f"locations {locations} name a location twice")
+        if self.quorum is not None and self.quorum > max(1, len(locations)):
+            raise ValueError(
+                f"quorum {self.quorum} is more than the {max(1, len(locations))} location(s); "
+                "lower quorum or add locations"
             )
-            raise ValueError(f"invalid inline targets: {problems}") from exc
+        return self
+
+    @property
+    def location_names(self) -> tuple[str, ...]:
+        """The set's locations; ``("default",)`` for a set without ``locations``."""
+        return tuple(self.locations) if self.locations else (DEFAULT_LOCATION,)
+
+    @property
+    def effective_quorum(self) -> int:
+        return self.quorum or len(self.location_names) // 2 + 1
+
+    @property
+    def effective_deadline(self) -> float:
+        return self.deadline if self.deadline is not None else self.interval
+
+    def targets_file(self) -> TargetsFile:
+        """The inline targets as a targets file (not for ``file:`` sets)."""
+        return TargetsFile(targets=self.targets or [])

@@ -20,10 +20,12 @@ LINES_DROPPED = Counter(
     "Lines not delivered: queue_full (on_full: drop).",
     ["reason"],
 )
-BYTES_RELEASED_UNREAD = Counter(
-    "opsq_agent_bytes_released_unread_total",
-    "Bytes of rotated or deleted files released before they were read "
-    "(rotated_grace or max_open_deleted reached).",
+BYTES_LOST = Counter(
+    "opsq_agent_bytes_lost",
+    "Bytes of files the agent could not read before they were gone, by reason: "
+    "copy_not_found (copytruncate without a findable copy: at least these bytes), "
+    "rotated_grace and max_open_deleted (rotated or deleted files released unread).",
+    ["reason"],
 )
 ENTRIES_TRIMMED = Counter(
     "opsq_agent_entries_trimmed_total",
@@ -51,4 +53,29 @@ SEND_ERRORS = Counter(
 CHECKPOINT_ERRORS = Counter(
     "opsq_agent_checkpoint_errors_total",
     "Checkpoint files found corrupt (moved aside) or that could not be written.",
+)
+
+# --- Kubernetes: runtime formats, pod identity, pod metadata --------------------------
+DECODE_ERRORS = Counter(
+    "opsq_agent_decode_errors_total",
+    "Lines of a cri/docker file that did not parse (shipped as they are, time and stream '-').",
+    ["format"],
+)
+PARTIALS_FLUSHED = Counter(
+    "opsq_agent_partials_flushed_total",
+    "Runtime partial lines shipped unfinished (partial_timeout passed, or the file was released).",
+)
+FILES_EXCLUDED = Counter(
+    "opsq_agent_files_excluded_total",
+    "Pod log files not read: namespace filter or the pod's opt-out annotation.",
+    ["reason"],
+)
+METADATA_ERRORS = Counter(
+    "opsq_agent_metadata_errors_total",
+    "Failed LIST/WATCH of this node's pods (forbidden, unavailable, expired); records "
+    "ship without labels meanwhile.",
+    ["reason"],
+)
+METADATA_SYNCED = Gauge(
+    "opsq_agent_metadata_synced", "1 once the pod informer's first LIST completed."
 )

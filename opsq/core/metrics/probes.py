@@ -21,13 +21,14 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 PROBE_TOTAL = Counter("opsq_probe_total", "Probes finished, by verdict.", ["group", "result"])
 PROBE_DURATION = Histogram(
     "opsq_probe_duration_seconds",
-    "Whole-probe duration including retries and backoff.",
+    "Whole-probe duration including retries and backoff (not rate-limit waits).",
     ["group"],
     buckets=LATENCY_BUCKETS,
 )
 PROBE_PHASE_DURATION = Histogram(
     "opsq_probe_phase_duration_seconds",
-    "Duration of one phase (dns, connect, tls, ttfb, transfer) of a probe's last attempt.",
+    "Duration of one phase (ratelimit, dns, connect, tls, ttfb, transfer) of a probe's last "
+    "attempt.",
     ["group", "phase"],
     buckets=LATENCY_BUCKETS,
 )

@@ -23,28 +23,47 @@ the API server checks that atomically:
   and changes nothing, so a dry run proves the real run would be allowed.
 - ``propagationPolicy`` is always explicit (Background by default): batch/v1 Jobs
   default to Orphan server-side, which would strand their pods.
+- a PersistentVolumeClaim rule (``unused``) asks :attr:`Guards.usage` once more right
+  before the DELETE: a plan minutes old must not delete a claim a new pod mounts.
+- ``proceed`` is asked after the rate limiter granted the permit and right before the
+  DELETE: a one-shot that gave up waiting (timeout, Ctrl-C) has cancelled its batch,
+  and its queued tasks must not act after it reported failure.
+- every real deletion is handed to ``audit`` (the Redis audit stream).
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from opsq.core.config.cleanup import CleanupSettings, ResourceRef, Rule
 from opsq.core.errors import PermanentError
 from opsq.core.metrics.cleanup import CLEANUP_OBJECTS, TERMINATING_SEEN
 from opsq.engines.cleanup import planner
-from opsq.engines.cleanup.kube import ApiUnavailable, Conflict, Forbidden, Kube, NotFound
-from opsq.engines.cleanup.planner import OwnerLookup, OwnerState
+from opsq.engines.cleanup.kube import Conflict, Forbidden, Kube, NotFound
+from opsq.engines.cleanup.planner import Guards
 from opsq.engines.cleanup.ratelimit import RateLimiter, Unlimited
+from opsq.engines.cleanup.retry import Retrier
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Obj = dict[str, Any]
+CANCELLED = "cancelled"
+"""Outcome reason of a target whose one-shot gave up before it ran."""
+EVENTS_NAMESPACE = "default"
+"""Where Events about cluster-scoped objects go (as the apiserver's own do)."""
+
+
+class Audit(Protocol):
+    def record(self, target: Target, rule: Rule, *, deleted_at: float) -> None:
+        """Append one real deletion to the audit trail (raises on failure)."""
+
+
 Result = Literal["deleted", "would_delete", "skipped", "failed"]
 
 MAX_REPLANS = 3
@@ -64,6 +83,11 @@ class Target:
     """Observed resourceVersion; None makes the executor GET before deleting."""
     reason: str = ""
     """Why the planner found it due (reported with the outcome)."""
+    kind: str = ""
+    """The object's kind (``Job``), for Events; empty when unknown."""
+    judged_by: str = ""
+    """Who planned it (``opsq watch@host``), for the audit trail."""
+    judged_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -81,14 +105,6 @@ class Outcome:
         return asdict(self)
 
 
-def backoff_delay(
-    attempt: int, base: float, cap: float, hint: float | None, rng: Callable[[], float]
-) -> float:
-    """Full jitter (AWS architecture blog), never shorter than a Retry-After hint."""
-    jitter = rng() * min(cap, base * 2**attempt)
-    return max(float(jitter), hint or 0.0)
-
-
 class Executor:
     """Deletes :class:`Target` objects safely; see the module docstring for the rules."""
 
@@ -97,37 +113,49 @@ class Executor:
         kube: Kube,
         settings: CleanupSettings,
         *,
-        owners: OwnerLookup | None = None,
+        guards: Guards | None = None,
         limiter: RateLimiter | None = None,
+        audit: Audit | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
         retries: int | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.kube = kube
         self.settings = settings
-        self.owners = owners or (lambda namespace, ref: OwnerState.UNKNOWN)
+        self.guards = guards or Guards()
         self.limiter = limiter or Unlimited()
+        self.audit = audit
         self.clock = clock
-        self.sleep = sleep
-        self.rng = rng
-        self.retries = settings.retries if retries is None else retries
+        self.annotations = planner.Annotations.of(settings)
+        self.retrier = Retrier(
+            retries=settings.retries if retries is None else retries,
+            base=settings.backoff_base, cap=settings.backoff_cap, stop=stop, sleep=sleep, rng=rng,
+        )  # fmt: skip
 
-    def execute(self, target: Target, *, dry_run: bool) -> Outcome:
-        """Delete *target* (or dry-run it) and report what happened; count it."""
+    def execute(
+        self, target: Target, *, dry_run: bool, proceed: Callable[[], bool] | None = None
+    ) -> Outcome:
+        """Delete *target* (or dry-run it) and report what happened; count it.
+
+        *proceed* is asked right before the DELETE; False ends with a ``cancelled`` skip.
+        """
         try:
             rule = self.settings.rule(target.rule)
         except KeyError:
             message = f"rule {target.rule!r} is not in this process's cleanup config"
             return count(outcome_of(target, "failed", "unknown-rule", message))
         try:
-            outcome = self._execute(rule, target, dry_run)
+            outcome = self._execute(rule, target, dry_run, proceed or (lambda: True))
         except PermanentError as exc:
             reason = "forbidden" if isinstance(exc, Forbidden) else "rejected"
             outcome = outcome_of(target, "failed", reason, str(exc))
         return count(outcome)
 
-    def _execute(self, rule: Rule, target: Target, dry_run: bool) -> Outcome:
+    def _execute(
+        self, rule: Rule, target: Target, dry_run: bool, proceed: Callable[[], bool]
+    ) -> Outcome:
         resource_version = None if self.settings.verify_with_get else target.resource_version
         reason = target.reason or "due"
         for _ in range(MAX_REPLANS + 1):
@@ -135,6 +163,11 @@ class Executor:
                 verdict, resource_version, reason = self._fresh(rule, target)
                 if verdict is not None:
                     return verdict
+            if rule.when.unused and (kept := self._in_use(rule, target)) is not None:
+                return kept
+            self.limiter.acquire()
+            if not proceed():
+                return outcome_of(target, "skipped", CANCELLED, "the command that sent it gave up")
             try:
                 self._delete(rule, target, resource_version, dry_run)
             except NotFound:
@@ -142,6 +175,8 @@ class Executor:
             except Conflict:
                 resource_version = None  # the object changed: judge it again
                 continue
+            if not dry_run:
+                self._record(rule, target)
             self._announce(rule, target, dry_run)
             return outcome_of(target, "would_delete" if dry_run else "deleted", reason)
         return outcome_of(
@@ -157,20 +192,33 @@ class Executor:
             return outcome_of(target, "skipped", planner.ALREADY_GONE), None, ""
         if planner.meta(obj).get("uid") != target.uid:
             return outcome_of(target, "skipped", planner.RECREATED), None, ""
-        item = planner.plan_object(
-            rule, obj, self.clock(), self.owners, self.settings.ttl_annotation
-        )
+        item = planner.plan_object(rule, obj, self.clock(), self.guards, self.annotations)
         if item.reason == planner.TERMINATING:
             TERMINATING_SEEN.labels(target.resource, target.rule).inc()
         if item.action != "delete":
             return outcome_of(target, "skipped", item.reason), None, ""
         return None, item.resource_version, item.reason
 
+    def _in_use(self, rule: Rule, target: Target) -> Outcome | None:
+        """The last look before deleting a claim: a skip when something uses it now."""
+        verdict = planner.guard_verdict(
+            rule, {"metadata": {"namespace": target.namespace, "name": target.name}}, self.guards
+        )
+        return None if verdict is None else outcome_of(target, "skipped", verdict)
+
+    def _record(self, rule: Rule, target: Target) -> None:
+        """Audit a done deletion; a failure is logged loudly, never undoes the result."""
+        if self.audit is None:
+            return
+        try:
+            self.audit.record(target, rule, deleted_at=self.clock())
+        except Exception as exc:  # the deletion happened; the outcome must say so
+            log.error("audit trail: could not record %s/%s: %s", target.namespace, target.name, exc)
+
     def _delete(
         self, rule: Rule, target: Target, resource_version: str | None, dry_run: bool
     ) -> None:
         resource = ResourceRef.parse(target.resource)
-        self.limiter.acquire()
         self._call(
             lambda: self.kube.delete(
                 resource, target.namespace or None, target.name, uid=target.uid,
@@ -181,29 +229,16 @@ class Executor:
 
     def _call(self, request: Callable[[], T]) -> T:
         """Run one API request, retrying temporary failures with backoff."""
-        for attempt in range(self.retries + 1):
-            try:
-                return request()
-            except ApiUnavailable as exc:
-                if attempt >= self.retries:
-                    raise
-                delay = backoff_delay(
-                    attempt,
-                    self.settings.backoff_base,
-                    self.settings.backoff_cap,
-                    exc.delay,
-                    self.rng,
-                )
-                log.warning("kube API unavailable (%s); retrying in %.2fs", exc, delay)
-                self.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+        return self.retrier.call(request)
 
     def _announce(self, rule: Rule, target: Target, dry_run: bool) -> None:
         """Optional Kubernetes Event on the deleted object (best effort, never fatal)."""
-        if not self.settings.events or dry_run or not target.namespace:
+        if not self.settings.events or dry_run:
             return
+        message = f"deleted by opsq cleanup rule {rule.name!r}"
+        event = make_event(target, "OpsqCleanupDeleted", message, self.clock())
         try:
-            self.kube.create_event(target.namespace, _event(rule, target, self.clock()))
+            self.kube.create_event(target.namespace or EVENTS_NAMESPACE, event)
         except Exception as exc:  # an Event is a courtesy: never fail a deletion for it
             log.warning("could not create event for %s/%s: %s", target.namespace, target.name, exc)
 
@@ -222,19 +257,41 @@ def outcome_of(target: Target, result: Result, reason: str, message: str = "") -
     )  # fmt: skip
 
 
-def _event(rule: Rule, target: Target, now: float) -> Obj:
+def kind_guess(resource: ResourceRef) -> str:
+    """``jobs`` -> ``Job`` when the object did not say (good for every built-in kind)."""
+    plural = resource.plural
+    for suffix, replacement in (("sses", "ss"), ("ies", "y"), ("ses", "s"), ("s", "")):
+        if plural.endswith(suffix):
+            plural = plural[: -len(suffix)] + replacement
+            break
+    return plural[:1].upper() + plural[1:]
+
+
+def make_event(
+    target: Target, reason: str, message: str, now: float, *, name: str | None = None
+) -> Obj:
+    """A core/v1 Event about *target* (cluster-scoped objects: in ``default``)."""
     resource = ResourceRef.parse(target.resource)
     stamp = planner.format_time(now)
+    namespace = target.namespace or EVENTS_NAMESPACE
+    md: Obj = {"namespace": namespace}
+    if name:
+        md["name"] = name
+    else:
+        md["generateName"] = f"{target.name}.opsq-"
+    involved: Obj = {
+        "apiVersion": resource.api_version, "kind": target.kind or kind_guess(resource),
+        "name": target.name, "uid": target.uid,
+    }  # fmt: skip
+    if target.namespace:
+        involved["namespace"] = target.namespace
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"generateName": f"{target.name}.opsq-", "namespace": target.namespace},
-        "involvedObject": {
-            "apiVersion": resource.api_version, "kind": resource.plural,
-            "namespace": target.namespace, "name": target.name, "uid": target.uid,
-        },
-        "reason": "OpsqCleanupDeleted",
-        "message": f"deleted by opsq cleanup rule {rule.name!r}",
+        "metadata": md,
+        "involvedObject": involved,
+        "reason": reason,
+        "message": message,
         "type": "Normal",
         "source": {"component": "opsq-cleanup"},
         "firstTimestamp": stamp,

@@ -19,6 +19,15 @@ The cache is indexed by namespace/name and by UID. ``synced`` is False until the
 LIST completed: callers must not act on a partial view (an empty cache would look like
 "nothing to do", a half-filled one like "owner is gone"). Every ``resync`` seconds all
 cached objects are re-announced so that a dropped or failed action is retried.
+
+Generic on purpose (the cleanup watcher, the PVC usage index and the log agent's
+node-local pod metadata all use it): any resource, namespace, label and field selector
+(``spec.nodeName=node-1``), a ``transform`` applied to every object before it is
+cached (default: drop ``spec`` and ``managedFields``), and optional handlers; without
+handlers it is just a cache. Every error backs off and retries, keeping the last good
+cache; with ``fatal_before_sync`` (the cleanup watcher) a permission error before the
+first sync ends :meth:`run` with :attr:`fatal` set instead, because retrying a missing
+Role forever only hides it.
 """
 
 from __future__ import annotations
@@ -30,17 +39,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from opsq.core.backoff import full_jitter
 from opsq.core.config.cleanup import ResourceRef
 from opsq.core.errors import PermanentError, TemporaryError
 from opsq.core.metrics.cleanup import INFORMER_CACHE_OBJECTS, WATCH_RELISTS, WATCH_RESTARTS
-from opsq.engines.cleanup.executor import backoff_delay
 from opsq.engines.cleanup.kube import ApiUnavailable, Expired, Kube
-from opsq.engines.cleanup.lister import list_all, slim
+from opsq.engines.cleanup.lister import Transform, list_all, slim
 from opsq.engines.cleanup.planner import meta
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 Callback = Callable[[Obj], None]
+
+
+def _ignore(obj: Obj) -> None:
+    """The default handler: the informer is then only a cache."""
 
 
 def _key(obj: Obj) -> tuple[str, str]:
@@ -57,10 +70,12 @@ class Informer:
         resource: ResourceRef,
         namespace: str | None = None,
         *,
-        on_object: Callback,
-        on_gone: Callback,
+        on_object: Callback = _ignore,
+        on_gone: Callback = _ignore,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        transform: Transform = slim,
+        fatal_before_sync: bool = False,
         page_size: int = 500,
         watch_timeout: float = 300.0,
         resync: float = 600.0,
@@ -76,6 +91,8 @@ class Informer:
         self.on_gone = on_gone
         self.label_selector = label_selector
         self.field_selector = field_selector
+        self.transform = transform
+        self.fatal_before_sync = fatal_before_sync
         self.page_size = page_size
         self.watch_timeout = watch_timeout
         self.read_timeout = watch_timeout + max(5.0, watch_timeout * 0.2)
@@ -89,6 +106,8 @@ class Informer:
         self.resource_version = ""
         self.synced = False
         self.error: str | None = None
+        self.fatal: PermanentError | None = None
+        """Set when :meth:`run` gave up: a permanent error before the first sync."""
         self._lock = threading.Lock()
         self._last_resync = 0.0
         self._last_list = 0.0
@@ -104,6 +123,11 @@ class Informer:
     def get_by_uid(self, uid: str) -> Obj | None:
         with self._lock:
             return self.by_uid.get(uid)
+
+    def objects(self) -> list[Obj]:
+        """A snapshot of every cached object."""
+        with self._lock:
+            return list(self.by_name.values())
 
     def __len__(self) -> int:
         return len(self.by_name)
@@ -134,6 +158,7 @@ class Informer:
         listing = list_all(
             self.kube, self.resource, self.namespace, page_size=self.page_size,
             label_selector=self.label_selector, field_selector=self.field_selector,
+            transform=self.transform,
         )  # fmt: skip
         fresh = {_key(o): o for o in listing.items}
         with self._lock:
@@ -192,7 +217,8 @@ class Informer:
             self._gauge()
             self.on_gone(obj)
             return
-        self._put(slim(obj))
+        obj = self.transform(obj)
+        self._put(obj)
         self._gauge()
         self.on_object(obj)
 
@@ -220,11 +246,21 @@ class Informer:
             except Expired:
                 log.info("%s: resourceVersion expired; relisting", self.resource)
                 self._needs_list = True
-            except (TemporaryError, PermanentError) as exc:
-                self.error = str(exc)
-                self._failures += 1
-                delay = backoff_delay(
-                    self._failures, 0.5, 30.0, getattr(exc, "delay", None), self.rng
-                )
-                log.warning("%s: %s; retrying in %.1fs", self.resource, exc, delay)
-                stop.wait(delay)
+            except PermanentError as exc:
+                if self.fatal_before_sync and not self.synced:
+                    self.error, self.fatal = str(exc), exc
+                    log.debug("%s: %s; giving up (the caller reports it)", self.resource, exc)
+                    return
+                self._back_off(stop, exc)
+            except TemporaryError as exc:
+                self._back_off(stop, exc)
+
+    def _back_off(self, stop: threading.Event, exc: Exception) -> None:
+        """Remember the error and wait (full jitter) before the next attempt."""
+        self.error = str(exc)
+        self._failures += 1
+        delay = full_jitter(
+            self._failures, base=0.5, cap=30.0, rng=self.rng, at_least=getattr(exc, "delay", None)
+        )
+        log.warning("%s: %s; retrying in %.1fs", self.resource, exc, delay)
+        stop.wait(delay)

@@ -267,6 +267,24 @@ class Kube:
 
     # --- plumbing --------------------------------------------------------------------
 
+    @property
+    def host(self) -> str:
+        return str(getattr(getattr(self.api, "configuration", None), "host", "") or "?")
+
+    def _unreachable(self, exc: BaseException) -> str:
+        """One line for a connection failure (urllib3's MaxRetryError repr is a page)."""
+        cause: BaseException = exc
+        while isinstance(cause, urllib3.exceptions.MaxRetryError) and cause.reason is not None:
+            cause = cause.reason
+        text = str(cause)
+        if isinstance(cause, urllib3.exceptions.NewConnectionError):
+            text = text.rpartition(": ")[2] or text
+        elif isinstance(cause, urllib3.exceptions.ReadTimeoutError):
+            text = "read timed out"
+        elif isinstance(cause, urllib3.exceptions.ConnectTimeoutError):
+            text = "connection timed out"
+        return f"cannot reach the API server at {self.host}: {text}"
+
     def _json(
         self,
         verb: str,
@@ -313,7 +331,7 @@ class Kube:
             response = self.api.call_api(*request, _request_timeout=timeout)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             KUBE_API_REQUESTS.labels(verb, "error").inc()
-            raise ApiUnavailable(f"{verb} {path}: {type(exc).__name__}: {exc}") from exc
+            raise ApiUnavailable(f"{verb} {path}: {self._unreachable(exc)}") from exc
         except ApiException as exc:  # SSL errors surface as status 0
             KUBE_API_REQUESTS.labels(verb, "error").inc()
             raise ApiUnavailable(f"{verb} {path}: {exc.reason}") from exc
@@ -346,14 +364,28 @@ def _raise_for(verb: str, response: Any, *, resource: ResourceRef, namespace: st
         raise Expired(f"{verb} {where}: expired: {message}")
     if status == 403:
         raise Forbidden(
-            f"forbidden: cannot {verb} {where}: {message} "
-            f"(fix: grant verb {verb!r} on {resource.plural!r} in API group "
-            f"{resource.group or 'core'!r}; `opsq cleanup rbac` prints the Role)"
+            f"forbidden: cannot {verb} {where}: {message} ({_rbac_fix(verb, resource, namespace)})"
         )
     if status == 429 or status >= 500:
         delay = _retry_after(response.headers)
         raise ApiUnavailable(f"{verb} {where}: HTTP {status}: {message}", delay=delay)
     raise ApiRejected(f"{verb} {where}: HTTP {status}: {message}")
+
+
+def _rbac_fix(verb: str, resource: ResourceRef, namespace: str | None) -> str:
+    """The fix for a 403, worded for where the request went: a request across all
+    namespaces (or on a cluster-scoped kind) needs a ClusterRole, never a Role."""
+    grant = f"verb {verb!r} on {resource.plural!r} in API group {resource.group or 'core'!r}"
+    if namespace is None:
+        return (
+            f"fix: grant {grant} in a ClusterRole bound with a ClusterRoleBinding; a Role "
+            "cannot grant a request across all namespaces or on a cluster-scoped kind. "
+            "`opsq cleanup rbac` (or --namespaced) prints one"
+        )
+    return (
+        f"fix: grant {grant} in namespace {namespace!r} (a Role there, or a ClusterRole); "
+        "`opsq cleanup rbac --namespaced` prints it"
+    )
 
 
 def _stream_lines(raw: Any) -> Iterator[Obj]:

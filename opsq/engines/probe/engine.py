@@ -265,10 +265,14 @@ class ProbeEngine:
         outcome = _Outcome()
         budget = 0.0
         try:
+            # Everything local first (transport, TLS context): a token is spent on
+            # contacting the host, not on our own set-up, or requests granted together
+            # would reach the host late and bunched with the next ones.
+            transport = self._prepare(target)
             await self._take_token(target, clock, deadline)
             budget = deadline.share(attempts_left)
             async with asyncio.timeout(budget):
-                await self._dispatch(target, budget, clock, outcome)
+                await self._dispatch(target, transport, budget, clock, outcome)
         except ProbeFailure as failure:
             outcome.failure = failure
         except Exception as exc:  # every library error becomes a verdict here
@@ -278,6 +282,13 @@ class ProbeEngine:
             CURRENT.reset(token)
         outcome.phases = clock.snapshot()
         return outcome
+
+    def _prepare(self, target: Target) -> httpx.AsyncBaseTransport | None:
+        """The HTTP transport an http(s) target will use, created now if needed."""
+        scheme = _url_parts(target.url)[0]
+        if scheme not in ("http", "https"):
+            return None
+        return self._transport_for(target, https=scheme == "https")
 
     async def _take_token(self, target: Target, clock: PhaseClock, deadline: Deadline) -> None:
         """Wait for the rate limiter, outside the deadline (see :mod:`.deadline`)."""
@@ -292,24 +303,25 @@ class ProbeEngine:
             deadline.pause(time.monotonic() - began)
 
     async def _dispatch(
-        self, target: Target, budget: float, clock: PhaseClock, outcome: _Outcome
+        self,
+        target: Target,
+        transport: httpx.AsyncBaseTransport | None,
+        budget: float,
+        clock: PhaseClock,
+        outcome: _Outcome,
     ) -> None:
-        scheme = _url_parts(target.url)[0]
-        if scheme == "tcp":
+        """Run the attempt: HTTP(S) when :meth:`_prepare` gave a transport, else TCP/DNS."""
+        if transport is not None:
+            reply = await fetch(transport, target, max(budget, 0.001), clock)
+            outcome.status_code = reply.status_code
+            outcome.cert_expires_at = self._cert_expiry(target, clock)
+            outcome.failure = judge(target, reply, days_left(outcome.cert_expires_at))
+        elif _url_parts(target.url)[0] == "tcp":
             await net.tcp_connect(target, clock, self._source)
-            return
-        if scheme == "dns":
-            query = _dns_query(target.url)
-            if query is None:
-                await net.dns_lookup(target, clock)
-            else:
-                await dnsquery.probe(target, query, clock, budget, self._source)
-            return
-        transport = self._transport_for(target, https=scheme == "https")
-        reply = await fetch(transport, target, max(budget, 0.001), clock)
-        outcome.status_code = reply.status_code
-        outcome.cert_expires_at = self._cert_expiry(target, clock)
-        outcome.failure = judge(target, reply, days_left(outcome.cert_expires_at))
+        elif (query := _dns_query(target.url)) is not None:
+            await dnsquery.probe(target, query, clock, budget, self._source)
+        else:
+            await net.dns_lookup(target, clock)
 
     def _cert_expiry(self, target: Target, clock: PhaseClock) -> float | None:
         scheme, host, port = _url_parts(target.url)

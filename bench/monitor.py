@@ -1,0 +1,203 @@
+"""Cost of target state and alerting: probes/s with monitoring on vs off, same run.
+
+One private valkey-server, one local nginx (as :mod:`bench.probes`), one real
+``celery -A tasks worker --concurrency 2`` with the tuned pipeline settings, N targets
+(default 3,000) of which 10% point at a closed port (down). Interleaved rounds, best of
+each:
+
+a. **off**: the targets as a plain run (``ProbeProducer.submit``, what ``opsq probe``
+   does): no state, no alerts. Clock: enqueue -> summary stored.
+b. **on, steady**: the same batches, sent the same way, but registered as a run of
+   probe set ``bench`` (what ``opsq.probe_set`` does) with a webhook notifier: the
+   worker that completes the run applies it to target state; nothing changes state.
+   Clock: enqueue -> the run's verdicts applied.
+c. **on, churn**: as b, but before each round a different 10% of the targets go down
+   and the previous 10% come back (thresholds 1): 20% of targets transition each run
+   and each transition is delivered to a local webhook receiver. Clock: send -> verdicts
+   applied and the ``alerts`` queue drained (every notification delivered).
+
+Prints probes/s and the ratio on/off (goal: cost < 10% for steady state).
+
+    python -m bench monitor
+    OPSQ_BENCH_MONITOR_N=1000 python -m bench monitor
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import redis
+import yaml
+
+from bench.probe_transports import local_server
+from bench.probes import PIPELINE_ENV, _worker
+from opsq.core import keys
+from opsq.core.config.probes import TargetsFile
+from opsq.core.redis_server import RedisServer, free_port
+from opsq.core.runs import submit_run
+from opsq.core.settings import load_settings
+from opsq.engines.monitor.spec import build_spec
+from opsq.engines.monitor.store import MonitorStore
+from producers.probes import ProbeProducer
+
+N = int(os.environ.get("OPSQ_BENCH_MONITOR_N", "3000"))
+ROUNDS = int(os.environ.get("OPSQ_BENCH_ROUNDS", "3"))
+DOWN_SHARE = 10
+"""One target in DOWN_SHARE is down in each round."""
+
+
+class Sink:
+    """A webhook receiver that counts what it gets (204, no body)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                sink.count += 1
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def targets(base: str, closed: str, shift: int) -> list[dict[str, Any]]:
+    return [{"name": f"t{i}", "timeout": 10,
+             "url": f"{closed}/x?i={i}" if (i + shift) % DOWN_SHARE == 0 else f"{base}/ok?i={i}"}
+            for i in range(N)]  # fmt: skip
+
+
+def write(path: Path, doc: Any) -> Path:
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def main() -> int:
+    print(f"bench/monitor: N={N}, rounds={ROUNDS}, load {os.getloadavg()[0]:.2f}", flush=True)
+    with local_server() as (base, what), tempfile.TemporaryDirectory(prefix="opsq-mon-") as t:
+        tmp = Path(t)
+        closed = f"http://127.0.0.1:{free_port()}"
+        sink = Sink()
+        file = write(tmp / "targets.yaml", {"targets": targets(base, closed, 0)})
+        config = write(tmp / "opsq.yaml", {
+            "probes": {"sets": {"bench": {"file": str(file), "interval": 3600, "deadline": 600,
+                                          "failure_threshold": 1, "success_threshold": 1,
+                                          "notify": ["hook"]}}},
+            "alerts": {"notifiers": {"hook": {"kind": "webhook", "url": sink.url}}},
+        })  # fmt: skip
+        server = RedisServer(tmp / "valkey", appendonly=False)
+        server.start()
+        os.environ["OPSQ_CONFIG"] = str(config)
+        try:
+            with _worker(server.url, tmp):
+                results = run_rounds(server.url, config, file, base, closed, sink)
+        finally:
+            os.environ.pop("OPSQ_CONFIG", None)
+            server.stop()
+    report(results, what)
+    return 0
+
+
+def run_rounds(redis_url: str, config: Path, file: Path, base: str, closed: str,
+               sink: Sink) -> dict[str, list[float]]:  # fmt: skip
+    """Both paths send the same validated batches from here (no file read by a worker):
+    the only difference is the monitoring spec registered for the run, so the figure
+    is the cost of state and alerting alone."""
+    settings = load_settings(config, redis_url=redis_url, probes={
+        "batch_size": int(PIPELINE_ENV["OPSQ_PROBES__BATCH_SIZE"])})  # fmt: skip
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    producer = ProbeProducer(settings)
+    monitor = MonitorStore(client, settings.alerts)
+    probe_set = settings.probes.sets["bench"]
+    steady = load_targets(targets(base, closed, 0))
+    results: dict[str, list[float]] = {"off": [], "on, steady": [], "on, churn": []}
+
+    def run(batch: list[Any], *, monitored: bool, drain: bool = False) -> float:
+        first = [monitored]
+
+        def send(kwargs: dict[str, Any]) -> None:
+            if first[0]:
+                monitor.register(kwargs["run_id"], build_spec(
+                    "bench", probe_set, batch, created_at=time.time()))  # fmt: skip
+                first[0] = False
+            producer._send(kwargs)
+
+        began = time.perf_counter()
+        run_id = submit_run(producer.store, batch, batch_size=settings.probes.batch_size,
+                            send=send, source="bench", probe_set="bench").run_id  # fmt: skip
+        if monitored:
+            wait(lambda: client.exists(keys.monitor_applied(run_id)), "verdicts applied")
+        else:
+            wait(lambda: producer.store.progress(run_id).complete, "run complete")
+        if drain:
+            wait(
+                lambda: (
+                    client.llen(keys.QUEUE_ALERTS) == 0
+                    and not client.keys(keys.monitor_outbox("*"))
+                    and client.hlen("unacked") == 0
+                ),
+                "alerts drained",
+            )
+        return N / (time.perf_counter() - began)
+
+    try:
+        run(steady, monitored=True)  # first run: every target unknown -> its state
+        for number in range(ROUNDS):
+            results["off"].append(run(steady, monitored=False))
+            results["on, steady"].append(run(steady, monitored=True))
+            sent = sink.count
+            results["on, churn"].append(run(load_targets(targets(base, closed, number + 1)),
+                                            monitored=True, drain=True))  # fmt: skip
+            print(f"  round {number + 1}: {sink.count - sent} notifications delivered", flush=True)
+            run(steady, monitored=True, drain=True)  # back to the steady pattern
+    finally:
+        producer.close()
+        client.close()
+    return results
+
+
+def load_targets(raw: list[dict[str, Any]]) -> list[Any]:
+    return list(TargetsFile.model_validate({"targets": raw}).targets)
+
+
+def wait(check: Callable[[], object], what: str, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.02)
+
+
+def report(results: dict[str, list[float]], what: str) -> None:
+    best = {name: max(values) for name, values in results.items()}
+    print(
+        f"\n| path ({N} targets, {what}, worker --concurrency 2) | probes/s (best of "
+        f"{ROUNDS}) | vs off |\n|---|---:|---:|"
+    )
+    for name, value in best.items():
+        print(f"| {name} | {value:,.0f} | {value / best['off']:.2f}x |")
+    cost = 1 - best["on, steady"] / best["off"]
+    print(
+        f"\nstate+alerting cost, steady state: {cost:.1%} (goal < 10%: "
+        f"{'met' if cost < 0.10 else 'NOT met'}); with 20% of targets transitioning "
+        f"and notified every run: {1 - best['on, churn'] / best['off']:.1%}; "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

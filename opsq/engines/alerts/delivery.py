@@ -1,0 +1,92 @@
+"""Deliver a notification job at most once per key after a success.
+
+A job is ``{"notifier": name, "message": Message dict}``; ``message.key`` identifies it
+(one per transition or reminder, and notifier). Two Redis keys make redelivered or
+duplicated tasks safe:
+
+- ``opsq:notify:done:<key>`` is set after the receiver accepted the message; a task
+  that finds it does nothing (``duplicate``).
+- ``opsq:notify:claim:<key>`` is a lease (the notifier's timeout plus a margin) held
+  while one task sends, so two copies of a job never send at the same time. A task
+  redelivered after its worker was killed carries the same task id, so it takes over
+  its own lease at once.
+
+The remaining window: a worker killed after the receiver accepted the message but
+before ``done`` was written. The redelivered task sends again with the same key, in
+the ``Idempotency-Key`` header (webhook, Slack) or the Message-ID (email), so the
+receiver can drop it; Alertmanager merges identical alerts by design. Sending twice
+in that window is the choice: losing an alert is worse than a duplicate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis
+
+from opsq.core import keys
+from opsq.core.config.alerts import AlertsSettings
+from opsq.core.errors import ConfigError, PermanentError, TemporaryError
+from opsq.core.redis_errors import redis_errors
+from opsq.engines.alerts.message import Message
+from opsq.engines.alerts.notifiers import Delivery, send
+
+CLAIM_MARGIN_S = 30.0
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    result: Literal["sent", "duplicate"]
+    delivery: Delivery | None = None
+
+
+def send_via(
+    alerts: AlertsSettings, notifier: str, message: Message, *, now: float | None = None
+) -> Delivery:
+    """Send *message* through the notifier named *notifier* now, in this process.
+
+    The engine-level API for other parts of opsq (``opsq alerts test``, the cleanup's
+    ``notify_before`` heads-ups): no Celery, no idempotency bookkeeping. Raises
+    ConfigError for an unknown notifier, TemporaryError / PermanentError from sending.
+    """
+    config = alerts.notifiers.get(notifier)
+    if config is None:
+        known = ", ".join(sorted(alerts.notifiers)) or "none configured"
+        raise ConfigError(f"notifier {notifier!r} is not defined under alerts.notifiers "
+                          f"(known: {known})")  # fmt: skip
+    return send(notifier, config, message, now=now)
+
+
+def deliver(
+    client: redis.Redis[str], alerts: AlertsSettings, job: dict[str, Any], *, task_id: str,
+    now: float | None = None,
+) -> DeliveryOutcome:  # fmt: skip
+    """Send one job unless its key was already delivered; see the module docstring."""
+    notifier = str(job["notifier"])
+    message = Message.from_dict(job["message"])
+    config = alerts.notifiers.get(notifier)
+    if config is None:
+        raise PermanentError(f"notifier {notifier!r} is no longer configured; message "
+                             f"{message.key} dropped")  # fmt: skip
+    done, claim = keys.notify_done(message.key), keys.notify_claim(message.key)
+    with redis_errors(f"check delivery of {message.key}"):
+        if client.exists(done):
+            return DeliveryOutcome("duplicate")
+        lease = int(config.timeout + CLAIM_MARGIN_S)
+        if not client.set(claim, task_id, nx=True, ex=lease) and client.get(claim) != task_id:
+            raise TemporaryError(f"{message.key} is being delivered by another task",
+                                 delay=float(lease))  # fmt: skip
+    try:
+        delivery = send(notifier, config, message, now=now)
+    except Exception:
+        with redis_errors(f"release the delivery lease of {message.key}"):
+            client.delete(claim)
+        raise
+    with redis_errors(f"record delivery of {message.key}"):
+        pipe = client.pipeline(transaction=True)
+        pipe.set(done, now or time.time(), ex=keys.NOTIFY_DONE_TTL_S)
+        pipe.delete(claim)
+        pipe.execute()
+    return DeliveryOutcome("sent", delivery)

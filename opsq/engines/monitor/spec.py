@@ -1,0 +1,104 @@
+"""What the monitor needs to know about a set run, stored when the run is created.
+
+The run-completion hook runs on whichever worker wrote the last result (or in the
+alerts tick, at the run's deadline), possibly long after the set's file was read, so
+the set's monitoring parameters travel with the run: locations, quorum, deadline,
+thresholds, notifiers and the warning lines. Per-target values are stored only where
+a target differs from the set, which keeps a 10,000-target spec small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from opsq.core.config.probes import ProbeSet, Target
+from opsq.engines.monitor.state import Thresholds
+from opsq.engines.monitor.verdict import WarningLines
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    failure_threshold: int
+    success_threshold: int
+    notify: tuple[str, ...]
+    degraded_latency: float | None = None
+    cert_warn_days: float | None = None
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(self.failure_threshold, self.success_threshold)
+
+    @property
+    def lines(self) -> WarningLines:
+        return WarningLines(self.degraded_latency, self.cert_warn_days)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    set: str
+    locations: tuple[str, ...]
+    quorum: int
+    created_at: float
+    deadline_at: float
+    defaults: TargetSpec
+    overrides: dict[str, TargetSpec] = field(default_factory=dict)
+    names: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """target key -> (name, url), in file order."""
+
+    def target(self, key: str) -> TargetSpec:
+        return self.overrides.get(key, self.defaults)
+
+    def dumps(self) -> bytes:
+        data = asdict(self)
+        data["overrides"] = {k: asdict(v) for k, v in self.overrides.items()}
+        return orjson.dumps(data)
+
+    @classmethod
+    def loads(cls, raw: str | bytes) -> RunSpec:
+        data = orjson.loads(raw)
+        return cls(
+            set=data["set"], locations=tuple(data["locations"]), quorum=int(data["quorum"]),
+            created_at=float(data["created_at"]), deadline_at=float(data["deadline_at"]),
+            defaults=_target_spec(data["defaults"]),
+            overrides={k: _target_spec(v) for k, v in data["overrides"].items()},
+            names={k: (v[0], v[1]) for k, v in data["names"].items()},
+        )  # fmt: skip
+
+
+def _target_spec(data: dict[str, Any]) -> TargetSpec:
+    return TargetSpec(
+        failure_threshold=int(data["failure_threshold"]),
+        success_threshold=int(data["success_threshold"]),
+        notify=tuple(data["notify"]),
+        degraded_latency=data.get("degraded_latency"),
+        cert_warn_days=data.get("cert_warn_days"),
+    )
+
+
+def build_spec(
+    set_name: str, probe_set: ProbeSet, targets: Sequence[Target], *, created_at: float
+) -> RunSpec:
+    """The spec of one run of *probe_set* over *targets* (already validated)."""
+    defaults = TargetSpec(probe_set.failure_threshold, probe_set.success_threshold,
+                          tuple(probe_set.notify))  # fmt: skip
+    overrides: dict[str, TargetSpec] = {}
+    for target in targets:
+        own = TargetSpec(
+            failure_threshold=target.failure_threshold or defaults.failure_threshold,
+            success_threshold=target.success_threshold or defaults.success_threshold,
+            notify=defaults.notify if target.notify is None else tuple(target.notify),
+            degraded_latency=target.expect.degraded_latency,
+            cert_warn_days=target.expect.cert_warn_days,
+        )
+        if own != defaults:
+            overrides[target.key] = own
+    return RunSpec(
+        set=set_name, locations=probe_set.location_names, quorum=probe_set.effective_quorum,
+        created_at=created_at, deadline_at=created_at + probe_set.effective_deadline,
+        defaults=defaults, overrides=overrides,
+        names={t.key: (t.name, t.url) for t in targets},
+    )  # fmt: skip

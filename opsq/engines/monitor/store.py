@@ -1,0 +1,337 @@
+"""Target state in Redis, applied exactly once per run; the outbox of notifications.
+
+What is stored (every name is in :mod:`opsq.core.keys`):
+
+- ``opsq:monitor:state:<set>`` hash, field ``name|url`` -> :class:`~.state.TargetState`
+  JSON (``state``, ``since``, ``reason``, ``detail``, ``recent`` verdicts, ``last_run``,
+  ``last_verdict``, per-location results of the last run, ``transition_id``).
+- ``opsq:monitor:transitions:<set>`` stream, one entry per transition, fields ``id``,
+  ``target`` (``name|url``), ``name``, ``url``, ``from``, ``to``, ``at`` (epoch s),
+  ``reason`` (category), ``detail``, ``run_id``, ``locations`` (JSON: location ->
+  {verdict, reason, detail, duration_s, status_code}). Trimmed by time (MINID).
+- ``opsq:monitor:verdicts`` stream, one entry per applied run: ``set``, ``run_id``,
+  ``at``, ``verdicts`` (JSON: ``name|url`` -> [verdict, reason, {location: verdict}]).
+- ``opsq:monitor:firing:<set>`` hash ``name|url|notifier`` -> firing entry while a
+  target is down or degraded (:mod:`.alerting`).
+
+**Exactly once.** :meth:`MonitorStore.apply` reads the set's states under ``WATCH``,
+computes every transition in Python (:mod:`.state`, pure) and writes, in one
+``MULTI``: the states, the transitions, the verdicts entry, the firing entries, the
+notification jobs (outbox) and the marker ``opsq:monitor:applied:<run>``. A second
+finisher (a redelivered batch, two workers completing at once, the tick at the
+deadline) either sees the marker and does nothing, or loses the WATCH race, retries
+and then sees the marker. So a run's verdict moves each state at most once, and a
+crash before EXEC leaves the run unapplied for the next finisher.
+
+**Outbox.** Jobs are written with the state change, sent as Celery tasks afterwards,
+and deleted once sent; a crash in between leaves them for the next finisher or the
+tick. A job sent twice is harmless: delivery is keyed (:mod:`.delivery`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import orjson
+import redis
+
+from opsq.core import keys
+from opsq.core.config.alerts import AlertsSettings
+from opsq.core.config.probes import DEFAULT_LOCATION
+from opsq.core.redis_errors import redis_errors
+from opsq.engines.monitor import alerting
+from opsq.engines.monitor.maintenance import active_window
+from opsq.engines.monitor.spec import RunSpec
+from opsq.engines.monitor.state import TargetState, Transition, advance
+from opsq.engines.monitor.verdict import LocationResult, TargetVerdict, combine, judge_result
+
+log = logging.getLogger(__name__)
+WATCH_ATTEMPTS = 20
+"""Optimistic transactions retried this often when another writer touched the same set."""
+OUTBOX_STALE_S = 30.0
+"""The tick sends outboxes older than this (a finisher died before sending them)."""
+
+
+@dataclass
+class _Firing:
+    """The firing entries of a set while a run is applied, and the changes to write."""
+
+    current: dict[str, alerting.FiringEntry]
+    writes: dict[str, alerting.FiringEntry | None] = field(default_factory=dict)
+
+
+@dataclass
+class ApplyOutcome:
+    applied: bool
+    transitions: list[Transition] = field(default_factory=list)
+    jobs: list[alerting.Job] = field(default_factory=list)
+    verdicts: dict[str, TargetVerdict] = field(default_factory=dict)
+    silenced: int = 0
+    """Transitions a maintenance window kept from being notified."""
+
+
+def verdicts_of(spec: RunSpec, results: Iterable[Mapping[str, Any]]) -> dict[str, TargetVerdict]:
+    """Every target's verdict from a run's stored results (absent locations: missing)."""
+    per_target: dict[str, dict[str, LocationResult]] = defaultdict(dict)
+    for result in results:
+        key = f"{result.get('name')}|{result.get('url')}"
+        location = str(result.get("location") or DEFAULT_LOCATION)
+        per_target[key][location] = judge_result(result, spec.target(key).lines)
+    return {key: combine(per_target.get(key, {}), spec.locations, spec.quorum)
+            for key in spec.names}  # fmt: skip
+
+
+class MonitorStore:
+    """Synchronous access: the Celery adapters and the CLI each hold one."""
+
+    def __init__(self, client: redis.Redis[str], alerts: AlertsSettings) -> None:
+        self.client = client
+        self.alerts = alerts
+
+    # --- runs ---------------------------------------------------------------------------
+    @redis_errors("register a set run for monitoring")
+    def register(self, run_id: str, spec: RunSpec) -> None:
+        """Before the first batch is sent: the spec, and the run among the open ones."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(keys.monitor_spec(run_id), spec.dumps(), ex=keys.RUN_TTL_S)
+        pipe.zadd(keys.MONITOR_OPEN_RUNS, {run_id: spec.deadline_at})
+        pipe.sadd(keys.MONITOR_SETS, spec.set)
+        pipe.execute()
+
+    @redis_errors("read a run's monitoring spec")
+    def spec(self, run_id: str) -> RunSpec | None:
+        raw = self.client.get(keys.monitor_spec(run_id))
+        return RunSpec.loads(raw) if raw is not None else None
+
+    @redis_errors("list set runs past their deadline")
+    def overdue(self, now: float, limit: int = 100) -> list[str]:
+        return list(self.client.zrangebyscore(keys.MONITOR_OPEN_RUNS, "-inf", now, 0, limit))
+
+    def apply(
+        self, run_id: str, spec: RunSpec, results: Sequence[Mapping[str, Any]], *, now: float
+    ) -> ApplyOutcome:
+        """Apply the run's verdicts to the set's states, once (see the module docstring)."""
+        verdicts = verdicts_of(spec, results)
+        with redis_errors(f"apply run {run_id} to the state of set {spec.set}"):
+            for _ in range(WATCH_ATTEMPTS):
+                try:
+                    return self._apply_once(run_id, spec, verdicts, now)
+                except redis.WatchError:
+                    continue
+        raise RuntimeError(f"run {run_id}: state of set {spec.set} kept changing; retry later")
+
+    def _apply_once(
+        self, run_id: str, spec: RunSpec, verdicts: dict[str, TargetVerdict], now: float
+    ) -> ApplyOutcome:
+        state_key, firing_key = keys.monitor_state(spec.set), keys.monitor_firing(spec.set)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(keys.monitor_applied(run_id), state_key, firing_key)
+            if pipe.exists(keys.monitor_applied(run_id)):
+                pipe.unwatch()
+                return ApplyOutcome(applied=False, verdicts=verdicts)
+            states = self._load_states(pipe, state_key, spec)
+            raw_firing = cast(dict[str, str], pipe.hgetall(firing_key))
+            firing = _Firing({k: alerting.FiringEntry.from_dict(orjson.loads(v))
+                              for k, v in raw_firing.items()})  # fmt: skip
+            outcome = ApplyOutcome(applied=True, verdicts=verdicts)
+            for key, verdict in verdicts.items():
+                state, change = advance(
+                    states[key], verdict, spec.target(key).thresholds, set_name=spec.set,
+                    target_key=key, run_id=run_id, run_at=spec.created_at, now=now,
+                )  # fmt: skip
+                states[key] = state
+                if change is not None:
+                    outcome.transitions.append(change)
+                    outcome.silenced += self._plan(spec, change, firing, outcome.jobs, now=now)
+            pipe.multi()
+            self._write(pipe, run_id, spec, states=states, outcome=outcome,
+                        firing_writes=firing.writes, now=now)  # fmt: skip
+            pipe.execute()
+        return outcome
+
+    @staticmethod
+    def _load_states(pipe: Any, state_key: str, spec: RunSpec) -> dict[str, TargetState]:
+        names = list(spec.names)
+        raw = pipe.hmget(state_key, names) if names else []
+        states = {}
+        for key, value in zip(names, raw, strict=True):
+            name, url = spec.names[key]
+            states[key] = (TargetState.from_dict(orjson.loads(value)) if value is not None
+                           else TargetState(name=name, url=url))  # fmt: skip
+        return states
+
+    def _plan(
+        self, spec: RunSpec, change: Transition, firing: _Firing, jobs: list[alerting.Job], *,
+        now: float,
+    ) -> bool:  # fmt: skip
+        """Plan the notifications of one transition; True when a window silenced it."""
+        window = active_window(self.alerts.maintenance, spec.set, change.name, now)
+        if window is not None:
+            log.info(
+                "%s/%s: %s -> %s during maintenance window %s: not notified",
+                spec.set,
+                change.name,
+                change.from_state,
+                change.to_state,
+                window.name,
+            )
+        for notifier in spec.target(change.target).notify:
+            config = self.alerts.notifiers.get(notifier)
+            if config is None:
+                log.error("%s/%s: notifier %r is not configured; transition not sent",
+                          spec.set, change.name, notifier)  # fmt: skip
+                continue
+            field_name = f"{change.target}|{notifier}"
+            new_jobs, entry = alerting.on_transition(
+                change.to_dict(), notifier, config, firing.current.get(field_name),
+                silenced=window is not None, now=now,
+            )  # fmt: skip
+            jobs.extend(new_jobs)
+            firing.writes[field_name] = entry
+        return window is not None
+
+    def _write(
+        self, pipe: Any, run_id: str, spec: RunSpec, *, states: dict[str, TargetState],
+        outcome: ApplyOutcome, firing_writes: dict[str, alerting.FiringEntry | None],
+        now: float,
+    ) -> None:  # fmt: skip
+        pipe.set(keys.monitor_applied(run_id), now, ex=keys.RUN_TTL_S)
+        if states:
+            pipe.hset(
+                keys.monitor_state(spec.set),
+                mapping={k: orjson.dumps(s) for k, s in states.items()},
+            )
+        stream = keys.monitor_transitions(spec.set)
+        for change in outcome.transitions:
+            pipe.xadd(stream, _transition_fields(change))
+        if outcome.transitions:
+            pipe.xtrim(stream, minid=_minid(now, self.alerts.transition_retention),
+                       approximate=True)  # fmt: skip
+        pipe.xadd(keys.MONITOR_VERDICTS, {
+            "set": spec.set, "run_id": run_id, "at": now,
+            "verdicts": orjson.dumps({k: [v.verdict, v.reason, {loc: r.verdict for loc, r
+                                          in v.locations.items()}]
+                                      for k, v in outcome.verdicts.items()}),
+        })  # fmt: skip
+        pipe.xtrim(keys.MONITOR_VERDICTS, approximate=True,
+                   minid=_minid(now, keys.MONITOR_VERDICTS_RETENTION_S))  # fmt: skip
+        firing_key = keys.monitor_firing(spec.set)
+        for name, entry in firing_writes.items():
+            if entry is None:
+                pipe.hdel(firing_key, name)
+            else:
+                pipe.hset(firing_key, name, orjson.dumps(entry))
+        self._queue_jobs(pipe, run_id, outcome.jobs, now)
+        pipe.zrem(keys.MONITOR_OPEN_RUNS, run_id)
+
+    @staticmethod
+    def _queue_jobs(pipe: Any, owner: str, jobs: Sequence[alerting.Job], now: float) -> None:
+        if jobs:
+            pipe.rpush(keys.monitor_outbox(owner), *(orjson.dumps(j.to_dict()) for j in jobs))
+            pipe.expire(keys.monitor_outbox(owner), keys.RUN_TTL_S)
+            pipe.zadd(keys.MONITOR_OUTBOXES, {owner: now})
+
+    # --- reminders, re-posts, notifications after a window ------------------------------
+    def tick(self, now: float) -> list[str]:
+        """Queue what :func:`.alerting.on_tick` finds due; returns the outbox owners."""
+        owners = []
+        for set_name in self.sets():
+            with redis_errors(f"check firing alerts of set {set_name}"):
+                for _ in range(WATCH_ATTEMPTS):
+                    try:
+                        owner = self._tick_set(set_name, now)
+                        break
+                    except redis.WatchError:
+                        continue
+                else:
+                    log.warning("set %s: firing alerts kept changing; next tick", set_name)
+                    owner = None
+            if owner is not None:
+                owners.append(owner)
+        return owners
+
+    def _tick_set(self, set_name: str, now: float) -> str | None:
+        firing_key = keys.monitor_firing(set_name)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.watch(firing_key)
+            entries = cast(dict[str, str], pipe.hgetall(firing_key))
+            jobs: list[alerting.Job] = []
+            updates: dict[str | bytes, bytes | float | int | str] = {}
+            for field_name, raw in entries.items():
+                target_key, _, notifier = field_name.rpartition("|")
+                config = self.alerts.notifiers.get(notifier)
+                if config is None:
+                    continue
+                entry = alerting.FiringEntry.from_dict(orjson.loads(raw))
+                name = str(entry.transition.get("name", target_key))
+                silenced = active_window(self.alerts.maintenance, set_name, name, now)
+                due = alerting.on_tick(entry, notifier, config, silenced=silenced is not None,
+                                       now=now)  # fmt: skip
+                if due:
+                    jobs.extend(due)
+                    updates[field_name] = orjson.dumps(entry)
+            if not jobs:
+                pipe.unwatch()
+                return None
+            owner = f"tick:{set_name}:{int(now * 1000)}"
+            pipe.multi()
+            pipe.hset(firing_key, mapping=updates)
+            self._queue_jobs(pipe, owner, jobs, now)
+            pipe.execute()
+        return owner
+
+    # --- outbox -------------------------------------------------------------------------
+    @redis_errors("read a notification outbox")
+    def outbox(self, owner: str) -> list[dict[str, Any]]:
+        return [orjson.loads(raw) for raw in self.client.lrange(keys.monitor_outbox(owner), 0, -1)]
+
+    @redis_errors("clear a notification outbox")
+    def clear_outbox(self, owner: str) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(keys.monitor_outbox(owner))
+        pipe.zrem(keys.MONITOR_OUTBOXES, owner)
+        pipe.execute()
+
+    @redis_errors("list notification outboxes left behind")
+    def stale_outboxes(self, now: float) -> list[str]:
+        return list(self.client.zrangebyscore(keys.MONITOR_OUTBOXES, "-inf", now - OUTBOX_STALE_S))
+
+    # --- status -------------------------------------------------------------------------
+    @redis_errors("list the sets with target state")
+    def sets(self) -> list[str]:
+        return sorted(self.client.smembers(keys.MONITOR_SETS))
+
+    @redis_errors("read target states")
+    def states(self, set_names: Sequence[str]) -> dict[str, list[TargetState]]:
+        pipe = self.client.pipeline(transaction=False)
+        for name in set_names:
+            pipe.hgetall(keys.monitor_state(name))
+        found = {}
+        for name, raw in zip(set_names, pipe.execute(), strict=True):
+            found[name] = sorted((TargetState.from_dict(orjson.loads(v)) for v in raw.values()),
+                                 key=lambda s: (s.name, s.url))  # fmt: skip
+        return found
+
+    @redis_errors("read transitions")
+    def transitions(self, set_name: str, count: int = 100) -> list[dict[str, str]]:
+        """The set's latest transitions, newest first (stream fields, strings)."""
+        return [fields for _, fields in self.client.xrevrange(
+            keys.monitor_transitions(set_name), count=count)]  # fmt: skip
+
+
+def _transition_fields(change: Transition) -> dict[str, str | float]:
+    return {
+        "id": change.id, "target": change.target, "name": change.name, "url": change.url,
+        "from": change.from_state, "to": change.to_state, "at": change.at,
+        "reason": change.reason, "detail": change.detail or "", "run_id": change.run_id,
+        "locations": orjson.dumps(change.locations).decode(),
+    }  # fmt: skip
+
+
+def _minid(now: float, retention: float) -> int:
+    """The oldest stream id to keep: entry ids are millisecond timestamps (XADD ``*``)."""
+    return max(0, int((now - retention) * 1000))

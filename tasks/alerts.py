@@ -1,0 +1,142 @@
+"""Celery adapters of the monitor: run completion, notification delivery, the alerts tick.
+
+Thin, as every task module: the decisions live in :mod:`opsq.engines.monitor` and
+:mod:`opsq.engines.alerts`.
+
+- :func:`finish_run` is called by ``opsq.probe_batch`` after every batch of a set run
+  (and by the tick for runs past their deadline): when the run is complete it applies
+  the verdicts to target state, exactly once (:mod:`opsq.engines.monitor.store`), then
+  sends the notification jobs of its outbox as ``opsq.notify`` tasks.
+- ``opsq.notify`` (queue ``alerts``) delivers one job: ``acks_late`` and
+  ``reject_on_worker_lost`` so a killed worker's job comes back, a key so it is sent
+  once (:mod:`opsq.engines.alerts.delivery`); temporary failures retry with full-jitter
+  backoff up to ``alerts.max_retries``, then the job is dropped, counted and logged.
+- ``opsq.alerts_tick`` (beat, every ``alerts.tick_interval``): applies runs whose
+  deadline passed (locations that never answered are ``missing``), sends reminders and
+  Alertmanager re-posts, and flushes outboxes a crashed worker left behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+
+import redis
+from celery import Task
+
+from opsq.core import signatures
+from opsq.core.backoff import full_jitter
+from opsq.core.errors import PermanentError, TemporaryError
+from opsq.core.metrics import alerts as metrics
+from opsq.core.runs import RunStore
+from opsq.engines.alerts import deliver
+from opsq.engines.monitor.store import MonitorStore
+from tasks.app import app, settings
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _client() -> redis.Redis[str]:
+    return redis.Redis.from_url(settings.broker_url, decode_responses=True, socket_timeout=10)
+
+
+def _monitor() -> MonitorStore:
+    return MonitorStore(_client(), settings.alerts)
+
+
+def finish_run(run_id: str, *, at_deadline: bool = False, now: float | None = None) -> bool:
+    """Apply a complete (or overdue) set run once and send its notifications.
+
+    Returns True when this call applied the run. A run that is not a set run, not yet
+    complete (and not overdue), or already applied is left alone; in every case the
+    run's outbox is flushed, so a crash between applying and sending loses nothing.
+    """
+    monitor = _monitor()
+    spec = monitor.spec(run_id)
+    if spec is None:
+        return False
+    runs = RunStore(_client())
+    progress = runs.progress(run_id)
+    if not progress.complete and not at_deadline:
+        return False
+    now = time.time() if now is None else now
+    outcome = monitor.apply(run_id, spec, runs.results(run_id), now=now)
+    if outcome.applied:
+        metrics.RUNS_APPLIED.labels("complete" if progress.complete else "deadline").inc()
+        for change in outcome.transitions:
+            metrics.TRANSITIONS.labels(spec.set, change.to_state).inc()
+            log.warning("%s/%s: %s -> %s (%s) in run %s", spec.set, change.name,
+                        change.from_state, change.to_state, change.reason, run_id)  # fmt: skip
+        if outcome.silenced:
+            metrics.SILENCED.labels(spec.set).inc(outcome.silenced)
+    send_outbox(monitor, run_id)
+    return outcome.applied
+
+
+def send_outbox(monitor: MonitorStore, owner: str) -> int:
+    """Send every job of an outbox as an ``opsq.notify`` task, then delete the outbox."""
+    jobs = monitor.outbox(owner)
+    for job in jobs:
+        notify.apply_async(kwargs=job)
+    if jobs:
+        monitor.clear_outbox(owner)
+    return len(jobs)
+
+
+def retry_countdown(retries: int, hint: float | None) -> float:
+    """Full jitter, never longer than a quarter of the visibility timeout (kombu#1306)."""
+    cap = min(settings.alerts.retry_backoff_cap, settings.visibility_timeout / 4)
+    delay = full_jitter(retries, base=settings.alerts.retry_backoff_base, cap=cap,
+                        at_least=hint)  # fmt: skip
+    return min(delay, cap)
+
+
+@app.task(  # type: ignore[untyped-decorator]  # celery is untyped
+    name=signatures.NOTIFY, bind=True, acks_late=True, reject_on_worker_lost=True,
+    max_retries=settings.alerts.max_retries,
+)  # fmt: skip
+def notify(self: Task, notifier: str, message: dict[str, Any]) -> dict[str, Any]:
+    """Deliver one notification job (see the module docstring)."""
+    key = message.get("key", "?")
+    try:
+        outcome = deliver(_client(), settings.alerts, {"notifier": notifier, "message": message},
+                          task_id=self.request.id or key)  # fmt: skip
+    except TemporaryError as exc:
+        if self.request.retries >= self.max_retries:
+            metrics.NOTIFICATIONS.labels(notifier, "dropped").inc()
+            log.error("notification %s dropped after %d retries: %s", key,
+                      self.request.retries, exc)  # fmt: skip
+            return {"result": "dropped", "error": str(exc)}
+        metrics.NOTIFICATIONS.labels(notifier, "retried").inc()
+        countdown = retry_countdown(self.request.retries, exc.delay)
+        log.warning("notification %s: %s; retry in %.1fs", key, exc, countdown)
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    except PermanentError as exc:
+        metrics.NOTIFICATIONS.labels(notifier, "failed").inc()
+        log.error("notification %s failed, not retried: %s", key, exc)
+        return {"result": "failed", "error": str(exc)}
+    metrics.NOTIFICATIONS.labels(notifier, outcome.result).inc()
+    answer = outcome.delivery.answer if outcome.delivery else ""
+    log.info("notification %s via %s: %s %s", key, notifier, outcome.result, answer)
+    return {"result": outcome.result, "answer": answer}
+
+
+@app.task(name=signatures.ALERTS_TICK, acks_late=True)  # type: ignore[untyped-decorator]
+def alerts_tick() -> dict[str, int]:
+    """Beat's periodic pass; see :func:`tick`."""
+    return tick(time.time())
+
+
+def tick(now: float) -> dict[str, int]:
+    """Overdue runs, reminders and re-posts, stale outboxes; *now* injectable for tests."""
+    monitor = _monitor()
+    overdue = monitor.overdue(now)
+    for run_id in overdue:
+        finish_run(run_id, at_deadline=True, now=now)
+    owners = monitor.tick(now)
+    stale = [owner for owner in monitor.stale_outboxes(now) if owner not in owners]
+    sent = sum(send_outbox(monitor, owner) for owner in [*owners, *stale])
+    return {"overdue_runs": len(overdue), "sent": sent}

@@ -1,0 +1,71 @@
+"""Secrets never printed: URL user info and secret-named query parameters."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from opsq.core.config.probes import Target
+from opsq.core.redact import redact, redact_text, redact_url
+from opsq.core.runs import batch_payloads, batch_repr, build_summary
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("https://api.example.com/v1/health?access_token=tok-1&page=2", "tok-1"),
+        ("https://h/?token=tok-2", "tok-2"),
+        ("https://acct.blob.core.windows.net/c/b?sv=2022-11-02&sig=c2lnbmF0dXJl%3D", "c2lnbmF0"),
+        ("https://h/login?user=ann&password=hunter2", "hunter2"),
+        ("https://h/?api_key=k-3", "k-3"),
+        ("https://maps.example.com/?key=k-4", "k-4"),
+        ("https://h/?apiKey=k-5", "k-5"),
+        ("https://h/?client_secret=cs-6", "cs-6"),
+        ("https://h/?auth=a-7", "a-7"),
+        ("https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIA8&X-Amz-Signature=beef9", "beef9"),
+        ("https://h/callback#access_token=frag-10&state=x", "frag-10"),
+        ("https://h/?private_token=glpat-11", "glpat-11"),
+        ("https://user:pw-12@h/?q=1", "pw-12"),
+    ],
+)
+def test_secrets_in_query_strings_are_redacted(url: str, secret: str) -> None:
+    """Issue 8 §4: ?access_token=, token=, sig=, password= (and kin) were printed as is."""
+    redacted = redact_url(url)
+    assert secret not in redacted
+    assert "***" in redacted
+    assert secret not in redact_text(f"GET {url} failed: timeout")
+
+
+def test_harmless_parameters_are_kept() -> None:
+    """Only secret-named parameters go: page, sort, monkey and state stay readable."""
+    url = "https://h/p?page=2&sort=name&monkey=banana&state=s"
+    assert redact_url(url) == url
+    assert redact_url("https://h/p?sig=abc&page=2") == "https://h/p?sig=***&page=2"
+
+
+def test_config_show_tree_redacts_query_tokens() -> None:
+    """`opsq config show`: a sink or target URL with ?token= loses the token."""
+    tree = {"logs": {"shipper": {"sink": {"url": "https://loki/push?token=t-13"}}}}
+    assert "t-13" not in str(redact(tree))
+
+
+def test_probe_results_are_printed_redacted() -> None:
+    """`opsq probe --output json` and `opsq runs show` print URLs and errors redacted."""
+    url = "https://api.example.com/health?access_token=t-14"
+    stored = {
+        "name": "api", "url": url, "up": False, "index": 0,
+        "error": f"Client error '401' for url '{url}'",
+    }  # fmt: skip
+    summary = build_summary("r1", {"total": "1"}, [orjson.dumps(stored).decode()])
+    assert "t-14" not in orjson.dumps(summary).decode()
+    assert summary["results"][0]["url"] == "https://api.example.com/health?access_token=***"
+
+
+def test_task_repr_in_logs_and_flower_carries_no_urls() -> None:
+    """Celery logs and Flower show kwargsrepr: a count of targets, not their URLs."""
+    targets = [Target(name=f"t{i}", url=f"https://h/{i}?token=t-15") for i in range(3)]
+    [payload] = batch_payloads("r1", targets, batch_size=10)
+    shown = batch_repr(payload)
+    assert "t-15" not in shown
+    assert "'<3 targets>'" in shown
+    assert "'r1'" in shown

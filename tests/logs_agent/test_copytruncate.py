@@ -1,0 +1,156 @@
+"""copytruncate: the lines only the copy holds arrive, once, in order; a missing copy is counted."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import redis
+
+from opsq.core.metrics import logs_agent as metrics
+from tests.logs_agent.conftest import (
+    STREAM,
+    agent_settings,
+    stream_records,
+    wait_for,
+    write_lines,
+)
+from tests.logs_agent.process import AgentProcess
+
+
+def batch(prefix: str, n: int) -> list[bytes]:
+    return [f"{prefix}-{i:04d}".encode() for i in range(n)]
+
+
+def copytruncate(log: Path, copy: Path | None) -> None:
+    """What logrotate's copytruncate does: copy the file, then truncate it in place."""
+    if copy is not None:
+        shutil.copyfile(log, copy)
+    with open(log, "r+b") as f:
+        f.truncate(0)
+
+
+def unique_lines(client: redis.Redis) -> list[bytes]:
+    """Records deduped by record id, in stream order."""
+    seen: set[str] = set()
+    out = []
+    for _path, rid, _off, data in stream_records(client):
+        if rid not in seen:
+            seen.add(rid)
+            out.append(data)
+    return out
+
+
+def assert_each_line_once(client: redis.Redis, expected: list[bytes]) -> None:
+    """Every expected line under exactly one record id (a copy read twice would show
+    its lines under the copy's ids as well as the original's)."""
+    got = unique_lines(client)
+    assert sorted(got) == sorted(expected)
+
+
+def settled(agent, logs: Path, pattern: str) -> bool:
+    """Every matching file is open, read to its end and acknowledged (so a copy read
+    a second time would already be in the stream)."""
+    names = sorted(p.name for p in logs.glob(pattern))
+    open_names = sorted(os.path.basename(t.path) for t in agent.tailers.values())
+    done = all(t.remaining() == 0 and t.acknowledged() for t in agent.tailers.values())
+    return done and open_names == names
+
+
+def lost(reason: str) -> float:
+    return float(metrics.BYTES_LOST.labels(reason=reason)._value.get())
+
+
+def test_lines_only_in_the_copy_are_read_from_it_in_order(tmp_path: Path, redis_url: str) -> None:
+    """The agent process is frozen (SIGSTOP) while lines are appended and the file is
+    copied and truncated: those lines exist only in the copy when it wakes up."""
+    logs = tmp_path / "logs"
+    log = logs / "app.log"
+    write_lines(log, batch("before", 300))
+    cfg = {"paths": [str(log)], "checkpoint_dir": str(tmp_path / "ck")}
+    agent = AgentProcess(tmp_path, redis_url, cfg, stream=STREAM).start()
+    try:
+        client = redis.Redis.from_url(redis_url)
+        wait_for(lambda: len(unique_lines(client)) == 300, what="first lines")
+        agent.signal(signal.SIGSTOP)
+        write_lines(log, batch("unread", 500))
+        copytruncate(log, logs / "app.log.1")
+        write_lines(log, batch("after", 20))
+        agent.signal(signal.SIGCONT)
+        wait_for(lambda: len(unique_lines(client)) >= 820, what="every line")
+        by_fid: dict[str, list[tuple[int, bytes]]] = {}
+        for _path, rid, off, data in stream_records(client):
+            by_fid.setdefault(rid.rsplit(":", 1)[0], []).append((off, data))
+        old, new = by_fid.values()
+        assert [d for _o, d in old] == batch("before", 300) + batch("unread", 500)
+        assert [o for o, _d in old] == sorted(o for o, _d in old)  # offset order
+        assert [d for _o, d in new] == batch("after", 20)
+        assert {p for p, *_ in stream_records(client)} == {str(log)}  # the original's path
+        assert agent.metric("opsq_agent_bytes_lost_total") == 0
+        assert agent.terminate() == 0
+    finally:
+        agent.signal(signal.SIGCONT)
+        agent.stop()
+
+
+def test_no_copy_found_counts_the_lost_bytes(
+    tmp_path: Path, run_agent, redis_server, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = tmp_path / "logs" / "app.log"
+    write_lines(log, batch("before", 300))
+    size = log.stat().st_size
+    before = lost("copy_not_found")
+    redis_server.stop()
+    agent = run_agent(agent_settings(tmp_path, queue_entries=1, batch_lines=10, rotated_grace=1))
+    wait_for(agent.batches.full, what="reader held back")
+    copytruncate(log, None)
+    wait_for(lambda: lost("copy_not_found") > before, what="lost bytes counted")
+    # everything past what the reader had handed out: the sender holds one entry and
+    # the queue another (10 lines of 12 bytes each); the reader's next one was refused
+    assert size - 3 * 120 <= lost("copy_not_found") - before <= size
+    assert "no copy of it was found" in caplog.text
+    redis_server.start()
+
+
+@pytest.mark.parametrize("pattern", ["app.log", "app.log*"])
+def test_a_copy_is_never_shipped_twice_whatever_the_globs(
+    tmp_path: Path, run_agent, raw_client, pattern: str
+) -> None:
+    """With ``app.log*`` the copy also matches the globs: it must not be read from 0."""
+    logs = tmp_path / "logs"
+    log = logs / "app.log"
+    write_lines(log, batch("one", 200))
+    agent = run_agent(agent_settings(tmp_path, paths=[str(logs / pattern)]))
+    wait_for(lambda: len(unique_lines(raw_client)) >= 200, what="first lines")
+    write_lines(log, batch("two", 50))
+    copytruncate(log, logs / "app.log.1")
+    write_lines(log, batch("three", 20))
+    expected = batch("one", 200) + batch("two", 50) + batch("three", 20)
+    wait_for(lambda: len(unique_lines(raw_client)) >= 270, what="every line")
+    wait_for(lambda: settled(agent, logs, pattern), what="all files read and acknowledged")
+    assert_each_line_once(raw_client, expected)
+
+
+@pytest.mark.parametrize("pattern", ["app.log", "app.log*"])
+def test_copytruncate_while_the_agent_was_down_reads_the_rest_from_the_copy(
+    tmp_path: Path, run_agent, raw_client, pattern: str
+) -> None:
+    logs = tmp_path / "logs"
+    log = logs / "app.log"
+    write_lines(log, batch("one", 200))
+    settings = agent_settings(tmp_path, paths=[str(logs / pattern)])
+    agent = run_agent(settings)
+    wait_for(lambda: len(unique_lines(raw_client)) >= 200, what="first run")
+    agent.stop()
+    agent.join(30)
+    write_lines(log, batch("while-down", 50))
+    copytruncate(log, logs / "app.log.1")
+    write_lines(log, batch("after", 10))
+    agent = run_agent(settings)
+    expected = batch("one", 200) + batch("while-down", 50) + batch("after", 10)
+    wait_for(lambda: len(unique_lines(raw_client)) >= 260, what="every line")
+    wait_for(lambda: settled(agent, logs, pattern), what="all files read and acknowledged")
+    assert_each_line_once(raw_client, expected)

@@ -1,0 +1,209 @@
+"""Alerts end to end: real workers, real beat, real Alertmanager and real receivers."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from opsq.core import keys, signatures
+from opsq.core.settings import load_settings
+from producers.probes import close_producer_app, producer_app
+from tests.monitor.conftest import (
+    Alertmanager,
+    TargetServer,
+    target_state,
+    wait_for,
+    write_config,
+)
+from tests.pipeline.conftest import run_cli
+from tests.support.receivers import HttpReceiver, SmtpReceiver
+from tests.support.workers import Worker
+
+
+def verdict_history(redis_url: str, set_name: str, target_key: str) -> list[tuple[str, str]]:
+    """(run_id, verdict) of every applied run of the set, in the order they were applied."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        entries = client.xrange(keys.MONITOR_VERDICTS)
+    finally:
+        client.close()
+    return [(f["run_id"], orjson.loads(f["verdicts"])[target_key][0])
+            for _, f in entries if f["set"] == set_name]  # fmt: skip
+
+
+def transitions(redis_url: str, set_name: str) -> list[dict[str, str]]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        return [f for _, f in client.xrange(keys.monitor_transitions(set_name))]
+    finally:
+        client.close()
+
+
+def streak_before(history: list[tuple[str, str]], run_id: str) -> list[str]:
+    """The verdicts up to and including *run_id*."""
+    runs = [r for r, _ in history]
+    return [v for _, v in history[: runs.index(run_id) + 1]]
+
+
+@pytest.mark.slow
+def test_thresholds_degraded_and_alertmanager_through_beat_runs(
+    redis_url: str, tmp_path: Path, target_server: TargetServer, receiver: HttpReceiver,
+    alertmanager: Callable[[HttpReceiver], Alertmanager],
+    start_worker: Callable[..., Worker], start_beat: Callable[[dict[str, str]], None],
+) -> None:  # fmt: skip
+    """Beat runs a set every second. A slow target turns degraded after failure_threshold
+    (2) runs; svc turns down exactly at its 2nd consecutive failing run and up again at
+    its 2nd passing one. Alertmanager lists the alert as active, then (endsAt posted on
+    recovery) notifies it resolved and drops it; the webhook gets one message each."""
+    am = alertmanager(receiver)
+    target_server.slow_s = 0.3
+    env = write_config(tmp_path / "opsq.yaml", {
+        "probes": {"sets": {"web": {
+            "interval": 1, "deadline": "20s", "failure_threshold": 2, "success_threshold": 2,
+            "notify": ["am", "hook"],
+            "targets": [
+                {"name": "svc", "url": f"{target_server.url}/svc", "timeout": "2s"},
+                {"name": "slowish", "url": f"{target_server.url}/slow", "timeout": "3s",
+                 "expect": {"degraded_latency": "100ms"}},
+            ]}}},
+        "alerts": {"tick_interval": 1, "notifiers": {
+            "am": {"kind": "alertmanager", "url": am.url, "resend_interval": 60},
+            "hook": {"kind": "webhook", "url": f"{receiver.url}/hook"}}},
+    })  # fmt: skip
+    start_worker(env=env)
+    start_beat(env)
+    svc, svc_key = "svc", f"svc|{target_server.url}/svc"
+    wait_for(lambda: (s := target_state(redis_url, "web", svc)) and s.state == "up", 60,
+             "svc up")  # fmt: skip
+    slow = wait_for(lambda: (s := target_state(redis_url, "web", "slowish"))
+                    and s.state == "degraded" and s, 60, "slowish degraded")  # fmt: skip
+    assert slow.reason == "latency"
+
+    target_server.codes["/svc"] = 503
+    down = wait_for(lambda: (s := target_state(redis_url, "web", svc)) and s.state == "down"
+                    and s, 60, "svc down")  # fmt: skip
+    assert down.reason == "status"
+    went_down = next(t for t in transitions(redis_url, "web") if t["to"] == "down")
+    streak = streak_before(verdict_history(redis_url, "web", svc_key), went_down["run_id"])
+    assert streak[-3:] == ["up", "down", "down"], streak  # exactly at the 2nd failure
+
+    active = wait_for(
+        lambda: [a for a in am.alerts() if a["labels"].get("opsq_target") == svc], 30, "alert in AM"
+    )
+    assert active[0]["labels"]["alertname"] == "OpsqTargetDown"
+    assert active[0]["status"]["state"] == "active"
+    assert active[0]["labels"]["opsq_set"] == "web"
+
+    target_server.codes["/svc"] = 200
+    wait_for(lambda: (s := target_state(redis_url, "web", svc)) and s.state == "up", 60,
+             "svc up again")  # fmt: skip
+    came_back = [t for t in transitions(redis_url, "web") if t["name"] == svc][-1]
+    assert (came_back["from"], came_back["to"]) == ("down", "up")
+    streak = streak_before(verdict_history(redis_url, "web", svc_key), came_back["run_id"])
+    assert streak[-3:] == ["down", "up", "up"], streak
+
+    def am_resolved() -> bool:
+        told = [r.json for r in receiver.accepted if r.path == "/alertmanager"]
+        return any(
+            m["status"] == "resolved"
+            and any(a["labels"].get("opsq_target") == svc for a in m["alerts"])
+            for m in told
+        )
+
+    wait_for(am_resolved, 30, "Alertmanager's own resolved notification")
+    assert not [a for a in am.alerts() if a["labels"].get("opsq_target") == svc]
+    hook = [r.json for r in receiver.accepted if r.path == "/hook"]
+    svc_events = [m["event"] for m in hook if m["labels"]["target"] == svc]
+    assert svc_events == ["firing", "resolved"]
+
+
+def send_set(settings_env: dict[str, str], redis_url: str, name: str) -> None:
+    settings = load_settings(settings_env["OPSQ_CONFIG"], redis_url=redis_url)
+    app = producer_app(settings)
+    try:
+        app.send_task(signatures.PROBE_SET, kwargs={"name": name})
+    finally:
+        close_producer_app(app)
+
+
+FAST_REDELIVERY = {"OPSQ_VISIBILITY_TIMEOUT": "6", "OPSQ_PROBES__SOFT_TIME_LIMIT": "4",
+                   "OPSQ_PROBES__TIME_LIMIT": "5"}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_one_notification_per_transition_despite_kill_9(
+    redis_url: str, tmp_path: Path, target_server: TargetServer, receiver: HttpReceiver,
+    start_worker: Callable[..., Worker],
+) -> None:  # fmt: skip
+    """The receiver holds the first notifications open; the worker delivering them is
+    killed with -9. After redelivery, every (transition, notifier) key was acknowledged
+    by the receiver exactly once, webhook and Slack alike, and a held key really was
+    sent twice (the redelivered task re-sent the same key)."""
+    receiver.hold = threading.Event()
+    target_server.codes["/svc"] = 503
+    env = {**FAST_REDELIVERY, **write_config(tmp_path / "opsq.yaml", {
+        "probes": {"sets": {"web": {
+            "interval": 3600, "failure_threshold": 1, "success_threshold": 1,
+            "notify": ["hook", "slack"],
+            "targets": [{"name": "svc", "url": f"{target_server.url}/svc", "timeout": "2s"}]}}},
+        "alerts": {"notifiers": {
+            "hook": {"kind": "webhook", "url": f"{receiver.url}/hook", "secret": "k"},
+            "slack": {"kind": "slack", "url": f"{receiver.url}/slack/T/B/X"}}},
+    })}  # fmt: skip
+    first = start_worker(env=env)
+    send_set(env, redis_url, "web")
+    receiver.wait_for(lambda r: len(r.received) >= 1, 60)
+    first.kill9()
+    receiver.hold.set()
+    start_worker(env=env)
+    receiver.wait_for(lambda r: len({x.key for x in r.accepted}) >= 2, 90)
+
+    target_server.codes["/svc"] = 200
+    send_set(env, redis_url, "web")
+    receiver.wait_for(lambda r: len({x.key for x in r.accepted}) >= 4, 60)
+    wait_for(lambda: _alerts_queue_drained(redis_url), 30, "alerts queue drained")
+
+    accepted = Counter(x.key for x in receiver.accepted)
+    assert len(accepted) == 4, accepted  # 2 transitions x 2 notifiers
+    assert set(accepted.values()) == {1}, accepted
+    assert sorted(k.rsplit(":", 1)[1] for k in accepted) == ["firing", "firing", "resolved",
+                                                             "resolved"]  # fmt: skip
+    sent = Counter(x.key for x in receiver.received + receiver.accepted)
+    assert max(sent.values()) >= 2, "no notification was in flight when the worker died"
+    assert {x.path for x in receiver.accepted} == {"/hook", "/slack/T/B/X"}
+
+
+def _alerts_queue_drained(redis_url: str) -> bool:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return client.llen(keys.QUEUE_ALERTS) == 0 and client.hlen("unacked") == 0
+    finally:
+        client.close()
+
+
+def test_alerts_test_command_reaches_smtp_over_starttls(tmp_path: Path, redis_url: str) -> None:
+    """`opsq alerts test mail` sends through aiosmtpd (STARTTLS + AUTH) and prints the
+    server's answer; a notifier that does not exist exits 2 naming it."""
+    smtp = SmtpReceiver().start()
+    try:
+        env = write_config(tmp_path / "opsq.yaml", {"alerts": {"notifiers": {"mail": {
+            "kind": "email", "host": "127.0.0.1", "port": smtp.port, "username": "opsq",
+            "password": "s3cret-pw", "sender": "opsq@example.com", "to": ["oncall@example.com"],
+            "ca_file": smtp.ca_file(tmp_path)}}}})  # fmt: skip
+        done = run_cli(["alerts", "test", "mail"], redis_url, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "mail (email): 1 recipient(s): 250 Message accepted for delivery" in done.stdout
+        (mail,) = smtp.messages
+        assert mail["Subject"] == "opsq test notification for notifier 'mail'"
+        assert "s3cret-pw" not in done.stdout + done.stderr
+        missing = run_cli(["alerts", "test", "pager"], redis_url, env=env)
+        assert missing.returncode == 2
+        assert "notifier 'pager' is not defined under alerts.notifiers" in missing.stderr
+    finally:
+        smtp.stop()

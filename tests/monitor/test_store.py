@@ -1,0 +1,107 @@
+"""Applying set runs to target state in a real Redis: exactly once, in the documented shape."""
+
+from __future__ import annotations
+
+import threading
+
+import orjson
+import redis
+
+from opsq.core import keys
+from opsq.core.config.alerts import AlertsSettings
+from opsq.core.config.probes import ProbeSet, Target
+from opsq.engines.monitor.spec import build_spec
+from opsq.engines.monitor.store import MonitorStore
+
+ALERTS = AlertsSettings.model_validate(
+    {"notifiers": {"hook": {"kind": "webhook", "url": "http://127.0.0.1:1/h"}}}
+)
+TARGETS = [Target(name="api", url="http://api/"), Target(name="db", url="tcp://db:5432")]
+SET = ProbeSet(targets=[t.model_dump(mode="json") for t in TARGETS], failure_threshold=1,
+               success_threshold=1, notify=("hook",), locations=["a", "b", "c"])  # fmt: skip
+
+
+def results(api_up_at: set[str], locations: tuple[str, ...] = ("a", "b", "c")) -> list[dict]:
+    out = []
+    for loc in locations:
+        out.append(
+            {
+                "name": "api",
+                "url": "http://api/",
+                "location": loc,
+                "up": loc in api_up_at,
+                "error_kind": "connect",
+                "error": "refused",
+            }
+        )
+        out.append({"name": "db", "url": "tcp://db:5432", "location": loc, "up": True})
+    return out  # fmt: skip
+
+
+def test_concurrent_finishers_apply_a_run_once(redis_client: redis.Redis) -> None:
+    """Eight threads finishing the same run at once: one applies, one transition each,
+    one outbox entry per transition and notifier, and the applied marker is set."""
+    store = MonitorStore(redis_client, ALERTS)
+    spec = build_spec("web", SET, TARGETS, created_at=100.0)
+    store.register("r1", spec)
+    outcomes = []
+    barrier = threading.Barrier(8)
+
+    def finish() -> None:
+        barrier.wait()
+        outcomes.append(store.apply("r1", spec, results(api_up_at={"a"}), now=101.0))
+
+    threads = [threading.Thread(target=finish) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(o.applied for o in outcomes) == 1
+    stream = redis_client.xrange(keys.monitor_transitions("web"))
+    assert sorted(f["to"] for _, f in stream) == ["down", "up"]  # api down (2 of 3), db up
+    jobs = store.outbox("r1")
+    assert [(j["notifier"], j["message"]["event"]) for j in jobs] == [("hook", "firing")]
+    assert redis_client.exists(keys.monitor_applied("r1"))
+    assert redis_client.zscore(keys.MONITOR_OPEN_RUNS, "r1") is None
+
+
+def test_state_and_streams_have_the_documented_shape(redis_client: redis.Redis) -> None:
+    """State hash per set, transition fields, and one verdicts entry per run with each
+    location's verdict (a missing location reported as missing)."""
+    store = MonitorStore(redis_client, ALERTS)
+    spec = build_spec("web", SET, TARGETS, created_at=100.0)
+    store.apply("r1", spec, results(api_up_at=set(), locations=("a", "b")), now=101.0)
+    state = orjson.loads(redis_client.hget(keys.monitor_state("web"), "api|http://api/"))
+    assert (state["state"], state["reason"], state["since"]) == ("down", "connect", 101.0)
+    assert state["locations"]["c"]["verdict"] == "missing"
+    (_, fields), *_ = [t for t in redis_client.xrange(keys.monitor_transitions("web"))
+                       if t[1]["name"] == "api"]  # fmt: skip
+    assert {
+        "id",
+        "target",
+        "name",
+        "url",
+        "from",
+        "to",
+        "at",
+        "reason",
+        "detail",
+        "run_id",
+        "locations",
+    } <= set(fields)
+    assert (fields["from"], fields["to"], fields["reason"]) == ("unknown", "down", "connect")
+    ((_, entry),) = redis_client.xrange(keys.MONITOR_VERDICTS)
+    verdicts = orjson.loads(entry["verdicts"])
+    assert verdicts["api|http://api/"] == ["down", "connect", {"a": "down", "b": "down",
+                                                               "c": "missing"}]  # fmt: skip
+
+
+def test_a_run_without_quorum_changes_nothing(redis_client: redis.Redis) -> None:
+    """One location of three answering (quorum 2): unknown, no transition, no alert."""
+    store = MonitorStore(redis_client, ALERTS)
+    spec = build_spec("web", SET, TARGETS, created_at=100.0)
+    outcome = store.apply("r1", spec, results(api_up_at=set(), locations=("a",)), now=101.0)
+    assert outcome.applied
+    assert outcome.transitions == []
+    assert outcome.jobs == []
+    assert {v.verdict for v in outcome.verdicts.values()} == {"unknown"}
