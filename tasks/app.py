@@ -52,7 +52,7 @@ from celery.signals import (  # noqa: E402
 )
 from kombu import Exchange, Queue  # type: ignore[attr-defined]  # noqa: E402  # kombu ships no stubs
 
-from opsq.core import keys, signatures  # noqa: E402
+from opsq.core import keys, redis_memory, signatures  # noqa: E402
 from opsq.core.celeryconf import celery_config  # noqa: E402
 from opsq.core.observe import ObserveServer  # noqa: E402
 
@@ -114,7 +114,10 @@ def _fresh_metrics(**_: Any) -> None:
 def _start_observe(**_: Any) -> None:
     global _observe  # noqa: PLW0603 - one server per worker process
     _observe = ObserveServer(
-        settings.metrics.bind, settings.metrics.port, ready_checks={"redis": _redis_ready}
+        settings.metrics.bind,
+        settings.metrics.port,
+        ready_checks={"redis": _redis_ready},
+        reports={"redis_memory": lambda: redis_memory.report_for(settings.broker_url)},
     ).start()
     log.warning("opsq worker metrics on http://%s:%d/metrics", settings.metrics.bind, _observe.port)
 

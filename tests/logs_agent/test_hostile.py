@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from tests.logs_agent.conftest import (
     write_lines,
 )
 from tests.logs_agent.process import AgentProcess
+from tests.support.tools import require_tool
 
 
 def value(counter) -> float:
@@ -102,14 +102,13 @@ def test_paths_that_are_not_regular_files_are_skipped(
     assert "fifo.log is not a regular file" in caplog.text
 
 
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv")
 def test_permission_denied_warns_and_other_files_continue(tmp_path: Path, redis_url: str) -> None:
     """Tests run as root, so the agent runs without CAP_DAC_OVERRIDE: chmod 000 then bites."""
     logs = tmp_path / "logs"
     write_lines(logs / "secret.log", [b"must not be read"])
     os.chmod(logs / "secret.log", 0)
     write_lines(logs / "open.log", [b"readable"])
-    drop = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    drop = [require_tool("setpriv"), "--bounding-set=-dac_override,-dac_read_search"]
     agent = AgentProcess(tmp_path, redis_url, {"paths": [str(logs / "*.log")],
                          "checkpoint_dir": str(tmp_path / "ck"), "rescan_interval": 0.2},
                          stream=STREAM, prefix=drop).start()  # fmt: skip
