@@ -8,10 +8,15 @@ PYTEST_ARGS ?=
 
 .PHONY: up test check lint types bench dist clean venv fmt system-packages
 
-$(STAMP): pyproject.toml hatch_build.py
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+# Every package at the version constraints.txt pins (scripts/lock regenerates it), so CI
+# and every developer test the same releases the Docker image ships.
+# Debian's python3 keeps venv's ensurepip in python3-venv, which a fresh machine may lack
+# (then `python3 -m venv` leaves a venv without pip: made again with --clear).
+$(STAMP): pyproject.toml hatch_build.py constraints.txt
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || scripts/system-packages --need python3-venv
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
+	$(BIN)/python -m pip install --quiet -c constraints.txt --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -3,12 +3,18 @@
 Why not redis-py: the agent runs on every node and has a 60 MB RSS budget; importing
 redis-py 8 (its command mixins, asyncio, observability modules) costs ~10 MB of that
 before a single line is read, and its per-command packing is overhead we measured in
-the benchmark. The agent needs five commands (AUTH, SELECT, PING, XADD, XTRIM), sent
-pipelined, with replies read in order. Anything unusual (a closed socket, a timeout,
-an ``-OOM``/``-LOADING`` error reply) becomes :class:`RedisUnavailable`, which the sender
-answers with backoff and a retry of the whole pipeline; a reply that retrying cannot fix
-(``WRONGTYPE``, ``WRONGPASS``) becomes :class:`RedisCommandError`, which stops the agent
-loudly (:func:`opsq.core.redis_errors.reply_error`: the same rules as every other client).
+the benchmark. The agent needs a handful of commands (AUTH, SELECT, PING, MULTI, XADD,
+XTRIM, EXEC), sent pipelined, with replies read in order.
+
+Errors: a closed socket, a timeout or an unparsable reply is
+:class:`~opsq.core.errors.RedisUnavailable` (the connection is dropped and the sender
+backs off). An error *reply* is judged by the one Redis error policy
+(:func:`opsq.core.redis_errors.reply_error`): ``OOM``, ``LOADING``, ``READONLY`` ... are
+temporary, ``WRONGTYPE``, ``WRONGPASS``, a bad ``SELECT`` are permanent (the policy
+module imports neither redis-py nor kombu, so it costs the agent's RSS nothing).
+
+:meth:`RespClient.interrupt` shuts the socket down from another thread: a sender
+blocked on a frozen Redis wakes at once, so shutdown stays within its grace period.
 
 Supports ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS) and
 ``unix:///path?db=N``.
@@ -16,20 +22,34 @@ Supports ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS) and
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 from typing import BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from opsq.core.errors import ConfigError, RedisCommandError, RedisUnavailable
+from opsq.core.errors import ConfigError, OpsqError, RedisUnavailable
 from opsq.core.redis_errors import reply_error
 
-Reply = bytes | int | list["Reply"] | None
 Command = list[bytes]
 
 
-class ErrorReply(Exception):
-    """Redis answered ``-ERR ...`` (or OOM, LOADING, ...) to one command."""
+class ErrorReply:
+    """Redis answered ``-ERR ...`` (or OOM, LOADING, ...) to one command.
+
+    A value, not an exception: inside an EXEC reply it sits among the other replies.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"ErrorReply({self.text!r})"
+
+
+Reply = bytes | int | list["Reply"] | None | ErrorReply
 
 
 def encode(command: Command) -> bytes:
@@ -82,7 +102,9 @@ class RespClient:
         if db:
             setup.append([b"SELECT", str(db).encode()])
         if setup:
-            self._roundtrip(setup)
+            error = first_error(self._roundtrip(setup))
+            if error is not None:
+                raise reply_error(error.text, "AUTH/SELECT", _safe(self.url))
 
     def close(self) -> None:
         # Close the makefile() reader too: a socket's descriptor stays open while a file
@@ -94,46 +116,46 @@ class RespClient:
         if sock is not None:
             sock.close()
 
+    def interrupt(self) -> None:
+        """Wake a thread blocked on this connection (it then sees RedisUnavailable)."""
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     # --- commands ---------------------------------------------------------------------
-    def execute(self, commands: list[Command]) -> list[Reply]:
+    def execute(self, commands: list[Command], what: str = "pipeline") -> list[Reply]:
         """Send *commands* pipelined; return replies in order.
 
-        Raises RedisUnavailable (retry) or RedisCommandError (a bug or a config fix), as
-        :mod:`opsq.core.redis_errors` decides for every Redis client in opsq.
+        Raises RedisUnavailable (retry) or RedisCommandError (an error reply retrying
+        cannot fix). Error replies nested in an EXEC reply count too.
         """
         try:
             if self._file is None:
                 self._connect()
-            return self._roundtrip(commands)
-        except ErrorReply as exc:  # OOM/LOADING: retry; WRONGTYPE, WRONGPASS: a fix, not a wait
-            raise reply_error(str(exc), "log stream write", _safe(self.url)) from exc
+            replies = self._roundtrip(commands)
         except (OSError, EOFError, ValueError) as exc:
             # ValueError: a length or integer that does not parse (a peer that is not
             # Redis, or a corrupted stream). Either way the connection is unusable, and
             # letting it escape would kill the sender thread instead of backing off.
             self.close()
             raise RedisUnavailable(f"Redis at {_safe(self.url)} unreachable: {exc}") from exc
+        error = first_error(replies)
+        if error is not None:
+            raise reply_error(error.text, what, _safe(self.url))
+        return replies
 
     def _roundtrip(self, commands: list[Command]) -> list[Reply]:
         if self._sock is None or self._file is None:
             raise EOFError("not connected")
         for command in commands:  # one command at a time: no copy of the whole pipeline
             self._sock.sendall(encode(command))
-        replies, first_error = [], None
-        for _ in commands:
-            try:
-                replies.append(_read(self._file))
-            except ErrorReply as exc:  # read every reply to keep the stream in sync
-                first_error = first_error or exc
-                replies.append(None)
-        if first_error is not None:
-            raise first_error
-        return replies
+        return [_read(self._file) for _ in commands]  # every reply: the stream stays in sync
 
     def ping(self) -> bool:
         try:
-            return self.execute([[b"PING"]]) == [b"PONG"]
-        except (RedisUnavailable, RedisCommandError):
+            return self.execute([[b"PING"]], "PING") == [b"PONG"]
+        except OpsqError:  # unavailable, or refused (a wrong password): not ready either way
             return False
 
 
@@ -145,7 +167,7 @@ def _read(f: BinaryIO) -> Reply:
     if kind == b"+":
         return rest
     if kind == b"-":
-        raise ErrorReply(rest.decode(errors="replace"))
+        return ErrorReply(rest.decode(errors="replace"))
     if kind == b":":
         return int(rest)
     if kind == b"$":
@@ -160,6 +182,18 @@ def _read(f: BinaryIO) -> Reply:
         count = int(rest)
         return None if count < 0 else [_read(f) for _ in range(count)]
     raise EOFError(f"unexpected RESP reply {line[:20]!r}")
+
+
+def first_error(replies: list[Reply]) -> ErrorReply | None:
+    """The first error reply, looking inside nested replies (EXEC) too."""
+    for reply in replies:
+        if isinstance(reply, ErrorReply):
+            return reply
+        if isinstance(reply, list):
+            nested = first_error(reply)
+            if nested is not None:
+                return nested
+    return None
 
 
 def _db(path: str, query: str) -> int:

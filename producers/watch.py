@@ -175,7 +175,7 @@ class WatchProducer:
     def _roll_window(self, now: float) -> None:
         if now - self._window_start >= self.settings.resync:
             self._window_start, self._window_sent = now, 0
-            known = {uid for uid in self._dry_sent if self.watcher._known(uid) is not None}
+            known = {uid for uid in self._dry_sent if self.watcher.known(uid) is not None}
             self._dry_sent = {uid: rv for uid, rv in self._dry_sent.items() if uid in known}
 
     def _dispatch(self, due: Due, now: float) -> int:

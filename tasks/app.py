@@ -53,9 +53,9 @@ from celery.signals import (  # noqa: E402
 )
 from kombu import Exchange, Queue  # type: ignore[attr-defined]  # noqa: E402  # kombu ships no stubs
 
-from opsq.core import keys, signatures  # noqa: E402
+from opsq.core import keys, redis_memory, signatures  # noqa: E402
 from opsq.core.celeryconf import celery_config  # noqa: E402
-from opsq.core.observe import ObserveServer, bind_or_fail  # noqa: E402
+from opsq.core.observe import ObserveServer, Report, bind_or_fail  # noqa: E402
 
 log = logging.getLogger("opsq.worker")
 
@@ -105,7 +105,7 @@ def _redis_ready() -> bool:
         client.close()
 
 
-def observe_or_exit(process: str) -> ObserveServer:
+def observe_or_exit(process: str, reports: dict[str, Report] | None = None) -> ObserveServer:
     """Bind ``metrics.port`` now or exit 2 with the fix (see :mod:`opsq.core.observe`)."""
     try:
         return bind_or_fail(
@@ -113,6 +113,7 @@ def observe_or_exit(process: str) -> ObserveServer:
             settings.metrics.port,
             process=process,
             ready_checks={"redis": _redis_ready},
+            reports=reports,
         )
     except ConfigError as exc:
         log.critical("%s", exc)
@@ -126,7 +127,9 @@ def _fresh_metrics(**_: Any) -> None:
     take the metrics port (a worker that cannot is refused here, before taking work)."""
     global _observe  # noqa: PLW0603 - one server per worker process
     enable_multiprocess(METRICS_DIR, wipe=True)
-    _observe = observe_or_exit("worker")
+    _observe = observe_or_exit(
+        "worker", {"redis_memory": lambda: redis_memory.report_for(settings.broker_url)}
+    )
 
 
 @worker_process_init.connect  # type: ignore[untyped-decorator]  # celery is untyped

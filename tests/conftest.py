@@ -22,8 +22,9 @@ import redis
 from opsq.core.redis_server import RedisServer
 from tests.support.workers import Worker
 
-# The fake Kubernetes API server (fake_kube, kubeconfig_path, api_client) for every test.
-pytest_plugins = ["tests.fakekube.fixtures"]
+# The fake Kubernetes API server (fake_kube, kubeconfig_path, api_client) for every test;
+# under CI=true a skipped test fails the session (tests/support/no_skips.py).
+pytest_plugins = ["tests.fakekube.fixtures", "tests.support.no_skips"]
 
 
 @pytest.fixture(autouse=True)

@@ -32,6 +32,7 @@ from typing import Any
 import click
 
 from opsq.cli.demo_receiver import DemoReceiver
+from opsq.cli.invocation import followup_lines
 from opsq.cli.options import common_options, settings_from
 from opsq.cli.supervisor import SESSION_ENV, Child, Managed, PidFile, RedisChild, Supervisor
 from opsq.cli.supervisor import exclusive as exclusive_data_dir
@@ -39,6 +40,7 @@ from opsq.core.errors import OpsqError
 from opsq.core.logsetup import setup_logging
 from opsq.core.observe import ObserveServer
 from opsq.core.redact import redact_url
+from opsq.core.redis_memory import MemoryWatch
 from opsq.core.redis_server import RedisServer, free_port
 from opsq.core.settings import Settings
 
@@ -64,6 +66,8 @@ class UpOptions:
     metrics_port: int | None = None
     flower_port: int | None = None
     insecure_flower: bool = False
+    web_port: int | None = None
+    """None: web.port when free, else any free port."""
     stop_timeout: float = 30.0
 
 
@@ -77,6 +81,7 @@ class Plan:
     worker_ready_url: str | None = None
     flower_url: str = ""
     flower_auth: tuple[str, str] | None = None
+    web_url: str = ""
     demo_hook_url: str = ""
     """The demo webhook receiver (a thread of `opsq up`) that prints what it gets."""
 
@@ -231,6 +236,29 @@ class Builder:
             return self.settings.flower.user, password, False
         return self.settings.flower.user, secrets.token_urlsafe(18), True
 
+    def add_web(self) -> None:
+        """The status page (`opsq web`), private unless web.public, like Flower: the
+        password reaches it through its environment, never its command line."""
+        web = self.settings.web
+        port = web.port if self.options.web_port is None else self.options.web_port
+        if port == 0 or (self.options.web_port is None and not _port_free(web.bind, port)):
+            port = free_port()
+        extra = {"OPSQ_WEB__PORT": str(port), "OPSQ_WEB__BIND": web.bind}
+        if web.public:
+            note = "public, read-only (web.public)"
+        else:
+            configured = web.password.get_secret_value() if web.password else ""
+            password = configured or secrets.token_urlsafe(18)
+            extra["OPSQ_WEB__PASSWORD"] = password
+            note = f"user {web.user!r}, " + (
+                "password from web.password"
+                if configured
+                else f"password {password} (generated; shown only now)"
+            )
+        self.plan.web_url = f"http://{_host(web.bind)}:{port}/"
+        self.child("web", [*python_argv("opsq"), "web"], STOP_PHASE_SERVICES, extra)
+        self.plan.lines.append(f"  web        {self.plan.web_url}  status page, {note}")
+
     def add_optional(self) -> None:
         """Agent, shipper and watcher run only when the config gives them work."""
         logs = self.settings.logs
@@ -269,6 +297,7 @@ class Builder:
         self.add_workers()
         self.add_beat()
         self.add_flower()
+        self.add_web()
         self.add_optional()
         return self.plan
 
@@ -314,7 +343,7 @@ def kick_demo(settings: Settings, redis_url: str, ready_url: str, stop: threadin
     try:
         app.send_task(signatures.PROBE_SET, kwargs={"name": DEMO_SET})
         click.echo("demo: first run of the demo probe set queued (then every "
-                   f"{DEMO_INTERVAL_S}s); see `opsq runs list`")  # fmt: skip
+                   f"{DEMO_INTERVAL_S}s); see `runs list` above")  # fmt: skip
     except Exception:
         # A thread's uncaught traceback goes to stderr unredacted (kombu errors can
         # carry the broker URL); beat's first tick runs the set anyway.
@@ -329,38 +358,40 @@ def _demo_receiver(plan: Plan) -> DemoReceiver:
     return DemoReceiver(click.echo, port).start()
 
 
-def banner(plan: Plan, redis_line: str, data_dir: Path, options: UpOptions) -> str:
+def banner(
+    plan: Plan, redis_line: str, data_dir: Path, options: UpOptions, followup: list[str]
+) -> str:
     lines = [
         f"opsq up: Ctrl-C or SIGTERM stops everything (within {options.stop_timeout:.0f}s).",
         redis_line,
         *plan.lines,
         f"  logs       {data_dir / 'logs'}/<name>.log",
+        "Within a minute you will see results, retries and failures; from another shell:"
+        if options.demo
+        else "Runs, from another shell:",
+        *followup,
     ]
     if options.demo:
-        lines += [
-            "Within a minute you will see results, retries and failures:",
-            "  opsq runs list            # recent runs, up/down counts",
-            "  opsq runs show <run-id>   # every target with attempts, latency, error",
-            f"  Flower: {plan.flower_url}/tasks  (opsq.probe_set, opsq.probe_batch)",
-        ]
+        lines.append(f"  Flower: {plan.flower_url}/tasks  (opsq.probe_set, opsq.probe_batch)")
+        lines.append(f"  Status page: {plan.web_url}  (states, uptime, latency, incidents)")
     return "\n".join(lines)
 
 
 def _redis_for(
     settings: Settings, data_dir: Path, options: UpOptions
-) -> tuple[str, str, list[Managed]]:
-    """The Redis URL to hand every child, its banner line, and the embedded server to
-    supervise (none when a Redis URL is configured)."""
+) -> tuple[str, str, list[Managed], str | None]:
+    """The Redis URL to hand every child, its banner line, the embedded server to
+    supervise (none when a Redis URL is configured) and the URL other shells must
+    export (the embedded server off the port `opsq` looks at by default)."""
     if settings.redis_url:
-        return settings.redis_url, f"  redis      {redact_url(settings.redis_url)} (configured)", []
+        line = f"  redis      {redact_url(settings.redis_url)} (configured)"
+        return settings.redis_url, line, [], None
     server = embedded_redis(data_dir, options.redis_port)
     redis_url = server.url
     redis_line = (f"  redis      {redact_url(redis_url)} (embedded valkey-server, "
                   f"AOF in {server.data_dir}, noeviction)")  # fmt: skip
-    if server.port != DEFAULT_REDIS_PORT:
-        redis_line += (f"\n             other shells: export OPSQ_REDIS_URL="
-                       f"{redact_url(redis_url)}")  # fmt: skip
-    return redis_url, redis_line, [RedisChild(server)]
+    export = redact_url(redis_url) if server.port != DEFAULT_REDIS_PORT else None
+    return redis_url, redis_line, [RedisChild(server)], export
 
 
 def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> None:
@@ -373,7 +404,7 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
         reaped = pidfile.reap_stale()
         if reaped:
             click.echo(f"reaped {len(reaped)} process group(s) left by a crashed `opsq up`")
-        redis_url, redis_line, children = _redis_for(settings, data_dir, options)
+        redis_url, redis_line, children, export = _redis_for(settings, data_dir, options)
         builder = Builder(settings, options, data_dir, redis_url, session, config_file)
         plan = builder.build()
         supervisor = Supervisor(
@@ -381,9 +412,11 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
             notify=log.warning, pidfile=pidfile,
         )  # fmt: skip
         supervisor.install_signal_handlers()
+        memory = MemoryWatch(redis_url)
         observe = ObserveServer(
             settings.metrics.bind, builder.ports.take(),
             ready_checks={"children": supervisor.all_running},
+            reports={"redis_memory": memory.report},
         ).start()  # fmt: skip
         plan.lines.append(
             f"  supervisor http://{_host(settings.metrics.bind)}:{observe.port}/metrics  "
@@ -393,7 +426,9 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
         receiver = _demo_receiver(plan) if options.demo else None
         try:
             supervisor.start_all()
-            click.echo(banner(plan, redis_line, data_dir, options))
+            memory.start()  # warns past 80% of maxmemory (noeviction: then writes fail)
+            followup = followup_lines(export, config_file)
+            click.echo(banner(plan, redis_line, data_dir, options, followup))
             if options.demo and plan.worker_ready_url:
                 threading.Thread(
                     target=kick_demo, args=(settings, redis_url, plan.worker_ready_url, stop),
@@ -402,6 +437,7 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
             supervisor.supervise()
         finally:
             stop.set()
+            memory.stop()
             supervisor.stop_all()
             observe.stop()
             if receiver is not None:
@@ -425,6 +461,9 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
 @click.option("--flower-port", type=click.IntRange(0, 65535), default=None,
               help="Flower's port (default: flower.port; 0: any free).")  # fmt: skip
 @click.option("--insecure-flower", is_flag=True, help="Run Flower without authentication.")
+@click.option("--web-port", type=click.IntRange(0, 65535), default=None,
+              help="The status page's port (default: web.port, or any free port when it "
+                   "is taken; 0: any free).")  # fmt: skip
 @click.option("--stop-timeout", type=click.FloatRange(1, 3600), default=30.0, show_default=True,
               help="Seconds for a graceful stop before stragglers are killed.")  # fmt: skip
 def up(config_file: str | None, redis_url: str | None, log_level: str | None,

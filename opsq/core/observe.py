@@ -4,7 +4,8 @@
 - ``/healthz``: liveness. Cheap and local: the process is serving, nothing else. A
   liveness probe that checks Redis would restart every pod during a Redis blip.
 - ``/readyz``: readiness. Runs the process's checks (Redis reachable, informer cache
-  synced, ...); 503 with the failing check names otherwise.
+  synced, ...); 503 with the failing check names otherwise. *Reports* (Redis memory)
+  are added to the body as they are, without deciding the status.
 - ``/debug/stacks``, ``/debug/tasks``, ``/debug/tracemalloc``: the Python counterpart
   of Go's pprof. Only served when the server is bound to loopback, unless the operator
   explicitly allows it, because stacks can show arguments.
@@ -37,6 +38,7 @@ from opsq.core.errors import ConfigError
 from opsq.core.metrics import collector_registry
 
 Check = Callable[[], bool]
+Report = Callable[[], dict[str, Any]]
 
 
 def thread_stacks() -> str:
@@ -77,9 +79,11 @@ class ObserveServer:
         port: int = 0,
         *,
         ready_checks: dict[str, Check] | None = None,
+        reports: dict[str, Report] | None = None,
         allow_remote_debug: bool = False,
     ) -> None:
         self.ready_checks = dict(ready_checks or {})
+        self.reports = dict(reports or {})
         self.loops: list[asyncio.AbstractEventLoop] = []
         self.debug_enabled = allow_remote_debug or _is_loopback(bind)
         self._httpd = ThreadingHTTPServer((bind, port), _handler_for(self))
@@ -91,8 +95,10 @@ class ObserveServer:
         return int(self._httpd.server_address[1])
 
     def start(self) -> ObserveServer:
+        # A short poll: stop() waits for the loop's next look, which counts against the
+        # caller's shutdown grace (the default 0.5 s was a sixth of a 3 s grace).
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="opsq-observe", daemon=True
+            target=self._httpd.serve_forever, args=(0.05,), name="opsq-observe", daemon=True
         )
         self._thread.start()
         return self
@@ -117,11 +123,16 @@ class ObserveServer:
 
 
 def bind_or_fail(
-    bind: str, port: int, *, process: str, ready_checks: dict[str, Check] | None = None
+    bind: str,
+    port: int,
+    *,
+    process: str,
+    ready_checks: dict[str, Check] | None = None,
+    reports: dict[str, Report] | None = None,
 ) -> ObserveServer:
     """An :class:`ObserveServer` bound now (not yet serving), or a ConfigError with the fix."""
     try:
-        return ObserveServer(bind, port, ready_checks=ready_checks)
+        return ObserveServer(bind, port, ready_checks=ready_checks, reports=reports)
     except OSError as exc:
         raise ConfigError(
             f"{process}: cannot serve /metrics, /healthz and /readyz on {bind}:{port}: "
@@ -171,7 +182,13 @@ def _healthz(_: ObserveServer) -> tuple[int, str, bytes]:
 
 def _readyz(server: ObserveServer) -> tuple[int, str, bytes]:
     ok, results = server.readiness()
-    return (200 if ok else 503), "application/json", json.dumps(results).encode() + b"\n"
+    body: dict[str, Any] = dict(results)
+    for name, report in server.reports.items():
+        try:
+            body[name] = report()
+        except Exception as exc:  # a report must never break readiness
+            body[name] = {"error": type(exc).__name__}
+    return (200 if ok else 503), "application/json", json.dumps(body).encode() + b"\n"
 
 
 def _text(render: Callable[[ObserveServer], str]) -> Callable[[ObserveServer], Any]:

@@ -31,6 +31,7 @@ from opsq.core.config.alerts import AlertsSettings
 from opsq.core.config.base import Invalid, Section, config_dir
 from opsq.core.config.cleanup import CleanupSettings
 from opsq.core.config.fields import Host, RedisUrl
+from opsq.core.config.history import HistorySettings, WebSettings
 from opsq.core.config.logs import LogsSettings
 from opsq.core.config.probes import ProbeSet
 from opsq.core.durations import Duration
@@ -77,6 +78,21 @@ class ProbesSettings(Section):
                 f"({self.time_limit:g}s); lower soft_time_limit or raise time_limit"
             )
         return self
+
+
+class RunRetention(Section):
+    """How long a run's results stay in Redis, counted from its creation and again from
+    its completion. Redis holds about (targets x bytes per result x retention / interval)
+    for a beat set: see the README's run retention section before raising ``beat``."""
+
+    on_demand: Annotated[Duration, Field(ge=300)] = 7 * 86400.0
+    """``opsq probe`` runs: a week, to compare and to read the report later."""
+    beat: Annotated[Duration, Field(ge=300)] = 86400.0
+    """Probe-set runs: a day; they recur every interval, metrics keep the long view."""
+
+
+class RunsSettings(Section):
+    retention: RunRetention = Field(default_factory=RunRetention)
 
 
 class MetricsSettings(Section):
@@ -129,12 +145,15 @@ class Settings(BaseSettings):
     visibility_timeout: Annotated[Duration, Field(gt=0)] = float(keys.VISIBILITY_TIMEOUT_S)
     """Seconds before Redis hands an un-acknowledged task to another worker."""
     probes: ProbesSettings = Field(default_factory=ProbesSettings)
+    runs: RunsSettings = Field(default_factory=RunsSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     beat: BeatSettings = Field(default_factory=BeatSettings)
     cleanup: CleanupSettings = Field(default_factory=CleanupSettings)
     logs: LogsSettings = Field(default_factory=LogsSettings)
     alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+    history: HistorySettings = Field(default_factory=HistorySettings)
+    web: WebSettings = Field(default_factory=WebSettings)
 
     @model_validator(mode="after")
     def _alert_references(self) -> Settings:

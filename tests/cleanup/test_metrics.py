@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
-import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from opsq.core.metrics import cleanup as metrics
+from tests.support.tools import require_tool
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_cleanup_metrics_pass_promtool() -> None:
     registry = CollectorRegistry()
     families = [
@@ -26,6 +24,6 @@ def test_cleanup_metrics_pass_promtool() -> None:
     for family in families:
         assert family._name.startswith("opsq_")  # type: ignore[attr-defined]
     result = subprocess.run(
-        ["promtool", "check", "metrics"], input=text, capture_output=True, check=False
+        [require_tool("promtool"), "check", "metrics"], input=text, capture_output=True, check=False
     )
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()

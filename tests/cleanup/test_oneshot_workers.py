@@ -4,6 +4,11 @@ gave up never acts later (defect 2 and issue 8's "cleanup with no worker")."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +20,7 @@ import redis
 import producers.cleanup
 from opsq.core import keys, signatures
 from opsq.core.settings import load_settings
-from producers.probes import producer_app
+from producers.probes import close_producer_app, producer_app
 from tests.cleanup.conftest import JOBS, add, run_cli
 from tests.cleanup.objects import job
 from tests.fakekube.server import FakeKube
@@ -116,3 +121,49 @@ def test_a_task_of_a_cancelled_batch_skips_on_the_worker_before_deleting(
     outcome = app.send_task(signatures.CLEANUP_OBJECT, kwargs=kwargs).get(timeout=30)
     assert outcome["result"] == "deleted"
     client.close()
+    close_producer_app(app)
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_queued_tasks_so_a_resumed_worker_deletes_nothing(
+    fake_kube: FakeKube,
+    kubeconfig_path: Callable[..., Path],
+    write_config: Callable[..., Path],
+    redis_url: str,
+    cleanup_worker: Callable[..., Any],
+    tmp_path: Path,
+) -> None:
+    """Main printed "aborted" and left its tasks queued. The worker answers the broadcast
+    but its pool is frozen (SIGSTOP), so the task waits; Ctrl-C cancels it; once the pool
+    resumes, the task runs and deletes nothing."""
+    add(fake_kube, _old_job("interrupted"))
+    kubeconfig, config = kubeconfig_path(), write_config()
+    worker = cleanup_worker(config, kubeconfig)
+    pool = worker.child_pids()
+    for pid in pool:
+        os.kill(pid, signal.SIGSTOP)
+    err_path = tmp_path / "cleanup.err"
+    argv = [sys.executable, "-m", "opsq", "cleanup", "--apply", "--config", str(config),
+            "--kubeconfig", str(kubeconfig), "--redis-url", redis_url, "--wait", "120"]  # fmt: skip
+    try:
+        with err_path.open("wb") as err:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 60
+        while "waiting for 1 outcome" not in err_path.read_text():
+            assert proc.poll() is None, err_path.read_text()
+            assert time.monotonic() < deadline, err_path.read_text()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+    finally:
+        for pid in pool:
+            os.kill(pid, signal.SIGCONT)
+    text = err_path.read_text()
+    assert "interrupted: cancelled 1 task(s) still queued; they will not run" in text
+    assert "Traceback" not in text
+    deadline = time.monotonic() + 30
+    while not re.search(r"revoked|succeeded", worker.log(), re.IGNORECASE):
+        assert time.monotonic() < deadline, worker.log()
+        time.sleep(0.1)
+    assert fake_kube.count("delete", "jobs.batch") == 0
+    assert fake_kube.find(JOBS, "interrupted", "team-a") is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import helm_python
 import pytest
 import yaml
 
@@ -60,8 +61,7 @@ def _roles(manifests: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def _chart_watcher_rules(values: dict[str, Any]) -> list[dict[str, Any]]:
-    helm = pytest.importorskip("helm_python")
-    with helm.Chart.load(CHART) as chart:
+    with helm_python.Chart.load(CHART) as chart:
         manifests = chart.render(values, name="opsq", namespace="ops", is_install=True)
     roles = [
         r
@@ -79,7 +79,6 @@ PVC_RULE = {"name": "pvcs", "resource": "v1/persistentvolumeclaims", "when": {"u
 NOTIFYING = {**RULES[0], "name": "announced", "notify_before": "1h"}
 
 
-@pytest.mark.skipif(not CHART.exists(), reason="chart not present")
 @pytest.mark.parametrize(
     ("rules", "events"),
     [(RULES, False), (RULES, True), ([*RULES, PVC_RULE], False), ([NOTIFYING, PVC_RULE], False)],

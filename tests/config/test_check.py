@@ -208,3 +208,17 @@ def test_exit_code_2_from_a_real_process(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert "field probes.sets.web.file" in proc.stderr
+
+
+def test_notifier_urls_and_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Alert notifiers follow the same pattern: a Slack URL that does not parse is refused
+    without echoing it (it holds a token); a missing CA file is named."""
+    yaml = (
+        "alerts: {notifiers: {\n"
+        '  chat: {kind: slack, url: "hooks.slack.com/services/T0/B0/tok-16"},\n'
+        '  am: {kind: alertmanager, url: "http://am:9093", ca_file: no-such-ca.pem}}}\n'
+    )
+    out = _refused(tmp_path, capsys, yaml, "alerts.notifiers.chat.slack.url", "paste the whole")
+    assert "tok-16" not in out
+    assert "field alerts.notifiers.am.alertmanager.ca_file:" in out
+    assert "no-such-ca.pem' does not exist" in out

@@ -31,6 +31,8 @@ class Beat:
     def __init__(self, name: str, redis_url: str, tmp_path: Path) -> None:
         self.log_path = tmp_path / f"beat-{name}.log"
         self.port = free_port()
+        # Never probed (no worker consumes the queue), but settings check that it exists.
+        (tmp_path / "unused.yaml").write_text("targets: [{name: a, url: 'http://127.0.0.1:1/'}]\n")
         env = {
             **os.environ,
             "OPSQ_REDIS_URL": redis_url,

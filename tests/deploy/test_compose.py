@@ -20,7 +20,16 @@ from opsq.core.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
-OPSQ_SERVICES = ("worker", "beat", "flower", "agent", "shipper", "watcher", "cleanup-worker")
+OPSQ_SERVICES = (
+    "worker",
+    "beat",
+    "flower",
+    "web",
+    "agent",
+    "shipper",
+    "watcher",
+    "cleanup-worker",
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +50,26 @@ def test_schema_check_catches_a_wrong_key(compose: dict[str, Any]) -> None:
     broken = {**compose, "services": {**compose["services"], "worker": {"comand": ["x"]}}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft7Validator(schema).validate(broken)
+
+
+def test_images_come_from_variables_with_the_public_defaults(compose: dict[str, Any]) -> None:
+    """OPSQ_IMAGE, OPSQ_BASE_IMAGE and OPSQ_REDIS_IMAGE pick the images (tests use local
+    ones); unset, they are opsq:local on python:3.11-slim and valkey/valkey:8."""
+    services = compose["services"]
+    assert services["worker"]["image"] == "${OPSQ_IMAGE:-opsq:local}"
+    assert services["worker"]["build"]["args"]["BASE"] == "${OPSQ_BASE_IMAGE:-python:3.11-slim}"
+    assert services["redis"]["image"] == "${OPSQ_REDIS_IMAGE:-valkey/valkey:8}"
+
+
+def test_writable_mounts_belong_to_the_container_user(compose: dict[str, Any]) -> None:
+    """The data dir tmpfs is owned by the uid the containers run as (a bare tmpfs is
+    root's, and every worker died with EACCES on its metrics dir)."""
+    for name in OPSQ_SERVICES:
+        svc = compose["services"][name]
+        uid, gid = svc["user"].split(":")
+        data = next(t for t in svc["tmpfs"] if t.split(":")[0] == "/var/lib/opsq")
+        assert f"uid={uid}" in data.split(":")[1].split(","), name
+        assert f"gid={gid}" in data.split(":")[1].split(","), name
 
 
 def test_every_component_is_a_service(compose: dict[str, Any]) -> None:
@@ -94,11 +123,13 @@ def test_opsq_containers_are_hardened(compose: dict[str, Any]) -> None:
 
 
 def test_dockerfile_is_slim_non_root_and_health_checked() -> None:
-    """python:3.11-slim base, a numeric non-root USER, a HEALTHCHECK, no .pyc writes."""
+    """Every stage FROM the BASE build argument, python:3.11-slim by default; a numeric
+    non-root USER, a HEALTHCHECK, no .pyc writes."""
     text = (ROOT / "Dockerfile").read_text()
+    assert "ARG BASE=python:3.11-slim" in text.splitlines()
     froms = [line.split()[1] for line in text.splitlines() if line.startswith("FROM ")]
     assert froms
-    assert all(f == "python:3.11-slim" for f in froms)
+    assert all(f == "${BASE}" for f in froms)
     users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
     assert users
     assert users[-1].split(":")[0] not in ("0", "root")
@@ -108,12 +139,22 @@ def test_dockerfile_is_slim_non_root_and_health_checked() -> None:
 
 
 def test_every_opsq_variable_in_compose_is_a_real_setting(
-    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Each service's OPSQ_* environment loads through opsq's settings without error."""
+    """Each service's OPSQ_* environment loads through opsq's settings without error
+    (a file the containers mount under /etc/opsq, the kubeconfig, is an empty file here:
+    settings check that it exists)."""
     for name in OPSQ_SERVICES:
         with monkeypatch.context() as patch:
             for key, value in compose["services"][name]["environment"].items():
                 if key.startswith("OPSQ_") and key != "OPSQ_CONFIG":
-                    patch.setenv(key, str(value))
+                    patch.setenv(key, _host_stand_in(str(value), tmp_path))
             load_settings(None)  # ConfigError on an unknown or invalid variable
+
+
+def _host_stand_in(value: str, tmp_path: Path) -> str:
+    if not value.startswith("/etc/opsq/"):
+        return value
+    stand_in = tmp_path / Path(value).name
+    stand_in.touch()
+    return str(stand_in)

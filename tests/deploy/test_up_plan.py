@@ -18,13 +18,15 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from opsq.cli import up_cmd
+from opsq.cli import invocation, up_cmd
 from opsq.cli.demo import make_app, render_targets
 from opsq.cli.supervisor import SESSION_ENV, Child
 from opsq.cli.up_cmd import Builder, UpOptions
 from opsq.core.config.probes import TargetsFile
 from opsq.core.loading import validate_file
 from opsq.core.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def plan_for(tmp_path: Path, options: UpOptions | None = None, **overrides: Any):  # type: ignore[no-untyped-def]
@@ -69,7 +71,7 @@ def test_insecure_flower_needs_the_flag_and_says_so(tmp_path: Path) -> None:
 def test_core_components_always_optional_ones_only_when_configured(tmp_path: Path) -> None:
     """Without log paths or cleanup rules: no agent, shipper or watcher."""
     children, _ = plan_for(tmp_path, UpOptions(metrics_port=0, flower_port=0, workers=2))
-    assert set(children) == {"worker-1", "worker-2", "beat", "flower"}
+    assert set(children) == {"worker-1", "worker-2", "beat", "flower", "web"}
     children, _ = plan_for(tmp_path, logs={"agent": {"paths": ["/var/log/*.log"]}})
     assert {"agent", "shipper"} <= set(children)
     assert children["agent"].argv[-1] == "agent"
@@ -180,3 +182,46 @@ def test_default_redis_port_taken_falls_back_to_a_free_port(
         server = up_cmd.embedded_redis(tmp_path, None)
     assert server.port != taken
     assert server.port > 0
+
+
+def test_banner_command_is_the_one_make_up_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`make up` runs .venv/bin/opsq from the repo: the banner prints that path, not a
+    bare `opsq` that is not on PATH; `python -m opsq` prints the interpreter; a program
+    PATH finds is printed bare."""
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    script = tmp_path / ".venv" / "bin" / "opsq"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    assert invocation.opsq_command(".venv/bin/opsq", tmp_path) == ".venv/bin/opsq"
+    assert invocation.opsq_command(str(script), tmp_path / "elsewhere") == str(script)
+    (tmp_path / "opsq.pyz").write_text("")
+    assert invocation.opsq_command("opsq.pyz", tmp_path) == "./opsq.pyz"
+    python_m = invocation.opsq_command("/src/opsq/__main__.py", tmp_path)
+    assert python_m == f"{sys.executable} -m opsq"
+    monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin:/bin")
+    assert invocation.opsq_command(str(script), tmp_path / "elsewhere") == "opsq"
+
+
+def test_banner_commands_run_from_the_repo(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The follow-up lines for an embedded Redis off 6379, as `make up` prints them
+    (the console script relative to the repo), run in a shell at the repo root with
+    no OPSQ_* variable and no virtualenv on PATH."""
+    script = Path(sys.executable).parent / "opsq"
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", [os.path.relpath(script, ROOT), "up", "--demo"])
+    lines = invocation.followup_lines(redis_url, None)
+    assert lines[0].strip() == f"export OPSQ_REDIS_URL={redis_url}"
+    commands = [line.split("#")[0].strip() for line in lines[:2]]
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp")}
+    listed = subprocess.run(
+        ["bash", "-c", "\n".join(commands)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert listed.returncode == 0, (commands, listed.stderr)

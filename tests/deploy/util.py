@@ -8,13 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0) -> bool:
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.1) -> bool:
     """Poll *predicate* until it is truthy or *timeout* seconds pass (no timing asserted)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return True
-        time.sleep(0.1)
+        time.sleep(interval)
     return False
 
 

@@ -1,13 +1,12 @@
 """The fake over TLS, driven by the Python client and by the real kubectl binary.
 
 kubectl (client-go) only sends bearer tokens over TLS, so these tests use a server with
-``tls=True`` and a kubeconfig carrying its throw-away CA. The kubectl tests need the
-binary on PATH (it is on the CI machine image); elsewhere they are skipped.
+``tls=True`` and a kubeconfig carrying its throw-away CA. The kubectl tests find the
+binary with ``require_tool`` (Debian's kubernetes-client when the machine has none).
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +17,7 @@ from kubernetes import client
 
 from tests.fakekube.rbac import ADMIN_TOKEN
 from tests.fakekube.server import FakeKube
-
-KUBECTL = shutil.which("kubectl")
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+from tests.support.tools import require_tool
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +34,8 @@ def tls_fake(tls_kube: FakeKube) -> Iterator[FakeKube]:
 
 
 def kubectl(config: Path, *args: str) -> str:
-    assert KUBECTL is not None
     done = subprocess.run(
-        [KUBECTL, "--kubeconfig", str(config), *args],
+        [require_tool("kubectl"), "--kubeconfig", str(config), *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -61,7 +57,6 @@ def test_python_client_verifies_the_fake_ca(tls_fake: FakeKube, tmp_path: Path) 
     assert "kube-system" in names
 
 
-@needs_kubectl
 @pytest.mark.slow
 def test_kubectl_gets_creates_and_deletes(tls_fake: FakeKube, tmp_path: Path) -> None:
     """kubectl discovers, prints tables, creates from a manifest and deletes with --wait."""
@@ -78,7 +73,6 @@ def test_kubectl_gets_creates_and_deletes(tls_fake: FakeKube, tmp_path: Path) ->
     assert "jobs" in kubectl(config, "api-resources", "--api-group=batch", "-o", "name")
 
 
-@needs_kubectl
 @pytest.mark.slow
 def test_kubectl_sees_rbac_denials_in_the_servers_words(tls_fake: FakeKube, tmp_path: Path) -> None:
     """A service account without the verb gets the apiserver's Forbidden sentence."""
@@ -89,7 +83,7 @@ def test_kubectl_sees_rbac_denials_in_the_servers_words(tls_fake: FakeKube, tmp_
     config = tls_fake.kubeconfig(tmp_path / "kc", token)
     kubectl(config, "get", "pods")
     done = subprocess.run(
-        [str(KUBECTL), "--kubeconfig", str(config), "delete", "pod", "x"],
+        [require_tool("kubectl"), "--kubeconfig", str(config), "delete", "pod", "x"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import urllib.error
 from pathlib import Path
@@ -16,18 +15,19 @@ from agents.checkpoint import FILE_NAME
 from opsq.core.metrics import collector_registry
 from tests.logs_agent.conftest import STREAM, agent_settings, all_lines, wait_for, write_lines
 from tests.logs_agent.process import OPSQ, AgentProcess
-
-needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool")
+from tests.support.tools import require_tool
 
 
 def promtool_ok(text: bytes) -> None:
     res = subprocess.run(
-        check=False, args=["promtool", "check", "metrics"], input=text, capture_output=True
+        check=False,
+        args=[require_tool("promtool"), "check", "metrics"],
+        input=text,
+        capture_output=True,
     )
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-@needs_promtool
 def test_in_process_metrics_pass_promtool(tmp_path: Path, run_agent, raw_client) -> None:
     write_lines(tmp_path / "logs" / "a.log", [b"x"] * 10)
     run_agent(agent_settings(tmp_path))
@@ -40,7 +40,6 @@ def test_in_process_metrics_pass_promtool(tmp_path: Path, run_agent, raw_client)
     promtool_ok(text)
 
 
-@needs_promtool
 def test_sigterm_drains_flushes_checkpoints_and_exits_zero(tmp_path: Path, redis_url: str) -> None:
     log = tmp_path / "logs" / "a.log"
     lines = [b"l%06d" % i for i in range(50_000)]

@@ -46,9 +46,9 @@ def test_password_and_database_from_the_url(tmp_path: Path) -> None:
         assert check.get("where") == b"db3"
         check.close()
         bad = RespClient(server.url.replace("s3cret", "wrong"))
-        with pytest.raises(RedisCommandError, match="redis_url"):  # a config fix, not a wait
+        with pytest.raises(RedisCommandError, match="WRONGPASS"):  # a config fix, not a wait
             bad.execute([[b"PING"]])
-        assert not bad.ping()
+        assert bad.ping() is False
         wrong_db = RespClient(server.url.replace("/0", "/999"))
         for _ in range(2):  # a failed SELECT must not leave a connection on db 0
             with pytest.raises(RedisCommandError):
@@ -88,6 +88,50 @@ def test_a_malformed_reply_is_redis_unavailable_and_the_connection_is_dropped() 
     finally:
         client.close()
         listener.close()
+
+
+def test_an_error_inside_exec_is_found_and_oom_while_queueing_aborts_all(redis_url: str) -> None:
+    """MULTI/EXEC: a runtime error sits inside EXEC's reply; a refusal while queueing
+    (OOM under maxmemory) aborts the whole transaction, so nothing half-applies."""
+    client = RespClient(redis_url)
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        admin.set("s", "x")
+        with pytest.raises(RedisCommandError, match="WRONGTYPE"):
+            client.execute([[b"MULTI"], [b"INCR", b"n"], [b"LPUSH", b"s", b"y"], [b"EXEC"]])
+        assert admin.get("n") == b"1"  # EXEC ran the other command (no rollback)
+        admin.config_set("maxmemory", "1")
+        try:
+            with pytest.raises(RedisUnavailable, match="OOM"):
+                client.execute([[b"MULTI"], [b"XADD", b"st", b"*", b"f", b"v"], [b"EXEC"]])
+        finally:
+            admin.config_set("maxmemory", "0")
+        assert admin.exists("st") == 0
+        assert client.execute([[b"PING"]]) == [b"PONG"]  # still in sync
+    finally:
+        client.close()
+        admin.close()
+
+
+def test_interrupt_wakes_a_blocked_round_trip(redis_url: str) -> None:
+    """A sender blocked on a frozen Redis must not hold shutdown past its grace."""
+    client = RespClient(redis_url, timeout=60)
+    client.execute([[b"PING"]])
+    errors: list[Exception] = []
+
+    def blocked() -> None:
+        try:
+            client.execute([[b"BLPOP", b"never", b"0"]])
+        except RedisUnavailable as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=blocked)
+    thread.start()
+    thread.join(0.3)
+    client.interrupt()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(errors) == 1
 
 
 def test_oom_reply_is_temporary(tmp_path: Path) -> None:

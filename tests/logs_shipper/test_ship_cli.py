@@ -7,7 +7,6 @@ expected set after dedupe by record id.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -32,6 +31,7 @@ from tests.logs_shipper.support import (
     sink_ids,
     wait_for,
 )
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -92,8 +92,7 @@ def test_sigterm_finishes_the_in_flight_batch_and_exits_zero(
 def test_metrics_endpoint_passes_promtool_and_names_the_shipper_metrics(
     rclient: redis.Redis, redis_url: str, tmp_path: Path, shippers
 ) -> None:
-    if shutil.which("promtool") is None:
-        pytest.fail("promtool missing: install the Debian package 'prometheus' (.ci/run does)")
+    promtool = require_tool("promtool")
     ship = start(shippers, redis_url, tmp_path, "m")
     produce(rclient, [make_entry(n) for n in range(3)])
     wait_for(lambda: all_acked(rclient, 3), what="entries acked")
@@ -102,7 +101,7 @@ def test_metrics_endpoint_passes_promtool_and_names_the_shipper_metrics(
     wait_for(lambda: rclient.xlen(STREAM) == 0, what="stream empty")
 
     text = httpx.get(f"http://127.0.0.1:{ship.port}/metrics", timeout=5).text
-    check = subprocess.run(["promtool", "check", "metrics"], input=text.encode(),
+    check = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
                            capture_output=True, check=False)  # fmt: skip
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
     for name in (

@@ -124,3 +124,14 @@ def test_email_with_a_wrong_password_is_permanent(tmp_path: Path) -> None:
         assert smtp.messages == []
     finally:
         smtp.stop()
+
+
+def test_a_token_in_the_target_url_never_reaches_a_receiver(receiver: HttpReceiver) -> None:
+    """Target URL and error detail are redacted in the text, the labels and the JSON body."""
+    config = alerts(hook={"kind": "webhook", "url": f"{receiver.url}/hook"})
+    secret_url = "https://api.example.com/health?access_token=tok-17"
+    transition = {**TRANSITION, "url": secret_url, "detail": f"401 for url '{secret_url}'"}
+    send_via(config, "hook", transition_message(transition, "k", "firing", now=NOW), now=NOW)
+    (got,) = receiver.accepted
+    assert "tok-17" not in got.body.decode()
+    assert got.json["labels"]["url"] == "https://api.example.com/health?access_token=***"

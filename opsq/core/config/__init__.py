@@ -22,8 +22,9 @@ an engine constructor. When you add a setting:
    ``<file>: field a.b.c: what is wrong (fix: what to write)``. Pydantic's own errors
    (ranges, literals, unknown keys) get their fix from the error type.
 3. **The default is stated once**, on the model field. There is no other defaults
-   file; engines take the settings model (or its values) rather than repeating the
-   number in a constructor default. ``opsq config show`` prints the effective tree.
+   file; engines take the settings model, or default a parameter to
+   ``default_of(Model, "field")`` (:mod:`opsq.core.config.base`) rather than repeating
+   the number. ``opsq config show --defaults`` prints them all.
 4. **A test per rule**: write the bad YAML, run ``opsq config check`` and assert exit 2
    and a message naming the field and the fix (see ``tests/config``).
 """

@@ -22,7 +22,6 @@ so a typo fails ``opsq config check`` instead of silencing nothing at 3 am.
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -31,6 +30,7 @@ from cronsim import CronSim, CronSimError
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from opsq.core.config.base import Section
+from opsq.core.config.fields import ExistingFile, Host, HttpUrl, SecretHttpUrl
 from opsq.core.durations import Duration
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
@@ -52,19 +52,19 @@ class WebhookNotifier(NotifierBase):
     """JSON POST; with ``secret``, signed with HMAC-SHA256 over the raw body."""
 
     kind: Literal["webhook"]
-    url: SecretStr
+    url: SecretHttpUrl
     secret: SecretStr | None = None
     signature_header: str = "X-Opsq-Signature"
     """Carries ``sha256=<hex digest>`` of the body (GitHub's convention)."""
     headers: dict[str, SecretStr] = Field(default_factory=dict)
-    ca_file: str | None = None
+    ca_file: ExistingFile | None = None
 
 
 class SlackNotifier(NotifierBase):
     """Slack incoming webhook (``{"text": ..., "blocks": [...]}``)."""
 
     kind: Literal["slack"]
-    url: SecretStr
+    url: SecretHttpUrl
 
 
 class AlertmanagerNotifier(NotifierBase):
@@ -78,25 +78,25 @@ class AlertmanagerNotifier(NotifierBase):
     """
 
     kind: Literal["alertmanager"]
-    url: str
+    url: HttpUrl
     resend_interval: Annotated[Duration, Field(ge=5)] = 60.0
     labels: dict[str, str] = Field(default_factory=dict)
     """Extra labels on every alert (e.g. ``team: sre``)."""
-    ca_file: str | None = None
+    ca_file: ExistingFile | None = None
 
 
 class EmailNotifier(NotifierBase):
     """SMTP with STARTTLS (required unless ``starttls: false``) and AUTH LOGIN/PLAIN."""
 
     kind: Literal["email"]
-    host: str
+    host: Host
     port: Annotated[int, Field(ge=1, le=65535)] = 587
     starttls: bool = True
     username: str | None = None
     password: SecretStr | None = None
     sender: str
     to: Annotated[list[str], Field(min_length=1)]
-    ca_file: str | None = None
+    ca_file: ExistingFile | None = None
 
     @model_validator(mode="after")
     def _no_password_in_clear(self) -> EmailNotifier:
@@ -198,11 +198,3 @@ class AlertsSettings(Section):
     past their deadline, and notifications a crashed worker left in its outbox."""
     transition_retention: Annotated[Duration, Field(ge=3600)] = 90 * 86400.0
     """Transitions are kept this long in the per-set stream (trimmed by time)."""
-
-    @model_validator(mode="after")
-    def _finite(self) -> AlertsSettings:
-        if not math.isfinite(self.retry_backoff_cap) or not math.isfinite(
-            self.transition_retention
-        ):
-            raise ValueError("durations must be finite")
-        return self

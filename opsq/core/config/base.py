@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -27,6 +28,12 @@ class Section(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False
     )
+
+
+def default_of(model: type[BaseModel], field: str) -> Any:
+    """A field's default, for an engine constructor that takes the value directly:
+    ``page_size: int = default_of(CleanupSettings, "page_size")`` states it once."""
+    return model.model_fields[field].get_default(call_default_factory=True)
 
 
 class Invalid(ValueError):

@@ -8,6 +8,7 @@ worker, beat or the agent finding it hours later:
   (the log agent matches raw bytes, where ``\\u00e9`` is not a valid escape);
 - :data:`RedisUrl` parses the way both redis-py and Celery's broker (kombu) will use it;
 - :data:`HttpUrl` is an ``http(s)://host[:port]`` URL (sinks, webhooks);
+  :data:`SecretHttpUrl` the same for a URL that is itself a secret (Slack, webhooks);
 - :data:`Host` is an IP address or a DNS name (what a server binds to);
 - :data:`ExistingFile` (a ``str``) names a file that exists, relative to the config
   file's directory; it is stored resolved (absolute), so every process reads that file.
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, SecretStr
 
 from opsq.core.config.base import Invalid, resolve_path
 from opsq.core.redact import redact_url
@@ -96,6 +97,21 @@ def check_host(host: str) -> str:
     return host
 
 
+def check_secret_http_url(url: SecretStr) -> SecretStr:
+    """As :func:`check_http_url`, without echoing the URL (Slack's carries its token)."""
+    parts = urlsplit(url.get_secret_value().strip())
+    try:
+        parts.port  # noqa: B018 -- the property parses and range-checks it
+    except ValueError:
+        parts = parts._replace(scheme="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Invalid(
+            "is not an http:// or https:// URL with a host (not shown: it holds a secret)",
+            fix="paste the whole URL, e.g. https://hooks.slack.com/services/T000/B000/XXXX",
+        )
+    return url
+
+
 def check_existing_file(path: str) -> str:
     resolved = resolve_path(Path(path))
     if not resolved.is_file():
@@ -124,5 +140,6 @@ Regex = Annotated[str, AfterValidator(check_regex)]
 BytesRegex = Annotated[str, AfterValidator(check_bytes_regex)]
 RedisUrl = Annotated[str, AfterValidator(check_redis_url)]
 HttpUrl = Annotated[str, AfterValidator(check_http_url)]
+SecretHttpUrl = Annotated[SecretStr, AfterValidator(check_secret_http_url)]
 ExistingFile = Annotated[str, AfterValidator(check_existing_file)]
 Host = Annotated[str, AfterValidator(check_host)]

@@ -312,7 +312,7 @@ class TargetsFile(Section):
         ProbeSpec.model_validate(defaults)  # a bad default is reported once, as such
         targets = data.get("targets")
         if isinstance(targets, list):
-            data = {**data, "targets": [_merge(defaults, t) for t in targets]}
+            data = {**data, "targets": [merge_defaults(defaults, t) for t in targets]}
         return data
 
     @model_validator(mode="after")
@@ -325,13 +325,14 @@ class TargetsFile(Section):
         return self
 
 
-def _merge(base: dict[str, Any], over: object) -> object:
-    if not isinstance(over, dict):
+def merge_defaults(base: dict[str, Any], over: object) -> object:
+    """*over* (one target entry) deep-merged over *base* (the file's ``defaults``)."""
+    if not base or not isinstance(over, dict):
         return over
     merged = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_defaults(merged[key], value)
         else:
             merged[key] = value
     return merged

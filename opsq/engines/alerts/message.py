@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from opsq.core.records import Record
+from opsq.core.redact import redact_text, redact_url
 
 Event = Literal["firing", "resolved", "reminder", "test", "notice"]
 Severity = Literal["critical", "warning", "info"]
@@ -48,7 +49,12 @@ def iso(ts: float) -> str:
 def transition_message(
     transition: dict[str, Any], key: str, event: Event, *, now: float
 ) -> Message:
-    """The message for a state transition (or a reminder of one)."""
+    """The message for a state transition (or a reminder of one).
+
+    Target URLs and error details leave opsq redacted (a ``?token=`` in a probed URL
+    must not land in Slack or a webhook receiver's logs).
+    """
+    transition = _redacted(transition)
     name, to_state = transition["name"], transition["to_state"]
     alert_state = to_state if event != "resolved" else transition["from_state"]
     reason = transition.get("reason") or ""
@@ -71,6 +77,15 @@ def transition_message(
         ends_at=transition["at"] if event == "resolved" else None,
         data={"transition": transition},
     )  # fmt: skip
+
+
+def _redacted(transition: dict[str, Any]) -> dict[str, Any]:
+    detail = transition.get("detail")
+    return {
+        **transition,
+        "url": redact_url(str(transition.get("url") or "")),
+        "detail": redact_text(detail) if isinstance(detail, str) else detail,
+    }
 
 
 def _title(event: Event, transition: dict[str, Any], now: float) -> str:

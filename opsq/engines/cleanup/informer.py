@@ -40,7 +40,8 @@ from collections.abc import Callable
 from typing import Any
 
 from opsq.core.backoff import full_jitter
-from opsq.core.config.cleanup import ResourceRef
+from opsq.core.config.base import default_of
+from opsq.core.config.cleanup import CleanupSettings, ResourceRef
 from opsq.core.errors import PermanentError, TemporaryError
 from opsq.core.metrics.cleanup import INFORMER_CACHE_OBJECTS, WATCH_RELISTS, WATCH_RESTARTS
 from opsq.engines.cleanup.kube import ApiUnavailable, Expired, Kube
@@ -76,9 +77,9 @@ class Informer:
         field_selector: str | None = None,
         transform: Transform = slim,
         fatal_before_sync: bool = False,
-        page_size: int = 500,
-        watch_timeout: float = 300.0,
-        resync: float = 600.0,
+        page_size: int = default_of(CleanupSettings, "page_size"),
+        watch_timeout: float = default_of(CleanupSettings, "watch_timeout"),
+        resync: float = default_of(CleanupSettings, "resync"),
         relist: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,

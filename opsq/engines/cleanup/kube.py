@@ -38,7 +38,8 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from opsq.core.config.cleanup import ResourceRef
+from opsq.core.config.base import default_of
+from opsq.core.config.cleanup import CleanupSettings, ResourceRef
 from opsq.core.errors import ConfigError, OpsqError, PermanentError, TemporaryError
 from opsq.core.metrics.cleanup import KUBE_API_REQUESTS
 
@@ -135,7 +136,12 @@ def _retry_after(headers: Any) -> float | None:
 class Kube:
     """Thin, counted, error-translating access to resource paths."""
 
-    def __init__(self, api_client: Any, *, request_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        api_client: Any,
+        *,
+        request_timeout: float = default_of(CleanupSettings, "request_timeout"),
+    ) -> None:
         self.api = api_client
         self.request_timeout = request_timeout
         self.requests: Counter[str] = Counter()

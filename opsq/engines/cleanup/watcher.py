@@ -126,7 +126,7 @@ class Watcher:
         self.usage_informers: list[Informer] = []
         self._rules: dict[str, Rule] = {r.name: r for r in settings.rules}
         self._terminating: set[str] = set()
-        self.guards = Guards(OwnerResolver(kube, known=self._known), self._usage)
+        self.guards = Guards(OwnerResolver(kube, known=self.known), self._usage)
         for rule in settings.rules:
             for namespace in planner.list_namespaces(rule):
                 self.informers.append(self._informer(rule, namespace, informer_clock))
@@ -172,7 +172,7 @@ class Watcher:
                         index.add(obj)
         return index(namespace, name)
 
-    def _known(self, uid: str) -> Obj | None:
+    def known(self, uid: str) -> Obj | None:
         for informer in self.informers:
             obj = informer.get_by_uid(uid)
             if obj is not None:
@@ -225,7 +225,7 @@ class Watcher:
             by_uid.setdefault(item.target.uid, []).append(item)
         ready = []
         for uid, items in by_uid.items():
-            cached = self._known(uid)
+            cached = self.known(uid)
             if cached is None:
                 continue  # gone since it was queued
             ordered = sorted(items, key=lambda d: (d.due_at, d.target.rule))
