@@ -66,6 +66,8 @@ class UpOptions:
     metrics_port: int | None = None
     flower_port: int | None = None
     insecure_flower: bool = False
+    web_port: int | None = None
+    """None: web.port when free, else any free port."""
     stop_timeout: float = 30.0
 
 
@@ -79,6 +81,7 @@ class Plan:
     worker_ready_url: str | None = None
     flower_url: str = ""
     flower_auth: tuple[str, str] | None = None
+    web_url: str = ""
     demo_hook_url: str = ""
     """The demo webhook receiver (a thread of `opsq up`) that prints what it gets."""
 
@@ -233,6 +236,29 @@ class Builder:
             return self.settings.flower.user, password, False
         return self.settings.flower.user, secrets.token_urlsafe(18), True
 
+    def add_web(self) -> None:
+        """The status page (`opsq web`), private unless web.public, like Flower: the
+        password reaches it through its environment, never its command line."""
+        web = self.settings.web
+        port = web.port if self.options.web_port is None else self.options.web_port
+        if port == 0 or (self.options.web_port is None and not _port_free(web.bind, port)):
+            port = free_port()
+        extra = {"OPSQ_WEB__PORT": str(port), "OPSQ_WEB__BIND": web.bind}
+        if web.public:
+            note = "public, read-only (web.public)"
+        else:
+            configured = web.password.get_secret_value() if web.password else ""
+            password = configured or secrets.token_urlsafe(18)
+            extra["OPSQ_WEB__PASSWORD"] = password
+            note = f"user {web.user!r}, " + (
+                "password from web.password"
+                if configured
+                else f"password {password} (generated; shown only now)"
+            )
+        self.plan.web_url = f"http://{_host(web.bind)}:{port}/"
+        self.child("web", [*python_argv("opsq"), "web"], STOP_PHASE_SERVICES, extra)
+        self.plan.lines.append(f"  web        {self.plan.web_url}  status page, {note}")
+
     def add_optional(self) -> None:
         """Agent, shipper and watcher run only when the config gives them work."""
         logs = self.settings.logs
@@ -271,6 +297,7 @@ class Builder:
         self.add_workers()
         self.add_beat()
         self.add_flower()
+        self.add_web()
         self.add_optional()
         return self.plan
 
@@ -346,6 +373,7 @@ def banner(
     ]
     if options.demo:
         lines.append(f"  Flower: {plan.flower_url}/tasks  (opsq.probe_set, opsq.probe_batch)")
+        lines.append(f"  Status page: {plan.web_url}  (states, uptime, latency, incidents)")
     return "\n".join(lines)
 
 
@@ -433,6 +461,9 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
 @click.option("--flower-port", type=click.IntRange(0, 65535), default=None,
               help="Flower's port (default: flower.port; 0: any free).")  # fmt: skip
 @click.option("--insecure-flower", is_flag=True, help="Run Flower without authentication.")
+@click.option("--web-port", type=click.IntRange(0, 65535), default=None,
+              help="The status page's port (default: web.port, or any free port when it "
+                   "is taken; 0: any free).")  # fmt: skip
 @click.option("--stop-timeout", type=click.FloatRange(1, 3600), default=30.0, show_default=True,
               help="Seconds for a graceful stop before stragglers are killed.")  # fmt: skip
 def up(config_file: str | None, redis_url: str | None, log_level: str | None,

@@ -153,6 +153,63 @@ def notify_claim(key: str) -> str:
 NOTIFY_DONE_TTL_S = 7 * 24 * 3600
 """Delivered keys are remembered a week: longer than any redelivery or retry chain."""
 
+# --- history: raw verdicts, rollups, incidents (see opsq.engines.history.recorder) ------
+
+
+def history_raw(set_name: str, target: str) -> str:
+    """Stream per (set, target): one packed entry per applied run, id = the run's ms.
+    Trimmed by time on every XADD (MINID = now - ``history.raw_retention``)."""
+    return f"{PREFIX}:history:raw:{set_name}:{target}"
+
+
+def history_acc(set_name: str) -> str:
+    """Hash target key -> the live hour's and day's accumulators (JSON). Read and
+    written with the set's state in the monitor's transaction: exactly once per run."""
+    return f"{PREFIX}:history:acc:{set_name}"
+
+
+def history_roster(set_name: str) -> str:
+    """Hash target key -> roster id: the target's position in the set's rollup blobs.
+    Append-only, so a blob written an hour or 90 days ago still reads right."""
+    return f"{PREFIX}:history:roster:{set_name}"
+
+
+def history_hour(set_name: str, hour: int) -> str:
+    """String: every target's rollup of one hour (epoch hours), positional by roster."""
+    return f"{PREFIX}:history:hour:{set_name}:{hour}"
+
+
+def history_day(set_name: str, day: int) -> str:
+    """String: every target's rollup of one UTC day (epoch days), positional by roster."""
+    return f"{PREFIX}:history:day:{set_name}:{day}"
+
+
+def history_periods(set_name: str) -> str:
+    """Sorted set ``h<hour>``/``d<day>`` -> period end (epoch s): which blobs exist, and
+    what trimming by time removes (ZRANGEBYSCORE up to now - ``history.retention``)."""
+    return f"{PREFIX}:history:periods:{set_name}"
+
+
+def history_incidents(set_name: str) -> str:
+    """Hash incident id -> incident JSON (start, end, state, reason, locations)."""
+    return f"{PREFIX}:history:incidents:{set_name}"
+
+
+def history_incident_starts(set_name: str) -> str:
+    """Sorted set incident id -> start time: time-range reads and trimming by time."""
+    return f"{PREFIX}:history:incident-starts:{set_name}"
+
+
+def history_open(set_name: str) -> str:
+    """Hash target key -> id of the target's open incident."""
+    return f"{PREFIX}:history:open:{set_name}"
+
+
+HISTORY_BACKSTOP_S = 86400
+"""History keys also get a TTL this much past their retention (refreshed hourly), so a
+set that stops running does not keep its history forever; trimming by the clock of the
+runs is what normally removes data."""
+
 # --- beat --------------------------------------------------------------------------------
 REDBEAT_PREFIX = f"{PREFIX}:redbeat:"
 REDBEAT_LOCK_TIMEOUT_S = 30
@@ -194,5 +251,15 @@ LOG_GROUP = "shippers"
 
 
 def dead_letter(stream: str) -> str:
-    """Entries delivered too many times are moved here and acknowledged."""
+    """Entries a sink refused, that do not decode, or whose deliveries kept dying are moved
+    here (and acknowledged); trimmed by age to ``logs.shipper.dead_retention``, moved back
+    by ``opsq ship replay --from-dead``."""
     return f"{stream}:dead"
+
+
+def log_attempts(stream: str, group: str) -> str:
+    """Hash: entry id -> sink writes by *group* that started and never finished (the
+    shipper died during them). In Redis so it survives restarts; a finished write (even a
+    failed one: the sink's outage is not the entry's fault) takes its count back, and the
+    field goes with the entry's XACK. Past ``max_deliveries``: dead-lettered."""
+    return f"{stream}:attempts:{group}"

@@ -30,6 +30,7 @@ from opsq.core.config.alerts import AlertsSettings
 from opsq.core.config.base import Section, config_dir
 from opsq.core.config.cleanup import CleanupSettings
 from opsq.core.config.fields import Host, RedisUrl
+from opsq.core.config.history import HistorySettings, WebSettings
 from opsq.core.config.logs import LogsSettings
 from opsq.core.config.probes import ProbeSet
 from opsq.core.durations import Duration
@@ -135,6 +136,8 @@ class Settings(BaseSettings):
     cleanup: CleanupSettings = Field(default_factory=CleanupSettings)
     logs: LogsSettings = Field(default_factory=LogsSettings)
     alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+    history: HistorySettings = Field(default_factory=HistorySettings)
+    web: WebSettings = Field(default_factory=WebSettings)
 
     @model_validator(mode="after")
     def _alert_references(self) -> Settings:

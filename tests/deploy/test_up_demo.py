@@ -252,6 +252,24 @@ def test_flower_rejects_anonymous_and_accepts_the_printed_credentials(up: Up) ->
     assert http_get(f"{up.flower_url}/tasks", (up.flower_user, up.flower_password))[0] == 200
 
 
+def test_status_page_from_the_banner_is_private_and_shows_the_demo_set(up: Up) -> None:
+    """The banner's status page answers 401 without credentials; with the printed ones
+    it lists the demo set's targets with their states once a run is applied."""
+    found = re.search(r"web\s+(http://\S+)\s+status page, user '([^']+)', password (\S+)",
+                      up.output())  # fmt: skip
+    assert found is not None, up.output()
+    url, user, password = found.groups()
+    assert http_get(url)[0] == 401
+    assert wait_for(lambda: b'data-state="up"' in http_get(url, (user, password))[1], 90)
+    page = http_get(url, (user, password))[1].decode()
+    assert ">healthy<" in page
+    assert 'data-state="down"' in page
+    ps = subprocess.run(
+        [require_tool("ps"), "-eo", "args"], capture_output=True, text=True, check=True
+    )
+    assert password not in ps.stdout
+
+
 def test_password_is_not_visible_in_the_process_list(up: Up) -> None:
     """No process's command line carries Flower's password."""
     ps = subprocess.run(
