@@ -243,7 +243,9 @@ def user_path(
 
 def _phases(summary: dict[str, object], stderr: str, start: float, end: float) -> dict[str, float]:
     """Where the time went, from the run's own timestamps and the CLI's stderr line."""
-    created, finished = float(summary["created_at"]), float(summary["finished_at"])  # type: ignore[arg-type]
+    created = float(summary["created_at"])  # type: ignore[arg-type]
+    finished = summary["finished_at"]  # None: read before it was packed (see ProbeProducer.wait)
+    finished = created + float(summary["duration_s"]) if finished is None else float(finished)  # type: ignore[arg-type]
     loaded = re.search(r"read and validated in ([\d.]+)s", stderr)
     return {
         "start-up + load + enqueue": created - start,

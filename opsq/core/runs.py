@@ -274,7 +274,10 @@ class RunMeta:
     def result_keys(self) -> list[str]:
         """Every result field of the run, in file order (each target's locations together)."""
         targets = int(self.raw.get("targets", self.total))
-        return [result_key(i, loc) for i in range(targets) for loc in self.locations]
+        locations = self.locations
+        if locations == [None]:
+            return [str(i) for i in range(targets)]
+        return [result_key(i, loc) for i in range(targets) for loc in locations]
 
     def header(self, done: int, now: float | None = None) -> dict[str, Any]:
         """The summary fields that come before the results."""
