@@ -38,10 +38,10 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from opsq.core import aio
-from opsq.core.config.probes import Target
+from opsq.core.config.probes import ON_WORKER, Target
 from opsq.core.errors import PermanentError
 from opsq.core.metrics import pipeline as metrics
-from opsq.core.ratelimit import RedisTokenBucket
+from opsq.core.ratelimit import RedisTokenBucket, limiter_client
 from opsq.core.runs import AsyncRunStore, RunMeta, encode_result, result_key
 from opsq.core.settings import Settings
 from opsq.core.targets import TARGETS
@@ -64,7 +64,8 @@ class BatchRequest:
     @classmethod
     def parse(cls, run_id: str, batch_id: str, offset: int, raw: Sequence[Any]) -> BatchRequest:
         try:
-            targets = tuple(TARGETS.validate_python(raw))  # one call for the whole batch
+            # One call for the whole batch; files named by targets were checked at load.
+            targets = tuple(TARGETS.validate_python(raw, context=ON_WORKER))
         except ValidationError as exc:
             raise PermanentError(f"batch {run_id}/{batch_id} has an invalid target: {exc}") from exc
         return cls(run_id, batch_id, offset, targets)
@@ -164,6 +165,7 @@ class BatchRunner:
         self.pid = os.getpid()
         self.loop = aio.new_event_loop()  # uvloop when installed
         self._client: aioredis.Redis[str] | None = None
+        self._limiter_client: aioredis.Redis[Any] | None = None
         self._engine: ProbeEngine | None = None
 
     def run(self, request: BatchRequest) -> BatchReport:
@@ -178,8 +180,9 @@ class BatchRunner:
     async def _aclose(self) -> None:
         if self._engine is not None:
             await self._engine.aclose()
-        if self._client is not None:
-            await self._client.aclose()  # type: ignore[attr-defined]  # stubs predate aclose
+        for client in (self._client, self._limiter_client):
+            if client is not None:
+                await client.aclose()  # type: ignore[union-attr]  # stubs predate aclose
 
     def _resources(self) -> tuple[AsyncRunStore, ProbeEngine]:
         # Created inside the loop on first use: clients bind to the running loop.
@@ -190,14 +193,20 @@ class BatchRunner:
             )
             limiter = None
             if probes.per_host_rate > 0:
+                # Its own pool, one connection per probe slot: every probe in flight may
+                # be in its one limiter call at once, and none waits for a connection.
+                self._limiter_client = limiter_client(
+                    self.settings.broker_url, max_in_flight=probes.concurrency
+                )
                 limiter = RedisTokenBucket(
-                    self._client, rate=probes.per_host_rate, burst=probes.per_host_burst
+                    self._limiter_client, rate=probes.per_host_rate, burst=probes.per_host_burst
                 )
             self._engine = ProbeEngine(
                 concurrency=probes.concurrency,
                 per_host_concurrency=probes.per_host_concurrency,
                 rate_limiter=limiter,
                 url_labels=self.settings.metrics.url_labels,
+                source_address=probes.source_address,
             )
         return AsyncRunStore(self._client), self._engine
 
