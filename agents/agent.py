@@ -7,7 +7,7 @@ reader thread and one sender thread overlap well, and a blocking ``queue.Queue``
 (``block``: a full queue pauses the reader; ``drop``: the batch is dropped and counted).
 
 Discovery is a glob of ``paths`` minus ``exclude`` at start, every
-``rescan_interval``, and whenever inotify (via watchfiles) reports a created or
+``rescan_interval``, and whenever inotify (:mod:`agents.watcher`) reports a created or
 deleted file. Inotify only shortens latency: every ``POLL_INTERVAL_S`` the reader
 checks sizes itself, so when inotify is unavailable, out of watches, or ``poll: true``,
 nothing is missed, only a little later.
@@ -169,7 +169,11 @@ class Agent:
         self.pods.start()
         self.sender = Sender(self.client, self.stream, self.batches, self.store, self.cfg)
         self.sender.start()
-        watcher = None if self.cfg.poll else Watcher(self.cfg.paths, self._wake, self._rescan)
+        watcher = (
+            None
+            if self.cfg.poll
+            else Watcher(self.cfg.paths, self._wake, self._rescan, max_depth=self.cfg.max_depth)
+        )
         if watcher is not None:
             watcher.start()
         try:
@@ -297,7 +301,7 @@ class Agent:
             self._retire(tailer)
             return
         tailer.tick(now, self._emit)
-        metrics.LAG_BYTES.labels(path=tailer.path).set(tailer.lag())
+        metrics.LAG_BYTES.labels(path=metrics.path_label(tailer.path)).set(tailer.lag())
 
     def _finished(self, tailer: Tailer) -> bool:
         """A copy, or a deleted file, read to its end: nothing more can come.
@@ -462,7 +466,9 @@ class Agent:
             key = (found.st.st_dev, found.st.st_ino)
             seen.add(key)
             paths.add(found.path)
-            if key in self.tailers:
+            if key in self.tailers and self.pods.opted_out(found.path):
+                self._release(self.tailers[key], lost=None)  # the pod opted out meanwhile
+            elif key in self.tailers:
                 self._renamed_within_glob(self.tailers[key], found.path)
             elif not self._too_old(found.st) and self.pods.admit(found.path):
                 self._open(found, startup=startup)
@@ -531,9 +537,13 @@ class Agent:
         known = False
         for cp in self.store.candidates(st.st_dev, st.st_ino):
             same = matches(fd, cp.identity)
-            if same and cp.offset <= st.st_size:
-                self.store.put(cp.identity, cp.offset, path)
-                return cp.identity, cp.offset
+            if same and (cp.offset <= st.st_size or cp.copy_ino is not None):
+                # A copy is never truncated: one shorter than the offset ends where
+                # logrotate stopped copying, and the agent had read further (the lines
+                # logrotate's copytruncate itself loses).
+                offset = min(cp.offset, st.st_size)
+                self.store.put(cp.identity, offset, path)
+                return cp.identity, offset
             copy = find_copy(self.names, path, cp.identity)
             if copy is None and not same:
                 log.info("%s: inode %d reused by a different file; starting it afresh",
@@ -590,4 +600,4 @@ def _open_regular(path: str) -> Copy | None:
 
 def _remove_lag(path: str) -> None:
     with contextlib.suppress(KeyError):
-        metrics.LAG_BYTES.remove(path)
+        metrics.LAG_BYTES.remove(metrics.path_label(path))

@@ -251,5 +251,15 @@ LOG_GROUP = "shippers"
 
 
 def dead_letter(stream: str) -> str:
-    """Entries delivered too many times are moved here and acknowledged."""
+    """Entries a sink refused, that do not decode, or whose deliveries kept dying are moved
+    here (and acknowledged); trimmed by age to ``logs.shipper.dead_retention``, moved back
+    by ``opsq ship replay --from-dead``."""
     return f"{stream}:dead"
+
+
+def log_attempts(stream: str, group: str) -> str:
+    """Hash: entry id -> sink writes by *group* that started and never finished (the
+    shipper died during them). In Redis so it survives restarts; a finished write (even a
+    failed one: the sink's outage is not the entry's fault) takes its count back, and the
+    field goes with the entry's XACK. Past ``max_deliveries``: dead-lettered."""
+    return f"{stream}:attempts:{group}"
