@@ -218,31 +218,3 @@ def test_latency_percentiles_from_rollups_are_close_to_raw(sim_factory: type[Sim
         truth = exact[int(q * len(exact)) - 1]
         estimate = view.latency.quantile(q) or 0
         assert truth / 2**0.5 <= estimate <= truth * 2**0.5, (q, truth, estimate)
-
-
-def test_raw_reads_survive_a_script_flush(sim_factory: type[Sim]) -> None:
-    """Raw verdicts are read with a packing script; after SCRIPT FLUSH (a restarted
-    Redis) the same reader loads it again and reads the same samples."""
-    import asyncio  # noqa: PLC0415
-
-    import redis.asyncio as aioredis  # noqa: PLC0415
-
-    from opsq.engines.history.reader import HistoryReader  # noqa: PLC0415
-
-    sim = sim_factory(history=HistorySettings(), names=("svc",))
-    for i in range(5):
-        sim.run(START + i * 60, lambda n, run, t: (run != 2, 0.05))
-
-    async def twice() -> tuple[list[str], list[str]]:
-        client = aioredis.Redis.from_url(sim.url)
-        reader = HistoryReader(client)
-        try:
-            first = await reader.raw_range("web", sim.key("svc"), START, START + 3600)
-            await client.script_flush()
-            second = await reader.raw_range("web", sim.key("svc"), START, START + 3600)
-        finally:
-            await client.aclose()
-        return [s.verdict for s in first], [s.verdict for s in second]
-
-    first, second = asyncio.run(twice())
-    assert first == second == ["up", "up", "down", "up", "up"]

@@ -22,7 +22,6 @@ latency_s]}``.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,35 +159,3 @@ def decode(entry_id: str | bytes, fields: dict[Any, Any]) -> Sample:
         phases=phases,
         locations=orjson.loads(raw_locations) if raw_locations else {},
     )
-
-
-# Reading a day of raw entries through redis-py's pure-Python RESP parser costs ~0.3 ms
-# per entry (a nested reply each); this script returns them as one string instead:
-# per entry three big-endian u16 lengths (id, v, l), then the three values.
-PACK_LUA = """
-local entries = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2], 'COUNT', ARGV[3])
-local out = {}
-for i, entry in ipairs(entries) do
-  local fields, v, l = entry[2], '', ''
-  for j = 1, #fields, 2 do
-    if fields[j] == 'v' then v = fields[j + 1] elseif fields[j] == 'l' then l = fields[j + 1] end
-  end
-  out[i] = struct.pack('>HHH', #entry[1], #v, #l) .. entry[1] .. v .. l
-end
-return table.concat(out)
-"""
-PACK_SHA = hashlib.sha1(PACK_LUA.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
-
-
-def unpack(blob: bytes) -> list[Sample]:
-    """The samples in a :data:`PACK_LUA` reply, oldest first."""
-    samples, pos = [], 0
-    while pos < len(blob):
-        id_len, v_len, l_len = struct.unpack_from(">HHH", blob, pos)
-        pos += 6
-        entry_id = blob[pos : pos + id_len]
-        value = blob[pos + id_len : pos + id_len + v_len]
-        where = blob[pos + id_len + v_len : pos + id_len + v_len + l_len]
-        pos += id_len + v_len + l_len
-        samples.append(decode(entry_id, {b"v": value, b"l": where} if where else {b"v": value}))
-    return samples

@@ -21,14 +21,13 @@ import hashlib
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 
 from opsq.core import keys
 from opsq.core.redact import redact_text, redact_url
@@ -180,35 +179,11 @@ class HistoryReader:
         self._blobs: OrderedDict[str, dict[int, Acc]] = OrderedDict()
         self._cache_blobs = cache_blobs
         self._sealed: dict[str, tuple[Any, dict[int, windows.TargetWindows]]] = {}
-        self._script_loaded = False
 
     async def _run(self, pipe: Any) -> list[Any]:
-        """Execute one pipeline (one round trip). A pipeline that reads raw verdicts
-        with the packing script loads it first when this server does not know it (after
-        a restart): one more round trip, once."""
-        if getattr(pipe, "opsq_raw", False) and not self._script_loaded:
-            await self.client.execute_command("SCRIPT", "LOAD", raw.PACK_LUA)  # type: ignore[no-untyped-call]  # types-redis: untyped
-            self._count()
-            self._script_loaded = True
+        """Execute one pipeline: one round trip."""
         self._count()
-        try:
-            return list(await pipe.execute())
-        except NoScriptError:
-            self._script_loaded = False
-            raise
-
-    async def _run_with_raw(self, build: Callable[[Any], None]) -> list[Any]:
-        """Build and run a pipeline that reads raw verdicts; once more if Redis forgot
-        the script meanwhile (a restart without it in the AOF)."""
-        for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
-            build(pipe)
-            try:
-                return await self._run(pipe)
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        return list(await pipe.execute())
 
     @staticmethod
     def _count() -> None:
@@ -221,16 +196,13 @@ class HistoryReader:
     def _raw(
         pipe: Any, set_name: str, key: str, *, start: float, end: float, count: int = 100_000
     ) -> None:
-        """Queue a read of raw verdicts in [start, end] (packed, see :data:`raw.PACK_LUA`)."""
-        pipe.evalsha(
-            raw.PACK_SHA,
-            1,
+        """Queue a read of the raw verdicts in [start, end]."""
+        pipe.xrange(
             keys.history_raw(set_name, key),
-            int(start * 1000),
-            int(end * 1000),
-            count,
+            min=str(int(start * 1000)),
+            max=str(int(end * 1000)),
+            count=count,
         )
-        pipe.opsq_raw = True
 
     # --- overview ---------------------------------------------------------------------
     async def sets(self) -> list[str]:
@@ -426,8 +398,10 @@ class HistoryReader:
                 num=INCIDENTS_MAX * 4,
             )
 
-        replies = await self._run_with_raw(build)
-        state_raw, live_raw, roster_id, members, open_raw, packed, ids = replies
+        pipe = self.client.pipeline(transaction=False)
+        build(pipe)
+        replies = await self._run(pipe)
+        state_raw, live_raw, roster_id, members, open_raw, entries, ids = replies
         if state_raw is None:
             return None
         data = SetData(
@@ -443,7 +417,7 @@ class HistoryReader:
         view = self._view(data, key, data.states[key], TARGET_WINDOWS, now)
         lookup = self._lookup(data, key)
         view.days = [(day, lookup("d", day)) for day in windows.periods("90d", now)[1]]
-        samples = raw.unpack(packed)
+        samples = [raw.decode(entry_id, fields) for entry_id, fields in entries]
         return view, samples, incidents
 
     async def _blobs_and_incidents(
@@ -470,10 +444,10 @@ class HistoryReader:
     async def raw_range(
         self, set_name: str, key: str, start: float, end: float, limit: int = 100_000
     ) -> list[raw.Sample]:
-        (packed,) = await self._run_with_raw(
-            lambda pipe: self._raw(pipe, set_name, key, start=start, end=end, count=limit)
-        )
-        return raw.unpack(packed)
+        pipe = self.client.pipeline(transaction=False)
+        self._raw(pipe, set_name, key, start=start, end=end, count=limit)
+        (entries,) = await self._run(pipe)
+        return [raw.decode(entry_id, fields) for entry_id, fields in entries]
 
     async def rollups(
         self, set_name: str, key: str, kind: str, start: float, end: float
