@@ -29,8 +29,9 @@ hourly, so a set that stops running does not keep its history forever.
 
 **Why blobs per set and period.** 90 days of hourly rollups are 2,160 records per
 target. One key per record would cost ~70 bytes of key overhead each; one string per
-(set, hour) costs one key per hour for all targets, and a record is ~7 bytes, so 1,000
-targets over 90 days stay near 15 MB (``bench/history.py``). A page reads a handful
+(set, hour) costs one key per hour for all targets, and a record is 6-16 bytes (by the
+spread of the hour's latencies), so 1,000 targets over 90 days take 14-35 MB
+(``bench/history.py``). A page reads a handful
 of blobs per set, not one key per target.
 """
 
