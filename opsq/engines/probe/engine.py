@@ -41,7 +41,9 @@ import httpx
 
 from opsq.core import aio
 from opsq.core.backoff import full_jitter
+from opsq.core.config.base import default_of
 from opsq.core.config.probes import DnsQuery, Target, dns_query
+from opsq.core.settings import MetricsSettings, ProbesSettings
 from opsq.engines.probe import dnsquery, net
 from opsq.engines.probe.deadline import Deadline
 from opsq.engines.probe.errors import ProbeFailure, classify
@@ -113,10 +115,10 @@ class ProbeEngine:
     def __init__(
         self,
         *,
-        concurrency: int = 128,
-        per_host_concurrency: int = 64,
+        concurrency: int = default_of(ProbesSettings, "concurrency"),
+        per_host_concurrency: int = default_of(ProbesSettings, "per_host_concurrency"),
         rate_limiter: RateLimiter | None = None,
-        url_labels: bool = False,
+        url_labels: bool = default_of(MetricsSettings, "url_labels"),
         transport: TransportName = "aiohttp",
         ssl_context: ssl.SSLContext | None = None,
         source_address: str | None = None,

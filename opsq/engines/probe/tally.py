@@ -38,6 +38,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from opsq.core.metrics import probes as metrics
+from opsq.core.redact import redact_url
 from opsq.engines.probe.result import ProbeResult
 
 FLUSH_AFTER_S = 0.5
@@ -133,11 +134,11 @@ class MetricTally:
         if result.cert_expires_at is not None:
             self._certs.record(group, result.url, result.cert_expires_at)
         if self._url_labels:
-            self._counts[(metrics.PROBE_URL_TOTAL, (group, result.url, verdict))] += 1
-            url_key = (metrics.PROBE_URL_DURATION, (group, result.url))
-            self._observed[url_key].append(result.duration_s)
+            url = redact_url(result.url)  # /metrics is printed too: no ?token= in a label
+            self._counts[(metrics.PROBE_URL_TOTAL, (group, url, verdict))] += 1
+            self._observed[(metrics.PROBE_URL_DURATION, (group, url))].append(result.duration_s)
             if result.cert_expires_at is not None:
-                self._url_certs[(group, result.url)] = result.cert_expires_at
+                self._url_certs[(group, url)] = result.cert_expires_at
         self._schedule()
 
     def flush(self) -> None:
