@@ -7,7 +7,7 @@ reader thread and one sender thread overlap well, and a blocking ``queue.Queue``
 (``block``: a full queue pauses the reader; ``drop``: the batch is dropped and counted).
 
 Discovery is a glob of ``paths`` minus ``exclude`` at start, every
-``rescan_interval``, and whenever inotify (via watchfiles) reports a created or
+``rescan_interval``, and whenever inotify (:mod:`agents.watcher`) reports a created or
 deleted file. Inotify only shortens latency: every ``POLL_INTERVAL_S`` the reader
 checks sizes itself, so when inotify is unavailable, out of watches, or ``poll: true``,
 nothing is missed, only a little later.
@@ -41,11 +41,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agents.chains import Chains
 from agents.checkpoint import CheckpointStore
 from agents.copytruncate import Copy, RotatedNames, find_copy, starts_like
 from agents.discovery import Finder, Found
 from agents.identity import FileIdentity, identify, matches
 from agents.lines import Batch
+from agents.pods import PodFiles
 from agents.resp import RespClient
 from agents.sender import Sender
 from agents.tailer import Tailer
@@ -58,6 +60,8 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 0.25
 """Longest wait between size checks when inotify says nothing (or is unavailable)."""
+WAITING_RESCAN_S = 0.5
+"""Discovery interval while a pod's file waits for its metadata (opt-out unknown yet)."""
 READ_BUDGET = 8 * 1024 * 1024
 """Bytes read from one file before the next file gets its turn (fairness)."""
 PREFIX_CHECK_S = 5.0
@@ -116,6 +120,8 @@ class Agent:
             notice=self._warn_once,
         )
         self.orphans: list[Orphan] = []
+        self.pods = PodFiles(self.cfg)
+        """Kubernetes: per-file format, pod identity, admission, entry metadata."""
         self._last_prefix_check = 0.0
         self._stop_at: float | None = None
         self._blocked = False
@@ -160,9 +166,14 @@ class Agent:
 
     def run(self) -> None:
         self.store.load()
+        self.pods.start()
         self.sender = Sender(self.client, self.stream, self.batches, self.store, self.cfg)
         self.sender.start()
-        watcher = None if self.cfg.poll else Watcher(self.cfg.paths, self._wake, self._rescan)
+        watcher = (
+            None
+            if self.cfg.poll
+            else Watcher(self.cfg.paths, self._wake, self._rescan, max_depth=self.cfg.max_depth)
+        )
         if watcher is not None:
             watcher.start()
         try:
@@ -172,13 +183,14 @@ class Agent:
         finally:
             if watcher is not None:
                 watcher.stop()
+            self.pods.stop()
             self.sender.close(self._deadline())
             self.store.flush()  # the checkpoint at the last acknowledged entry, even if
             for tailer in list(self.tailers.values()):  # the sender was cut off mid-flight
                 self._release(tailer, lost=None)
 
     def _loop(self) -> None:
-        next_rescan = time.monotonic() + self.cfg.rescan_interval
+        next_rescan = self._next_rescan(time.monotonic())
         while not self._stop.is_set():
             if self.sender is not None and not self.sender.is_alive():
                 failure = self.sender.failure
@@ -188,13 +200,20 @@ class Agent:
             progressed = self._read_round()
             now = time.monotonic()
             self._housekeeping(now)
-            if self._rescan.is_set() or now >= next_rescan:
+            if self._rescan.is_set() or now >= next_rescan or self.pods.settled():
                 self._rescan.clear()
                 self._discover(startup=False)
-                next_rescan = now + self.cfg.rescan_interval
+                next_rescan = self._next_rescan(now)
             if not progressed:
                 self._wake.wait(POLL_INTERVAL_S)
                 self._wake.clear()
+
+    def _next_rescan(self, now: float) -> float:
+        """Soon while a pod's file waits for its metadata, else after rescan_interval."""
+        interval = self.cfg.rescan_interval
+        if self.pods.waiting:
+            interval = min(interval, WAITING_RESCAN_S)
+        return now + interval
 
     # --- the bounded queue ------------------------------------------------------------
     def _emit(self, batch: Batch) -> bool:
@@ -219,10 +238,13 @@ class Agent:
     def _read_round(self) -> bool:
         progressed = False
         self._blocked = False
-        for tailer in list(self.tailers.values()):
+        chains = Chains(self.tailers.values())
+        for tailer in chains.order:
             if self._stop.is_set() or self._blocked:
                 break
             try:
+                if not chains.ready(tailer):
+                    continue  # an older file of its container is read first
                 n = tailer.read(self._emit, READ_BUDGET)
             except OSError as exc:
                 self._warn_once(tailer.path, f"cannot read {tailer.path}: {exc}")
@@ -279,7 +301,7 @@ class Agent:
             self._retire(tailer)
             return
         tailer.tick(now, self._emit)
-        metrics.LAG_BYTES.labels(path=tailer.path).set(tailer.lag())
+        metrics.LAG_BYTES.labels(path=metrics.path_label(tailer.path)).set(tailer.lag())
 
     def _finished(self, tailer: Tailer) -> bool:
         """A copy, or a deleted file, read to its end: nothing more can come.
@@ -338,6 +360,8 @@ class Agent:
             store=self.store,
             kind="copy",
             source=source,
+            fmt=self.pods.format_of(source or copy.path),
+            meta=self.pods.meta(source or copy.path),
         )
         if self.store.get(identity.fid) is None:
             self.store.put(identity, offset, copy.path)
@@ -434,18 +458,22 @@ class Agent:
     # --- discovery --------------------------------------------------------------------
     def _discover(self, *, startup: bool) -> None:
         seen: set[Key] = set()
+        paths: set[str] = set()
+        self.pods.waiting = False
         for found in self.finder.find():
             if self._stop.is_set():
                 return  # stopping: not a moment to open files (nor to prune checkpoints)
             key = (found.st.st_dev, found.st.st_ino)
             seen.add(key)
+            paths.add(found.path)
             if key in self.tailers:
                 self._renamed_within_glob(self.tailers[key], found.path)
-            elif not self._too_old(found.st):
+            elif not self._too_old(found.st) and self.pods.admit(found.path):
                 self._open(found, startup=startup)
         metrics.FILES_WATCHED.set(len(self.tailers))
         if not startup:
             self._prune_checkpoints(seen)
+            self.pods.forget(paths)
         # New identities reach the disk before any of their batches is sent (see
         # CheckpointStore.register); one fsync for the whole scan, not one per file.
         self.store.flush()
@@ -492,6 +520,8 @@ class Agent:
             host=self.host,
             store=self.store,
             via_link=found.real != path,
+            fmt=self.pods.format_of(path),
+            meta=self.pods.meta(path),
         )
         self.tailers[tailer.key] = tailer
         if not startup:
@@ -505,9 +535,13 @@ class Agent:
         known = False
         for cp in self.store.candidates(st.st_dev, st.st_ino):
             same = matches(fd, cp.identity)
-            if same and cp.offset <= st.st_size:
-                self.store.put(cp.identity, cp.offset, path)
-                return cp.identity, cp.offset
+            if same and (cp.offset <= st.st_size or cp.copy_ino is not None):
+                # A copy is never truncated: one shorter than the offset ends where
+                # logrotate stopped copying, and the agent had read further (the lines
+                # logrotate's copytruncate itself loses).
+                offset = min(cp.offset, st.st_size)
+                self.store.put(cp.identity, offset, path)
+                return cp.identity, offset
             copy = find_copy(self.names, path, cp.identity)
             if copy is None and not same:
                 log.info("%s: inode %d reused by a different file; starting it afresh",
@@ -564,4 +598,4 @@ def _open_regular(path: str) -> Copy | None:
 
 def _remove_lag(path: str) -> None:
     with contextlib.suppress(KeyError):
-        metrics.LAG_BYTES.remove(path)
+        metrics.LAG_BYTES.remove(metrics.path_label(path))

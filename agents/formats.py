@@ -19,14 +19,16 @@ A decoder turns physical lines into logical records, reassembling parts per stre
 line is not). Records keep the CRI framing, ``<time> <stream> F <message>``: for a
 line the runtime did not split that is the line exactly as written, so the hot path
 (1 MiB chunks of ``F`` lines) checks each line's framing with two C-level ``map``
-calls and copies nothing. The shipper splits time, stream and message (entry field
+calls and copies nothing (stripping the prefix would cost a slice per line here, and
+the shipper touches every record anyway). The shipper splits time, stream and message (entry field
 ``fmt: cri``). Docker lines are re-framed the same way, so sinks know one format.
 
-Checkpoint safety: records leave in the order of their first byte, and the decoder
-reports a *safe end*: the file offset before which every byte belongs to a record
-already handed out. While a partial line is pending, the safe end stays at its first
-part, so a crash re-reads the whole line rather than losing its head. Records of
-another stream completed meanwhile wait behind it (bounded by ``partial_timeout``).
+Checkpoint safety: records leave in the order of their first byte, and while a partial
+line is open the decoder's ``held_from`` is its first part, so the checkpoint stays
+there and a crash re-reads the whole line rather than losing its head. Records of the
+other stream completed meanwhile wait behind it (bounded by ``partial_timeout``). A
+chunk is decoded in runs: plain ``F`` lines pass through as they are, and only the
+lines around a partial (or a line that does not parse) take the careful path.
 
 Across a rotation: the parts of one line can straddle ``0.log.<stamp>`` and the new
 ``0.log``. A rotated file's pending partials (and what waits behind them) are handed
@@ -39,15 +41,16 @@ successor's checkpoint past the parts it consumed.
 from __future__ import annotations
 
 import operator
+import os
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import repeat
 from typing import Literal
 
 import orjson
 
-from agents.lines import Records, Source
+from agents.lines import Joiner, Records, Source, split_chunk
+from opsq.core.metrics import logs_agent as metrics
 
 Format = Literal["raw", "cri", "docker"]
 FORMATS = ("raw", "cri", "docker", "auto")
@@ -112,21 +115,10 @@ class _Line:
 
 @dataclass(slots=True)
 class Carried:
-    """Records that began in a rotated predecessor, ready to ship under its identity."""
+    """Records that began in a rotated predecessor, to ship under its identity."""
 
     origin: Origin
     records: Records
-    also_end: int
-    """Safe end of the successor file once these are acknowledged."""
-
-
-@dataclass(slots=True)
-class Decoded:
-    records: Records
-    """This file's records in the order of their first byte."""
-    end: int
-    """Checkpoint-safe end of this file after *records* (and *carried*) are shipped."""
-    carried: list[Carried] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +173,15 @@ def record_time(record: bytes) -> bytes:
 
 
 class Decoder:
-    """Physical lines of one file -> logical records (see the module docstring)."""
+    """Physical lines of one file -> logical records: a line-pipeline stage.
+
+    It follows :class:`agents.lines.Stage`: ``feed`` returns this file's records in
+    the order of their first byte; ``held_from`` is where the checkpoint must stop
+    while a partial line is open (or complete records wait behind one); ``flush``
+    ships open lines as they are; ``reset`` forgets this file's open lines (the tailer
+    re-reads them). Records that began in a predecessor file come out separately
+    (:meth:`take_carried`), to be shipped under that file's identity.
+    """
 
     def __init__(self, fmt: Format, max_line: int) -> None:
         if fmt == "raw":
@@ -191,8 +191,8 @@ class Decoder:
         self.parse = parse_cri if fmt == "cri" else parse_docker
         self.pending: dict[bytes, _Line] = {}
         self.held: list[_Line] = []
-        self.truncated = 0
-        self.malformed = 0
+        self.carried: list[Carried] = []
+        self._truncated = 0
         self._ranks = 0
 
     @property
@@ -204,104 +204,151 @@ class Decoder:
 
     @property
     def busy(self) -> bool:
-        """True while a partial line is pending or complete records wait behind one."""
+        """True while a partial line is open or complete records wait behind one."""
         return bool(self.pending or self.held)
 
-    # --- decoding ---------------------------------------------------------------------
-    def feed(self, records: Records, end: int) -> Decoded:
-        """Decode the physical lines in *records* (which end at file offset *end*)."""
-        self.truncated = self.malformed = 0
-        if not self.busy and self._all_full(records.lines):
-            return Decoded(records, end)  # the hot path: the lines are the records
-        for off, line in zip(records.offs, records.lines, strict=True):
-            self._line(off, line)
-        decoded = self._release(end)
-        decoded.records.invalid = records.invalid
-        return decoded
+    @property
+    def adopted(self) -> bool:
+        """True while lines handed over by a predecessor are not finished."""
+        return any(p.origin is not None for p in (*self.pending.values(), *self.held))
 
-    def _all_full(self, lines: list[bytes]) -> bool:
-        """Every line is an ``F`` line of stdout or stderr whose message fits max_line.
+    def snapshot(self) -> tuple[dict[bytes, _Line], list[_Line], list[Carried]]:
+        """The open and held lines (copies), to go back to if a read is refused."""
+        return (
+            {s: _copy(p) for s, p in self.pending.items()},
+            [_copy(h) for h in self.held],
+            list(self.carried),
+        )
+
+    def restore(self, snap: tuple[dict[bytes, _Line], list[_Line], list[Carried]]) -> None:
+        self.pending, self.held, self.carried = snap
+
+    @property
+    def held_from(self) -> int | None:
+        starts = [p.start for p in self.pending.values()] + [h.start for h in self.held]
+        return min(starts) if starts else None
+
+    # --- decoding ---------------------------------------------------------------------
+    def feed(self, records: Records) -> Records:
+        """Decode physical lines; runs of plain ``F`` lines pass through untouched."""
+        lines, offs = records.lines, records.offs
+        full = self._full_lines(lines)
+        if full is True and not self.busy:
+            return records  # the hot path: the lines are the records
+        out = Records([], [])
+        self._truncated = 0
+        i, n = 0, len(lines)
+        while i < n:
+            if full is not None and not self.busy:
+                j = n if full is True else _next_false(full, i)
+                out.lines += lines[i:j]
+                out.offs += offs[i:j]
+                if j >= n:
+                    break
+                i = j
+            self._line(offs[i], lines[i], out)
+            i += 1
+        self._release(out)
+        out.truncated = self._truncated
+        return out
+
+    def _full_lines(self, lines: list[bytes]) -> list[bool] | Literal[True] | None:
+        """True when every line is a plain ``F`` line of stdout or stderr whose message
+        fits max_line, else a flag per line; None for formats without a fast path.
 
         Two C-level passes (find the first space, compare the 10 bytes after it); the
         time itself is not validated here (the shipper falls back to the entry's time
         when it does not parse).
         """
         if self.fmt != "cri":
-            return False
-        if not lines:
-            return True
-        if not all(map(bytes.startswith, lines, repeat(_HEADS), map(_FIND_SPACE, lines))):
-            return False
-        return max(map(len, lines)) <= self.max_line + MIN_PREFIX
+            return None
+        flags = list(map(bytes.startswith, lines, repeat(_HEADS), map(_FIND_SPACE, lines)))
+        limit = self.max_line + MIN_PREFIX
+        if lines and max(map(len, lines)) > limit:
+            flags = [f and len(line) <= limit for f, line in zip(flags, lines, strict=True)]
+        return True if all(flags) else flags
 
-    def _line(self, off: int, line: bytes) -> None:
+    def _line(self, off: int, line: bytes, out: Records) -> None:
+        counted = len(line) >= self.physical_max  # already cut (and counted) by splitting
         parsed = self.parse(line)
         if parsed is None:
-            self.malformed += 1
-            self._done(_Line(_OWN, off, off, UNKNOWN, UNKNOWN, [self._cut(line)]))
-            return
-        part = self.pending.get(parsed.stream)
-        if part is None:
-            part = _Line(_OWN, off, off, parsed.ts, parsed.stream, [])
-        self._append(part, parsed.message)
-        if parsed.partial:
-            self.pending[parsed.stream] = part
+            metrics.DECODE_ERRORS.labels(format=self.fmt).inc()
+            raw = _Line(_OWN, off, off, UNKNOWN, UNKNOWN, [], cut=counted)
+            self._append(raw, line)
+            self.held.append(raw)
         else:
-            self.pending.pop(parsed.stream, None)
-            self._done(part)
+            part = self.pending.get(parsed.stream)
+            if part is None:
+                part = _Line(_OWN, off, off, parsed.ts, parsed.stream, [], cut=counted)
+            self._append(part, parsed.message)
+            if parsed.partial:
+                self.pending[parsed.stream] = part
+            else:
+                self.pending.pop(parsed.stream, None)
+                self.held.append(part)
+        if not self.pending:
+            self._release(out)
 
     def _append(self, part: _Line, message: bytes) -> None:
         room = self.max_line - part.size
         if len(message) > room:
             if not part.cut:
-                self.truncated += 1
+                self._truncated += 1
             part.cut = True
             message = message[: max(room, 0)]
         if message:
             part.parts.append(message)
             part.size += len(message)
 
-    def _cut(self, line: bytes) -> bytes:
-        if len(line) <= self.max_line:
-            return line
-        self.truncated += 1
-        return line[: self.max_line]
-
-    def _done(self, line: _Line) -> None:
-        self.held.append(line)
-
-    def _release(self, end: int) -> Decoded:
+    def _release(self, out: Records) -> None:
+        """Move complete records that no open line precedes to *out* (or carried)."""
+        if not self.held:
+            return
         barrier = min((p.key for p in self.pending.values()), default=None)
-        self.held.sort(key=operator.attrgetter("rank", "off"))
-        cut = len(self.held) if barrier is None else next(
-            (i for i, h in enumerate(self.held) if h.key > barrier), len(self.held)
-        )  # fmt: skip
+        if len(self.held) > 1:
+            self.held.sort(key=operator.attrgetter("rank", "off"))
+        cut = len(self.held)
+        if barrier is not None:
+            cut = next((i for i, h in enumerate(self.held) if h.key > barrier), cut)
         ready, self.held = self.held[:cut], self.held[cut:]
-        safe = min([end, *(p.start for p in self.pending.values()), *(h.start for h in self.held)])
-        own = [r for r in ready if r.origin is None]
-        records = Records([r.framed() for r in own], [r.off for r in own])
-        records.truncated = self.truncated
-        carried = list(self._carried([r for r in ready if r.origin is not None], own, safe))
-        return Decoded(records, safe, carried)
+        for line in ready:
+            if line.origin is None:
+                out.lines.append(line.framed())
+                out.offs.append(line.off)
+            elif self.carried and self.carried[-1].origin is line.origin:
+                self.carried[-1].records.lines.append(line.framed())
+                self.carried[-1].records.offs.append(line.off)
+            else:
+                self.carried.append(Carried(line.origin, Records([line.framed()], [line.off])))
 
-    @staticmethod
-    def _carried(adopted: list[_Line], own: list[_Line], safe: int) -> Iterator[Carried]:
-        also = own[0].off if own else safe
-        for origin in sorted({r.origin for r in adopted if r.origin}, key=lambda o: o.rank):
-            mine = [r for r in adopted if r.origin is origin]
-            yield Carried(origin, Records([r.framed() for r in mine], [r.off for r in mine]), also)
+    def take_carried(self) -> list[Carried]:
+        """Records completed here that began in a predecessor (ship those first)."""
+        carried, self.carried = self.carried, []
+        return carried
 
     # --- timeouts, hand-over, rewind ------------------------------------------------
-    def flush(self, end: int) -> Decoded:
-        """Give up waiting: pending partials leave as they are (the writer stopped)."""
-        self.truncated = self.malformed = 0
-        for part in list(self.pending.values()):
-            self._done(part)
+    def flush(self) -> Records:
+        """Give up waiting: open partial lines leave as they are (the writer stopped)."""
+        out = Records([], [])
+        self._truncated = 0
+        if self.pending:
+            metrics.PARTIALS_FLUSHED.inc(len(self.pending))
+        self.held.extend(self.pending.values())
         self.pending.clear()
-        return self._release(end)
+        self._release(out)
+        out.truncated = self._truncated
+        return out
+
+    def reset(self) -> None:
+        """Forget this file's open and held lines: the tailer reads them again.
+
+        Adopted lines (from a predecessor) are kept: their first bytes are not here.
+        """
+        self.pending = {s: p for s, p in self.pending.items() if p.origin is not None}
+        self.held = [h for h in self.held if h.origin is not None]
 
     def hand_over(self, source: Source, end: int) -> tuple[list[_Line], list[_Line]]:
-        """A rotated file's unfinished lines and those held behind them, for adopt().
+        """A rotated file's open lines and those held behind them, for adopt().
 
         *source* and *end* describe this file; afterwards this decoder holds nothing.
         """
@@ -332,13 +379,53 @@ class Decoder:
                 self.pending[line.stream] = line
         self.held.extend(held)
 
-    def reset(self, start: int) -> None:
-        """Forget this file's lines from *start* on (they will be read again).
 
-        Adopted lines (from a predecessor) are kept: their first bytes are not here.
-        """
-        self.pending = {s: p for s, p in self.pending.items() if p.origin is not None}
-        self.held = [h for h in self.held if h.origin is not None or h.off < start]
+def _copy(line: _Line) -> _Line:
+    return _Line(line.rank, line.off, line.start, line.ts, line.stream, list(line.parts),
+                 line.size, line.cut, line.origin)  # fmt: skip
+
+
+def recover_runs(fd: int, offset: int, fmt: Format, max_line: int) -> Runs:
+    """The repeat count of the last runtime time before *offset* (a resumed file).
+
+    Re-reads up to :data:`RUN_WINDOW` bytes before the checkpoint and decodes the whole
+    lines there, so the first entry after a restart carries the ``tsk`` the entries of
+    the previous run would have: Loki timestamps stay the same across restarts.
+    """
+    runs = Runs()
+    if offset <= 0:
+        return runs
+    start = max(0, offset - RUN_WINDOW)
+    window = os.pread(fd, offset - start, start)
+    if start > 0:
+        window = window[window.find(b"\n") + 1 :]  # drop the line the window cut
+        start = offset - len(window)
+    decoder = Decoder(fmt, max_line)
+    records = decoder.feed(split_chunk(window, start, decoder.physical_max))
+    runs.consume([*records.lines, *decoder.flush().lines])
+    return runs
+
+
+def _next_false(flags: list[bool], start: int) -> int:
+    try:
+        return flags.index(False, start)
+    except ValueError:
+        return len(flags)
+
+
+class FramedJoiner(Joiner):
+    """Multiline joining of runtime-framed records (a Java stack trace inside CRI).
+
+    ``start_pattern`` is matched against the message, not the runtime's prefix; the
+    joined record keeps the first line's time and stream; a line of the other stream
+    ends the record (stdout and stderr interleave in one file, and a trace is written
+    to one of them).
+    """
+
+    @staticmethod
+    def split(line: bytes) -> tuple[bytes, bytes]:
+        _ts, stream, message = split_framed(line)
+        return message, stream
 
 
 class Runs:

@@ -43,6 +43,9 @@ class Batch:
     """File offset up to which this entry (and everything before it) is covered."""
     lines: int
     fields: dict[bytes, bytes] = field(repr=False)
+    also: tuple[tuple[str, int], ...] = ()
+    """Other files' checkpoints this entry moves once acknowledged: a line joined across
+    a rotation ships under the file it began in, and covers the new file's first bytes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,10 @@ class Source:
     host: bytes
     path: bytes
     fid: str
+    fmt: bytes = b""
+    """``cri`` for runtime-framed records (see :mod:`agents.formats`)."""
+    meta: bytes = b""
+    """The file's pod identity and metadata as a JSON object (see :mod:`agents.podmeta`)."""
 
 
 def split_chunk(body: bytes, base: int, max_line: int) -> Records:
@@ -153,6 +160,10 @@ def _encode(src: Source, lines: list[bytes], offs: list[int], end: int) -> Batch
         b"lens": ",".join(map(str, map(len, lines))).encode(),
         b"offs": ",".join(map(str, offs)).encode(),
     }
+    if src.fmt:
+        fields[b"fmt"] = src.fmt
+    if src.meta:
+        fields[b"meta"] = src.meta
     return Batch(src.fid, end, len(lines), fields)
 
 
@@ -190,6 +201,9 @@ class Joiner:
         self.max_bytes = max_bytes
         self.parts: list[bytes] = []
         self.off = 0
+        self.head = b""
+        """What precedes the text of the record's first line (a runtime's framing)."""
+        self.group = b""
         self.end = 0
         self.emitted_end = 0
         """File offset just past the last record handed out (the entry's ``end``)."""
@@ -206,14 +220,21 @@ class Joiner:
         """Join *records*; return the completed ones (the last may stay pending)."""
         done = Records([], [])
         for off, line in zip(records.offs, records.lines, strict=True):
-            starts = self.start.match(line) is not None
-            if self.parts and (starts or len(self.parts) >= self.max_lines):
+            text, group = self.split(line)
+            starts = self.start.match(text) is not None
+            if self.parts and (starts or group != self.group or len(self.parts) >= self.max_lines):
                 self._emit(done)
             if not self.parts:
-                self.off = off
-            self.parts.append(line)
+                self.off, self.head, self.group = off, line[: len(line) - len(text)], group
+            self.parts.append(text)
             self.end = off + len(line) + 1
         return done
+
+    @staticmethod
+    def split(line: bytes) -> tuple[bytes, bytes]:
+        """(the text to match and join, the group it belongs to): a plain line is all
+        text and one group; :class:`agents.formats.FramedJoiner` joins per stream."""
+        return line, b""
 
     def flush(self) -> Records:
         done = Records([], [])
@@ -229,7 +250,7 @@ class Joiner:
         if len(joined) > self.max_bytes:
             joined = joined[: self.max_bytes]
             done.truncated += 1
-        done.lines.append(joined)
+        done.lines.append(self.head + joined if self.head else joined)
         done.offs.append(self.off)
         self.emitted_end = self.end
         self.parts = []

@@ -26,7 +26,6 @@ Deployment controller uses), so no ReplicaSet lookup and no extra RBAC is needed
 
 from __future__ import annotations
 
-import enum
 import fnmatch
 import logging
 import threading
@@ -34,9 +33,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import orjson
-
 from agents.podpath import PodIdentity
+from agents.pods import Verdict
 from opsq.core.config.cleanup import ResourceRef
 from opsq.core.config.logs import KubernetesSettings
 from opsq.core.errors import OpsqError
@@ -48,13 +46,6 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 PODS = ResourceRef(group="", version="v1", plural="pods")
-
-
-class Verdict(enum.Enum):
-    READ = "read"
-    WAIT = "wait"
-    """Not yet known whether the pod opted out: look again shortly."""
-    SKIP = "skip"
 
 
 class _CountedKube(Kube):
@@ -224,27 +215,3 @@ def _pick(values: dict[str, Any], globs: list[str]) -> dict[str, str]:
     return {
         str(k): str(v) for k, v in values.items() if any(fnmatch.fnmatchcase(k, g) for g in globs)
     }
-
-
-def namespace_allowed(namespace: str, settings: KubernetesSettings) -> bool:
-    rules = settings.namespaces
-    if any(fnmatch.fnmatchcase(namespace, g) for g in rules.exclude):
-        return False
-    return any(fnmatch.fnmatchcase(namespace, g) for g in rules.include)
-
-
-def record_meta(identity: PodIdentity, node: str | None, extra: Obj) -> bytes:
-    """The ``meta`` field of a stream entry: identity from the path plus API fields."""
-    doc: Obj = {
-        "namespace": identity.namespace,
-        "pod": identity.pod,
-        "container": identity.container,
-    }
-    if identity.pod_uid:
-        doc["pod_uid"] = identity.pod_uid
-    if identity.restart is not None:
-        doc["restart"] = identity.restart
-    if node:
-        doc["node"] = node
-    doc.update(extra)
-    return orjson.dumps(doc)

@@ -160,6 +160,8 @@ class Sender(threading.Thread):
         lines = 0
         for batch in batches:
             self.store.advance(batch.fid, batch.end)
+            for fid, end in batch.also:
+                self.store.advance(fid, end)
             lines += batch.lines
         metrics.ENTRIES_SENT.inc(len(batches))
         self._unflushed_lines += lines

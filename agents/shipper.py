@@ -15,10 +15,11 @@ Why it is built this way:
   ``claim_idle``, following the cursor until ``0-0``. Entries Redis reports as deleted
   (trimmed by a user's MAXLEN cap) are already gone from the PEL; they are counted.
 - **Poison is bounded.** An entry that cannot be decoded never will be (decoding is
-  deterministic), so it goes straight to the dead-letter stream. An entry delivered
-  more than ``max_deliveries`` times (the XPENDING delivery counter: every crash
-  while holding it, every claim adds one) also goes there. Both keep their original
-  fields plus ``reason`` and ``original_id``; the XADD and the XACK are one MULTI.
+  deterministic), so it goes straight to the dead-letter stream, as does one the sink
+  refuses for good. An entry whose sink writes died unfinished more than
+  ``max_deliveries`` times (counted in Redis, :mod:`agents.attempts`; restarts and sink
+  outages do not count, unlike the XPENDING delivery counter every ``XREADGROUP 0``
+  raises) goes there too. See :mod:`agents.deadletter` for the stream itself.
 - **Faults back off with jitter and retry; nothing is acknowledged meanwhile.** A sink
   that is down keeps the batch in memory and retried, and the in-flight entries are
   re-claimed by this consumer (``XCLAIM ... JUSTID``) so that a healthy peer does not
@@ -27,8 +28,9 @@ Why it is built this way:
   is safe, skipping is not) and re-read the own PEL, which also recovers entries
   whose XREADGROUP reply was lost with the connection.
 - **Shutdown** (SIGTERM sets ``stop``): no new reads; the in-flight batch is finished
-  (sink write + XACK), retrying a failing sink for at most ``shutdown_grace``; what is
-  still unconfirmed then simply stays pending for the next start or a peer.
+  (sink write + XACK), retrying a failing sink, all within ``shutdown_grace`` even if
+  the sink or Redis hang (:mod:`agents.grace`); what is still unconfirmed then simply
+  stays pending for the next start or a peer.
 - Plain synchronous code: one batch at a time is what makes "ack only what the sink
   confirmed" obvious, and each batch holds thousands of records (the agent packs
   many lines per entry), so the per-batch round trips do not limit throughput.
@@ -37,22 +39,32 @@ Why it is built this way:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import redis
 
+from agents.attempts import Attempts
+from agents.deadletter import DeadLetters, record
+from agents.grace import Grace, GraceOver
 from agents.retention import Retention
 from agents.sinks.base import Delivery, Outcome, Sink
 from opsq.core import keys
 from opsq.core import redis_errors as policy
 from opsq.core.backoff import Backoff
 from opsq.core.config.logs import ShipperSettings
-from opsq.core.errors import PermanentError, RedisCommandError, RedisUnavailable, TemporaryError
+from opsq.core.errors import (
+    OpsqError,
+    PermanentError,
+    RedisCommandError,
+    RedisUnavailable,
+    TemporaryError,
+)
 from opsq.core.logformat import decode
 from opsq.core.metrics import logs_shipper as m
 
@@ -112,6 +124,7 @@ class Shipper:
         consumer: str | None = None,
         stop: threading.Event | None = None,
         retry_cap: float = 5.0,
+        on_deadline: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
         self.stream = stream
@@ -122,6 +135,9 @@ class Shipper:
         self.stop = stop or threading.Event()
         self.dead_letter_stream = keys.dead_letter(stream)
         self.retry_cap = retry_cap
+        self.on_deadline = on_deadline
+        """Called once if the shutdown deadline passes with the loop still running (a
+        Redis call blocked on a frozen server): ``opsq ship`` exits there."""
         self._retention = Retention(client, stream)
         self._backoff = _backoff(retry_cap)
         self._block_ms = int(settings.block * 1000) or None  # 0 would mean "forever"
@@ -129,7 +145,9 @@ class Shipper:
         self._next_claim = 0.0
         self._next_trim = 0.0
         self._needs_recovery = True
-        self._stop_seen: float | None = None
+        self._attempts = Attempts(client, stream, self.group)
+        self._dead = DeadLetters(client, stream)
+        self._grace = Grace(self.stop, settings.shutdown_grace)
 
     # --- the loop --------------------------------------------------------------------
 
@@ -137,8 +155,14 @@ class Shipper:
         """Ship until ``stop`` is set; the batch in flight is finished first."""
         log.info("shipping %s as %s/%s to %s", self.stream, self.group, self.consumer,
                  self.sink.name)  # fmt: skip
-        while not self.stop.is_set():
-            self.step()
+        finished = threading.Event()
+        if self.on_deadline is not None:
+            self._grace.watch(self.on_deadline, finished)
+        try:
+            while not self.stop.is_set():
+                self.step()
+        finally:
+            finished.set()
         log.info("shipper %s stopped", self.consumer)
 
     def step(self) -> int:
@@ -154,14 +178,16 @@ class Shipper:
                 self._needs_recovery = False
             handled += self._housekeeping()
             if not self.stop.is_set():
-                handled += self._handle(self._read(">", self._block_ms), counts=None)
+                handled += self._handle(self._read(">", self._block_ms))
             self._backoff.reset()
             return handled
         except RedisUnavailable as exc:
             self._needs_recovery = True
+            if self.stop.is_set():
+                return 0
             delay = self._backoff.next()
             log.warning("redis unavailable (%s); retrying in %.2fs", exc, delay)
-            time.sleep(delay)
+            self._grace.pause(delay)
             return 0
 
     def drain_own_pending(self) -> int:
@@ -171,7 +197,7 @@ class Shipper:
             raw = self._read(cursor, None)
             if not raw:
                 break
-            total += self._handle(raw, counts=self._delivery_counts(raw))
+            total += self._handle(raw)
             cursor = raw[-1][0]
         if total:
             log.info("finished %d entries left pending for %s", total, self.consumer)
@@ -188,29 +214,36 @@ class Shipper:
                     count=self.settings.batch,
                 )  # fmt: skip
             cursor = _text(reply[0])
-            deleted = reply[2] if len(reply) > 2 else []
+            deleted = [_text(i) for i in (reply[2] if len(reply) > 2 else [])]
             if deleted:  # Redis 7+: already removed from the PEL; the data is gone
+                self._forget_attempts(deleted)
                 m.ENTRIES.labels("gone").inc(len(deleted))
                 log.warning("%d claimed entries were deleted from the stream", len(deleted))
             raw = [(_text(i), f) for i, f in reply[1]]
             if raw:
                 m.CLAIMED.inc(len(raw))
                 log.info("claimed %d idle entries", len(raw))
-                total += self._handle(raw, counts=self._delivery_counts(raw))
+                total += self._handle(raw)
             if cursor == "0-0":
                 break
         return total
 
     def trim(self) -> int:
-        """Retention, then refresh the stream gauges."""
+        """Retention of the stream and of the dead letters, then refresh the gauges."""
         with redis_errors("XTRIM MINID"):
             trimmed = self._retention.trim()
+            dead = self._dead.trim(self.settings.dead_retention)
         if trimmed:
             m.TRIMMED.labels(self.stream).inc(trimmed)
+        if dead:
+            m.TRIMMED.labels(self._dead.key).inc(dead)
+            log.info("%d dead letters older than dead_retention trimmed", dead)
         with redis_errors("XLEN/XPENDING"):
             length = self.client.xlen(self.stream)
             pending = self.client.xpending(self.stream, self.group)["pending"]  # type: ignore[no-untyped-call]
+            dead_length = self._dead.length()
         m.STREAM_LENGTH.labels(self.stream).set(length)
+        m.STREAM_LENGTH.labels(self._dead.key).set(dead_length)
         m.STREAM_PENDING.labels(self.stream, self.group).set(pending)
         return trimmed
 
@@ -237,18 +270,9 @@ class Shipper:
             return []
         return [(_text(i), fields or {}) for i, fields in reply[0][1]]
 
-    def _delivery_counts(self, raw: Sequence[RawEntry]) -> dict[str, int]:
-        """Delivery counter of each entry (XPENDING extended form, this consumer's)."""
-        with redis_errors("XPENDING"):
-            rows = self.client.xpending_range(
-                self.stream, self.group, min=raw[0][0], max=raw[-1][0],
-                count=2 * len(raw) + 16, consumername=self.consumer,
-            )  # fmt: skip
-        return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
-
     # --- deciding what to do with each entry ----------------------------------------
 
-    def _handle(self, raw: Sequence[RawEntry], counts: dict[str, int] | None) -> int:
+    def _handle(self, raw: Sequence[RawEntry]) -> int:
         """Sort entries into gone / dead-letter / ship, then act on each group."""
         gone: list[str] = []
         ship: list[Delivery] = []
@@ -256,30 +280,31 @@ class Shipper:
             if not fields:  # deleted from the stream while pending
                 gone.append(entry_id)
                 continue
-            verdict = self._verdict(entry_id, fields, counts)
-            if isinstance(verdict, Delivery):
-                ship.append(verdict)
-            else:
-                self._dead_letter(entry_id, fields, *verdict)
+            try:
+                ship.append(Delivery(entry_id, decode(fields), fields))
+            except (ValueError, KeyError) as exc:  # UnicodeDecodeError is a ValueError
+                self._dead_letter(entry_id, fields, "poison", f"undecodable entry: {exc!r}")
         if gone:
             self._ack(gone)
             m.ENTRIES.labels("gone").inc(len(gone))
             log.warning("%d pending entries were deleted from the stream", len(gone))
-        self._ship(ship)
+        self._ship(self._begin(ship))
         return len(raw)
 
-    def _verdict(
-        self, entry_id: str, fields: dict[bytes, bytes], counts: dict[str, int] | None
-    ) -> Delivery | tuple[str, str]:
-        """A Delivery to ship, or (reason kind, reason text) to dead-letter."""
-        deliveries = counts.get(entry_id, 1) if counts else 1
-        if deliveries > self.settings.max_deliveries:
-            limit = self.settings.max_deliveries
-            return "max_deliveries", f"delivered {deliveries} times (max_deliveries {limit})"
-        try:
-            return Delivery(entry_id, decode(fields), fields)
-        except (ValueError, KeyError) as exc:  # UnicodeDecodeError is a ValueError
-            return "poison", f"undecodable entry: {exc!r}"
+    def _begin(self, batch: Sequence[Delivery]) -> list[Delivery]:
+        """Count the sink write about to start; dead-letter what died too often before."""
+        with redis_errors("HINCRBY attempts"):
+            counts = self._attempts.begin([d.id for d in batch])
+        limit = self.settings.max_deliveries
+        keep = []
+        for d in batch:
+            died = counts[d.id] - 1
+            if died >= limit:
+                why = f"{died} sink writes died unfinished (max_deliveries {limit})"
+                self._dead_letter(d.id, d.fields, "max_deliveries", why)
+            else:
+                keep.append(d)
+        return keep
 
     # --- writing -----------------------------------------------------------------------
 
@@ -289,7 +314,10 @@ class Shipper:
         backoff = _backoff(self.retry_cap)
         while pending:
             try:
-                outcome = self._write(pending)
+                outcome = self._grace.bounded(functools.partial(self._write, pending))
+            except GraceOver:
+                self._give_back(pending, "the sink did not answer")
+                return
             except TemporaryError as exc:
                 outcome = Outcome(retry=pending)
                 log.warning("sink %s failed: %s", self.sink.name, exc)
@@ -301,10 +329,17 @@ class Shipper:
             if not pending:
                 return
             m.SINK_ERRORS.labels(self.sink.name).inc()
-            if self._past_grace():
-                log.warning("shutdown grace over: %d entries stay pending", len(pending))
+            if self._grace.over():
+                self._give_back(pending, "the sink kept failing")
                 return
             self._wait_keeping(pending, delay if delay is not None else backoff.next())
+
+    def _give_back(self, pending: Sequence[Delivery], why: str) -> None:
+        """Shutdown with entries unwritten: they stay pending, and this unfinished write
+        is not the entries' fault, so it does not count towards max_deliveries."""
+        log.warning("shutdown grace over (%s): %d entries stay pending", why, len(pending))
+        with contextlib.suppress(OpsqError), redis_errors("HINCRBY attempts"):
+            self._attempts.finish([d.id for d in pending])
 
     def _write(self, batch: Sequence[Delivery]) -> Outcome:
         """Sink write; a whole-batch PermanentError is bisected down to the refused entries."""
@@ -333,22 +368,32 @@ class Shipper:
                 self._dead_letter(d.id, d.fields, "rejected", outcome.rejected[d.id])
 
     def _ack(self, ids: Sequence[str]) -> None:
+        """XACK *ids* and drop their attempt counts (one MULTI)."""
+
         def xack() -> None:
-            self.client.xack(self.stream, self.group, *ids)  # type: ignore[no-untyped-call]
+            pipe = self.client.pipeline(transaction=True)
+            pipe.xack(self.stream, self.group, *ids)
+            self._attempts.forget(pipe, ids)
+            pipe.execute()
 
         self._persist("XACK", xack)
 
+    def _forget_attempts(self, ids: Sequence[str]) -> None:
+        def hdel() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            self._attempts.forget(pipe, ids)
+            pipe.execute()
+
+        self._persist("HDEL attempts", hdel)
+
     def _dead_letter(self, entry_id: str, fields: dict[bytes, bytes], kind: str, why: str) -> None:
         """Copy the entry to the dead-letter stream and XACK it, atomically (MULTI)."""
-        record: dict[Any, Any] = {
-            **fields, b"reason": why.encode(), b"original_id": entry_id.encode(),
-            b"group": self.group.encode(),
-        }  # fmt: skip
 
         def move() -> None:
             pipe = self.client.pipeline(transaction=True)
-            pipe.xadd(self.dead_letter_stream, record)
+            pipe.xadd(self.dead_letter_stream, record(fields, entry_id, self.group, why))
             pipe.xack(self.stream, self.group, entry_id)
+            self._attempts.forget(pipe, [entry_id])
             pipe.execute()
 
         self._persist("dead-letter", move)
@@ -368,20 +413,21 @@ class Shipper:
                 with redis_errors(what):
                     return call()
             except RedisUnavailable as exc:
-                if self._past_grace():
+                if self._grace.over():
                     raise
                 delay = backoff.next()
                 log.warning("redis unavailable for %s (%s); retrying in %.2fs", what, exc, delay)
-                time.sleep(delay)
+                self._grace.pause(delay)
 
     def _wait_keeping(self, pending: Sequence[Delivery], delay: float) -> None:
         """Sleep before a retry, keeping the in-flight entries ours (resets their idle time).
 
-        XCLAIM with JUSTID does not bump the delivery counter, so a long sink outage
-        does not push healthy entries towards the dead-letter stream. Retention and the
-        stream gauges keep running meanwhile: a growing backlog is what alerts watch.
+        Retention and the stream gauges keep running meanwhile: a growing backlog is what
+        alerts watch.
         """
-        time.sleep(delay)
+        self._grace.pause(delay)
+        if self._grace.over():
+            return
         ids = [d.id for d in pending]
         with contextlib.suppress(RedisUnavailable):
             with redis_errors("XCLAIM"):
@@ -391,13 +437,6 @@ class Shipper:
             if time.monotonic() >= self._next_trim:  # the backlog gauges matter most now
                 self.trim()
                 self._next_trim = time.monotonic() + self.settings.trim_interval
-
-    def _past_grace(self) -> bool:
-        if not self.stop.is_set():
-            return False
-        if self._stop_seen is None:
-            self._stop_seen = time.monotonic()
-        return time.monotonic() - self._stop_seen > self.settings.shutdown_grace
 
 
 def _text(value: bytes | str) -> str:

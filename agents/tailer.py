@@ -11,6 +11,14 @@ The line pipeline has fixed stages: read (``pread``) -> split and cut oversized 
 (decoders, multiline joining) -> pack into stream entries. A stage that holds records
 back keeps the checkpoint before them (``held_from``).
 
+Runtime log formats (``cri``, ``docker``, or ``auto`` from the first line) put a
+:class:`agents.formats.Decoder` first among the stages; its records are framed
+``<time> <stream> F <message>`` and its entries carry ``fmt``, the file's pod ``meta``
+and ``tsk`` (the repeat count of the first record's time, for Loki). A line it joins
+across a rotation comes out of the new file's decoder as *carried* records, shipped
+first under the old file's identity; if the queue refuses them, the decoder goes back
+to its state before the read and the read is retried later.
+
 The tailer keeps its descriptor when the path is renamed or deleted: the agent keeps
 draining it (see :mod:`agents.agent` for how long), so lines written just before a
 rotation are not lost. After ``copytruncate`` it hands its identity, offset and stage
@@ -25,6 +33,16 @@ from collections.abc import Callable
 
 from agents.checkpoint import CheckpointStore
 from agents.copytruncate import Copy
+from agents.formats import (
+    FRAMED,
+    Carried,
+    Decoder,
+    Format,
+    FramedJoiner,
+    Runs,
+    detect,
+    recover_runs,
+)
 from agents.identity import FileIdentity, identify, matches
 from agents.lines import Batch, Joiner, Records, Source, Stage, is_clean, pack, split_chunk
 from opsq.core.config.logs import AgentSettings
@@ -32,6 +50,8 @@ from opsq.core.metrics import logs_agent as metrics
 
 READ_SIZE = 1024 * 1024
 """1 MiB reads: big enough that per-read overhead vanishes, small enough for the RSS budget."""
+DETECT_BYTES = 64 * 1024
+"""``format: auto`` decides on the first line; one longer than this is a raw file."""
 
 Emit = Callable[[Batch], bool]
 """Hand a batch to the sender; False means the agent is stopping and it was not taken."""
@@ -60,6 +80,8 @@ class Tailer:
         kind: str = "file",
         source: str | None = None,
         via_link: bool = False,
+        fmt: str = "raw",
+        meta: Callable[[], bytes] | None = None,
     ) -> None:
         self.path = path
         """Where the file is found now (rotation checks, metrics label)."""
@@ -81,17 +103,50 @@ class Tailer:
         self.cfg = cfg
         self.host = host
         self.store = store
-        self.read_size = max(READ_SIZE, cfg.max_line_bytes + 1)
+        self.fmt = fmt
+        """raw, cri, docker, or auto until the first line decided it."""
+        self.meta = meta
+        """The ``meta`` bytes of this file's entries (pod identity), if it has any."""
+        self.decoder: Decoder | None = None
+        self.runs: Runs | None = None
+        """Repeat count of the last runtime time (None: to be learnt before the first read)."""
         self.skip: tuple[int, bytes] | None = None
         """(offset, kept head) of an oversized line whose tail is being skipped."""
         self.rotated_at: float | None = None
         self.rotation = ""
         self.last_data = time.monotonic()
-        self.stages = make_stages(cfg)
+        self.stages = self._make_stages()
+
+    def _make_stages(self) -> list[Stage]:
+        self.decoder = None
+        if self.fmt in ("cri", "docker"):
+            fmt: Format = "cri" if self.fmt == "cri" else "docker"
+            self.decoder = Decoder(fmt, self.cfg.max_line_bytes)
+            ml = self.cfg.multiline
+            if ml is None:
+                return [self.decoder]
+            joiner = FramedJoiner(ml.start_pattern, ml.max_lines, self.cfg.max_line_bytes)
+            return [self.decoder, joiner]
+        return make_stages(self.cfg)
+
+    @property
+    def max_line(self) -> int:
+        """Longest physical line kept whole (a runtime's prefix or JSON comes on top)."""
+        return self.decoder.physical_max if self.decoder else self.cfg.max_line_bytes
+
+    @property
+    def read_size(self) -> int:
+        return max(READ_SIZE, self.max_line + 1)
 
     # --- reading ----------------------------------------------------------------------
     def read(self, emit: Emit, budget: int) -> int:
         """Hand out up to about *budget* bytes of whole lines; return bytes consumed."""
+        if not self.decide_format():
+            return 0
+        if self.decoder is not None and self.runs is None:
+            self.runs = recover_runs(
+                self.fd, self.offset, self.decoder.fmt, self.cfg.max_line_bytes
+            )
         done = 0
         while done < budget:
             buf = os.pread(self.fd, self.read_size, self.offset)
@@ -107,6 +162,18 @@ class Tailer:
             done += n
         return done
 
+    def decide_format(self) -> bool:
+        """``format: auto``: decide from the first line (False: it is not complete yet)."""
+        if self.fmt != "auto":
+            return True
+        head = os.pread(self.fd, DETECT_BYTES, 0)
+        nl = head.find(b"\n")
+        if nl < 0 and len(head) < DETECT_BYTES:
+            return False
+        self.fmt = detect(head[:nl]) if nl >= 0 else "raw"
+        self.stages = self._make_stages()
+        return True
+
     def _identify(self) -> None:
         self.identity = identify(self.fd, os.fstat(self.fd))
         if self.identity is not None:
@@ -116,12 +183,12 @@ class Tailer:
     def _lines(self, buf: bytes, emit: Emit) -> int:
         last = buf.rfind(b"\n")
         if last < 0:
-            if len(buf) <= self.cfg.max_line_bytes:
+            if len(buf) <= self.max_line:
                 return 0  # a partial line: wait for its newline
-            self.skip = (self.offset, buf[: self.cfg.max_line_bytes])
+            self.skip = (self.offset, buf[: self.max_line])
             metrics.LINES_TRUNCATED.inc()
             return self._advance_skipped(len(buf))
-        records = split_chunk(buf, self.offset, self.cfg.max_line_bytes)
+        records = split_chunk(buf, self.offset, self.max_line)
         del buf  # the records hold their own copies; free the read buffer before packing
         start, end = self.offset, self.offset + last + 1
         if not self._ship(records, end, emit):
@@ -160,10 +227,42 @@ class Tailer:
         if not counted:
             metrics.LINES_TRUNCATED.inc(records.truncated)
             metrics.INVALID_ENCODING.inc(records.invalid)
+        decoder = self.decoder
+        before = decoder.snapshot() if decoder is not None and decoder.adopted else None
         for stage in self.stages:
             records = stage.feed(records)
             metrics.LINES_TRUNCATED.inc(records.truncated)
+        carried = decoder.take_carried() if decoder is not None else []
+        if carried and not self._emit_carried(carried, records, end, emit):
+            if decoder is not None and before is not None:
+                decoder.restore(before)  # the read is retried from the same state
+            return False
         return self._emit_records(records, self._covered(end), emit)
+
+    def _emit_carried(self, carried: list[Carried], records: Records, end: int, emit: Emit) -> bool:
+        """Ship lines that began in a rotated predecessor, under its identity, first.
+
+        The last entry also moves this file's checkpoint to where its own records
+        begin: the bytes before that only finished the predecessor's lines.
+        """
+        if self.identity is None:
+            self._identify()
+        mine = self._covered(end)
+        if records.lines:
+            mine = min(mine, records.offs[0])
+        also = ((self.identity.fid, mine),) if self.identity is not None else ()
+        for n, group in enumerate(carried):
+            src = group.origin.source
+            batches = pack(src, group.records, group.origin.end, self.cfg.batch_lines,
+                           self.cfg.batch_bytes)  # fmt: skip
+            batches[-1].also = also
+            for batch in batches:
+                if not emit(batch):
+                    if self.decoder is not None:  # shipped with the next read (ids dedupe)
+                        self.decoder.carried[:0] = carried[n:]
+                    return False
+                metrics.LINES_READ.inc(batch.lines)
+        return True
 
     def _covered(self, end: int) -> int:
         """*end*, or the first byte still held back (by a stage, or an oversized line
@@ -181,18 +280,36 @@ class Tailer:
         boundary) and everything after it is read again later. Stage state (multiline)
         is rebuilt from there too.
         """
-        if not records.lines or self.identity is None:
+        src = self.entry_source()
+        if not records.lines or src is None:
             return True
-        path = self.source.encode("utf-8", "surrogateescape")
-        src = Source(self.host, path, self.identity.fid)
-        accepted = records.offs[0]
+        accepted, first = records.offs[0], 0
         for batch in pack(src, records, end, self.cfg.batch_lines, self.cfg.batch_bytes):
+            runs = self.runs
+            if runs is not None and self.decoder is not None:
+                k = runs.first_k(records.lines[first])
+                if k:
+                    batch.fields[b"tsk"] = str(k).encode()
             if not emit(batch):
                 self._rewind(accepted)
                 return False
+            if runs is not None and self.decoder is not None:
+                runs.consume(records.lines[first : first + batch.lines])
             metrics.LINES_READ.inc(batch.lines)
-            accepted = batch.end
+            accepted, first = batch.end, first + batch.lines
         return True
+
+    def entry_source(self) -> Source | None:
+        """What this file's stream entries say about it (None before it has an identity)."""
+        if self.identity is None:
+            return None
+        return Source(
+            self.host,
+            self.source.encode("utf-8", "surrogateescape"),
+            self.identity.fid,
+            FRAMED.encode() if self.decoder is not None else b"",
+            self.meta() if self.meta is not None else b"",
+        )
 
     def _rewind(self, offset: int) -> None:
         self.offset = offset
@@ -202,20 +319,28 @@ class Tailer:
 
     # --- timeouts and end of life -----------------------------------------------------
     def tick(self, now: float, emit: Emit) -> None:
-        """Ship what the stages hold once no line arrived for the multiline timeout."""
+        """Ship what the stages hold once no line arrived for its timeout: the runtime's
+        partial lines after ``partial_timeout``, multiline records after theirs."""
+        idle = now - self.last_data
         ml = self.cfg.multiline
-        if ml is not None and now - self.last_data >= ml.timeout:
+        if ml is not None and idle >= ml.timeout:
             self._flush_stages(emit)
+        elif self.decoder is not None and self.decoder.busy and idle >= self.cfg.partial_timeout:
+            self._flush_stages(emit, first_only=True)
 
-    def _flush_stages(self, emit: Emit) -> bool:
+    def _flush_stages(self, emit: Emit, *, first_only: bool = False) -> bool:
         """Flush every stage in order (each one's output goes through the next)."""
-        for i, stage in enumerate(self.stages):
+        for i, stage in enumerate(self.stages[:1] if first_only else self.stages):
             if stage.held_from is None:
                 continue
             records = stage.flush()
             for later in self.stages[i + 1 :]:
                 records = later.feed(records)
-            if not self._emit_records(records, self._covered(self.offset), emit):
+            carried = self.decoder.take_carried() if self.decoder is not None else []
+            covered = self._covered(self.offset)
+            if carried and not self._emit_carried(carried, records, covered, emit):
+                return False
+            if not self._emit_records(records, covered, emit):
                 return False
         return True
 
@@ -224,7 +349,8 @@ class Tailer:
 
         False when the queue refused it (try again later, the file is not done).
         """
-        if not self._flush_stages(emit):
+        trailing = self.decoder is None or self._ship_trailing(emit)
+        if not (trailing and self._flush_stages(emit)):
             return False
         size = os.fstat(self.fd).st_size
         if self.skip is not None:
@@ -243,6 +369,19 @@ class Tailer:
         self.offset += len(data)
         return True
 
+    def _ship_trailing(self, emit: Emit) -> bool:
+        """A runtime file's last line without its newline goes through the decoder."""
+        data = os.pread(self.fd, self.max_line + 1, self.offset)
+        if not data or b"\n" in data or self.skip is not None:
+            return True
+        if self.identity is None:
+            self._identify()
+        end = self.offset + len(data)
+        if not self._ship(self._one(self.offset, data), end, emit):
+            return False
+        self.offset = end
+        return True
+
     def remaining(self) -> int:
         return max(0, os.fstat(self.fd).st_size - self.offset)
 
@@ -251,7 +390,7 @@ class Tailer:
         rest = self.remaining()
         if rest == 0:
             return True
-        return rest <= self.cfg.max_line_bytes and b"\n" not in os.pread(self.fd, rest, self.offset)
+        return rest <= self.max_line and b"\n" not in os.pread(self.fd, rest, self.offset)
 
     def acknowledged(self) -> bool:
         """Whether Redis acknowledged everything handed out so far."""
@@ -302,9 +441,12 @@ class Tailer:
             store=self.store,
             kind="copy",
             source=self.source,
+            fmt=self.fmt,
+            meta=self.meta,
         )
         follow.skip, follow.stages, follow.last_data = self.skip, self.stages, self.last_data
-        self.stages = make_stages(self.cfg)
+        follow.decoder, follow.runs = self.decoder, self.runs
+        self.stages = self._make_stages()
         self.store.move(identity.fid, copy.st.st_ino, copy.path)
         return follow
 
@@ -319,6 +461,7 @@ class Tailer:
         self.offset = 0
         self.last_size = 0
         self.skip = None
+        self.runs = None
         for stage in self.stages:
             stage.reset()
 

@@ -37,12 +37,13 @@ import redis
 import yaml
 
 from bench.probe_transports import local_server
-from bench.probes import PIPELINE_ENV, _worker
+from bench.probes import TUNED, _worker
 from opsq.core import keys
 from opsq.core.config.probes import TargetsFile
 from opsq.core.redis_server import RedisServer, free_port
-from opsq.core.runs import submit_run
+from opsq.core.runs import plan_run
 from opsq.core.settings import load_settings
+from opsq.core.targets import encode_targets
 from opsq.engines.monitor.spec import build_spec
 from opsq.engines.monitor.store import MonitorStore
 from producers.probes import ProbeProducer
@@ -101,12 +102,10 @@ def main() -> int:
         })  # fmt: skip
         server = RedisServer(tmp / "valkey", appendonly=False)
         server.start()
-        os.environ["OPSQ_CONFIG"] = str(config)
         try:
-            with _worker(server.url, tmp):
+            with _worker(server.url, tmp, {**TUNED.worker_env, "OPSQ_CONFIG": str(config)}):
                 results = run_rounds(server.url, config, file, base, closed, sink)
         finally:
-            os.environ.pop("OPSQ_CONFIG", None)
             server.stop()
     report(results, what)
     return 0
@@ -118,7 +117,7 @@ def run_rounds(redis_url: str, config: Path, file: Path, base: str, closed: str,
     the only difference is the monitoring spec registered for the run, so the figure
     is the cost of state and alerting alone."""
     settings = load_settings(config, redis_url=redis_url, probes={
-        "batch_size": int(PIPELINE_ENV["OPSQ_PROBES__BATCH_SIZE"])})  # fmt: skip
+        "batch_size": int(TUNED.cli_env["OPSQ_PROBES__BATCH_SIZE"])})  # fmt: skip
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     producer = ProbeProducer(settings)
     monitor = MonitorStore(client, settings.alerts)
@@ -127,18 +126,14 @@ def run_rounds(redis_url: str, config: Path, file: Path, base: str, closed: str,
     results: dict[str, list[float]] = {"off": [], "on, steady": [], "on, churn": []}
 
     def run(batch: list[Any], *, monitored: bool, drain: bool = False) -> float:
-        first = [monitored]
-
-        def send(kwargs: dict[str, Any]) -> None:
-            if first[0]:
-                monitor.register(kwargs["run_id"], build_spec(
-                    "bench", probe_set, batch, created_at=time.time()))  # fmt: skip
-                first[0] = False
-            producer._send(kwargs)
-
         began = time.perf_counter()
-        run_id = submit_run(producer.store, batch, batch_size=settings.probes.batch_size,
-                            send=send, source="bench", probe_set="bench").run_id  # fmt: skip
+        plan = plan_run(encode_targets(batch, settings.probes.batch_size), kind="beat",
+                        retention=settings.runs.retention.beat, source="bench",
+                        probe_set="bench")  # fmt: skip
+        if monitored:  # as beat's opsq.probe_set does: the spec before any batch
+            monitor.register(plan.run_id, build_spec("bench", probe_set, batch,
+                                                     created_at=time.time()))  # fmt: skip
+        run_id = producer.store.submit(plan).run_id
         if monitored:
             wait(lambda: client.exists(keys.monitor_applied(run_id)), "verdicts applied")
         else:

@@ -10,7 +10,6 @@ Flower, demo server, the first probe run) adds on top of one worker's start.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import statistics
@@ -20,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import redis
-
+from opsq.core.errors import RedisUnavailable
 from opsq.core.redis_server import RedisServer, free_port
+from opsq.core.runs import RunStore
 
 ROOTDIR = Path(__file__).resolve().parents[1]
 ROUNDS = 3
@@ -33,16 +32,13 @@ def _clean_env() -> dict[str, str]:
 
 
 def _first_summary(url: str) -> bool:
-    client = redis.Redis.from_url(url, decode_responses=True)
+    store = RunStore.from_url(url)
     try:
-        for key in client.scan_iter("opsq:run:*:summary"):
-            if json.loads(client.get(key) or "{}").get("pending") == 0:
-                return True
-    except redis.exceptions.ConnectionError:
+        return any(run["finished_at"] is not None for run in store.list_runs(100))
+    except RedisUnavailable:
         return False
     finally:
-        client.close()
-    return False
+        store.close()
 
 
 def _wait(predicate, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]

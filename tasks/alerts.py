@@ -32,6 +32,7 @@ from opsq.core.errors import PermanentError, TemporaryError
 from opsq.core.metrics import alerts as metrics
 from opsq.core.runs import RunStore
 from opsq.engines.alerts import deliver
+from opsq.engines.history.recorder import HistoryRecorder
 from opsq.engines.monitor.store import MonitorStore
 from tasks.app import app, settings
 
@@ -44,7 +45,9 @@ def _client() -> redis.Redis[str]:
 
 
 def _monitor() -> MonitorStore:
-    return MonitorStore(_client(), settings.alerts)
+    # History (raw verdicts, rollups, incidents) is written in the same transaction.
+    history = HistoryRecorder(settings.history) if settings.history.enabled else None
+    return MonitorStore(_client(), settings.alerts, history)
 
 
 def finish_run(run_id: str, *, at_deadline: bool = False, now: float | None = None) -> bool:

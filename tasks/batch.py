@@ -8,7 +8,8 @@ a new HTTP session and re-loading the Lua scripts for every batch.
 
 A batch, step by step:
 
-1. Refuse a run that does not exist (expired or never created): permanent.
+1. Refuse a run that does not exist (expired or never created): permanent. A batch of
+   a run that is already complete (a late redelivery) does nothing.
 2. Count this delivery of the batch in Redis. Past ``max_redeliveries`` the batch is a
    poison pill: its remaining targets are reported down ("gave up after N
    deliveries") so the run still completes, and the give-up is counted.
@@ -16,7 +17,9 @@ A batch, step by step:
    probes what the dead worker had not finished).
 4. Probe the rest with the engine; every result is written as soon as it exists by a
    background flusher that batches whatever accumulated during the previous write
-   into one idempotent Lua call (pipelining without a fixed delay).
+   into one idempotent Lua call (pipelining without a fixed delay). A write that finds
+   every result of the run present packs the run (:meth:`AsyncRunStore.finalize`),
+   which also runs the completion hooks, once per run.
 5. A batch deadline a little below Celery's soft time limit turns probes still
    running into "down: batch deadline exceeded" results instead of losing them.
 """
@@ -35,12 +38,13 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from opsq.core import aio
-from opsq.core.config.probes import Target
+from opsq.core.config.probes import ON_WORKER, Target
 from opsq.core.errors import PermanentError
 from opsq.core.metrics import pipeline as metrics
-from opsq.core.ratelimit import RedisTokenBucket
-from opsq.core.runs import AsyncRunStore, encode_result
+from opsq.core.ratelimit import RedisTokenBucket, limiter_client
+from opsq.core.runs import AsyncRunStore, RunMeta, encode_result, result_key
 from opsq.core.settings import Settings
+from opsq.core.targets import TARGETS
 from opsq.engines.probe import ErrorKind, ProbeEngine, ProbeResult
 
 log = logging.getLogger(__name__)
@@ -56,14 +60,20 @@ class BatchRequest:
     batch_id: str
     offset: int
     targets: tuple[Target, ...]
+    location: str | None = None
+    """The location this copy of the batch probes from (its results are kept apart)."""
 
     @classmethod
-    def parse(cls, run_id: str, batch_id: str, offset: int, raw: Sequence[Any]) -> BatchRequest:
+    def parse(
+        cls, run_id: str, batch_id: str, offset: int, raw: Sequence[Any],
+        location: str | None = None,
+    ) -> BatchRequest:  # fmt: skip
         try:
-            targets = tuple(Target.model_validate(item) for item in raw)
+            # One call for the whole batch; files named by targets were checked at load.
+            targets = tuple(TARGETS.validate_python(raw, context=ON_WORKER))
         except ValidationError as exc:
             raise PermanentError(f"batch {run_id}/{batch_id} has an invalid target: {exc}") from exc
-        return cls(run_id, batch_id, offset, targets)
+        return cls(run_id, batch_id, offset, targets, location)
 
 
 @dataclass(frozen=True)
@@ -105,19 +115,28 @@ def _as_dict(result: ProbeResult) -> dict[str, Any]:
     return {name: getattr(result, name) for name in _RESULT_FIELDS}
 
 
+def _delivery_id(req: BatchRequest) -> str:
+    """Deliveries are counted per copy of a batch: each location's apart."""
+    return req.batch_id if req.location is None else f"{req.batch_id}@{req.location}"
+
+
 class ResultRecorder:
     """Writes results as they arrive; each flush takes everything queued meanwhile."""
 
-    def __init__(self, store: AsyncRunStore, run_id: str, index: dict[str, int]) -> None:
+    def __init__(
+        self, store: AsyncRunStore, meta: RunMeta, index: dict[str, int],
+        location: str | None = None,
+    ) -> None:  # fmt: skip
         self._store = store
-        self._run_id = run_id
+        self._meta = meta
         self._index = index
-        self._queue: list[tuple[str, str]] = []
+        self._location = location
+        self._queue: list[tuple[str, str, bool]] = []
         self._wake = asyncio.Event()
         self._closing = False
         self.written = 0
         self.recorded: set[str] = set()
-        self._task = asyncio.create_task(self._flush_loop(), name=f"recorder-{run_id}")
+        self._task = asyncio.create_task(self._flush_loop(), name=f"recorder-{meta.run_id}")
 
     def add(self, result: ProbeResult) -> None:
         """The engine's ``on_result`` callback: queue, never block the event loop."""
@@ -126,7 +145,12 @@ class ResultRecorder:
             log.error("result for unknown or repeated target %r ignored", key)
             return
         self.recorded.add(key)
-        self._queue.append((key, encode_result(_as_dict(result), self._index[key])))
+        index = self._index[key]
+        fields = _as_dict(result)
+        if self._location is not None:
+            fields["location"] = self._location
+        stored = encode_result(fields, index, self._meta.created_at)
+        self._queue.append((result_key(index, self._location), stored, result.up))
         self._wake.set()
 
     async def _flush_loop(self) -> None:
@@ -135,10 +159,10 @@ class ResultRecorder:
             self._wake.clear()
             entries, self._queue = self._queue, []
             if entries:
-                outcome = await self._store.record(self._run_id, entries)
+                outcome = await self._store.record(self._meta, entries)
                 self.written += outcome.added
                 metrics.RESULTS_WRITTEN.inc(outcome.added)
-                if outcome.completed_now:
+                if outcome.needs_finalize and await self._store.finalize(self._meta.run_id):
                     metrics.RUNS_COMPLETED.inc()
             if self._closing and not self._queue:
                 return
@@ -158,6 +182,7 @@ class BatchRunner:
         self.pid = os.getpid()
         self.loop = aio.new_event_loop()  # uvloop when installed
         self._client: aioredis.Redis[str] | None = None
+        self._limiter_client: aioredis.Redis[Any] | None = None
         self._engine: ProbeEngine | None = None
 
     def run(self, request: BatchRequest) -> BatchReport:
@@ -172,8 +197,9 @@ class BatchRunner:
     async def _aclose(self) -> None:
         if self._engine is not None:
             await self._engine.aclose()
-        if self._client is not None:
-            await self._client.aclose()  # type: ignore[attr-defined]  # stubs predate aclose
+        for client in (self._client, self._limiter_client):
+            if client is not None:
+                await client.aclose()  # type: ignore[union-attr]  # stubs predate aclose
 
     def _resources(self) -> tuple[AsyncRunStore, ProbeEngine]:
         # Created inside the loop on first use: clients bind to the running loop.
@@ -184,29 +210,40 @@ class BatchRunner:
             )
             limiter = None
             if probes.per_host_rate > 0:
+                # Its own pool, one connection per probe slot: every probe in flight may
+                # be in its one limiter call at once, and none waits for a connection.
+                self._limiter_client = limiter_client(
+                    self.settings.broker_url, max_in_flight=probes.concurrency
+                )
                 limiter = RedisTokenBucket(
-                    self._client, rate=probes.per_host_rate, burst=probes.per_host_burst
+                    self._limiter_client, rate=probes.per_host_rate, burst=probes.per_host_burst
                 )
             self._engine = ProbeEngine(
                 concurrency=probes.concurrency,
                 per_host_concurrency=probes.per_host_concurrency,
                 rate_limiter=limiter,
                 url_labels=self.settings.metrics.url_labels,
+                source_address=probes.source_address,
             )
         return AsyncRunStore(self._client), self._engine
 
     async def _run(self, req: BatchRequest) -> BatchReport:
         store, engine = self._resources()
-        if not await store.meta(req.run_id):
+        meta = await store.run_meta(req.run_id)
+        if not meta.raw:
             raise PermanentError(f"run {req.run_id} is unknown or expired; batch dropped")
-        delivery = await store.count_delivery(req.run_id, req.batch_id)
+        if meta.finished_at is not None:  # a late redelivery: every result is stored
+            metrics.RESULTS_SKIPPED.inc(len(req.targets))
+            return BatchReport("done", 0, 0, len(req.targets), 0)
+        delivery = await store.count_delivery(meta, _delivery_id(req))
         if delivery > 1:
             metrics.BATCH_REDELIVERIES.inc()
         index = {t.key: req.offset + i for i, t in enumerate(req.targets)}
-        done = await store.existing(req.run_id, list(index))
-        todo = [t for t in req.targets if t.key not in done]
+        where = req.location
+        stored = await store.existing(req.run_id, [result_key(i, where) for i in index.values()])
+        todo = [t for t in req.targets if result_key(index[t.key], where) not in stored]
         metrics.RESULTS_SKIPPED.inc(len(req.targets) - len(todo))
-        recorder = ResultRecorder(store, req.run_id, index)
+        recorder = ResultRecorder(store, meta, index, where)
         outcome: Outcome = "done"
         try:
             if delivery > self.settings.probes.max_redeliveries + 1:
@@ -221,7 +258,7 @@ class BatchRunner:
                 await self._probe(engine, todo, recorder)
         finally:
             await recorder.close()
-        return BatchReport(outcome, delivery, len(todo), len(done), recorder.written)
+        return BatchReport(outcome, delivery, len(todo), len(stored), recorder.written)
 
     async def _probe(
         self, engine: ProbeEngine, todo: list[Target], recorder: ResultRecorder

@@ -34,13 +34,13 @@ from celery.signals import worker_process_shutdown
 
 from opsq.core import signatures
 from opsq.core.backoff import full_jitter
-from opsq.core.config.probes import ProbeSet, Target, TargetsFile
-from opsq.core.errors import PermanentError, TemporaryError
-from opsq.core.loading import validate_file
+from opsq.core.config.probes import Target
+from opsq.core.errors import ConfigError, PermanentError, TemporaryError
 from opsq.core.metrics import pipeline as metrics
-from opsq.core.runs import RunStore, batch_repr, submit_run
+from opsq.core.runs import RunStore, plan_run
 from opsq.core.settings import check_notifier_refs, config_path
-from opsq.engines.monitor.spec import build_spec
+from opsq.core.targets import EncodedBatch, encode_targets, load_batches
+from opsq.engines.monitor.spec import RunSpec, build_spec
 from opsq.engines.monitor.store import MonitorStore
 from tasks.alerts import finish_run
 from tasks.app import app, settings
@@ -94,18 +94,26 @@ def retry_countdown(retries: int) -> float:
     acks_late=True,
     reject_on_worker_lost=True,
     acks_on_timeout=False,
+    ignore_result=True,  # the run store holds results; a Celery result per batch grew Redis
     rate_limit=settings.probes.task_rate_limit,
     soft_time_limit=settings.probes.soft_time_limit,
     time_limit=settings.probes.time_limit,
     max_retries=MAX_RETRIES,
 )
 def probe_batch(
-    self: Task, run_id: str, batch_id: str, targets: list[dict[str, Any]], offset: int = 0
+    self: Task,
+    run_id: str,
+    batch_id: str,
+    targets: list[dict[str, Any]],
+    offset: int = 0,
+    *,
+    location: str | None = None,
 ) -> dict[str, Any]:
-    """Probe one batch of a run and store every result (see :mod:`tasks.batch`)."""
+    """Probe one batch of a run (from *location*, for a set probed from several) and
+    store every result (see :mod:`tasks.batch`)."""
     started = time.monotonic()
     try:
-        report = runner().run(BatchRequest.parse(run_id, batch_id, offset, targets))
+        report = runner().run(BatchRequest.parse(run_id, batch_id, offset, targets, location))
         finish_run(run_id)  # a set run's verdicts, once, when its last batch is in
     except TemporaryError as exc:
         metrics.BATCHES.labels("retry").inc()
@@ -123,55 +131,57 @@ def probe_batch(
     return report.to_dict()
 
 
-@app.task(name=signatures.PROBE_SET, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
+@app.task(  # type: ignore[untyped-decorator]  # celery is untyped
+    name=signatures.PROBE_SET, acks_late=True, reject_on_worker_lost=True, ignore_result=True
+)
 def probe_set(name: str) -> dict[str, Any]:
-    """Beat's entry point: run the probe set *name* from the config as a new run."""
+    """Beat's entry point: run the probe set *name* from the config as a new run.
+
+    The set is loaded and submitted the way ``opsq probe`` does it (bulk validation,
+    every batch in one transaction), with the beat retention; a set with ``locations``
+    sends every batch to each location's queue, to expire at the run's deadline."""
     probe_set_config = settings.probes.sets.get(name)
     if probe_set_config is None:
         raise PermanentError(f"probe set {name!r} is not in probes.sets of the config")
-    if probe_set_config.file is not None:
-        targets_file = validate_file(TargetsFile, _resolve(probe_set_config.file))
-        source = probe_set_config.file
-    else:
-        targets_file = probe_set_config.targets_file()  # validated when settings loaded
-        source = f"probes.sets.{name}"
+    source = str(probe_set_config.file or f"probes.sets.{name}")
+    targets: list[Target] = []
+    batches = _set_batches(name, targets)
+    spec = _spec(name, targets)
+    locations = probe_set_config.locations
+    plan = plan_run(
+        batches, kind="beat", retention=settings.runs.retention.beat, locations=locations,
+        # A location's batches still queued at the deadline are dropped: it is "missing".
+        expires=spec.deadline_at if locations else None, source=source, probe_set=name,
+    )  # fmt: skip
+    MonitorStore(_monitor_client(), settings.alerts).register(plan.run_id, spec)
     store = RunStore.from_url(settings.broker_url)
-    monitored = MonitoredSend(name, probe_set_config, targets_file.targets)
     try:
-        submitted = submit_run(
-            store,
-            targets_file.targets,
-            batch_size=settings.probes.batch_size,
-            send=monitored.send,
-            source=source,
-            probe_set=name,
-        )
+        submitted = store.submit(plan)
     finally:
         store.close()
     log.info("probe set %s: run %s, %d targets", name, submitted.run_id, submitted.total)
     return {"run_id": submitted.run_id, "total": submitted.total}
 
 
-class MonitoredSend:
-    """Sends a set run's batches; registers the run with the monitor before the first.
+def _set_batches(name: str, collect: list[Target]) -> list[EncodedBatch]:
+    """The set's targets, validated and encoded (and kept in *collect* for the monitor's
+    spec); a bad file fails the tick, permanently."""
+    probe_set_config = settings.probes.sets[name]
+    size = settings.probes.batch_size
+    if probe_set_config.file is None:  # inline targets: validated with the config
+        collect.extend(probe_set_config.targets or [])
+        return encode_targets(collect, size)
+    try:
+        return load_batches(_resolve(probe_set_config.file), size, collect=collect)
+    except ConfigError as exc:
+        raise PermanentError(str(exc)) from exc
 
-    The spec (thresholds, notifiers, quorum, deadline) must be in Redis before any batch
-    can complete the run; the run id is known only once ``submit_run`` created it.
-    """
 
-    def __init__(self, name: str, probe_set: ProbeSet, targets: Sequence[Target]) -> None:
-        self.name = name
-        self.probe_set = probe_set
-        self.targets = targets
-        self.registered = False
-
-    def send(self, kwargs: dict[str, Any]) -> None:
-        if not self.registered:
-            check_target_notifiers(self.name, self.targets)
-            spec = build_spec(self.name, self.probe_set, self.targets, created_at=time.time())
-            MonitorStore(_monitor_client(), settings.alerts).register(kwargs["run_id"], spec)
-            self.registered = True
-        probe_batch.apply_async(kwargs=kwargs, kwargsrepr=batch_repr(kwargs))
+def _spec(name: str, targets: Sequence[Target]) -> RunSpec:
+    """The monitor's spec of a run (thresholds, notifiers, locations, quorum, deadline):
+    registered before any batch exists, since a batch may complete the run."""
+    check_target_notifiers(name, targets)
+    return build_spec(name, settings.probes.sets[name], targets, created_at=time.time())
 
 
 def check_target_notifiers(name: str, targets: Sequence[Target]) -> None:

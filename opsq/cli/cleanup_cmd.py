@@ -23,6 +23,7 @@ from typing import Any
 import click
 import redis
 import yaml
+from celery import Celery
 
 from opsq.cli.options import common_options, settings_from
 from opsq.core.config.cleanup import CleanupSettings
@@ -49,7 +50,7 @@ from producers.cleanup import (
     notify_relay,
     run_once,
 )
-from producers.probes import producer_app
+from producers.probes import close_producer_app, producer_app
 from producers.watch import NoClaims, RedisClaims, WatchProducer, celery_sender
 
 log = logging.getLogger(__name__)
@@ -165,35 +166,37 @@ def _run_cleanup(
     settings, cfg, kube = _load(opts)
     dry_run = cfg.dry_run and not apply
     client = None if local and (dry_run or not cfg.audit) else _redis(settings)
+    app = None if local else producer_app(settings)
     try:
-        if local:
+        if app is None:
             trail = _audit(cfg, client, "opsq cleanup") if client is not None else None
             execute = local_executor(_local_executor(cfg, kube, trail=trail))
         else:
             assert client is not None
             execute = celery_executor(
-                producer_app(settings), client, timeout=wait_s,
-                announce=lambda text: click.echo(text, err=True),
-            )  # fmt: skip
+                app, client, timeout=wait_s, announce=lambda text: click.echo(text, err=True)
+            )
         on_plan = _print_plan if output == "table" else None
         return run_once(
             cfg, kube, execute, dry_run=dry_run, now=time.time(),
             judged_by=audit.identity("opsq cleanup"), on_plan=on_plan,
-            notify=_notifier(settings, kube, local=local).announce,
+            notify=_notifier(settings, kube, app).announce,
         )  # fmt: skip
     finally:
         kube.close()
         if client is not None:
             client.close()
+        if app is not None:
+            close_producer_app(app)
 
 
-def _notifier(settings: Settings, kube: Kube, *, local: bool) -> EventNotifier:
+def _notifier(settings: Settings, kube: Kube, app: Celery | None) -> EventNotifier:
     """Heads-ups: the Event, plus notifiers in process (--local) or via ``opsq.notify``."""
 
     def in_process(name: str, message: Message) -> None:
         send_via(settings.alerts, name, message)
 
-    relay = in_process if local else notify_relay(producer_app(settings))
+    relay = in_process if app is None else notify_relay(app)
     return EventNotifier(kube, clock=time.time, settings=settings.cleanup, relay=relay)
 
 
@@ -309,13 +312,13 @@ def watch(apply: bool, local: bool, **opts: Any) -> None:
     watcher = Watcher(cfg, kube, judged_by=audit.identity("opsq watch"))
     checks: dict[str, Any] = {"cache_synced": lambda: watcher.synced}
     client = _redis(settings) if not local or (cfg.audit and not dry_run) else None
-    notifier = _notifier(settings, kube, local=local)
+    app = None if local else producer_app(settings)
+    notifier = _notifier(settings, kube, app)
     try:
         with _exit_codes():
             producer = _watch_producer(
-                settings, cfg, kube, watcher=watcher, client=client, local=local,
-                dry_run=dry_run, stop=stop,
-            )  # fmt: skip
+                cfg, kube, watcher=watcher, client=client, app=app, dry_run=dry_run, stop=stop
+            )
         producer.notify = notifier.announce
         if client is not None:
             checks["redis"] = client.ping
@@ -337,20 +340,21 @@ def watch(apply: bool, local: bool, **opts: Any) -> None:
         kube.close()
         if client is not None:
             client.close()
+        if app is not None:
+            close_producer_app(app)
 
 
 def _watch_producer(
-    settings: Settings,
     cfg: CleanupSettings,
     kube: Kube,
     *,
     watcher: Watcher,
     client: redis.Redis[bytes] | None,
-    local: bool,
+    app: Celery | None,
     dry_run: bool,
     stop: threading.Event,
 ) -> WatchProducer:
-    if local:
+    if app is None:
         trail = _audit(cfg, client, "opsq watch") if client is not None else None
         executor = _local_executor(cfg, kube, trail=trail, stop=stop)
 
@@ -359,7 +363,7 @@ def _watch_producer(
 
         return WatchProducer(cfg, watcher, send, NoClaims(), ahead=0.0, dry_run=dry_run, stop=stop)
     assert client is not None
-    sender = celery_sender(producer_app(settings), dry_run=dry_run)
+    sender = celery_sender(app, dry_run=dry_run)
     return WatchProducer(cfg, watcher, sender, RedisClaims(client), dry_run=dry_run, stop=stop)
 
 

@@ -18,16 +18,20 @@ import os
 import signal
 import threading
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from agents.agent import Agent
+from agents.pods import node_name
 from opsq.cli.options import common_options, settings_from
 from opsq.core.errors import ConfigError
 from opsq.core.logsetup import setup_logging
 from opsq.core.observe import ObserveServer
 from opsq.core.settings import Settings, config_path
+
+if TYPE_CHECKING:
+    from agents.deadletter import DeadLetters
 
 log = logging.getLogger("opsq.agent")
 
@@ -53,6 +57,12 @@ def _check_agent_settings(settings: Settings) -> None:
             f"{source}: logs.agent.checkpoint_dir {ckpt} is not writable; "
             "point it at a writable directory"
         )
+    if agent.kubernetes.metadata.enabled and node_name(agent) is None:
+        raise ConfigError(
+            f"{source}: logs.agent.kubernetes.metadata.enabled needs this node's name; set "
+            "NODE_NAME from the downward API (fieldRef spec.nodeName) or "
+            "logs.agent.kubernetes.node_name"
+        )
 
 
 @click.command()
@@ -71,8 +81,11 @@ def agent(**opts: Any) -> None:
     log.info("metrics on %s:%d", settings.metrics.bind, server.port)
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %d: stopping, draining for up to %.0fs", signum,
-                 settings.logs.agent.shutdown_grace)  # fmt: skip
+        log.info(
+            "signal %d: stopping, draining for up to %.0fs",
+            signum,
+            settings.logs.agent.shutdown_grace,
+        )
         engine.stop()
 
     signal.signal(signal.SIGTERM, _on_signal)
@@ -84,12 +97,25 @@ def agent(**opts: Any) -> None:
     log.info("agent stopped")
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @common_options
-@click.option("--consumer", default=None, help="Consumer name (default: logs.shipper.consumer, "
-              "else the host name). Keep it stable across restarts.")  # fmt: skip
-def ship(consumer: str | None, **opts: Any) -> None:
-    """Ship log entries from the Redis stream to the configured sink (at least once)."""
+@click.option(
+    "--consumer",
+    default=None,
+    help="Consumer name (default: logs.shipper.consumer, "
+    "else the host name). Keep it stable across restarts.",
+)
+@click.pass_context
+def ship(ctx: click.Context, /, consumer: str | None, **opts: Any) -> None:
+    """Ship log entries from the Redis stream to the configured sink (at least once).
+
+    ``opsq ship replay --from-dead`` moves dead letters back into the stream.
+    """
+    if ctx.invoked_subcommand is None:
+        _run_shipper(consumer, opts)
+
+
+def _run_shipper(consumer: str | None, opts: dict[str, Any]) -> None:
     # Imported here, not at the top: `opsq agent` loads this module too, and redis-py
     # plus the HTTP sinks would add ~15 MB to the agent's 60 MB RSS budget.
     import redis  # noqa: PLC0415
@@ -114,9 +140,85 @@ def ship(consumer: str | None, **opts: Any) -> None:
     checks = {"redis": probe.ping, "group": lambda: group_exists(probe, stream, conf.group)}
     observe = ObserveServer(settings.metrics.bind, conf.metrics_port, ready_checks=checks).start()
     try:
-        Shipper(client, stream=stream, settings=conf, sink=sink, consumer=name, stop=stop).run()
+        shipper = Shipper(
+            client,
+            stream=stream,
+            settings=conf,
+            sink=sink,
+            consumer=name,
+            stop=stop,
+            on_deadline=_exit_now,
+        )
+        shipper.run()
     finally:
         sink.close()
         observe.stop()
         client.close()
         probe.close()
+
+
+def _exit_now() -> None:
+    """The shutdown deadline passed with a call still blocked (a frozen Redis): exit.
+
+    Unacknowledged entries stay pending in Redis for the next start or a peer.
+    """
+    log.warning(
+        "shutdown grace over with a call still blocked; exiting now (what is not "
+        "acknowledged stays pending)"
+    )
+    logging.shutdown()
+    os._exit(0)
+
+
+@ship.command()
+@common_options
+@click.option(
+    "--from-dead",
+    is_flag=True,
+    help="Move entries from the dead-letter stream "
+    "(<stream>:dead) back into the stream, oldest first.",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="At most this many entries.",
+)
+def replay(from_dead: bool, count: int, **opts: Any) -> None:
+    """Give dead letters another try: without --from-dead, only list them."""
+    import redis  # noqa: PLC0415 - see _run_shipper
+
+    from agents.deadletter import DeadLetters  # noqa: PLC0415
+    from opsq.core.redis_errors import redis_errors  # noqa: PLC0415
+
+    settings = settings_from(**opts)
+    setup_logging(settings.log_level, settings.log_format)
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=10)
+    dead = DeadLetters(client, settings.logs.stream)
+    try:
+        with redis_errors(f"replay dead letters of {settings.logs.stream}"):
+            if not from_dead:
+                _list_dead(dead, count)
+                return
+            moved = dead.replay(count)
+            left = dead.length()
+    finally:
+        client.close()
+    for item in moved:
+        click.echo(f"{item.dead_id} -> {item.new_id}  ({item.reason})")
+    click.echo(f"moved {len(moved)} dead letters back to {settings.logs.stream}; {left} left")
+
+
+def _list_dead(dead: DeadLetters, count: int) -> None:
+    from agents.deadletter import summary  # noqa: PLC0415 - see _run_shipper
+
+    letters = dead.oldest(count)
+    total = dead.length()
+    for letter in letters:
+        click.echo(f"{letter.id}  original {letter.original_id}  ({letter.reason})")
+    kinds = ", ".join(f"{k}: {n}" for k, n in sorted(summary(letters).items())) or "none"
+    click.echo(
+        f"{total} dead letters in {dead.key} (first {len(letters)}: {kinds}); "
+        "nothing moved: add --from-dead to move them back"
+    )

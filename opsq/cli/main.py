@@ -28,6 +28,7 @@ COMMANDS = {
     "up": "opsq.cli.up_cmd:up",
     "status": "opsq.cli.monitor_cmd:status",
     "alerts": "opsq.cli.monitor_cmd:alerts",
+    "web": "opsq.cli.web_cmd:web",
 }
 
 

@@ -12,22 +12,18 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn
-from rich.progress import Progress as Bar
+import orjson
 
 from opsq.cli.options import common_options, settings_from
-from opsq.core.config.probes import TargetsFile
 from opsq.core.durations import format_duration
-from opsq.core.loading import validate_file
 from opsq.core.logsetup import setup_logging
-from opsq.core.runs import Progress, RunStore
+from opsq.core.runs import Progress, RunStore, RunView
 from producers.probes import ProbeProducer
 
 OUTPUT = click.option(
@@ -35,6 +31,8 @@ OUTPUT = click.option(
 )
 PLAIN_PROGRESS_EVERY_S = 2.0
 ERROR_WIDTH = 60
+WRITE_CHUNK = 1 << 16
+"""Streamed JSON is written in pieces of about this many bytes."""
 
 
 @click.command()
@@ -47,24 +45,27 @@ def probe(targets_file: Path, wait: bool, output: str, timeout: float | None, **
     """Probe every target in TARGETS_FILE on the workers; print the run id (and summary)."""
     settings = settings_from(**opts)
     setup_logging(settings.log_level, settings.log_format)
-    targets = validate_file(TargetsFile, targets_file).targets
     producer = ProbeProducer(settings)
     try:
-        submitted = producer.submit(targets, source=str(targets_file))
+        submitted = producer.submit_file(targets_file)
         if not wait:
             _print_submitted(submitted.run_id, submitted.total, submitted.batches, output)
             return
-        click.echo(f"run {submitted.run_id}: {submitted.total} targets", err=True)
+        click.echo(
+            f"run {submitted.run_id}: {submitted.total} targets in {submitted.batches} batches "
+            f"(file read and validated in {producer.load_seconds:.2f}s)",
+            err=True,
+        )
         with _progress_reporter(submitted.total) as report:
-            summary = producer.wait(submitted.run_id, timeout=timeout, on_progress=report)
+            view = producer.wait(submitted.run_id, timeout=timeout, on_progress=report)
+        _print_run(view, output)
     finally:
         producer.close()
-    _print_summary(summary, output)
-    raise click.exceptions.Exit(exit_code(summary))
+    raise click.exceptions.Exit(exit_code(view.header))
 
 
-def exit_code(summary: dict[str, Any]) -> int:
-    return 0 if summary["down"] == 0 and summary["pending"] == 0 else 1
+def exit_code(header: dict[str, Any]) -> int:
+    return 0 if header["down"] == 0 and header["pending"] == 0 else 1
 
 
 def _print_submitted(run_id: str, total: int, batches: int, output: str) -> None:
@@ -78,6 +79,10 @@ def _print_submitted(run_id: str, total: int, batches: int, output: str) -> None
 def _progress_reporter(total: int) -> Iterator[Callable[[Progress], None]]:
     """A rich progress bar on a terminal; a line every few seconds otherwise (CI logs)."""
     if sys.stderr.isatty():
+        from rich.console import Console  # noqa: PLC0415 - only a terminal needs rich
+        from rich.progress import BarColumn, MofNCompleteColumn, TimeElapsedColumn  # noqa: PLC0415
+        from rich.progress import Progress as Bar  # noqa: PLC0415
+
         with Bar(
             "probing", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=Console(stderr=True), transient=True,
@@ -96,17 +101,42 @@ def _progress_reporter(total: int) -> Iterator[Callable[[Progress], None]]:
     yield plain
 
 
-def _print_summary(summary: dict[str, Any], output: str) -> None:
+def _print_run(view: RunView, output: str) -> None:
     if output == "json":
-        click.echo(json.dumps(summary, indent=2))
+        sys.stdout.flush()
+        write_json(view.header, view.results(), sys.stdout.buffer)
         return
-    click.echo(render_table(summary))
+    click.echo(render_table({**view.header, "results": view.results()}))
+
+
+def write_json(header: dict[str, Any], results: Iterator[dict[str, Any]], out: IO[bytes]) -> None:
+    """The summary as one JSON object, written as the results stream in (never one string).
+
+    The header fields first, then ``results``, one result per line.
+    """
+    head = orjson.dumps(header, option=orjson.OPT_INDENT_2)
+    pending = bytearray(head[: head.rindex(b"\n")] + b',\n  "results": [')
+    separator = b"\n    "
+    for result in results:
+        pending += separator + orjson.dumps(result)
+        separator = b",\n    "
+        if len(pending) >= WRITE_CHUNK:
+            out.write(pending)
+            pending.clear()
+    pending += b"\n  ]\n}\n" if separator != b"\n    " else b"]\n}\n"
+    out.write(pending)
+    out.flush()
 
 
 def render_table(summary: dict[str, Any]) -> str:
-    header = ("NAME", "URL", "STATE", "STATUS", "ATTEMPTS", "DURATION", "ERROR")
-    rows = [header]
+    """The results (any iterable, read once) as aligned columns; CERT, the days left,
+    only when some target used TLS."""
+    header = ("NAME", "URL", "STATE", "STATUS", "ATTEMPTS", "DURATION", "CERT", "ERROR")
+    rows: list[tuple[str, ...]] = [header]
+    certs = False
     for r in summary["results"]:
+        days = r.get("cert_days_left")
+        certs = certs or days is not None
         rows.append(
             (
                 str(r["name"]),
@@ -115,18 +145,27 @@ def render_table(summary: dict[str, Any]) -> str:
                 "-" if r["status_code"] is None else str(r["status_code"]),
                 str(r["attempts"]),
                 format_duration(float(r["duration_s"] or 0)),
+                "-" if days is None else f"{days:.1f}d",
                 _shorten(r.get("error") or ""),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in rows]  # fmt: skip
+    if not certs:
+        rows = [row[:6] + row[7:] for row in rows]
     pending = f", {summary['pending']} PENDING" if summary["pending"] else ""
-    lines.append(
+    footer = (
         f"\nrun {summary['run_id']}: {summary['total']} targets, {summary['up']} up, "
         f"{summary['down']} down{pending} in {format_duration(summary['duration_s'])}"
     )
-    return "\n".join(lines)
+    return _columns(rows) + "\n" + footer
+
+
+def _columns(rows: Sequence[tuple[str, ...]]) -> str:
+    """Rows as left-aligned columns two spaces apart."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
 
 
 def _shorten(text: str) -> str:
@@ -146,7 +185,7 @@ def _run_store(opts: dict[str, Any]) -> Iterator[RunStore]:
 
 @click.group()
 def runs() -> None:
-    """Inspect probe runs stored in Redis (kept for a week)."""
+    """Inspect probe runs stored in Redis (kept for runs.retention: a week, beat runs a day)."""
 
 
 @runs.command()
@@ -156,12 +195,27 @@ def runs() -> None:
 def show(run_id: str, output: str, **opts: Any) -> None:
     """Print the summary of RUN_ID (partial while the run is in progress)."""
     with _run_store(opts) as store:
-        summary = store.summary(run_id)
-    if summary is None:
-        click.echo(f"error: run {run_id} not found (unknown or expired)", err=True)
-        raise click.exceptions.Exit(1)
-    _print_summary(summary, output)
-    raise click.exceptions.Exit(exit_code(summary))
+        view = store.open(run_id)
+        if view is None:
+            legacy = store.summary(run_id)  # a run stored by an older opsq
+            if legacy is None:
+                click.echo(f"error: run {run_id} not found (unknown or expired)", err=True)
+                raise click.exceptions.Exit(1)
+            header = {k: v for k, v in legacy.items() if k != "results"}
+            _print_header_and(header, iter(legacy["results"]), output)
+            raise click.exceptions.Exit(exit_code(header))
+        _print_run(view, output)
+    raise click.exceptions.Exit(exit_code(view.header))
+
+
+def _print_header_and(
+    header: dict[str, Any], results: Iterator[dict[str, Any]], output: str
+) -> None:
+    if output == "json":
+        sys.stdout.flush()
+        write_json(header, results, sys.stdout.buffer)
+    else:
+        click.echo(render_table({**header, "results": results}))
 
 
 @runs.command(name="list")
@@ -169,11 +223,31 @@ def show(run_id: str, output: str, **opts: Any) -> None:
 @OUTPUT
 @common_options
 def list_runs(limit: int, output: str, **opts: Any) -> None:
-    """List recent runs, newest first, with their progress."""
+    """List recent runs, newest first: progress, up and down counts, duration and age."""
     with _run_store(opts) as store:
         recent = store.list_runs(limit)
     if output == "json":
         click.echo(json.dumps(recent, indent=2))
         return
-    for run in recent:
-        click.echo(f"{run['run_id']}  {run['done']}/{run['total']}  {run.get('source', '')}")
+    click.echo(render_runs(recent, time.time()))
+
+
+def render_runs(runs: list[dict[str, Any]], now: float) -> str:
+    """One line per run: id, done/total, up, down, duration (so far), age, source."""
+    header = ("RUN", "DONE", "UP", "DOWN", "DURATION", "AGE", "SOURCE")
+    rows = [header]
+    for run in runs:
+        running = "" if run["finished_at"] is not None else " (running)"
+        source = run["source"] if not run["probe_set"] else f"set {run['probe_set']}"
+        rows.append(
+            (
+                run["run_id"],
+                f"{run['done']}/{run['total']}",
+                str(run["up"]),
+                str(run["down"]),
+                format_duration(run["duration_s"]) + running,
+                format_duration(max(0.0, now - run["created_at"])) + " ago",
+                source,
+            )
+        )
+    return _columns(rows)

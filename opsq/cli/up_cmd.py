@@ -40,6 +40,7 @@ from opsq.core.errors import OpsqError
 from opsq.core.logsetup import setup_logging
 from opsq.core.observe import ObserveServer
 from opsq.core.redact import redact_url
+from opsq.core.redis_memory import MemoryWatch
 from opsq.core.redis_server import RedisServer, free_port
 from opsq.core.settings import Settings
 
@@ -65,6 +66,8 @@ class UpOptions:
     metrics_port: int | None = None
     flower_port: int | None = None
     insecure_flower: bool = False
+    web_port: int | None = None
+    """None: web.port when free, else any free port."""
     stop_timeout: float = 30.0
 
 
@@ -78,6 +81,7 @@ class Plan:
     worker_ready_url: str | None = None
     flower_url: str = ""
     flower_auth: tuple[str, str] | None = None
+    web_url: str = ""
     demo_hook_url: str = ""
     """The demo webhook receiver (a thread of `opsq up`) that prints what it gets."""
 
@@ -232,6 +236,29 @@ class Builder:
             return self.settings.flower.user, password, False
         return self.settings.flower.user, secrets.token_urlsafe(18), True
 
+    def add_web(self) -> None:
+        """The status page (`opsq web`), private unless web.public, like Flower: the
+        password reaches it through its environment, never its command line."""
+        web = self.settings.web
+        port = web.port if self.options.web_port is None else self.options.web_port
+        if port == 0 or (self.options.web_port is None and not _port_free(web.bind, port)):
+            port = free_port()
+        extra = {"OPSQ_WEB__PORT": str(port), "OPSQ_WEB__BIND": web.bind}
+        if web.public:
+            note = "public, read-only (web.public)"
+        else:
+            configured = web.password.get_secret_value() if web.password else ""
+            password = configured or secrets.token_urlsafe(18)
+            extra["OPSQ_WEB__PASSWORD"] = password
+            note = f"user {web.user!r}, " + (
+                "password from web.password"
+                if configured
+                else f"password {password} (generated; shown only now)"
+            )
+        self.plan.web_url = f"http://{_host(web.bind)}:{port}/"
+        self.child("web", [*python_argv("opsq"), "web"], STOP_PHASE_SERVICES, extra)
+        self.plan.lines.append(f"  web        {self.plan.web_url}  status page, {note}")
+
     def add_optional(self) -> None:
         """Agent, shipper and watcher run only when the config gives them work."""
         logs = self.settings.logs
@@ -270,6 +297,7 @@ class Builder:
         self.add_workers()
         self.add_beat()
         self.add_flower()
+        self.add_web()
         self.add_optional()
         return self.plan
 
@@ -345,6 +373,7 @@ def banner(
     ]
     if options.demo:
         lines.append(f"  Flower: {plan.flower_url}/tasks  (opsq.probe_set, opsq.probe_batch)")
+        lines.append(f"  Status page: {plan.web_url}  (states, uptime, latency, incidents)")
     return "\n".join(lines)
 
 
@@ -383,9 +412,11 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
             notify=log.warning, pidfile=pidfile,
         )  # fmt: skip
         supervisor.install_signal_handlers()
+        memory = MemoryWatch(redis_url)
         observe = ObserveServer(
             settings.metrics.bind, builder.ports.take(),
             ready_checks={"children": supervisor.all_running},
+            reports={"redis_memory": memory.report},
         ).start()  # fmt: skip
         plan.lines.append(
             f"  supervisor http://{_host(settings.metrics.bind)}:{observe.port}/metrics  "
@@ -395,6 +426,7 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
         receiver = _demo_receiver(plan) if options.demo else None
         try:
             supervisor.start_all()
+            memory.start()  # warns past 80% of maxmemory (noeviction: then writes fail)
             followup = followup_lines(export, config_file)
             click.echo(banner(plan, redis_line, data_dir, options, followup))
             if options.demo and plan.worker_ready_url:
@@ -405,6 +437,7 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
             supervisor.supervise()
         finally:
             stop.set()
+            memory.stop()
             supervisor.stop_all()
             observe.stop()
             if receiver is not None:
@@ -428,6 +461,9 @@ def run_up(settings: Settings, options: UpOptions, config_file: str | None) -> N
 @click.option("--flower-port", type=click.IntRange(0, 65535), default=None,
               help="Flower's port (default: flower.port; 0: any free).")  # fmt: skip
 @click.option("--insecure-flower", is_flag=True, help="Run Flower without authentication.")
+@click.option("--web-port", type=click.IntRange(0, 65535), default=None,
+              help="The status page's port (default: web.port, or any free port when it "
+                   "is taken; 0: any free).")  # fmt: skip
 @click.option("--stop-timeout", type=click.FloatRange(1, 3600), default=30.0, show_default=True,
               help="Seconds for a graceful stop before stragglers are killed.")  # fmt: skip
 def up(config_file: str | None, redis_url: str | None, log_level: str | None,

@@ -51,7 +51,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": keys.QUEUE_PROBES,
         "task_soft_time_limit": settings.probes.soft_time_limit,
         "task_time_limit": settings.probes.time_limit,
-        "result_expires": keys.RUN_TTL_S,
+        "result_expires": keys.CELERY_RESULT_TTL_S,
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,

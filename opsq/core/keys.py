@@ -32,22 +32,33 @@ def location_queue(location: str) -> str:
 VISIBILITY_TIMEOUT_S = 3600
 
 # --- probe runs --------------------------------------------------------------------------
+# How long each run is kept is a setting (runs.retention, on-demand and beat apart); the
+# layout of these keys is documented in opsq/core/runs.py.
 RUN_TTL_S = 7 * 24 * 3600
-"""Run results and summaries are kept a week: long enough to compare, short enough not to grow."""
+"""The longest a run-related key lives (the monitor's per-run spec and markers); run
+data itself follows ``runs.retention``."""
+CELERY_RESULT_TTL_S = 24 * 3600
+"""Celery task results (cleanup waits on them; probe batches store none): read within
+seconds, so a day is plenty, and a week of them grew Redis under beat."""
 
 
 def run_results(run_id: str) -> str:
-    """Hash target-key -> result JSON. HSETNX makes redelivered batches idempotent."""
+    """Hash result-key -> compact result while the run is in progress (HSETNX: idempotent)."""
     return f"{PREFIX}:run:{run_id}:results"
 
 
 def run_meta(run_id: str) -> str:
-    """Hash with the run's total, start time, source file and probe set name."""
+    """Hash with the run's total, up/down counts, times, kind, retention and source."""
     return f"{PREFIX}:run:{run_id}:meta"
 
 
+def run_packed(run_id: str) -> str:
+    """List of zlib-compressed chunks of results, written once the run is complete."""
+    return f"{PREFIX}:run:{run_id}:packed"
+
+
 def run_summary(run_id: str) -> str:
-    """The aggregated summary JSON, written once every target has a result."""
+    """Read-only: the whole summary JSON of a run stored before format 2."""
     return f"{PREFIX}:run:{run_id}:summary"
 
 
@@ -58,6 +69,9 @@ def run_attempts(run_id: str) -> str:
 
 RUNS_INDEX = f"{PREFIX}:runs"
 """Sorted set run_id -> start time, so `opsq runs list` can show recent runs."""
+RUNS_EXPIRY = f"{PREFIX}:runs:expiry"
+"""Sorted set run_id -> expiry time: index entries leave when their run expires, each
+run by its own retention (beat runs long before on-demand ones)."""
 
 
 def host_bucket(host: str) -> str:
@@ -139,6 +153,63 @@ def notify_claim(key: str) -> str:
 NOTIFY_DONE_TTL_S = 7 * 24 * 3600
 """Delivered keys are remembered a week: longer than any redelivery or retry chain."""
 
+# --- history: raw verdicts, rollups, incidents (see opsq.engines.history.recorder) ------
+
+
+def history_raw(set_name: str, target: str) -> str:
+    """Stream per (set, target): one packed entry per applied run, id = the run's ms.
+    Trimmed by time on every XADD (MINID = now - ``history.raw_retention``)."""
+    return f"{PREFIX}:history:raw:{set_name}:{target}"
+
+
+def history_acc(set_name: str) -> str:
+    """Hash target key -> the live hour's and day's accumulators (JSON). Read and
+    written with the set's state in the monitor's transaction: exactly once per run."""
+    return f"{PREFIX}:history:acc:{set_name}"
+
+
+def history_roster(set_name: str) -> str:
+    """Hash target key -> roster id: the target's position in the set's rollup blobs.
+    Append-only, so a blob written an hour or 90 days ago still reads right."""
+    return f"{PREFIX}:history:roster:{set_name}"
+
+
+def history_hour(set_name: str, hour: int) -> str:
+    """String: every target's rollup of one hour (epoch hours), positional by roster."""
+    return f"{PREFIX}:history:hour:{set_name}:{hour}"
+
+
+def history_day(set_name: str, day: int) -> str:
+    """String: every target's rollup of one UTC day (epoch days), positional by roster."""
+    return f"{PREFIX}:history:day:{set_name}:{day}"
+
+
+def history_periods(set_name: str) -> str:
+    """Sorted set ``h<hour>``/``d<day>`` -> period end (epoch s): which blobs exist, and
+    what trimming by time removes (ZRANGEBYSCORE up to now - ``history.retention``)."""
+    return f"{PREFIX}:history:periods:{set_name}"
+
+
+def history_incidents(set_name: str) -> str:
+    """Hash incident id -> incident JSON (start, end, state, reason, locations)."""
+    return f"{PREFIX}:history:incidents:{set_name}"
+
+
+def history_incident_starts(set_name: str) -> str:
+    """Sorted set incident id -> start time: time-range reads and trimming by time."""
+    return f"{PREFIX}:history:incident-starts:{set_name}"
+
+
+def history_open(set_name: str) -> str:
+    """Hash target key -> id of the target's open incident."""
+    return f"{PREFIX}:history:open:{set_name}"
+
+
+HISTORY_BACKSTOP_S = 86400
+"""History keys also get a TTL this much past their retention (refreshed hourly), so a
+set that stops running does not keep its history forever; trimming by the clock of the
+runs is what normally removes data."""
+
 # --- beat --------------------------------------------------------------------------------
 REDBEAT_PREFIX = f"{PREFIX}:redbeat:"
 REDBEAT_LOCK_TIMEOUT_S = 30
@@ -180,5 +251,15 @@ LOG_GROUP = "shippers"
 
 
 def dead_letter(stream: str) -> str:
-    """Entries delivered too many times are moved here and acknowledged."""
+    """Entries a sink refused, that do not decode, or whose deliveries kept dying are moved
+    here (and acknowledged); trimmed by age to ``logs.shipper.dead_retention``, moved back
+    by ``opsq ship replay --from-dead``."""
     return f"{stream}:dead"
+
+
+def log_attempts(stream: str, group: str) -> str:
+    """Hash: entry id -> sink writes by *group* that started and never finished (the
+    shipper died during them). In Redis so it survives restarts; a finished write (even a
+    failed one: the sink's outage is not the entry's fault) takes its count back, and the
+    field goes with the entry's XACK. Past ``max_deliveries``: dead-lettered."""
+    return f"{stream}:attempts:{group}"

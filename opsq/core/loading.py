@@ -1,14 +1,31 @@
-"""Read YAML files and turn validation failures into "file, field, fix" messages.
+"""Read YAML (and JSON) files and turn validation failures into "file, field, fix" messages.
 
 Every user-facing input (the main config, targets files) goes through here, so every
 bad input fails the same way: a :class:`ConfigError` the CLI prints before exiting 2.
+
+Loading is on the CLI's critical path (``opsq probe`` reads 10,000-100,000 targets
+before the first batch can go out), so it is built for speed, each choice measured on
+the 2-core dev VM with generated 10k/100k-target files:
+
+- libyaml (``yaml.CSafeLoader``) when PyYAML was built with it, the pure-Python
+  ``SafeLoader`` otherwise (same results, about 10x slower): 10k targets 1.6 s -> 0.15 s.
+- The cyclic garbage collector is paused while a document is built. Its passes over
+  the growing document made loading superlinear: 100k targets took 3.3-7.2 s with the
+  collector on (even with opsq's relaxed thresholds) and 1.7-2.0 s paused. A document
+  of plain dicts, lists and scalars has no cycles to collect.
+- ``.json`` files are parsed with orjson (100k targets: 0.02-0.2 s, a fifth of the
+  memory of the YAML document): the format for generated inventories.
 """
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
@@ -17,6 +34,8 @@ from opsq.core.config.base import Invalid, config_dir
 from opsq.core.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's loader when available (``yaml.__with_libyaml__``), else pure Python."""
 
 _FIXES = {
     "extra_forbidden": "remove it or check its spelling against the README's reference",
@@ -32,16 +51,53 @@ _FIXES = {
 }
 
 
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector (reference counting still frees memory)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Load a YAML mapping from *path* or raise ConfigError naming the file and problem."""
+    return _mapping(path, _parse_yaml(path, _read_text(path)), "YAML")
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """A ``.json`` file with orjson, anything else as YAML; the top level must be a mapping."""
+    if path.suffix.lower() != ".json":
+        return read_yaml(path)
+    raw = _read_text(path).encode("utf-8")
+    if not raw.strip():
+        raise ConfigError(f"{path}: the file is empty; expected a JSON object")
     try:
-        text = path.read_text(encoding="utf-8")
+        with paused_gc():
+            data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from exc
+    return _mapping(path, data, "JSON")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: file not found") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read: {exc}") from exc
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
     try:
-        data = yaml.safe_load(text)
+        with paused_gc():
+            return yaml.load(text, Loader=SafeLoader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)
@@ -49,12 +105,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from exc
+
+
+def _mapping(path: Path, data: Any, kind: str) -> dict[str, Any]:
+    noun = "a JSON object" if kind == "JSON" else "a YAML mapping"
     if data is None:
-        raise ConfigError(f"{path}: the file is empty; expected a YAML mapping")
+        raise ConfigError(f"{path}: the file is empty; expected {noun}")
     if not isinstance(data, dict):
-        raise ConfigError(
-            f"{path}: expected a YAML mapping at the top level, got a {type(data).__name__}"
-        )
+        raise ConfigError(f"{path}: expected {noun} at the top level, got a {type(data).__name__}")
     return data
 
 
@@ -77,14 +135,18 @@ def describe_errors(exc: ValidationError, source: str, data: object = None) -> s
     from the error type.
     """
     lines = [f"{source}: {exc.error_count()} problem(s):"]
-    for err in exc.errors():
-        loc = _location(err["loc"], data)
-        fix = _fix(err)
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        lines.append(f"  {loc}: {msg}" + (f" (fix: {fix})" if fix else ""))
+    lines.extend(describe_problem(err, data) for err in exc.errors())
     return "\n".join(lines)
+
+
+def describe_problem(err: ErrorDetails, data: object = None) -> str:
+    """``  field a.b.c: message (fix: ...)`` for one of pydantic's error dicts."""
+    loc = _location(err["loc"], data)
+    fix = _fix(err)
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    return f"  {loc}: {msg}" + (f" (fix: {fix})" if fix else "")
 
 
 def _fix(err: ErrorDetails) -> str | None:
@@ -118,11 +180,11 @@ def _location(loc: tuple[int | str, ...], data: object) -> str:
 
 
 def validate_file(model: type[M], path: Path) -> M:
-    """Read *path* and validate it as *model*, or raise ConfigError.
+    """Read *path* (YAML, or JSON by suffix) and validate it as *model*, or raise ConfigError.
 
     Relative paths inside the file are relative to the file's directory.
     """
-    data = read_yaml(path)
+    data = read_document(path)
     try:
         with config_dir(path.parent.absolute()):
             return model.model_validate(data)

@@ -4,12 +4,18 @@
 - ``/healthz``: liveness. Cheap and local: the process is serving, nothing else. A
   liveness probe that checks Redis would restart every pod during a Redis blip.
 - ``/readyz``: readiness. Runs the process's checks (Redis reachable, informer cache
-  synced, ...); 503 with the failing check names otherwise.
+  synced, ...); 503 with the failing check names otherwise. *Reports* (Redis memory)
+  are added to the body as they are, without deciding the status.
 - ``/debug/stacks``, ``/debug/tasks``, ``/debug/tracemalloc``: the Python counterpart
   of Go's pprof. Only served when the server is bound to loopback, unless the operator
   explicitly allows it, because stacks can show arguments.
 
 A ``ThreadingHTTPServer`` in a daemon thread: no event loop to share, no framework.
+
+A process that cannot bind its port fails at start (:func:`bind_or_fail`) instead of
+running without ``/metrics`` and ``/readyz``: nothing would scrape it, its readiness
+probe would fail for a reason nobody sees, and the only trace was one ERROR line.
+Port 0 picks a free port, and the process logs the one it got.
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from opsq.core.errors import ConfigError
 from opsq.core.metrics import collector_registry
 
 Check = Callable[[], bool]
+Report = Callable[[], dict[str, Any]]
 
 
 def thread_stacks() -> str:
@@ -71,9 +79,11 @@ class ObserveServer:
         port: int = 0,
         *,
         ready_checks: dict[str, Check] | None = None,
+        reports: dict[str, Report] | None = None,
         allow_remote_debug: bool = False,
     ) -> None:
         self.ready_checks = dict(ready_checks or {})
+        self.reports = dict(reports or {})
         self.loops: list[asyncio.AbstractEventLoop] = []
         self.debug_enabled = allow_remote_debug or _is_loopback(bind)
         self._httpd = ThreadingHTTPServer((bind, port), _handler_for(self))
@@ -94,8 +104,13 @@ class ObserveServer:
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
+        if self._thread is not None:
+            self._httpd.shutdown()
         self._httpd.server_close()
+
+    def forget(self) -> None:
+        """In a forked child: close the inherited listening socket (the parent serves)."""
+        self._httpd.socket.close()
 
     def readiness(self) -> tuple[bool, dict[str, bool]]:
         results: dict[str, bool] = {}
@@ -105,6 +120,25 @@ class ObserveServer:
             except Exception:
                 results[name] = False
         return all(results.values()), results
+
+
+def bind_or_fail(
+    bind: str,
+    port: int,
+    *,
+    process: str,
+    ready_checks: dict[str, Check] | None = None,
+    reports: dict[str, Report] | None = None,
+) -> ObserveServer:
+    """An :class:`ObserveServer` bound now (not yet serving), or a ConfigError with the fix."""
+    try:
+        return ObserveServer(bind, port, ready_checks=ready_checks, reports=reports)
+    except OSError as exc:
+        raise ConfigError(
+            f"{process}: cannot serve /metrics, /healthz and /readyz on {bind}:{port}: "
+            f"{exc.strerror or exc} (fix: set metrics.port, OPSQ_METRICS__PORT, to a free "
+            "port, or 0 to pick one; the port chosen is logged)"
+        ) from exc
 
 
 def _is_loopback(bind: str) -> bool:
@@ -148,7 +182,13 @@ def _healthz(_: ObserveServer) -> tuple[int, str, bytes]:
 
 def _readyz(server: ObserveServer) -> tuple[int, str, bytes]:
     ok, results = server.readiness()
-    return (200 if ok else 503), "application/json", json.dumps(results).encode() + b"\n"
+    body: dict[str, Any] = dict(results)
+    for name, report in server.reports.items():
+        try:
+            body[name] = report()
+        except Exception as exc:  # a report must never break readiness
+            body[name] = {"error": type(exc).__name__}
+    return (200 if ok else 503), "application/json", json.dumps(body).encode() + b"\n"
 
 
 def _text(render: Callable[[ObserveServer], str]) -> Callable[[ObserveServer], Any]:

@@ -16,20 +16,22 @@ validated setting: :mod:`opsq.core.config`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from opsq.core import keys
 from opsq.core.config.alerts import AlertsSettings
-from opsq.core.config.base import Section, config_dir
+from opsq.core.config.base import Invalid, Section, config_dir
 from opsq.core.config.cleanup import CleanupSettings
 from opsq.core.config.fields import Host, RedisUrl
+from opsq.core.config.history import HistorySettings, WebSettings
 from opsq.core.config.logs import LogsSettings
 from opsq.core.config.probes import ProbeSet
 from opsq.core.durations import Duration
@@ -49,7 +51,22 @@ class ProbesSettings(Section):
     soft_time_limit: Annotated[Duration, Field(gt=0)] = 300.0
     time_limit: Annotated[Duration, Field(gt=0)] = 360.0
     max_redeliveries: Annotated[int, Field(ge=0, le=100)] = 3
+    source_address: str | None = None
+    """Local address outgoing probe sockets bind to (a host with several addresses)."""
     sets: dict[str, ProbeSet] = Field(default_factory=dict)
+
+    @field_validator("source_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError as exc:
+            raise Invalid(
+                f"source_address {value!r} is not an IP address",
+                fix="write an address of this host, e.g. 10.0.0.5 (or remove it: the OS chooses)",
+            ) from exc
 
     @model_validator(mode="after")
     def _limits_ordered(self) -> ProbesSettings:
@@ -61,6 +78,21 @@ class ProbesSettings(Section):
                 f"({self.time_limit:g}s); lower soft_time_limit or raise time_limit"
             )
         return self
+
+
+class RunRetention(Section):
+    """How long a run's results stay in Redis, counted from its creation and again from
+    its completion. Redis holds about (targets x bytes per result x retention / interval)
+    for a beat set: see the README's run retention section before raising ``beat``."""
+
+    on_demand: Annotated[Duration, Field(ge=300)] = 7 * 86400.0
+    """``opsq probe`` runs: a week, to compare and to read the report later."""
+    beat: Annotated[Duration, Field(ge=300)] = 86400.0
+    """Probe-set runs: a day; they recur every interval, metrics keep the long view."""
+
+
+class RunsSettings(Section):
+    retention: RunRetention = Field(default_factory=RunRetention)
 
 
 class MetricsSettings(Section):
@@ -113,12 +145,15 @@ class Settings(BaseSettings):
     visibility_timeout: Annotated[Duration, Field(gt=0)] = float(keys.VISIBILITY_TIMEOUT_S)
     """Seconds before Redis hands an un-acknowledged task to another worker."""
     probes: ProbesSettings = Field(default_factory=ProbesSettings)
+    runs: RunsSettings = Field(default_factory=RunsSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     flower: FlowerSettings = Field(default_factory=FlowerSettings)
     beat: BeatSettings = Field(default_factory=BeatSettings)
     cleanup: CleanupSettings = Field(default_factory=CleanupSettings)
     logs: LogsSettings = Field(default_factory=LogsSettings)
     alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+    history: HistorySettings = Field(default_factory=HistorySettings)
+    web: WebSettings = Field(default_factory=WebSettings)
 
     @model_validator(mode="after")
     def _alert_references(self) -> Settings:

@@ -20,7 +20,7 @@ import redis
 import producers.cleanup
 from opsq.core import keys, signatures
 from opsq.core.settings import load_settings
-from producers.probes import producer_app
+from producers.probes import close_producer_app, producer_app
 from tests.cleanup.conftest import JOBS, add, run_cli
 from tests.cleanup.objects import job
 from tests.fakekube.server import FakeKube
@@ -121,6 +121,7 @@ def test_a_task_of_a_cancelled_batch_skips_on_the_worker_before_deleting(
     outcome = app.send_task(signatures.CLEANUP_OBJECT, kwargs=kwargs).get(timeout=30)
     assert outcome["result"] == "deleted"
     client.close()
+    close_producer_app(app)
 
 
 @pytest.mark.slow

@@ -129,8 +129,11 @@ def test_generated_rbac_permits_exactly_what_cleanup_and_watch_do(
     assert deleted == ["old-team-a", "old-team-b", "orphan", "pr-1"]
     cfg = CleanupSettings.model_validate({"rules": _rules(jobs_namespaces), "events": True})
     _sync_watcher(cfg, Kube.connect(str(kubeconfig)), stop)
-    assert fake_kube.count(code=403) == 0
     granted = rbac.grants([r for d in docs if "rules" in d for r in d["rules"]])
+    deadline = time.monotonic() + 10  # "synced" comes before each informer opens its WATCH
+    while granted - _used(fake_kube) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake_kube.count(code=403) == 0
     assert granted - _used(fake_kube) == set(), "granted but never used"
     assert _used(fake_kube) - granted == set()
 

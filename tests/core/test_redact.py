@@ -7,7 +7,8 @@ import pytest
 
 from opsq.core.config.probes import Target
 from opsq.core.redact import redact, redact_text, redact_url
-from opsq.core.runs import batch_payloads, batch_repr, build_summary
+from opsq.core.runs import batch_message, encode_result, printable_result
+from opsq.core.targets import encode_targets
 
 
 @pytest.mark.parametrize(
@@ -52,20 +53,18 @@ def test_config_show_tree_redacts_query_tokens() -> None:
 def test_probe_results_are_printed_redacted() -> None:
     """`opsq probe --output json` and `opsq runs show` print URLs and errors redacted."""
     url = "https://api.example.com/health?access_token=t-14"
-    stored = {
-        "name": "api", "url": url, "up": False, "index": 0,
-        "error": f"Client error '401' for url '{url}'",
-    }  # fmt: skip
-    summary = build_summary("r1", {"total": "1"}, [orjson.dumps(stored).decode()])
-    assert "t-14" not in orjson.dumps(summary).decode()
-    assert summary["results"][0]["url"] == "https://api.example.com/health?access_token=***"
+    stored = {"name": "api", "url": url, "up": False,
+              "error": f"Client error '401' for url '{url}'"}  # fmt: skip
+    shown = printable_result(orjson.loads(encode_result(stored, 0, 1.0)), 1.0)
+    assert "t-14" not in orjson.dumps(shown).decode()
+    assert shown["url"] == "https://api.example.com/health?access_token=***"
 
 
 def test_task_repr_in_logs_and_flower_carries_no_urls() -> None:
     """Celery logs and Flower show kwargsrepr: a count of targets, not their URLs."""
     targets = [Target(name=f"t{i}", url=f"https://h/{i}?token=t-15") for i in range(3)]
-    [payload] = batch_payloads("r1", targets, batch_size=10)
-    shown = batch_repr(payload)
+    [batch] = encode_targets(targets, 10)
+    shown = orjson.loads(batch_message("r1", 0, batch)[1])["headers"]["kwargsrepr"]
     assert "t-15" not in shown
-    assert "'<3 targets>'" in shown
+    assert "<3 targets>" in shown
     assert "'r1'" in shown

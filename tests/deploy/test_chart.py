@@ -106,9 +106,9 @@ def test_the_full_value_set_renders_every_component(full_objects: list[dict[str,
 def test_default_values_enable_only_the_core_components(
     default_objects: list[dict[str, Any]],
 ) -> None:
-    """By default: worker, beat, flower; no watcher without rules, no agent/shipper."""
+    """By default: worker, beat, flower, web; no watcher without rules, no agent/shipper."""
     deployments = {o["metadata"]["name"] for o in find(default_objects, "Deployment")}
-    assert deployments == {"opsq-worker", "opsq-beat", "opsq-flower"}
+    assert deployments == {"opsq-worker", "opsq-beat", "opsq-flower", "opsq-web"}
     assert not find(default_objects, "DaemonSet")
     assert not [o for o in default_objects if o["kind"] in ("Role", "ClusterRole")]
 
@@ -183,7 +183,7 @@ def test_a_malformed_cleanup_resource_fails_the_render() -> None:
 def test_every_pod_is_hardened(full_objects: list[dict[str, Any]]) -> None:
     """Non-root, read-only root, no capabilities, RuntimeDefault seccomp, own account."""
     pods = _pod_specs(full_objects)
-    assert len(pods) == 7
+    assert len(pods) == 8  # worker, beat, flower, web, shipper, watcher, cleanup-worker, agent
     for name, spec in pods:
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}

@@ -20,7 +20,16 @@ from opsq.core.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
-OPSQ_SERVICES = ("worker", "beat", "flower", "agent", "shipper", "watcher", "cleanup-worker")
+OPSQ_SERVICES = (
+    "worker",
+    "beat",
+    "flower",
+    "web",
+    "agent",
+    "shipper",
+    "watcher",
+    "cleanup-worker",
+)
 
 
 @pytest.fixture(scope="module")

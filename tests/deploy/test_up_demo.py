@@ -31,13 +31,14 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
-import redis
 import yaml
 
 from opsq.core.procs import group_members
 from opsq.core.redis_server import free_port
+from opsq.core.runs import RunStore
 from tests.cleanup.objects import pod
 from tests.deploy.chart import render_chart
 from tests.deploy.util import processes_with_env, wait_for
@@ -168,15 +169,14 @@ def up(tmp_path_factory: pytest.TempPathFactory, fake_kube_server: FakeKube) -> 
         fake_kube_server.reset()
 
 
-def demo_summary(redis_url: str) -> dict[str, object] | None:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+def demo_summary(redis_url: str) -> dict[str, Any] | None:
+    store = RunStore.from_url(redis_url)
     try:
-        for key in client.scan_iter("opsq:run:*:summary"):
-            summary = json.loads(client.get(key) or "{}")
-            if summary.get("up") and summary.get("down") and summary.get("pending") == 0:
-                return summary  # type: ignore[no-any-return]
+        for run in store.list_runs(100):
+            if run["up"] and run["down"] and run["finished_at"] is not None:
+                return store.summary(run["run_id"])
     finally:
-        client.close()
+        store.close()
     return None
 
 
@@ -252,6 +252,24 @@ def test_flower_rejects_anonymous_and_accepts_the_printed_credentials(up: Up) ->
     assert http_get(f"{up.flower_url}/tasks", (up.flower_user, up.flower_password))[0] == 200
 
 
+def test_status_page_from_the_banner_is_private_and_shows_the_demo_set(up: Up) -> None:
+    """The banner's status page answers 401 without credentials; with the printed ones
+    it lists the demo set's targets with their states once a run is applied."""
+    found = re.search(r"web\s+(http://\S+)\s+status page, user '([^']+)', password (\S+)",
+                      up.output())  # fmt: skip
+    assert found is not None, up.output()
+    url, user, password = found.groups()
+    assert http_get(url)[0] == 401
+    assert wait_for(lambda: b'data-state="up"' in http_get(url, (user, password))[1], 90)
+    page = http_get(url, (user, password))[1].decode()
+    assert ">healthy<" in page
+    assert 'data-state="down"' in page
+    ps = subprocess.run(
+        [require_tool("ps"), "-eo", "args"], capture_output=True, text=True, check=True
+    )
+    assert password not in ps.stdout
+
+
 def test_password_is_not_visible_in_the_process_list(up: Up) -> None:
     """No process's command line carries Flower's password."""
     ps = subprocess.run(
@@ -302,7 +320,8 @@ def test_headless_chromium_sees_opsq_tasks_in_flower(up: Up) -> None:
 
 
 def test_every_metrics_endpoint_passes_promtool(up: Up) -> None:
-    """Each announced /metrics (workers) and Flower's /metrics is valid exposition format."""
+    """Each announced /metrics (workers) and Flower's /metrics is valid exposition format,
+    and every /readyz answers (the supervisor's with Redis memory in it)."""
     promtool = require_tool("promtool")
     urls = [*up.metrics_urls, f"{up.flower_url}/metrics"]
     assert len(urls) >= 2
@@ -317,14 +336,19 @@ def test_every_metrics_endpoint_passes_promtool(up: Up) -> None:
         base = url.removesuffix("/metrics")
         assert http_get(f"{base}/healthz")[0] == 200
         assert http_get(f"{base}/readyz")[0] == 200
+    # The supervisor's /readyz reports Redis memory against its limit (warned past 80%).
+    supervisor = next(u for u in up.metrics_urls if "supervisor" in up.url_owner(u))
+    ready = json.loads(http_get(supervisor.removesuffix("/metrics") + "/readyz")[1])
+    assert ready["children"] is True
+    assert ready["redis_memory"]["used_bytes"] > 0
 
 
 def finished_runs(redis_url: str) -> int:
-    client = redis.Redis.from_url(redis_url)
+    store = RunStore.from_url(redis_url)
     try:
-        return sum(1 for _ in client.scan_iter("opsq:run:*:summary"))
+        return sum(1 for run in store.list_runs(1000) if run["finished_at"] is not None)
     finally:
-        client.close()
+        store.close()
 
 
 def test_a_killed_worker_is_restarted_and_work_continues(up: Up) -> None:

@@ -71,7 +71,7 @@ def test_insecure_flower_needs_the_flag_and_says_so(tmp_path: Path) -> None:
 def test_core_components_always_optional_ones_only_when_configured(tmp_path: Path) -> None:
     """Without log paths or cleanup rules: no agent, shipper or watcher."""
     children, _ = plan_for(tmp_path, UpOptions(metrics_port=0, flower_port=0, workers=2))
-    assert set(children) == {"worker-1", "worker-2", "beat", "flower"}
+    assert set(children) == {"worker-1", "worker-2", "beat", "flower", "web"}
     children, _ = plan_for(tmp_path, logs={"agent": {"paths": ["/var/log/*.log"]}})
     assert {"agent", "shipper"} <= set(children)
     assert children["agent"].argv[-1] == "agent"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.formats import Decoder, Runs, detect, parse_docker, split_framed
+from agents.formats import Decoder, FramedJoiner, Runs, detect, parse_docker, split_framed
 from agents.lines import Records, Source, split_chunk
 from tests.k8slogs.runtimes import MAX_LEN, Clock, CriWriter, DockerWriter, go_rfc3339nano
 
@@ -25,10 +25,16 @@ def physical(path: Path, base: int = 0, max_line: int = 10**6) -> Records:
 
 
 def decode_file(path: Path, fmt: str = "cri", max_line: int = 256 * 1024) -> tuple[Records, int]:
+    """The file's records and the checkpoint-safe end after them."""
     decoder = Decoder(fmt, max_line)  # type: ignore[arg-type]
     records = physical(path, max_line=decoder.physical_max)
-    out = decoder.feed(records, path.stat().st_size)
-    return out.records, out.end
+    out = decoder.feed(records)
+    return out, safe_end(decoder, path.stat().st_size)
+
+
+def safe_end(decoder: Decoder, end: int) -> int:
+    held = decoder.held_from
+    return end if held is None else min(end, held)
 
 
 def messages(records: Records) -> list[bytes]:
@@ -125,13 +131,13 @@ def test_interleaved_streams_keep_order_and_hold_the_checkpoint_at_an_open_part(
     writer.write_physical("stdout", b"F", b"second half")
     data = path.read_bytes()
     decoder = Decoder("cri", 1000)
-    out = decoder.feed(split_chunk(data[:cut], 0, 2000), cut)
-    assert out.records.lines == []
-    assert out.end == 0, "nothing shipped past the open part"
-    out = decoder.feed(split_chunk(data[cut:], cut, 2000), len(data))
-    assert messages(out.records) == [b"first half second half", b"an error"]
-    assert out.records.offs == [0, data.index(b"\n") + 1]
-    assert out.end == len(data)
+    out = decoder.feed(split_chunk(data[:cut], 0, 2000))
+    assert out.lines == []
+    assert safe_end(decoder, cut) == 0, "nothing shipped past the open part"
+    out = decoder.feed(split_chunk(data[cut:], cut, 2000))
+    assert messages(out) == [b"first half second half", b"an error"]
+    assert out.offs == [0, data.index(b"\n") + 1]
+    assert safe_end(decoder, len(data)) == len(data)
 
 
 def test_long_lines_are_cut_after_reassembly(tmp_path: Path) -> None:
@@ -139,9 +145,9 @@ def test_long_lines_are_cut_after_reassembly(tmp_path: Path) -> None:
     writer = CriWriter(tmp_path / "0.log", Clock(T0))
     writer.write("stdout", b"y" * 40_000 + b"\nshort\n")
     decoder = Decoder("cri", 20_000)
-    out = decoder.feed(physical(tmp_path / "0.log", max_line=decoder.physical_max), 10**6)
-    assert messages(out.records) == [b"y" * 20_000, b"short"]
-    assert out.records.truncated == 1
+    out = decoder.feed(physical(tmp_path / "0.log", max_line=decoder.physical_max))
+    assert messages(out) == [b"y" * 20_000, b"short"]
+    assert out.truncated == 1
 
 
 def test_a_single_full_line_over_the_limit_is_cut_too(tmp_path: Path) -> None:
@@ -149,9 +155,10 @@ def test_a_single_full_line_over_the_limit_is_cut_too(tmp_path: Path) -> None:
     writer = CriWriter(tmp_path / "0.log", Clock(T0), max_len=0)
     writer.write("stdout", b"z" * 5000 + b"\n")
     decoder = Decoder("cri", 1000)
-    out = decoder.feed(physical(tmp_path / "0.log", max_line=decoder.physical_max), 10**6)
-    assert messages(out.records) == [b"z" * 1000]
-    assert out.records.truncated == 1
+    lines = physical(tmp_path / "0.log", max_line=decoder.physical_max)
+    out = decoder.feed(lines)
+    assert messages(out) == [b"z" * 1000]
+    assert lines.truncated + out.truncated == 1, "cut once, counted once"
 
 
 def test_invalid_utf8_inside_cri_is_kept_as_bytes_and_counted(tmp_path: Path) -> None:
@@ -169,13 +176,13 @@ def test_output_ending_without_newline_ships_on_flush(tmp_path: Path) -> None:
     writer.write("stdout", b"done\nno newline at exit")
     size = (tmp_path / "0.log").stat().st_size
     decoder = Decoder("cri", 1000)
-    out = decoder.feed(physical(tmp_path / "0.log"), size)
-    assert messages(out.records) == [b"done"]
-    assert out.end == (tmp_path / "0.log").read_bytes().index(b"\n") + 1
+    out = decoder.feed(physical(tmp_path / "0.log"))
+    assert messages(out) == [b"done"]
+    assert safe_end(decoder, size) == (tmp_path / "0.log").read_bytes().index(b"\n") + 1
     assert decoder.busy
-    out = decoder.flush(size)
-    assert messages(out.records) == [b"no newline at exit"]
-    assert out.end == size
+    out = decoder.flush()
+    assert messages(out) == [b"no newline at exit"]
+    assert safe_end(decoder, size) == size
     assert not decoder.busy
 
 
@@ -204,32 +211,33 @@ def test_partials_span_a_rotation_and_keep_the_first_files_identity(tmp_path: Pa
     writer.write_physical("stdout", b"F", b"tail")
     writer.write_physical("stdout", b"F", b"next")
     pred, succ = Decoder("cri", 1000), Decoder("cri", 1000)
-    out = pred.feed(physical(old), old.stat().st_size)
-    assert messages(out.records) == [b"whole"]
-    assert out.end == first
+    out = pred.feed(physical(old))
+    assert messages(out) == [b"whole"]
+    assert safe_end(pred, old.stat().st_size) == first
     src = Source(b"h", str(old).encode(), "1:2:old")
     pending, held = pred.hand_over(src, old.stat().st_size)
     assert not pred.busy
     succ.adopt(pending, held, 0)
-    out = succ.feed(physical(new), new.stat().st_size)
-    [carried] = out.carried
+    assert succ.held_from == 0, "the new file's checkpoint waits for the carried lines"
+    out = succ.feed(physical(new))
+    [carried] = succ.take_carried()
     assert carried.origin.source == src
     assert carried.origin.end == old.stat().st_size
     assert messages(carried.records) == [b"head tail", b"err head err tail"]
     assert carried.records.offs[0] == first
-    assert messages(out.records) == [b"next"]
-    assert carried.also_end == out.records.offs[0]
-    assert out.end == new.stat().st_size
+    assert messages(out) == [b"next"]
+    assert safe_end(succ, new.stat().st_size) == new.stat().st_size
 
 
 def test_reset_forgets_own_parts_but_keeps_adopted_ones(tmp_path: Path) -> None:
     """A refused batch rewinds the file; parts from a predecessor cannot be re-read."""
     decoder = Decoder("cri", 1000)
     other = Decoder("cri", 1000)
-    other.feed(split_chunk(b"2026-11-18T11:06:40Z stdout P adopted \n", 0, 2000), 40)
+    other.feed(split_chunk(b"2026-11-18T11:06:40Z stdout P adopted \n", 0, 2000))
     decoder.adopt(*other.hand_over(Source(b"h", b"/p", "f"), 40), 0)
-    decoder.feed(split_chunk(b"2026-11-18T03:46:41Z stderr P own\n", 0, 2000), 36)
-    decoder.reset(0)
+    decoder.feed(split_chunk(b"2026-11-18T11:06:41Z stderr P own\n", 0, 2000))
+    assert sorted(decoder.pending) == [b"stderr", b"stdout"]
+    decoder.reset()
     assert list(decoder.pending) == [b"stdout"]
 
 
@@ -277,3 +285,55 @@ def test_runs_count_repeats_of_the_last_timestamp(
     assert tracker.first_k(lines[-1]) == tracker.run
     tracker.consume([lines[-1]])
     assert tracker.run == runs[0][1] + 1
+
+
+def test_a_split_line_in_a_chunk_only_slows_down_its_own_lines(tmp_path: Path) -> None:
+    """Runs of plain F lines pass through as the same objects; only the P..F run around a
+    split line is decoded, and the order and offsets stay those of the file."""
+    writer = CriWriter(tmp_path / "0.log", Clock(T0))
+    writer.write("stdout", b"".join(b"a%d\n" % i for i in range(50)))
+    writer.write("stdout", b"L" * (MAX_LEN + 7) + b"\n")
+    writer.write("stderr", b"".join(b"b%d\n" % i for i in range(50)))
+    lines = physical(tmp_path / "0.log")
+    out = Decoder("cri", 10**6).feed(lines)
+    assert messages(out) == [b"a%d" % i for i in range(50)] + [b"L" * (MAX_LEN + 7)] + [
+        b"b%d" % i for i in range(50)
+    ]
+    assert out.lines[0] is lines.lines[0]
+    assert out.lines[-1] is lines.lines[-1]
+    assert out.offs == sorted(out.offs)
+    assert out.offs[50] == lines.offs[50], "the joined line sits at its first part"
+
+
+JAVA_TRACE = b"""2026-11-18 11:06:40.123 ERROR [main] c.e.Shop - order failed
+java.lang.IllegalStateException: payment declined
+\tat com.example.shop.Payments.charge(Payments.java:42)
+\tat com.example.shop.Orders.place(Orders.java:17)
+Caused by: java.net.SocketTimeoutException: Read timed out
+\tat java.base/java.net.SocketInputStream.read(SocketInputStream.java:168)
+\t... 5 more
+"""
+
+
+def test_a_java_stack_trace_inside_cri_is_joined_on_its_messages(tmp_path: Path) -> None:
+    """Decoder then FramedJoiner: the start pattern sees the message (not the runtime's
+    time), a 20 KB frame split into P/F joins first, the trace keeps its first line's
+    time and stream, and the stdout lines around it stay separate records."""
+    writer = CriWriter(tmp_path / "0.log", Clock(T0))
+    writer.write("stdout", b"2026-11-18 11:06:39.000 INFO  [main] c.e.Shop - started\n")
+    long_frame = b"\tat com.example.Generated.deep(" + b"x" * 20_000 + b")\n"
+    stamps = writer.write("stderr", JAVA_TRACE + long_frame)
+    writer.write("stdout", b"2026-11-18 11:06:41.000 INFO  [main] c.e.Shop - next\n")
+    decoder = Decoder("cri", 10**6)
+    joiner = FramedJoiner(r"\d{4}-\d\d-\d\d ", 500, 10**6)
+    lines = physical(tmp_path / "0.log", max_line=decoder.physical_max)
+    out = joiner.feed(decoder.feed(lines))
+    out.lines += joiner.flush().lines
+    got = [split_framed(line) for line in out.lines]
+    assert [m[:28] for _, _, m in got] == [
+        b"2026-11-18 11:06:39.000 INFO", b"2026-11-18 11:06:40.123 ERRO",
+        b"2026-11-18 11:06:41.000 INFO",
+    ]  # fmt: skip
+    ts, stream, trace = got[1]
+    assert (ts, stream) == (stamps[0], b"stderr")
+    assert trace == JAVA_TRACE + long_frame[:-1]

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from agents.podmeta import PodMetadata, Verdict, namespace_allowed, owner_of, record_meta
+from agents.podmeta import PodMetadata, owner_of
 from agents.podpath import PodIdentity
+from agents.pods import Verdict, namespace_allowed, record_meta
 from opsq.core.config.logs import KubernetesSettings
 from opsq.core.metrics import logs_agent as metrics
 from opsq.engines.cleanup.kube import load_api_client

@@ -154,3 +154,25 @@ def test_copytruncate_while_the_agent_was_down_reads_the_rest_from_the_copy(
     wait_for(lambda: len(unique_lines(raw_client)) >= 260, what="every line")
     wait_for(lambda: settled(agent, logs, pattern), what="all files read and acknowledged")
     assert_each_line_once(raw_client, expected)
+
+
+def test_a_copy_shorter_than_what_was_read_is_not_read_again_after_its_rename(
+    tmp_path: Path, run_agent, raw_client
+) -> None:
+    """logrotate's own window: lines written after its copy and before its truncate are
+    read from the original but are not in the copy. That copy, renamed to ``.2`` by the
+    next rotation and found by ``app.log*``, is finished, not "truncated"."""
+    logs = tmp_path / "logs"
+    log = logs / "app.log"
+    write_lines(log, batch("one", 200))
+    agent = run_agent(agent_settings(tmp_path, paths=[str(logs / "app.log*")]))
+    wait_for(lambda: len(unique_lines(raw_client)) >= 200, what="first lines")
+    shutil.copyfile(log, logs / "app.log.1")
+    write_lines(log, batch("window", 30))  # after the copy, before the truncate
+    wait_for(lambda: len(unique_lines(raw_client)) >= 230, what="the window's lines")
+    copytruncate(log, None)
+    write_lines(log, batch("two", 10))
+    wait_for(lambda: len(unique_lines(raw_client)) >= 240, what="lines after the truncate")
+    os.rename(logs / "app.log.1", logs / "app.log.2")  # the next rotation shifts it
+    wait_for(lambda: settled(agent, logs, "app.log*"), what="all files read and acknowledged")
+    assert_each_line_once(raw_client, batch("one", 200) + batch("window", 30) + batch("two", 10))

@@ -81,12 +81,12 @@ def test_user_maxlen_caps_the_stream_and_counts_trimmed_entries(
 def test_when_inotify_fails_the_agent_warns_and_keeps_polling(
     tmp_path: Path, run_agent, raw_client, monkeypatch, caplog
 ) -> None:
-    """E.g. fs.inotify.max_user_watches exhausted: watchfiles raises, polling carries on."""
+    """E.g. fs.inotify.max_user_instances exhausted: inotify_init1 fails, polling carries on."""
 
-    def no_watches(*args, **kwargs):
-        raise OSError(28, "inotify watch limit reached")
+    def no_inotify():
+        raise OSError(24, "Too many open files (inotify instances)")
 
-    monkeypatch.setattr(watcher.watchfiles, "watch", no_watches)
+    monkeypatch.setattr(watcher, "_libc", no_inotify)
     log = tmp_path / "logs" / "a.log"
     write_lines(log, [b"before"])
     run_agent(agent_settings(tmp_path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -109,9 +110,17 @@ def test_permission_denied_warns_and_other_files_continue(tmp_path: Path, redis_
     os.chmod(logs / "secret.log", 0)
     write_lines(logs / "open.log", [b"readable"])
     drop = [require_tool("setpriv"), "--bounding-set=-dac_override,-dac_read_search"]
-    agent = AgentProcess(tmp_path, redis_url, {"paths": [str(logs / "*.log")],
-                         "checkpoint_dir": str(tmp_path / "ck"), "rescan_interval": 0.2},
-                         stream=STREAM, prefix=drop).start()  # fmt: skip
+    agent = AgentProcess(
+        tmp_path,
+        redis_url,
+        {
+            "paths": [str(logs / "*.log")],
+            "checkpoint_dir": str(tmp_path / "ck"),
+            "rescan_interval": 0.2,
+        },
+        stream=STREAM,
+        prefix=drop,
+    ).start()
     try:
         client = redis.Redis.from_url(redis_url)
         wait_for(lambda: all_lines(client) == [b"readable"], what="readable file")
@@ -136,10 +145,50 @@ def test_agent_rss_stays_bounded_with_a_large_backlog_and_no_consumer(
     agent = AgentProcess(tmp_path, redis_url, cfg, stream=STREAM).start()
     try:
         client = redis.Redis.from_url(redis_url)
-        wait_for(lambda: agent.metric("opsq_agent_lines_read_total") >= 500_000, timeout=60,
-                 what="all lines read")  # fmt: skip
+        wait_for(
+            lambda: agent.metric("opsq_agent_lines_read_total") >= 500_000,
+            timeout=60,
+            what="all lines read",
+        )
         wait_for(lambda: agent.metric("opsq_agent_lag_bytes") == 0, what="all acknowledged")
         assert client.xlen(STREAM) > 0
         assert agent.vm_hwm_kib() < 70 * 1024
+    finally:
+        agent.stop()
+
+
+@pytest.mark.slow
+def test_a_file_name_that_is_not_utf8_keeps_metrics_valid_and_inotify_on(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """The name made /metrics answer nothing (UnicodeEncodeError in the lag label) and
+    ended the inotify watch. With a one-hour rescan, the file created after the odd one
+    is only found if inotify still works."""
+    promtool = require_tool("promtool")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    odd = os.path.join(os.fsencode(logs), b"caf\xe9-\xff.log")
+    cfg = {
+        "paths": [str(logs / "*.log")],
+        "checkpoint_dir": str(tmp_path / "ck"),
+        "rescan_interval": "1h",
+    }
+    agent = AgentProcess(tmp_path, redis_url, cfg, stream=STREAM).start()
+    try:
+        client = redis.Redis.from_url(redis_url)
+        with open(odd, "wb") as f:
+            f.write(b"from the odd file\n")
+        wait_for(lambda: len(stream_records(client)) >= 1, what="the odd file's line")
+        [(path, *_rest)] = stream_records(client)
+        assert os.fsencode(path) == odd  # the name arrives byte for byte
+        write_lines(logs / "later.log", [b"found by inotify"])
+        wait_for(lambda: len(stream_records(client)) >= 2, what="a file created afterwards")
+        text = agent.get("/metrics")
+        assert 'path="' + str(logs) + '/caf\\\\xe9-\\\\xff.log"' in text
+        res = subprocess.run(
+            [promtool, "check", "metrics"], input=text.encode(), capture_output=True, check=False
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert agent.terminate() == 0
     finally:
         agent.stop()

@@ -10,6 +10,7 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
+from agents.attempts import Attempts
 from agents.shipper import ensure_group, group_exists, redis_errors
 from agents.sinks.base import Delivery, jsonl_bytes
 from agents.sinks.file import FileSink
@@ -146,15 +147,16 @@ def test_poison_entry_goes_to_dead_letter_stream_acked_and_counted(
     assert set(sink_ids(tmp_path)) == ids_of([make_entry(0), good])
 
 
-def test_entry_delivered_more_than_max_deliveries_is_dead_lettered_when_claimed(
+def test_an_entry_whose_writes_died_max_deliveries_times_is_dead_lettered_when_claimed(
     rclient: redis.Redis, make_shipper, tmp_path: Path
 ) -> None:
-    """An entry that keeps killing its consumers stops circulating after max_deliveries."""
+    """An entry that keeps killing its shippers mid-write stops circulating: three
+    shippers began a sink write with it (Attempts.begin, as _ship does) and died."""
     (entry_id,) = produce(rclient, [make_entry(0)])
     rclient.xgroup_create(STREAM, GROUP, id="0")
     rclient.xreadgroup(GROUP, "dead-1", {STREAM: ">"})
-    for n in range(2, 4):  # two more consumers took it over and died
-        rclient.xclaim(STREAM, GROUP, f"dead-{n}", 0, [entry_id])
+    for _ in range(3):
+        Attempts(rclient, STREAM, GROUP).begin([entry_id])
     shipper = make_shipper("s1", claim_idle=0.01, max_deliveries=3)
     wait_for(lambda: idle_ms(rclient) > 20)
     before = metric("opsq_shipper_dead_lettered_total", reason="max_deliveries")
@@ -163,10 +165,30 @@ def test_entry_delivered_more_than_max_deliveries_is_dead_lettered_when_claimed(
 
     dead = rclient.xrange(keys.dead_letter(STREAM))
     assert [f[b"original_id"].decode() for _, f in dead] == [entry_id]
-    assert dead[0][1][b"reason"] == b"delivered 4 times (max_deliveries 3)"
+    assert dead[0][1][b"reason"] == b"3 sink writes died unfinished (max_deliveries 3)"
     assert rclient.xpending(STREAM, GROUP)["pending"] == 0
+    assert rclient.hlen(keys.log_attempts(STREAM, GROUP)) == 0  # gone with the entry
     assert metric("opsq_shipper_dead_lettered_total", reason="max_deliveries") == before + 1
     assert sink_ids(tmp_path) == {}
+
+
+def test_redeliveries_without_failed_writes_never_dead_letter(
+    rclient: redis.Redis, make_shipper, tmp_path: Path
+) -> None:
+    """XREADGROUP 0 on every restart raises the XPENDING delivery counter; that counter
+    no longer decides anything: the entry is shipped, not dead-lettered."""
+    produce(rclient, [make_entry(0)])
+    rclient.xgroup_create(STREAM, GROUP, id="0")
+    rclient.xreadgroup(GROUP, "s1", {STREAM: ">"})
+    for _ in range(8):  # eight restarts that re-read the pending entry
+        rclient.xreadgroup(GROUP, "s1", {STREAM: "0"})
+    assert rclient.xpending_range(STREAM, GROUP, "-", "+", 1)[0]["times_delivered"] >= 8
+    shipper = make_shipper("s1", max_deliveries=3)
+    while shipper.step():
+        pass
+    assert rclient.xlen(keys.dead_letter(STREAM)) == 0
+    assert set(sink_ids(tmp_path)) == ids_of([make_entry(0)])
+    assert rclient.exists(keys.log_attempts(STREAM, GROUP)) == 0
 
 
 def test_idle_entries_of_a_dead_consumer_are_claimed_and_shipped(

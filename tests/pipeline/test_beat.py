@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ import redis
 import yaml
 
 from opsq.core import keys
+from opsq.core.runs import RunStore
 from tests.pipeline.conftest import LocalHTTP
 from tests.support.workers import ROOT, Worker
 
@@ -62,7 +62,7 @@ def test_beat_runs_a_configured_probe_set_on_its_interval(
         "inline": {"targets": [{"name": "inline", "url": f"{http_server.url}/ok"}],
                    "interval": 1},
     }}}))  # fmt: skip
-    env = {"OPSQ_CONFIG": str(config)}
+    env = {"OPSQ_CONFIG": str(config), "OPSQ_RUNS__RETENTION__BEAT": "10m"}
     start_worker(env=env)
     start_beat(env)
 
@@ -76,8 +76,14 @@ def test_beat_runs_a_configured_probe_set_on_its_interval(
     web_runs = runs_of("web")
     assert len(web_runs) >= 2, (tmp_path / "beat.log").read_text()
     assert runs_of("inline")
-    while time.monotonic() < deadline and not redis_client.exists(keys.run_summary(web_runs[0])):
+    store = RunStore(redis_client)
+    while time.monotonic() < deadline and not store.progress(web_runs[0]).finished:
         time.sleep(0.1)
-    summary = json.loads(redis_client.get(keys.run_summary(web_runs[0])))
+    summary = store.summary(web_runs[0])
+    assert summary is not None
     assert (summary["total"], summary["up"], summary["down"]) == (2, 1, 1)
+    assert (summary["kind"], summary["probe_set"]) == ("beat", "web")
+    # Beat runs keep the beat retention (10 minutes here), not the on-demand week.
+    assert 0 < redis_client.ttl(keys.run_meta(web_runs[0])) <= 600
+    assert 0 < redis_client.ttl(keys.run_packed(web_runs[0])) <= 600
     assert "scheduler -> redbeat.schedulers.RedBeatScheduler" in (tmp_path / "beat.log").read_text()

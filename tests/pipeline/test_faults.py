@@ -14,12 +14,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from opsq.core import keys
 from opsq.core.redis_server import RedisServer
+from opsq.core.runs import RunStore
 from tests.pipeline.conftest import LocalHTTP, run_cli, write_targets
 from tests.support.workers import Worker
 
@@ -47,9 +49,12 @@ def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _summary(client: redis.Redis, run_id: str, timeout: float) -> dict[str, object]:
-    _wait_for(lambda: client.exists(keys.run_summary(run_id)) == 1, timeout, "the summary")
-    return json.loads(client.get(keys.run_summary(run_id)))
+def _summary(client: redis.Redis, run_id: str, timeout: float) -> dict[str, Any]:
+    store = RunStore(client)
+    _wait_for(lambda: store.progress(run_id).finished, timeout, "the run to complete")
+    summary = store.summary(run_id)
+    assert summary is not None
+    return summary
 
 
 @pytest.mark.slow

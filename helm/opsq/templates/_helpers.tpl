@@ -38,6 +38,10 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- .Values.flower.auth.existingSecret | default (printf "%s-flower" (include "opsq.fullname" .)) -}}
 {{- end -}}
 
+{{- define "opsq.webSecretName" -}}
+{{- .Values.web.auth.existingSecret | default (printf "%s-web" (include "opsq.fullname" .)) -}}
+{{- end -}}
+
 {{/* "true" when the watcher and cleanup workers run: enabled and given rules. */}}
 {{- define "opsq.cleanupEnabled" -}}
 {{- and .Values.watcher.enabled (not (empty .Values.cleanup.rules)) -}}

@@ -184,6 +184,11 @@ class ShipperSettings(Section):
     block: Annotated[Duration, Field(ge=0)] = 1.0
     claim_idle: Annotated[Duration, Field(gt=0)] = 60.0
     max_deliveries: Annotated[int, Field(ge=1)] = 5
+    """Sink writes of an entry that may die unfinished (the shipper crashed or was killed
+    during them) before the entry goes to the dead-letter stream. Restarts and sink
+    outages do not count."""
+    dead_retention: Annotated[Duration, Field(gt=0)] = 7 * 24 * 3600.0
+    """Dead letters older than this are trimmed (counted in opsq_stream_trimmed_total)."""
     trim_interval: Annotated[Duration, Field(gt=0)] = 10.0
     shutdown_grace: Annotated[Duration, Field(gt=0)] = 10.0
     """On SIGTERM, keep retrying the in-flight batch against a failing sink this long."""

@@ -47,6 +47,15 @@ FILES_WATCHED = Gauge("opsq_agent_files_watched", "Files currently open for read
 LAG_BYTES = Gauge(
     "opsq_agent_lag_bytes", "File size minus the acknowledged checkpoint offset.", ["path"]
 )
+
+
+def path_label(path: str) -> str:
+    """A file path as a label value: bytes that are not UTF-8 (kept in the str as
+    surrogate escapes) become ``\\xNN``, so the exposition can always be encoded
+    (an invalid name once made /metrics answer nothing at all)."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 SEND_ERRORS = Counter(
     "opsq_agent_send_errors_total", "Failed XADD round trips (Redis down, OOM, timeout)."
 )

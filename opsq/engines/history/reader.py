@@ -1,0 +1,435 @@
+"""Reading history for the status page and the API, in a bounded number of round trips.
+
+Every public method costs a fixed number of Redis round trips whatever the number of
+targets (each one pipeline; :data:`ROUNDTRIPS` counts them per request):
+
+- :meth:`HistoryReader.overview`: 3 (the sets; every set's state, live accumulators,
+  roster and blob index; the blobs the windows need that are not cached yet);
+- :meth:`HistoryReader.target`: 3 (the set's target keys; the target's state, live
+  entry, raw window, open incident and the set's blob index and incident ids; blobs
+  and incidents);
+- :meth:`HistoryReader.history` and :meth:`HistoryReader.incidents`: 2-3.
+
+Sealed blobs never change, so they are decoded once and kept (least recently used
+first out); the live accumulators and states are read on every call. Uptime comes from
+rollups only (:mod:`.windows`), never from a scan of raw verdicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from opsq.core import keys
+from opsq.core.redact import redact_text, redact_url
+from opsq.engines.history import raw, windows
+from opsq.engines.history.incidents import Incident
+from opsq.engines.history.recorder import LiveEntry
+from opsq.engines.history.rollup import Acc, decode_blob
+from opsq.engines.monitor.state import TargetState
+
+OVERVIEW_WINDOWS = ("24h", "7d", "30d")
+TARGET_WINDOWS = ("24h", "7d", "30d", "90d")
+SEVERITY = {"down": 0, "degraded": 1, "unknown": 2, "up": 3}
+INCIDENTS_MAX = 500
+"""A page or an API answer lists at most this many incidents (newest first)."""
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.value = 0
+
+
+ROUNDTRIPS: ContextVar[Counter | None] = ContextVar("opsq_history_roundtrips", default=None)
+"""Set a :class:`Counter` here to count the Redis round trips of one request."""
+TOTAL_ROUNDTRIPS = Counter()
+
+
+def target_id(key: str) -> str:
+    """A target's id in URLs: short, stable, and free of the URL's secrets."""
+    return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
+
+
+def display_url(url: str) -> str:
+    """A target URL as pages and the API show it: user info redacted, and no query or
+    fragment (where tokens travel; a status page has no use for them)."""
+    return redact_url(url.split("#", 1)[0].split("?", 1)[0])
+
+
+def natural(text: str) -> list[Any]:
+    """Sort key: ``svc2`` before ``svc10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass
+class SetData:
+    """One set as read in one round trip."""
+
+    name: str
+    states: dict[str, TargetState]
+    live: dict[str, LiveEntry]
+    roster: dict[str, int]
+    members: set[str]
+    open: dict[str, Incident]
+
+
+@dataclass
+class TargetView:
+    """What the page and the API show for one target."""
+
+    id: str
+    set: str
+    name: str
+    url: str
+    state: str
+    since: float
+    reason: str
+    detail: str | None
+    last_run_at: float
+    uptime: dict[str, float | None]
+    latency: Acc
+    spark: list[float | None]
+    locations: dict[str, Any] = field(default_factory=dict)
+    open_incident: Incident | None = None
+    days: list[tuple[int, Acc | None]] = field(default_factory=list)
+    """The last 90 days' rollups (oldest first); filled for the target page only."""
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "set": self.set,
+            "name": self.name,
+            "url": self.url,
+            "state": self.state,
+            "since": self.since or None,
+            "reason": self.reason,
+            "detail": self.detail,
+            "last_run_at": self.last_run_at or None,
+            "uptime": self.uptime,
+            "latency_24h": {
+                "p50_s": self.latency.quantile(0.5),
+                "p95_s": self.latency.quantile(0.95),
+                "mean_s": self.latency.mean(),
+                "max_s": self.latency.lat_max or None,
+                "count": self.latency.n_lat,
+            },
+            "locations": self.locations,
+            "open_incident": incident_api(self.open_incident) if self.open_incident else None,
+        }
+
+
+def incident_api(incident: Incident, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    return {
+        "id": incident.id,
+        "set": incident.set,
+        "target_id": target_id(incident.target),
+        "name": incident.name,
+        "url": display_url(incident.url),
+        "state": incident.state,
+        "started_at": incident.started_at,
+        "ended_at": incident.ended_at,
+        "open": incident.ended_at is None,
+        "duration_s": incident.duration(now),
+        "reason": incident.reason,
+        "detail": redact_text(incident.detail) if incident.detail else None,
+        "locations": incident.locations,
+    }
+
+
+def rollup_api(kind: str, acc: Acc) -> dict[str, Any]:
+    length = windows.HOUR_S if kind == "h" else windows.DAY_S
+    return {
+        "start": acc.period * length,
+        "end": (acc.period + 1) * length,
+        "runs": acc.runs,
+        "up": acc.up,
+        "degraded": acc.degraded,
+        "down": acc.down,
+        "unknown": acc.unknown,
+        "uptime": acc.uptime(),
+        "latency": {
+            "count": acc.n_lat,
+            "mean_s": acc.mean(),
+            "max_s": acc.lat_max or None,
+            "p50_s": acc.quantile(0.5),
+            "p95_s": acc.quantile(0.95),
+        },
+    }
+
+
+class HistoryReader:
+    """Async reads for ``opsq web`` (a ``redis.asyncio`` client without decoding)."""
+
+    def __init__(self, client: aioredis.Redis[bytes], *, cache_blobs: int = 512) -> None:
+        self.client = client
+        self._blobs: OrderedDict[str, dict[int, Acc]] = OrderedDict()
+        self._cache_blobs = cache_blobs
+
+    async def _run(self, pipe: Any) -> list[Any]:
+        counter = ROUNDTRIPS.get()
+        if counter is not None:
+            counter.value += 1
+        TOTAL_ROUNDTRIPS.value += 1
+        return list(await pipe.execute())
+
+    # --- overview ---------------------------------------------------------------------
+    async def sets(self) -> list[str]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.smembers(keys.MONITOR_SETS)
+        (found,) = await self._run(pipe)
+        return sorted(_text(s) for s in found)
+
+    async def overview(self, now: float) -> list[tuple[str, list[TargetView]]]:
+        """Every set and target, worst state first, with uptime and a sparkline."""
+        names = await self.sets()
+        sets = await self._read_sets(names, now - windows.DAY_S * 31)
+        await self._load_blobs(
+            [(s.name, m) for s in sets for m in windows.members(OVERVIEW_WINDOWS, now) & s.members]
+        )
+        result = []
+        for data in sets:
+            views = [
+                self._view(data, key, state, OVERVIEW_WINDOWS, now)
+                for key, state in data.states.items()
+            ]
+            views.sort(key=lambda v: (SEVERITY.get(v.state, 2), natural(v.name), v.url))
+            result.append((data.name, views))
+        return result
+
+    async def _read_sets(self, names: Sequence[str], since: float) -> list[SetData]:
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(keys.monitor_state(name))
+            pipe.hgetall(keys.history_acc(name))
+            pipe.hgetall(keys.history_roster(name))
+            pipe.zrangebyscore(keys.history_periods(name), since, "+inf")
+            pipe.hgetall(keys.history_open(name))
+        replies = await self._run(pipe) if names else []
+        return [self._set_data(name, replies[i * 5 : (i + 1) * 5]) for i, name in enumerate(names)]
+
+    @staticmethod
+    def _set_data(name: str, replies: Sequence[Any]) -> SetData:
+        states_raw, live_raw, roster_raw, members_raw, open_raw = replies
+        return SetData(
+            name=name,
+            states={
+                _text(k): TargetState.from_dict(orjson.loads(v)) for k, v in states_raw.items()
+            },
+            live={_text(k): LiveEntry.loads(v) for k, v in live_raw.items()},
+            roster={_text(k): int(v) for k, v in roster_raw.items()},
+            members={_text(m) for m in members_raw},
+            open={_text(k): Incident.from_dict(orjson.loads(v)) for k, v in open_raw.items()},
+        )
+
+    async def _load_blobs(self, wanted: Iterable[tuple[str, str]]) -> None:
+        missing = sorted({(s, m) for s, m in wanted if _blob_key(s, m) not in self._blobs})
+        for set_name, member in [(s, m) for s, m in wanted if _blob_key(s, m) in self._blobs]:
+            self._blobs.move_to_end(_blob_key(set_name, member))
+        if not missing:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for set_name, member in missing:
+            pipe.get(_blob_key(set_name, member))
+        for (set_name, member), blob in zip(missing, await self._run(pipe), strict=True):
+            if blob is None:
+                continue  # trimmed meanwhile
+            self._blobs[_blob_key(set_name, member)] = dict(decode_blob(blob, int(member[1:])))
+            while len(self._blobs) > self._cache_blobs:
+                self._blobs.popitem(last=False)
+
+    def _lookup(self, data: SetData, key: str) -> windows.Lookup:
+        live = data.live.get(key)
+        roster_id = data.roster.get(key)
+
+        def lookup(kind: str, period: int) -> Acc | None:
+            if live is not None:
+                current = live.hour if kind == "h" else live.day
+                if current.period == period and current.runs:
+                    return current
+            if roster_id is None:
+                return None
+            blob = self._blobs.get(_blob_key(data.name, f"{kind}{period}"))
+            return blob.get(roster_id) if blob is not None else None
+
+        return lookup
+
+    def _view(
+        self, data: SetData, key: str, state: TargetState, names: Sequence[str], now: float
+    ) -> TargetView:
+        lookup = self._lookup(data, key)
+        uptime = {w: windows.counts(lookup, w, now).uptime for w in names}
+        _, hours = windows.periods("24h", now)
+        spark = []
+        for hour in hours:
+            acc = lookup("h", hour)
+            spark.append(acc.mean() if acc is not None else None)
+        return TargetView(
+            id=target_id(key),
+            set=data.name,
+            name=state.name,
+            url=display_url(state.url),
+            state=state.state,
+            since=state.since,
+            reason=state.reason,
+            detail=redact_text(state.detail) if state.detail else None,
+            last_run_at=state.last_run_at,
+            uptime=uptime,
+            latency=windows.merged(lookup, "24h", now),
+            spark=spark,
+            locations=_locations(state.locations),
+            open_incident=data.open.get(key),
+        )
+
+    # --- one target ---------------------------------------------------------------------
+    async def resolve(self, set_name: str, wanted_id: str) -> str | None:
+        """The target key (``name|url``) behind an id, or None."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hkeys(keys.monitor_state(set_name))
+        (found,) = await self._run(pipe)
+        return next((_text(k) for k in found if target_id(_text(k)) == wanted_id), None)
+
+    async def target(
+        self, set_name: str, key: str, now: float, raw_since: float
+    ) -> tuple[TargetView, list[raw.Sample], list[Incident]] | None:
+        """The target's view (every window), its raw verdicts since *raw_since* and its
+        incidents (newest first)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(keys.monitor_state(set_name), key)
+        pipe.hget(keys.history_acc(set_name), key)
+        pipe.hget(keys.history_roster(set_name), key)
+        pipe.zrangebyscore(keys.history_periods(set_name), now - windows.DAY_S * 91, "+inf")
+        pipe.hget(keys.history_open(set_name), key)
+        pipe.xrange(keys.history_raw(set_name, key), min=str(int(raw_since * 1000)))
+        pipe.zrevrangebyscore(
+            keys.history_incident_starts(set_name),
+            "+inf",
+            now - windows.DAY_S * 366,
+            start=0,
+            num=INCIDENTS_MAX * 4,
+        )
+        state_raw, live_raw, roster_id, members, open_raw, entries, ids = await self._run(pipe)
+        if state_raw is None:
+            return None
+        data = SetData(
+            name=set_name,
+            states={key: TargetState.from_dict(orjson.loads(state_raw))},
+            live={key: LiveEntry.loads(live_raw)} if live_raw else {},
+            roster={key: int(roster_id)} if roster_id is not None else {},
+            members={_text(m) for m in members},
+            open={key: Incident.from_dict(orjson.loads(open_raw))} if open_raw else {},
+        )
+        wanted = windows.members(TARGET_WINDOWS, now) & data.members
+        incidents = await self._blobs_and_incidents(set_name, wanted, ids, key)
+        view = self._view(data, key, data.states[key], TARGET_WINDOWS, now)
+        lookup = self._lookup(data, key)
+        view.days = [(day, lookup("d", day)) for day in windows.periods("90d", now)[1]]
+        samples = [raw.decode(entry_id, fields) for entry_id, fields in entries]
+        return view, samples, incidents
+
+    async def _blobs_and_incidents(
+        self, set_name: str, wanted: set[str], ids: Sequence[Any], key: str | None
+    ) -> list[Incident]:
+        """Blobs into the cache and incidents in one round trip."""
+        missing = [m for m in sorted(wanted) if _blob_key(set_name, m) not in self._blobs]
+        pipe = self.client.pipeline(transaction=False)
+        for member in missing:
+            pipe.get(_blob_key(set_name, member))
+        if ids:
+            pipe.hmget(keys.history_incidents(set_name), list(ids))
+        if not missing and not ids:
+            return []
+        replies = await self._run(pipe)
+        for member, blob in zip(missing, replies, strict=False):
+            if blob is not None:
+                self._blobs[_blob_key(set_name, member)] = dict(decode_blob(blob, int(member[1:])))
+        found = replies[len(missing)] if ids else []
+        incidents = [Incident.from_dict(orjson.loads(v)) for v in found if v is not None]
+        return [i for i in incidents if key is None or i.target == key][:INCIDENTS_MAX]
+
+    # --- API: history and incidents --------------------------------------------------------
+    async def raw_range(
+        self, set_name: str, key: str, start: float, end: float
+    ) -> list[raw.Sample]:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xrange(
+            keys.history_raw(set_name, key), min=str(int(start * 1000)), max=str(int(end * 1000))
+        )
+        (entries,) = await self._run(pipe)
+        return [raw.decode(entry_id, fields) for entry_id, fields in entries]
+
+    async def rollups(
+        self, set_name: str, key: str, kind: str, start: float, end: float
+    ) -> list[Acc]:
+        """Hourly (``h``) or daily (``d``) rollups of one target from *start* to *end*."""
+        length = windows.HOUR_S if kind == "h" else windows.DAY_S
+        first, last = int(start // length), int(end // length)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hget(keys.history_acc(set_name), key)
+        pipe.hget(keys.history_roster(set_name), key)
+        pipe.zrangebyscore(keys.history_periods(set_name), start, "+inf")
+        live_raw, roster_id, members = await self._run(pipe)
+        wanted = {f"{kind}{p}" for p in range(first, last + 1)} & {_text(m) for m in members}
+        await self._load_blobs([(set_name, m) for m in wanted])
+        data = SetData(
+            set_name,
+            {},
+            {key: LiveEntry.loads(live_raw)} if live_raw else {},
+            {key: int(roster_id)} if roster_id is not None else {},
+            set(),
+            {},
+        )
+        lookup = self._lookup(data, key)
+        found = [lookup(kind, p) for p in range(first, last + 1)]
+        return [acc for acc in found if acc is not None]
+
+    async def incidents(
+        self, set_names: Sequence[str], start: float, end: float, limit: int = INCIDENTS_MAX
+    ) -> list[Incident]:
+        """Incidents that started in [start, end], newest first."""
+        pipe = self.client.pipeline(transaction=False)
+        for name in set_names:
+            pipe.zrevrangebyscore(
+                keys.history_incident_starts(name), end, start, start=0, num=limit
+            )
+        id_lists = await self._run(pipe) if set_names else []
+        pipe = self.client.pipeline(transaction=False)
+        asked = [(name, ids) for name, ids in zip(set_names, id_lists, strict=True) if ids]
+        for name, ids in asked:
+            pipe.hmget(keys.history_incidents(name), list(ids))
+        found = await self._run(pipe) if asked else []
+        incidents = [Incident.from_dict(orjson.loads(v)) for values in found for v in values if v]
+        incidents.sort(key=lambda i: i.started_at, reverse=True)
+        return incidents[:limit]
+
+
+def _blob_key(set_name: str, member: str) -> str:
+    period = int(member[1:])
+    if member.startswith("h"):
+        return keys.history_hour(set_name, period)
+    return keys.history_day(set_name, period)
+
+
+def _locations(locations: Mapping[str, Any]) -> dict[str, Any]:
+    """The last run's per-location results, details redacted."""
+    shown = {}
+    for name, result in locations.items():
+        if isinstance(result, Mapping):
+            item = dict(result)
+            if item.get("detail"):
+                item["detail"] = redact_text(str(item["detail"]))
+            shown[name] = item
+    return shown

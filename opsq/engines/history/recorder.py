@@ -1,0 +1,328 @@
+"""Recording history in the monitor's transaction: exactly once per run, bounded by time.
+
+What is stored per probe set (every name in :mod:`opsq.core.keys`):
+
+- ``opsq:history:raw:<set>:<target>``: stream, one packed entry per applied run
+  (:mod:`.raw`), entry id = the run's apply time in ms; trimmed on every XADD with
+  ``MINID = now - history.raw_retention``.
+- ``opsq:history:acc:<set>``: hash target -> the live hour's and day's accumulators
+  (:class:`.rollup.Acc`, JSON) and the last raw id.
+- ``opsq:history:hour:<set>:<hour>`` / ``...:day:<set>:<day>``: one string per set and
+  period holding every target's rollup record, positional by ``roster`` id
+  (``opsq:history:roster:<set>``, append-only). A set's hour is **sealed** by the first
+  run applied after it: the accumulators become the blob, the live ones start over.
+- ``opsq:history:periods:<set>``: sorted set of the blobs by period end;
+  ``opsq:history:incidents:<set>`` (hash) with ``incident-starts`` (sorted set) and
+  ``open`` (hash target -> open incident).
+
+**Exactly once.** :meth:`HistoryRecorder.prepare` reads the accumulators and open
+incidents while the monitor holds its ``WATCH`` (they are in the watched keys), and
+:meth:`HistoryRecorder.write` queues every write in the monitor's ``MULTI`` beside the
+run's applied marker. A redelivered batch or a second finisher finds the marker, or
+loses the race and retries, exactly as the state does.
+
+**Trimming by time, never from the middle.** Raw entries by ``MINID``; blobs and
+incidents by sorted-set ranges older than ``history.retention`` (checked when an hour is
+sealed), all by the clock of the runs (injectable: the tests drive it across hours,
+days and the retention). Every key also gets a TTL a day past its retention, refreshed
+hourly, so a set that stops running does not keep its history forever.
+
+**Why blobs per set and period.** 90 days of hourly rollups are 2,160 records per
+target. One key per record would cost ~70 bytes of key overhead each; one string per
+(set, hour) costs one key per hour for all targets, and a record is ~7 bytes, so 1,000
+targets over 90 days stay near 15 MB (``bench/history.py``). A page reads a handful
+of blobs per set, not one key per target.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import orjson
+
+from opsq.core import keys
+from opsq.core.config.history import HistorySettings
+from opsq.core.config.probes import DEFAULT_LOCATION
+from opsq.engines.history import raw
+from opsq.engines.history.incidents import Incident, follow
+from opsq.engines.history.rollup import Acc, encode_blob
+from opsq.engines.monitor.spec import RunSpec
+from opsq.engines.monitor.state import TargetState, Transition
+from opsq.engines.monitor.verdict import TargetVerdict
+
+HOUR_S = 3600
+DAY_S = 86400
+Sealed = dict[int, dict[str, Acc]]
+"""period -> target key -> the accumulator sealed into that period's blob."""
+ByLocation = dict[str, dict[str, Mapping[str, Any]]]
+"""target key -> location -> stored probe result."""
+
+
+@dataclass
+class LiveEntry:
+    """One target's live accumulators in the acc hash."""
+
+    hour: Acc
+    day: Acc
+    last_ms: int = 0
+
+    def dumps(self) -> bytes:
+        return orjson.dumps({"h": self.hour.to_list(), "d": self.day.to_list(), "ms": self.last_ms})
+
+    @classmethod
+    def loads(cls, raw_value: str | bytes) -> LiveEntry:
+        data = orjson.loads(raw_value)
+        return cls(Acc.from_list(data["h"]), Acc.from_list(data["d"]), int(data["ms"]))
+
+
+@dataclass
+class Prepared:
+    """What :meth:`HistoryRecorder.prepare` read under the monitor's WATCH."""
+
+    set: str
+    hour: int
+    day: int
+    entries: dict[str, LiveEntry]
+    open: dict[str, Incident]
+    results: ByLocation
+    roster: dict[str, int] | None = None
+    """Read only when an hour or a day is sealed by this run."""
+    expired_periods: list[str] = field(default_factory=list)
+    expired_incidents: list[str] = field(default_factory=list)
+
+    @property
+    def sealing(self) -> bool:
+        return self.roster is not None
+
+
+def group_results(results: Sequence[Mapping[str, Any]]) -> ByLocation:
+    """target key -> location -> stored probe result."""
+    grouped: ByLocation = defaultdict(dict)
+    for result in results:
+        key = f"{result.get('name')}|{result.get('url')}"
+        grouped[key][str(result.get("location") or DEFAULT_LOCATION)] = result
+    return grouped
+
+
+def sample_of(
+    verdict: TargetVerdict, state: TargetState, results: Mapping[str, Mapping[str, Any]], at: float
+) -> tuple[raw.Sample, float | None]:
+    """The raw sample of one target in one run, and the latency its rollup counts (the
+    median over the locations that answered; None when none did)."""
+    timed = sorted(
+        (
+            (r.duration_s, name)
+            for name, r in verdict.locations.items()
+            if r.verdict != "missing" and r.duration_s is not None
+        )
+    )
+    answered = [d for (d, name) in timed if verdict.locations[name].verdict in ("up", "degraded")]
+    rollup_latency = (
+        statistics.median(answered) if answered and verdict.verdict in ("up", "degraded") else None
+    )
+    latency, status, phases = None, None, {}
+    if timed:
+        latency, where = timed[len(timed) // 2]
+        status = verdict.locations[where].status_code
+        phases = {str(k): float(v) for k, v in (results.get(where, {}).get("phases") or {}).items()}
+    locations = {}
+    if len(verdict.locations) > 1:
+        locations = {
+            name: [r.verdict, r.reason, r.duration_s] for name, r in verdict.locations.items()
+        }
+    sample = raw.Sample(
+        at=at,
+        state=state.state,
+        verdict=verdict.verdict,
+        reason=verdict.reason,
+        latency=latency,
+        status=status,
+        phases=phases,
+        locations=locations,
+    )
+    return sample, rollup_latency
+
+
+class HistoryRecorder:
+    """Participates in :meth:`opsq.engines.monitor.store.MonitorStore.apply`."""
+
+    def __init__(self, settings: HistorySettings) -> None:
+        self.settings = settings
+
+    def watch_keys(self, set_name: str) -> tuple[str, ...]:
+        return keys.history_acc(set_name), keys.history_open(set_name)
+
+    # --- reads, under WATCH ---------------------------------------------------------------
+    def prepare(
+        self, pipe: Any, spec: RunSpec, results: Sequence[Mapping[str, Any]], now: float
+    ) -> Prepared:
+        name = spec.set
+        raw_entries = cast(dict[str, str], pipe.hgetall(keys.history_acc(name)))
+        entries = {k: LiveEntry.loads(v) for k, v in raw_entries.items()}
+        raw_open = cast(dict[str, str], pipe.hgetall(keys.history_open(name)))
+        open_incidents = {k: Incident.from_dict(orjson.loads(v)) for k, v in raw_open.items()}
+        # Time never runs backwards for a set: a worker whose clock is behind adds to
+        # the newest period rather than reopening a sealed one.
+        hour = max([int(now // HOUR_S), *(e.hour.period for e in entries.values())])
+        day = max([int(now // DAY_S), *(e.day.period for e in entries.values())])
+        prepared = Prepared(name, hour, day, entries, open_incidents, group_results(results))
+        if any(e.hour.period < hour or e.day.period < day for e in entries.values()):
+            self._prepare_seal(pipe, prepared, now)
+        return prepared
+
+    def _prepare_seal(self, pipe: Any, prepared: Prepared, now: float) -> None:
+        name, cutoff = prepared.set, now - self.settings.retention
+        prepared.roster = {k: int(v) for k, v in pipe.hgetall(keys.history_roster(name)).items()}
+        prepared.expired_periods = list(
+            pipe.zrangebyscore(keys.history_periods(name), "-inf", cutoff)
+        )
+        candidates = list(pipe.zrangebyscore(keys.history_incident_starts(name), "-inf", cutoff))
+        if candidates:
+            found = pipe.hmget(keys.history_incidents(name), candidates)
+            for incident_id, value in zip(candidates, found, strict=True):
+                ended = orjson.loads(value).get("ended_at") if value else 0.0
+                if ended is not None and ended < cutoff:
+                    prepared.expired_incidents.append(incident_id)
+
+    # --- writes, queued in the MULTI ------------------------------------------------------
+    def write(
+        self,
+        pipe: Any,
+        prepared: Prepared,
+        *,
+        spec: RunSpec,
+        states: Mapping[str, TargetState],
+        verdicts: Mapping[str, TargetVerdict],
+        transitions: Sequence[Transition],
+        now: float,
+    ) -> None:
+        sealed_hours, sealed_days = self._roll_over(prepared)
+        changed = set(sealed_hours_keys(sealed_hours)) | set(sealed_hours_keys(sealed_days))
+        raw_cutoff = max(0, int((now - self.settings.raw_retention) * 1000))
+        for key, verdict in verdicts.items():
+            entry = prepared.entries.setdefault(
+                key, LiveEntry(Acc(prepared.hour), Acc(prepared.day))
+            )
+            entry.last_ms = max(int(now * 1000), entry.last_ms + 1)
+            sample, latency = sample_of(
+                verdict, states[key], prepared.results.get(key, {}), entry.last_ms / 1000
+            )
+            entry.hour.add(sample.state, latency)
+            entry.day.add(sample.state, latency)
+            pipe.xadd(
+                keys.history_raw(spec.set, key),
+                raw.encode(sample),
+                id=f"{entry.last_ms}-0",
+                minid=raw_cutoff,
+                approximate=False,
+            )
+            changed.add(key)
+        self._write_entries(pipe, prepared, spec, changed)
+        self._write_incidents(pipe, prepared, transitions)
+        if prepared.sealing:
+            self._write_seal(pipe, prepared, spec=spec, hours=sealed_hours, days=sealed_days)
+
+    @staticmethod
+    def _roll_over(prepared: Prepared) -> tuple[Sealed, Sealed]:
+        """Take every accumulator of a finished hour or day out of the live entries."""
+        hours: Sealed = defaultdict(dict)
+        days: Sealed = defaultdict(dict)
+        for key, entry in prepared.entries.items():
+            if entry.hour.period < prepared.hour:
+                hours[entry.hour.period][key] = entry.hour
+                entry.hour = Acc(prepared.hour)
+            if entry.day.period < prepared.day:
+                days[entry.day.period][key] = entry.day
+                entry.day = Acc(prepared.day)
+        return hours, days
+
+    @staticmethod
+    def _write_entries(pipe: Any, prepared: Prepared, spec: RunSpec, changed: set[str]) -> None:
+        acc_key = keys.history_acc(prepared.set)
+        empty = [
+            k
+            for k in changed
+            if k not in spec.names
+            and not prepared.entries[k].hour.runs
+            and not prepared.entries[k].day.runs
+        ]
+        mapping = {k: prepared.entries[k].dumps() for k in changed if k not in empty}
+        if mapping:
+            pipe.hset(acc_key, mapping=mapping)
+        if empty:
+            pipe.hdel(acc_key, *empty)
+
+    @staticmethod
+    def _write_incidents(pipe: Any, prepared: Prepared, transitions: Sequence[Transition]) -> None:
+        name = prepared.set
+        for change in transitions:
+            incident = follow(prepared.open.get(change.target), change.to_dict())
+            if incident is None:
+                continue
+            value = orjson.dumps(incident)
+            pipe.hset(keys.history_incidents(name), incident.id, value)
+            pipe.zadd(keys.history_incident_starts(name), {incident.id: incident.started_at})
+            if incident.ended_at is None:
+                pipe.hset(keys.history_open(name), change.target, value)
+                prepared.open[change.target] = incident
+            else:
+                pipe.hdel(keys.history_open(name), change.target)
+                prepared.open.pop(change.target, None)
+
+    def _write_seal(
+        self, pipe: Any, prepared: Prepared, *, spec: RunSpec, hours: Sealed, days: Sealed
+    ) -> None:
+        name = prepared.set
+        roster = cast(dict[str, int], prepared.roster)
+        fresh = {}
+        for key in sorted({k for group in (*hours.values(), *days.values()) for k in group}):
+            if key not in roster:
+                roster[key] = fresh[key] = len(roster)
+        if fresh:
+            pipe.hset(keys.history_roster(name), mapping=fresh)
+        order = sorted(roster, key=roster.__getitem__)
+        ttl = int(self.settings.retention) + keys.HISTORY_BACKSTOP_S
+        for prefix, groups, length, blob_key in (
+            ("h", hours, HOUR_S, keys.history_hour),
+            ("d", days, DAY_S, keys.history_day),
+        ):
+            for period, accs in groups.items():
+                pipe.set(blob_key(name, period), encode_blob(accs.get(k) for k in order), ex=ttl)
+                pipe.zadd(keys.history_periods(name), {f"{prefix}{period}": (period + 1) * length})
+        self._trim(pipe, prepared)
+        for key in (
+            keys.history_acc(name),
+            keys.history_roster(name),
+            keys.history_open(name),
+            keys.history_incidents(name),
+            keys.history_incident_starts(name),
+            keys.history_periods(name),
+        ):
+            pipe.expire(key, ttl)
+        raw_ttl = int(self.settings.raw_retention) + keys.HISTORY_BACKSTOP_S
+        for key in spec.names:
+            pipe.expire(keys.history_raw(name, key), raw_ttl)
+
+    @staticmethod
+    def _trim(pipe: Any, prepared: Prepared) -> None:
+        name = prepared.set
+        for member in prepared.expired_periods:
+            period = int(member[1:])
+            pipe.delete(
+                keys.history_hour(name, period)
+                if member.startswith("h")
+                else keys.history_day(name, period)
+            )
+        if prepared.expired_periods:
+            pipe.zrem(keys.history_periods(name), *prepared.expired_periods)
+        if prepared.expired_incidents:
+            pipe.hdel(keys.history_incidents(name), *prepared.expired_incidents)
+            pipe.zrem(keys.history_incident_starts(name), *prepared.expired_incidents)
+
+
+def sealed_hours_keys(groups: Sealed) -> list[str]:
+    return [key for group in groups.values() for key in group]
