@@ -466,7 +466,9 @@ class Agent:
             key = (found.st.st_dev, found.st.st_ino)
             seen.add(key)
             paths.add(found.path)
-            if key in self.tailers:
+            if key in self.tailers and self.pods.opted_out(found.path):
+                self._release(self.tailers[key], lost=None)  # the pod opted out meanwhile
+            elif key in self.tailers:
                 self._renamed_within_glob(self.tailers[key], found.path)
             elif not self._too_old(found.st) and self.pods.admit(found.path):
                 self._open(found, startup=startup)

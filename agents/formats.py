@@ -20,8 +20,9 @@ line is not). Records keep the CRI framing, ``<time> <stream> F <message>``: for
 line the runtime did not split that is the line exactly as written, so the hot path
 (1 MiB chunks of ``F`` lines) checks each line's framing with two C-level ``map``
 calls and copies nothing (stripping the prefix would cost a slice per line here, and
-the shipper touches every record anyway). The shipper splits time, stream and message (entry field
-``fmt: cri``). Docker lines are re-framed the same way, so sinks know one format.
+the shipper touches every record anyway). The shipper splits time, stream and message
+(entry field ``fmt: cri``). Docker lines are re-framed the same way, so sinks know one
+format.
 
 Checkpoint safety: records leave in the order of their first byte, and while a partial
 line is open the decoder's ``held_from`` is its first part, so the checkpoint stays
@@ -53,7 +54,6 @@ from agents.lines import Joiner, Records, Source, split_chunk
 from opsq.core.metrics import logs_agent as metrics
 
 Format = Literal["raw", "cri", "docker"]
-FORMATS = ("raw", "cri", "docker", "auto")
 
 FRAMED = "cri"
 """Value of the stream entry field ``fmt`` for records framed ``<time> <stream> F <msg>``."""

@@ -130,6 +130,16 @@ class PodFiles:
         self._skipped.discard(path)
         return True
 
+    def opted_out(self, path: str) -> bool:
+        """An open file whose pod has been annotated opsq.io/logs: "false" since."""
+        identity = self.identity(path)
+        if identity is None or self.metadata is None or not self.metadata.synced:
+            return False
+        if self.metadata.admit(identity, self.clock()) is not Verdict.SKIP:
+            return False
+        self._skip(path, "annotation", f"pod {identity.namespace}/{identity.pod} opted out")
+        return True
+
     def _skip(self, path: str, reason: str, why: str) -> None:
         if path not in self._skipped:
             self._skipped.add(path)

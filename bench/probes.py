@@ -179,12 +179,18 @@ def _wait_log(path: Path, needle: str, proc: subprocess.Popen[bytes], timeout: f
 
 
 class _MemoryPeak:
-    """Redis ``used_memory`` sampled every 50 ms while a run is in flight."""
+    """Redis ``used_memory`` and a process's peak RSS, sampled every 50 ms.
+
+    The process's peak is its ``VmHWM`` (/proc), not ``wait4``'s ``ru_maxrss``: that
+    one survives exec, so a child forked from this (large) process would report this
+    process's memory instead of its own."""
 
     def __init__(self, client: redis.Redis[bytes]) -> None:
         self.client = client
         self.baseline = self._used()
         self.peak = self.baseline
+        self.pid: int | None = None
+        self.hwm_kb = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -195,11 +201,21 @@ class _MemoryPeak:
     def _sample(self) -> None:
         while not self._stop.wait(0.05):
             self.peak = max(self.peak, self._used())
+            if self.pid is not None:
+                self.hwm_kb = max(self.hwm_kb, _vm_hwm_kb(self.pid))
 
     def stop(self) -> float:
         self._stop.set()
         self._thread.join()
         return (max(self.peak, self._used()) - self.baseline) / 2**20
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
 
 
 def write_targets_file(path: Path, base: str, count: int) -> Path:
@@ -223,6 +239,7 @@ def user_path(
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started_wall, began = time.time(), time.perf_counter()
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err)
+        memory.pid = proc.pid
         _, status, usage = os.wait4(proc.pid, 0)
         elapsed, ended_wall = time.perf_counter() - began, time.time()
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -236,14 +253,16 @@ def user_path(
     cpu = worker_cpu + usage.ru_utime + usage.ru_stime
     return Measured(
         elapsed, count / elapsed, cpu * 1000 / count,
-        f"{summary['up']} up; CPU of CLI + workers", usage.ru_maxrss / 1024, redis_mb,
+        f"{summary['up']} up; CPU of CLI + workers", memory.hwm_kb / 1024, redis_mb,
         _phases(summary, stderr, started_wall, ended_wall),
     )  # fmt: skip
 
 
 def _phases(summary: dict[str, object], stderr: str, start: float, end: float) -> dict[str, float]:
     """Where the time went, from the run's own timestamps and the CLI's stderr line."""
-    created, finished = float(summary["created_at"]), float(summary["finished_at"])  # type: ignore[arg-type]
+    created = float(summary["created_at"])  # type: ignore[arg-type]
+    finished = summary["finished_at"]  # None: read before it was packed (see ProbeProducer.wait)
+    finished = created + float(summary["duration_s"]) if finished is None else float(finished)  # type: ignore[arg-type]
     loaded = re.search(r"read and validated in ([\d.]+)s", stderr)
     return {
         "start-up + load + enqueue": created - start,

@@ -35,8 +35,10 @@ if TYPE_CHECKING:
 POLL_INTERVAL_S = 0.05
 """Progress is one cheap round trip: polling often costs nothing and ends the wait on time."""
 UNPACKED_GRACE_S = 2.0
-"""A complete run is packed by its last writer within milliseconds; if that worker died,
-read the live results after this long instead of waiting for the redelivery."""
+UNPACKED_GRACE_PER_RESULT_S = 1e-4
+"""A complete run is packed by its last writer at once (0.5 s for 100,000 results); if
+that worker died, read the live results after 2 s + 0.1 ms per result instead of
+waiting for the redelivery to pack it."""
 REDIS_OUTAGE_TOLERANCE_S = 60.0
 """How long ``--wait`` keeps polling through a Redis outage before giving up."""
 
@@ -123,7 +125,8 @@ class ProbeProducer:
                 break  # total < 0: the run's meta is gone (expired or deleted)
             if progress.complete:
                 complete_since = complete_since or time.monotonic()
-                if time.monotonic() - complete_since > UNPACKED_GRACE_S:
+                grace = UNPACKED_GRACE_S + progress.total * UNPACKED_GRACE_PER_RESULT_S
+                if time.monotonic() - complete_since > grace:
                     break
             if deadline is not None and time.monotonic() >= deadline:
                 break

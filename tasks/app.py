@@ -46,6 +46,7 @@ import redis  # noqa: E402
 from celery import Celery  # noqa: E402
 from celery.signals import (  # noqa: E402
     celeryd_init,
+    worker_process_init,
     worker_process_shutdown,
     worker_ready,
     worker_shutdown,
@@ -54,7 +55,7 @@ from kombu import Exchange, Queue  # type: ignore[attr-defined]  # noqa: E402  #
 
 from opsq.core import keys, redis_memory, signatures  # noqa: E402
 from opsq.core.celeryconf import celery_config  # noqa: E402
-from opsq.core.observe import ObserveServer  # noqa: E402
+from opsq.core.observe import ObserveServer, Report, bind_or_fail  # noqa: E402
 
 log = logging.getLogger("opsq.worker")
 
@@ -104,22 +105,46 @@ def _redis_ready() -> bool:
         client.close()
 
 
+def observe_or_exit(process: str, reports: dict[str, Report] | None = None) -> ObserveServer:
+    """Bind ``metrics.port`` now or exit 2 with the fix (see :mod:`opsq.core.observe`)."""
+    try:
+        return bind_or_fail(
+            settings.metrics.bind,
+            settings.metrics.port,
+            process=process,
+            ready_checks={"redis": _redis_ready},
+            reports=reports,
+        )
+    except ConfigError as exc:
+        log.critical("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)  # noqa: T201 - also before logging is set up
+        raise SystemExit(2) from exc  # Celery's signal dispatch re-raises only BaseException
+
+
 @celeryd_init.connect  # type: ignore[untyped-decorator]  # celery is untyped
 def _fresh_metrics(**_: Any) -> None:
-    """Worker main process, before the pool forks: start from empty metric files."""
+    """Worker main process, before the pool forks: start from empty metric files, and
+    take the metrics port (a worker that cannot is refused here, before taking work)."""
+    global _observe  # noqa: PLW0603 - one server per worker process
     enable_multiprocess(METRICS_DIR, wipe=True)
+    _observe = observe_or_exit(
+        "worker", {"redis_memory": lambda: redis_memory.report_for(settings.broker_url)}
+    )
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]  # celery is untyped
+def _pool_process_start(**_: Any) -> None:
+    if _observe is not None:
+        _observe.forget()
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]  # celery is untyped
 def _start_observe(**_: Any) -> None:
-    global _observe  # noqa: PLW0603 - one server per worker process
-    _observe = ObserveServer(
-        settings.metrics.bind,
-        settings.metrics.port,
-        ready_checks={"redis": _redis_ready},
-        reports={"redis_memory": lambda: redis_memory.report_for(settings.broker_url)},
-    ).start()
-    log.warning("opsq worker metrics on http://%s:%d/metrics", settings.metrics.bind, _observe.port)
+    if _observe is not None:
+        _observe.start()
+        log.warning(
+            "opsq worker metrics on http://%s:%d/metrics", settings.metrics.bind, _observe.port
+        )
 
 
 @worker_shutdown.connect  # type: ignore[untyped-decorator]  # celery is untyped

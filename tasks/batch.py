@@ -38,10 +38,10 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from opsq.core import aio
-from opsq.core.config.probes import Target
+from opsq.core.config.probes import ON_WORKER, Target
 from opsq.core.errors import PermanentError
 from opsq.core.metrics import pipeline as metrics
-from opsq.core.ratelimit import RedisTokenBucket
+from opsq.core.ratelimit import RedisTokenBucket, limiter_client
 from opsq.core.runs import AsyncRunStore, RunMeta, encode_result, result_key
 from opsq.core.settings import Settings
 from opsq.core.targets import TARGETS
@@ -60,14 +60,20 @@ class BatchRequest:
     batch_id: str
     offset: int
     targets: tuple[Target, ...]
+    location: str | None = None
+    """The location this copy of the batch probes from (its results are kept apart)."""
 
     @classmethod
-    def parse(cls, run_id: str, batch_id: str, offset: int, raw: Sequence[Any]) -> BatchRequest:
+    def parse(
+        cls, run_id: str, batch_id: str, offset: int, raw: Sequence[Any],
+        location: str | None = None,
+    ) -> BatchRequest:  # fmt: skip
         try:
-            targets = tuple(TARGETS.validate_python(raw))  # one call for the whole batch
+            # One call for the whole batch; files named by targets were checked at load.
+            targets = tuple(TARGETS.validate_python(raw, context=ON_WORKER))
         except ValidationError as exc:
             raise PermanentError(f"batch {run_id}/{batch_id} has an invalid target: {exc}") from exc
-        return cls(run_id, batch_id, offset, targets)
+        return cls(run_id, batch_id, offset, targets, location)
 
 
 @dataclass(frozen=True)
@@ -109,13 +115,22 @@ def _as_dict(result: ProbeResult) -> dict[str, Any]:
     return {name: getattr(result, name) for name in _RESULT_FIELDS}
 
 
+def _delivery_id(req: BatchRequest) -> str:
+    """Deliveries are counted per copy of a batch: each location's apart."""
+    return req.batch_id if req.location is None else f"{req.batch_id}@{req.location}"
+
+
 class ResultRecorder:
     """Writes results as they arrive; each flush takes everything queued meanwhile."""
 
-    def __init__(self, store: AsyncRunStore, meta: RunMeta, index: dict[str, int]) -> None:
+    def __init__(
+        self, store: AsyncRunStore, meta: RunMeta, index: dict[str, int],
+        location: str | None = None,
+    ) -> None:  # fmt: skip
         self._store = store
         self._meta = meta
         self._index = index
+        self._location = location
         self._queue: list[tuple[str, str, bool]] = []
         self._wake = asyncio.Event()
         self._closing = False
@@ -131,8 +146,11 @@ class ResultRecorder:
             return
         self.recorded.add(key)
         index = self._index[key]
-        stored = encode_result(_as_dict(result), index, self._meta.created_at)
-        self._queue.append((result_key(index), stored, result.up))
+        fields = _as_dict(result)
+        if self._location is not None:
+            fields["location"] = self._location
+        stored = encode_result(fields, index, self._meta.created_at)
+        self._queue.append((result_key(index, self._location), stored, result.up))
         self._wake.set()
 
     async def _flush_loop(self) -> None:
@@ -164,6 +182,7 @@ class BatchRunner:
         self.pid = os.getpid()
         self.loop = aio.new_event_loop()  # uvloop when installed
         self._client: aioredis.Redis[str] | None = None
+        self._limiter_client: aioredis.Redis[Any] | None = None
         self._engine: ProbeEngine | None = None
 
     def run(self, request: BatchRequest) -> BatchReport:
@@ -178,8 +197,9 @@ class BatchRunner:
     async def _aclose(self) -> None:
         if self._engine is not None:
             await self._engine.aclose()
-        if self._client is not None:
-            await self._client.aclose()  # type: ignore[attr-defined]  # stubs predate aclose
+        for client in (self._client, self._limiter_client):
+            if client is not None:
+                await client.aclose()  # type: ignore[union-attr]  # stubs predate aclose
 
     def _resources(self) -> tuple[AsyncRunStore, ProbeEngine]:
         # Created inside the loop on first use: clients bind to the running loop.
@@ -190,14 +210,20 @@ class BatchRunner:
             )
             limiter = None
             if probes.per_host_rate > 0:
+                # Its own pool, one connection per probe slot: every probe in flight may
+                # be in its one limiter call at once, and none waits for a connection.
+                self._limiter_client = limiter_client(
+                    self.settings.broker_url, max_in_flight=probes.concurrency
+                )
                 limiter = RedisTokenBucket(
-                    self._client, rate=probes.per_host_rate, burst=probes.per_host_burst
+                    self._limiter_client, rate=probes.per_host_rate, burst=probes.per_host_burst
                 )
             self._engine = ProbeEngine(
                 concurrency=probes.concurrency,
                 per_host_concurrency=probes.per_host_concurrency,
                 rate_limiter=limiter,
                 url_labels=self.settings.metrics.url_labels,
+                source_address=probes.source_address,
             )
         return AsyncRunStore(self._client), self._engine
 
@@ -209,14 +235,15 @@ class BatchRunner:
         if meta.finished_at is not None:  # a late redelivery: every result is stored
             metrics.RESULTS_SKIPPED.inc(len(req.targets))
             return BatchReport("done", 0, 0, len(req.targets), 0)
-        delivery = await store.count_delivery(meta, req.batch_id)
+        delivery = await store.count_delivery(meta, _delivery_id(req))
         if delivery > 1:
             metrics.BATCH_REDELIVERIES.inc()
         index = {t.key: req.offset + i for i, t in enumerate(req.targets)}
-        stored = await store.existing(req.run_id, [result_key(i) for i in index.values()])
-        todo = [t for t in req.targets if result_key(index[t.key]) not in stored]
+        where = req.location
+        stored = await store.existing(req.run_id, [result_key(i, where) for i in index.values()])
+        todo = [t for t in req.targets if result_key(index[t.key], where) not in stored]
         metrics.RESULTS_SKIPPED.inc(len(req.targets) - len(todo))
-        recorder = ResultRecorder(store, meta, index)
+        recorder = ResultRecorder(store, meta, index, where)
         outcome: Outcome = "done"
         try:
             if delivery > self.settings.probes.max_redeliveries + 1:

@@ -30,7 +30,7 @@ from opsq.core.logsetup import redact_handlers
 from opsq.core.logsetup import setup_logging as opsq_logging
 from opsq.core.metrics.beat import BEAT_SENT
 from opsq.core.observe import ObserveServer
-from tasks.app import _redis_ready, settings
+from tasks.app import observe_or_exit, settings
 
 log = logging.getLogger("opsq.beat")
 _servers: list[ObserveServer] = []
@@ -60,8 +60,6 @@ def _count_sent(sender: str | None = None, **_: Any) -> None:
 def _start_beat_observe(**_: Any) -> None:
     # Connected here, not at import: workers publish tasks too and must not count them.
     before_task_publish.connect(_count_sent, weak=False)
-    server = ObserveServer(
-        settings.metrics.bind, settings.metrics.port, ready_checks={"redis": _redis_ready}
-    ).start()
+    server = observe_or_exit("beat").start()
     _servers.append(server)
     log.warning("opsq beat metrics on http://%s:%d/metrics", settings.metrics.bind, server.port)

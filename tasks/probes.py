@@ -37,10 +37,10 @@ from opsq.core.backoff import full_jitter
 from opsq.core.config.probes import Target
 from opsq.core.errors import ConfigError, PermanentError, TemporaryError
 from opsq.core.metrics import pipeline as metrics
-from opsq.core.runs import RunPlan, RunStore, plan_run
+from opsq.core.runs import RunStore, plan_run
 from opsq.core.settings import check_notifier_refs, config_path
 from opsq.core.targets import EncodedBatch, encode_targets, load_batches
-from opsq.engines.monitor.spec import build_spec
+from opsq.engines.monitor.spec import RunSpec, build_spec
 from opsq.engines.monitor.store import MonitorStore
 from tasks.alerts import finish_run
 from tasks.app import app, settings
@@ -101,12 +101,19 @@ def retry_countdown(retries: int) -> float:
     max_retries=MAX_RETRIES,
 )
 def probe_batch(
-    self: Task, run_id: str, batch_id: str, targets: list[dict[str, Any]], offset: int = 0
+    self: Task,
+    run_id: str,
+    batch_id: str,
+    targets: list[dict[str, Any]],
+    offset: int = 0,
+    *,
+    location: str | None = None,
 ) -> dict[str, Any]:
-    """Probe one batch of a run and store every result (see :mod:`tasks.batch`)."""
+    """Probe one batch of a run (from *location*, for a set probed from several) and
+    store every result (see :mod:`tasks.batch`)."""
     started = time.monotonic()
     try:
-        report = runner().run(BatchRequest.parse(run_id, batch_id, offset, targets))
+        report = runner().run(BatchRequest.parse(run_id, batch_id, offset, targets, location))
         finish_run(run_id)  # a set run's verdicts, once, when its last batch is in
     except TemporaryError as exc:
         metrics.BATCHES.labels("retry").inc()
@@ -131,17 +138,22 @@ def probe_set(name: str) -> dict[str, Any]:
     """Beat's entry point: run the probe set *name* from the config as a new run.
 
     The set is loaded and submitted the way ``opsq probe`` does it (bulk validation,
-    every batch in one transaction), with the beat retention."""
+    every batch in one transaction), with the beat retention; a set with ``locations``
+    sends every batch to each location's queue, to expire at the run's deadline."""
     probe_set_config = settings.probes.sets.get(name)
     if probe_set_config is None:
         raise PermanentError(f"probe set {name!r} is not in probes.sets of the config")
     source = str(probe_set_config.file or f"probes.sets.{name}")
     targets: list[Target] = []
+    batches = _set_batches(name, targets)
+    spec = _spec(name, targets)
+    locations = probe_set_config.locations
     plan = plan_run(
-        _set_batches(name, targets), kind="beat", retention=settings.runs.retention.beat,
-        source=source, probe_set=name,
+        batches, kind="beat", retention=settings.runs.retention.beat, locations=locations,
+        # A location's batches still queued at the deadline are dropped: it is "missing".
+        expires=spec.deadline_at if locations else None, source=source, probe_set=name,
     )  # fmt: skip
-    _register(name, plan, targets)
+    MonitorStore(_monitor_client(), settings.alerts).register(plan.run_id, spec)
     store = RunStore.from_url(settings.broker_url)
     try:
         submitted = store.submit(plan)
@@ -165,12 +177,11 @@ def _set_batches(name: str, collect: list[Target]) -> list[EncodedBatch]:
         raise PermanentError(str(exc)) from exc
 
 
-def _register(name: str, plan: RunPlan, targets: Sequence[Target]) -> None:
-    """Before any batch exists: the monitor's spec of this run (thresholds, notifiers,
-    quorum, deadline), which must be in Redis before a batch can complete the run."""
+def _spec(name: str, targets: Sequence[Target]) -> RunSpec:
+    """The monitor's spec of a run (thresholds, notifiers, locations, quorum, deadline):
+    registered before any batch exists, since a batch may complete the run."""
     check_target_notifiers(name, targets)
-    spec = build_spec(name, settings.probes.sets[name], targets, created_at=time.time())
-    MonitorStore(_monitor_client(), settings.alerts).register(plan.run_id, spec)
+    return build_spec(name, settings.probes.sets[name], targets, created_at=time.time())
 
 
 def check_target_notifiers(name: str, targets: Sequence[Target]) -> None:

@@ -129,9 +129,14 @@ def write_json(header: dict[str, Any], results: Iterator[dict[str, Any]], out: I
 
 
 def render_table(summary: dict[str, Any]) -> str:
-    header = ("NAME", "URL", "STATE", "STATUS", "ATTEMPTS", "DURATION", "ERROR")
-    rows = [header]
+    """The results (any iterable, read once) as aligned columns; CERT, the days left,
+    only when some target used TLS."""
+    header = ("NAME", "URL", "STATE", "STATUS", "ATTEMPTS", "DURATION", "CERT", "ERROR")
+    rows: list[tuple[str, ...]] = [header]
+    certs = False
     for r in summary["results"]:
+        days = r.get("cert_days_left")
+        certs = certs or days is not None
         rows.append(
             (
                 str(r["name"]),
@@ -140,9 +145,12 @@ def render_table(summary: dict[str, Any]) -> str:
                 "-" if r["status_code"] is None else str(r["status_code"]),
                 str(r["attempts"]),
                 format_duration(float(r["duration_s"] or 0)),
+                "-" if days is None else f"{days:.1f}d",
                 _shorten(r.get("error") or ""),
             )
         )
+    if not certs:
+        rows = [row[:6] + row[7:] for row in rows]
     pending = f", {summary['pending']} PENDING" if summary["pending"] else ""
     footer = (
         f"\nrun {summary['run_id']}: {summary['total']} targets, {summary['up']} up, "

@@ -31,20 +31,27 @@ import base64
 import os
 import socket
 import uuid
+from datetime import UTC, datetime
 
 import orjson
 
 _EMBED = b'{"callbacks":null,"errbacks":null,"chain":null,"chord":null}'
 """Protocol v2's third body element: no callbacks, errbacks, chain or chord."""
-_ORIGIN = f"gen{os.getpid()}@{socket.gethostname()}"
 
 
 def task_message(
-    task: str, kwargs_json: bytes, *, queue: str, kwargsrepr: str, task_id: str | None = None
+    task: str,
+    kwargs_json: bytes,
+    *,
+    queue: str,
+    kwargsrepr: str,
+    task_id: str | None = None,
+    expires: float | None = None,
 ) -> bytes:
     """The envelope to ``LPUSH`` onto *queue* so a worker runs ``task(**kwargs)``.
 
-    *kwargs_json* is the task's keyword arguments already encoded as a JSON object.
+    *kwargs_json* is the task's keyword arguments already encoded as a JSON object;
+    *expires* (epoch seconds): a worker that receives it later drops it (revoked).
     """
     task_id = task_id or str(uuid.uuid4())
     body = b"[[]," + kwargs_json + b"," + _EMBED + b"]"
@@ -52,7 +59,7 @@ def task_message(
         "body": base64.b64encode(body).decode("ascii"),
         "content-encoding": "utf-8",
         "content-type": "application/json",
-        "headers": _headers(task, task_id, kwargsrepr),
+        "headers": _headers(task, task_id, kwargsrepr, expires),
         "properties": {
             "correlation_id": task_id,
             "reply_to": "",
@@ -66,14 +73,14 @@ def task_message(
     return orjson.dumps(envelope)
 
 
-def _headers(task: str, task_id: str, kwargsrepr: str) -> dict[str, object]:
+def _headers(task: str, task_id: str, kwargsrepr: str, expires: float | None) -> dict[str, object]:
     return {
         "lang": "py",
         "task": task,
         "id": task_id,
         "shadow": None,
         "eta": None,
-        "expires": None,
+        "expires": None if expires is None else _iso(expires),
         "group": None,
         "group_index": None,
         "retries": 0,
@@ -82,9 +89,14 @@ def _headers(task: str, task_id: str, kwargsrepr: str) -> dict[str, object]:
         "parent_id": None,
         "argsrepr": "()",
         "kwargsrepr": kwargsrepr,
-        "origin": _ORIGIN,
+        "origin": f"gen{os.getpid()}@{socket.gethostname()}",
         "ignore_result": True,
         "replaced_task_nesting": 0,
         "stamped_headers": None,
         "stamps": {},
     }
+
+
+def _iso(epoch: float) -> str:
+    """Celery's form of ``expires``: ISO 8601 with the UTC offset."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat()

@@ -11,6 +11,11 @@
   explicitly allows it, because stacks can show arguments.
 
 A ``ThreadingHTTPServer`` in a daemon thread: no event loop to share, no framework.
+
+A process that cannot bind its port fails at start (:func:`bind_or_fail`) instead of
+running without ``/metrics`` and ``/readyz``: nothing would scrape it, its readiness
+probe would fail for a reason nobody sees, and the only trace was one ERROR line.
+Port 0 picks a free port, and the process logs the one it got.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from opsq.core.errors import ConfigError
 from opsq.core.metrics import collector_registry
 
 Check = Callable[[], bool]
@@ -98,8 +104,13 @@ class ObserveServer:
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
+        if self._thread is not None:
+            self._httpd.shutdown()
         self._httpd.server_close()
+
+    def forget(self) -> None:
+        """In a forked child: close the inherited listening socket (the parent serves)."""
+        self._httpd.socket.close()
 
     def readiness(self) -> tuple[bool, dict[str, bool]]:
         results: dict[str, bool] = {}
@@ -109,6 +120,25 @@ class ObserveServer:
             except Exception:
                 results[name] = False
         return all(results.values()), results
+
+
+def bind_or_fail(
+    bind: str,
+    port: int,
+    *,
+    process: str,
+    ready_checks: dict[str, Check] | None = None,
+    reports: dict[str, Report] | None = None,
+) -> ObserveServer:
+    """An :class:`ObserveServer` bound now (not yet serving), or a ConfigError with the fix."""
+    try:
+        return ObserveServer(bind, port, ready_checks=ready_checks, reports=reports)
+    except OSError as exc:
+        raise ConfigError(
+            f"{process}: cannot serve /metrics, /healthz and /readyz on {bind}:{port}: "
+            f"{exc.strerror or exc} (fix: set metrics.port, OPSQ_METRICS__PORT, to a free "
+            "port, or 0 to pick one; the port chosen is logged)"
+        ) from exc
 
 
 def _is_loopback(bind: str) -> bool:

@@ -21,7 +21,9 @@ from typing import Any
 
 import redis
 
+from opsq.core.errors import OpsqError
 from opsq.core.redact import redact_url
+from opsq.core.redis_errors import redis_errors
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +75,10 @@ def report_for(url: str) -> dict[str, Any]:
     """The ``/readyz`` entry: the figures, or why they could not be read."""
     client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
     try:
-        return read_memory(client).to_dict()
-    except redis.RedisError as exc:
-        return {"error": f"cannot read memory from {redact_url(url)}: {type(exc).__name__}"}
+        with redis_errors("read memory", where=redact_url(url)):
+            return read_memory(client).to_dict()
+    except OpsqError as exc:
+        return {"error": str(exc)}
     finally:
         client.close()
 
@@ -106,8 +109,9 @@ class MemoryWatch:
         """One check: log a warning when memory crosses the ratio, a line when it is back."""
         client = redis.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
         try:
-            memory = read_memory(client)
-        except redis.RedisError:
+            with redis_errors("read memory"):
+                memory = read_memory(client)
+        except OpsqError:
             return  # an outage is reported by everything else that talks to Redis
         finally:
             client.close()

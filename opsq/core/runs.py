@@ -274,7 +274,10 @@ class RunMeta:
     def result_keys(self) -> list[str]:
         """Every result field of the run, in file order (each target's locations together)."""
         targets = int(self.raw.get("targets", self.total))
-        return [result_key(i, loc) for i in range(targets) for loc in self.locations]
+        locations = self.locations
+        if locations == [None]:
+            return [str(i) for i in range(targets)]
+        return [result_key(i, loc) for i in range(targets) for loc in locations]
 
     def header(self, done: int, now: float | None = None) -> dict[str, Any]:
         """The summary fields that come before the results."""
@@ -416,52 +419,88 @@ class Submitted:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """A run ready to submit: its identity, retention and encoded batches."""
+    """A run ready to submit: its identity, retention and task messages per queue."""
 
     run_id: str
     kind: Kind
     retention: int
     targets: int
-    messages: Sequence[bytes]
+    messages: Sequence[tuple[str, bytes]]
+    """(queue, message): one message per batch, per location when there are several."""
     meta: Mapping[str, str]
-    queue: str = keys.QUEUE_PROBES
+    locations: tuple[str, ...] = ()
+    """Every target is probed from each (queue ``probes.<location>``); () for one."""
 
     def meta_fields(self, now: float) -> dict[str, str | int | float]:
         fields: dict[str, str | int | float] = {
-            "v": FORMAT, "total": self.targets, "targets": self.targets, "created_at": now,
-            "kind": self.kind, "retention": self.retention, "batches": len(self.messages),
-            "up": 0, "down": 0,
+            "v": FORMAT, "total": self.targets * max(1, len(self.locations)),
+            "targets": self.targets, "created_at": now, "kind": self.kind,
+            "retention": self.retention, "batches": len(self.messages), "up": 0, "down": 0,
         }  # fmt: skip
+        if self.locations:
+            fields["locations"] = ",".join(self.locations)
         fields.update(self.meta)
         return fields
 
 
-def batch_message(run_id: str, number: int, batch: EncodedBatch) -> bytes:
-    """The task message of one batch (``opsq.probe_batch``; see :mod:`signatures`)."""
+def batch_message(
+    run_id: str, number: int, batch: EncodedBatch, *, location: str | None = None,
+    expires: float | None = None,
+) -> tuple[str, bytes]:  # fmt: skip
+    """(queue, task message) of one batch (``opsq.probe_batch``; see :mod:`signatures`):
+    the ``probes`` queue, or ``probes.<location>`` with ``location`` in its kwargs."""
     batch_id = f"b{number}"
-    kwargs = orjson.dumps(
-        {
-            "run_id": run_id,
-            "batch_id": batch_id,
-            "offset": batch.offset,
-            "targets": orjson.Fragment(batch.targets_json),
-        }
-    )
+    kwargs: dict[str, object] = {
+        "run_id": run_id,
+        "batch_id": batch_id,
+        "offset": batch.offset,
+        "targets": orjson.Fragment(batch.targets_json),
+    }
+    queue = keys.QUEUE_PROBES
+    if location is not None:
+        kwargs["location"] = location
+        queue = keys.location_queue(location)
     described = f"{{'run_id': {run_id!r}, 'batch_id': {batch_id!r}, 'offset': {batch.offset}, "
-    described += f"'targets': <{batch.count} targets>}}"
-    return celerymsg.task_message(
-        signatures.PROBE_BATCH, kwargs, queue=keys.QUEUE_PROBES, kwargsrepr=described
-    )
+    described += f"'targets': <{batch.count} targets>"
+    described += f", 'location': {location!r}}}" if location is not None else "}"
+    message = celerymsg.task_message(
+        signatures.PROBE_BATCH, orjson.dumps(kwargs), queue=queue, kwargsrepr=described,
+        expires=expires,
+    )  # fmt: skip
+    return queue, message
 
 
 def plan_run(
-    batches: Sequence[EncodedBatch], *, kind: Kind, retention: float, **meta: str
+    batches: Sequence[EncodedBatch],
+    *,
+    kind: Kind,
+    retention: float,
+    locations: Sequence[str] | None = None,
+    expires: float | None = None,
+    **meta: str,
 ) -> RunPlan:
-    """Give a validated targets file a run id and encode its batches as task messages."""
+    """Give a validated targets file a run id and encode its batches as task messages.
+
+    With *locations*, every batch goes to each location's queue and the run expects one
+    result per (target, location). *expires* (epoch seconds): a batch still queued then
+    is dropped by the worker instead of run (Celery's ``expires``).
+    """
     run_id = new_run_id()
-    messages = [batch_message(run_id, n, batch) for n, batch in enumerate(batches)]
+    where: list[str | None] = list(locations) if locations else [None]
+    messages = [
+        batch_message(run_id, n, batch, location=loc, expires=expires)
+        for loc in where
+        for n, batch in enumerate(batches)
+    ]
     total = sum(batch.count for batch in batches)
-    return RunPlan(run_id, kind, int(retention), total, messages, meta)
+    return RunPlan(run_id, kind, int(retention), total, messages, meta, tuple(locations or ()))
+
+
+def _by_queue(messages: Sequence[tuple[str, bytes]]) -> dict[str, list[bytes]]:
+    grouped: dict[str, list[bytes]] = {}
+    for queue, message in messages:
+        grouped.setdefault(queue, []).append(message)
+    return grouped
 
 
 # --- the synchronous store -------------------------------------------------------------
@@ -492,8 +531,9 @@ class RunStore:
         pipe.zadd(keys.RUNS_INDEX, {plan.run_id: now})
         pipe.zadd(keys.RUNS_EXPIRY, {plan.run_id: now + plan.retention})
         pipe.eval(_TRIM_LUA, 2, keys.RUNS_INDEX, keys.RUNS_EXPIRY, now)
-        for start in range(0, len(plan.messages), PUSH_GROUP):
-            pipe.lpush(plan.queue, *plan.messages[start : start + PUSH_GROUP])
+        for queue, messages in _by_queue(plan.messages).items():
+            for start in range(0, len(messages), PUSH_GROUP):
+                pipe.lpush(queue, *messages[start : start + PUSH_GROUP])
         _redis_call(self._hint, pipe.execute)
         return Submitted(plan.run_id, plan.targets, len(plan.messages))
 

@@ -16,18 +16,19 @@ validated setting: :mod:`opsq.core.config`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from opsq.core import keys
 from opsq.core.config.alerts import AlertsSettings
-from opsq.core.config.base import Section, config_dir
+from opsq.core.config.base import Invalid, Section, config_dir
 from opsq.core.config.cleanup import CleanupSettings
 from opsq.core.config.fields import Host, RedisUrl
 from opsq.core.config.history import HistorySettings, WebSettings
@@ -50,7 +51,22 @@ class ProbesSettings(Section):
     soft_time_limit: Annotated[Duration, Field(gt=0)] = 300.0
     time_limit: Annotated[Duration, Field(gt=0)] = 360.0
     max_redeliveries: Annotated[int, Field(ge=0, le=100)] = 3
+    source_address: str | None = None
+    """Local address outgoing probe sockets bind to (a host with several addresses)."""
     sets: dict[str, ProbeSet] = Field(default_factory=dict)
+
+    @field_validator("source_address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError as exc:
+            raise Invalid(
+                f"source_address {value!r} is not an IP address",
+                fix="write an address of this host, e.g. 10.0.0.5 (or remove it: the OS chooses)",
+            ) from exc
 
     @model_validator(mode="after")
     def _limits_ordered(self) -> ProbesSettings:

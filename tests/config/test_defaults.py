@@ -3,7 +3,7 @@
 There used to be three places: ``opsq/core/defaults.yaml`` (loaded under the config
 file, so it silently won over a model's default), the pydantic models, and engine
 constructors. The YAML file is gone; the constructors that still take a default must
-agree with the model, and this test says which.
+agree with the model (they default to ``default_of(Model, "field")``), and this test lists them.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ CONSTRUCTOR_DEFAULTS: list[tuple[Callable[..., Any], str, type[BaseModel], str]]
     (ProbeEngine, "concurrency", ProbesSettings, "concurrency"),
     (ProbeEngine, "per_host_concurrency", ProbesSettings, "per_host_concurrency"),
     (ProbeEngine, "url_labels", MetricsSettings, "url_labels"),
+    (ProbeEngine, "source_address", ProbesSettings, "source_address"),
     (Informer, "page_size", CleanupSettings, "page_size"),
     (Informer, "watch_timeout", CleanupSettings, "watch_timeout"),
     (Informer, "resync", CleanupSettings, "resync"),

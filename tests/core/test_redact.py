@@ -64,7 +64,7 @@ def test_task_repr_in_logs_and_flower_carries_no_urls() -> None:
     """Celery logs and Flower show kwargsrepr: a count of targets, not their URLs."""
     targets = [Target(name=f"t{i}", url=f"https://h/{i}?token=t-15") for i in range(3)]
     [batch] = encode_targets(targets, 10)
-    shown = orjson.loads(batch_message("r1", 0, batch))["headers"]["kwargsrepr"]
+    shown = orjson.loads(batch_message("r1", 0, batch)[1])["headers"]["kwargsrepr"]
     assert "t-15" not in shown
     assert "<3 targets>" in shown
     assert "'r1'" in shown

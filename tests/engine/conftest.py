@@ -10,6 +10,7 @@ with one that expires in three days. Tests are synchronous and drive the engine 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import socket
 import ssl
@@ -61,6 +62,14 @@ def _app(state: ServerState) -> web.Application:
         await asyncio.sleep(float(request.query.get("delay", "10")))
         return web.Response(text="slow")
 
+    @routes.get("/hang-once/{key}")
+    async def hang_once(request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        state.hits[key] += 1
+        if state.hits[key] == 1:
+            await asyncio.sleep(60)  # the first request hangs; later ones answer at once
+        return web.Response(text="answered")
+
     @routes.get("/loop")
     async def loop(request: web.Request) -> web.Response:
         raise web.HTTPFound("/loop")
@@ -90,6 +99,10 @@ def _app(state: ServerState) -> web.Application:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         state.client_ports.setdefault(request.match_info["key"], set()).add(peer[1])
         return web.Response(text="seen")
+
+    @routes.get("/peer")
+    async def peer(request: web.Request) -> web.Response:
+        return web.Response(text=str(request.remote))
 
     @routes.get("/drop")
     async def drop(request: web.Request) -> web.Response:
@@ -132,21 +145,30 @@ class Servers:
         return ctx
 
 
-def _server_context(ca: trustme.CA, days: float) -> ssl.SSLContext:
+def server_context(
+    ca: trustme.CA, days: float, *, client_ca: trustme.CA | None = None
+) -> ssl.SSLContext:
+    """A server context whose leaf (from *ca*) expires in *days* (negative: expired);
+    with *client_ca*, clients must present a certificate it issued (mTLS)."""
     now = dt.datetime.now(dt.UTC)
     leaf = ca.issue_cert(
-        "127.0.0.1", "localhost", not_before=now - dt.timedelta(days=1),
+        "127.0.0.1", "localhost", not_before=now - dt.timedelta(days=max(1, 1 - days)),
         not_after=now + dt.timedelta(days=days),
     )  # fmt: skip
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     leaf.configure_cert(ctx)
+    if client_ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        client_ca.configure_trust(ctx)
     return ctx
 
 
 class _ServerThread(threading.Thread):
-    def __init__(self, state: ServerState, ca: trustme.CA) -> None:
+    """The test app on one site per SSL context (None: plain HTTP), each on a free port."""
+
+    def __init__(self, state: ServerState, contexts: list[ssl.SSLContext | None]) -> None:
         super().__init__(daemon=True, name="probe-test-servers")
-        self.state, self.ca = state, ca
+        self.state, self.contexts = state, contexts
         self.loop = asyncio.new_event_loop()
         self.ready = threading.Event()
         self.ports: list[int] = []
@@ -167,7 +189,7 @@ class _ServerThread(threading.Thread):
             access_log=None,  # per-request access lines would only drown test output
         )
         await self.runner.setup()
-        for ssl_ctx in (None, _server_context(self.ca, 365), _server_context(self.ca, 3)):
+        for ssl_ctx in self.contexts:
             site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=ssl_ctx)
             await site.start()
             server: Any = site._server  # the only way aiohttp exposes the bound port
@@ -184,19 +206,28 @@ class _ServerThread(threading.Thread):
 @pytest.fixture(scope="session")
 def servers() -> Iterator[Servers]:
     state, ca = ServerState(), trustme.CA()
-    thread = _ServerThread(state, ca)
+    with serving(state, [None, server_context(ca, 365), server_context(ca, 3)]) as ports:
+        http_port, https_port, expiring_port = ports
+        yield Servers(
+            http=f"http://127.0.0.1:{http_port}",
+            https=f"https://127.0.0.1:{https_port}",
+            https_expiring=f"https://127.0.0.1:{expiring_port}",
+            http_port=http_port,
+            ca=ca,
+            state=state,
+        )
+
+
+@contextlib.contextmanager
+def serving(state: ServerState, contexts: list[ssl.SSLContext | None]) -> Iterator[list[int]]:
+    """Serve the test app on one port per context (in a thread); yields the ports."""
+    thread = _ServerThread(state, contexts)
     thread.start()
     assert thread.ready.wait(10), "test servers did not start"
-    http_port, https_port, expiring_port = thread.ports
-    yield Servers(
-        http=f"http://127.0.0.1:{http_port}",
-        https=f"https://127.0.0.1:{https_port}",
-        https_expiring=f"https://127.0.0.1:{expiring_port}",
-        http_port=http_port,
-        ca=ca,
-        state=state,
-    )
-    thread.stop()
+    try:
+        yield thread.ports
+    finally:
+        thread.stop()
 
 
 @pytest.fixture

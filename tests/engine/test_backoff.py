@@ -1,37 +1,11 @@
-"""Full-jitter backoff math and the deadline that bounds retries."""
+"""The deadline that bounds retries and backoff (the jitter math is tests/core's)."""
 
 from __future__ import annotations
 
 import random
 
-import pytest
-
-from opsq.engines.probe import Deadline, full_jitter, run_probes
+from opsq.engines.probe import Deadline, run_probes
 from tests.engine.conftest import Servers, target
-
-
-@pytest.mark.parametrize("attempt", range(8))
-def test_full_jitter_stays_within_zero_and_the_capped_exponential(attempt: int) -> None:
-    rng = random.Random(1234)
-    base, cap = 0.1, 2.0
-    ceiling = min(cap, base * 2**attempt)
-    samples = [full_jitter(attempt, base=base, cap=cap, rng=rng) for _ in range(2000)]
-    assert all(0.0 <= s <= ceiling for s in samples)
-    # Spread over the whole range, not clustered (full jitter, not equal jitter).
-    assert min(samples) < ceiling * 0.05
-    assert max(samples) > ceiling * 0.95
-
-
-def test_full_jitter_cap_wins_over_the_exponential() -> None:
-    rng = random.Random(7)
-    samples = [full_jitter(30, base=1.0, cap=0.5, rng=rng) for _ in range(1000)]
-    assert max(samples) <= 0.5
-
-
-def test_full_jitter_is_reproducible_with_a_seeded_rng() -> None:
-    first = [full_jitter(3, base=0.1, cap=5, rng=random.Random(42)) for _ in range(3)]
-    again = [full_jitter(3, base=0.1, cap=5, rng=random.Random(42)) for _ in range(3)]
-    assert first == again
 
 
 def test_deadline_refuses_a_sleep_that_would_cross_it() -> None:

@@ -46,14 +46,21 @@ def test_rate_limiter_is_awaited_before_every_attempt(servers: Servers, key: str
     assert limiter.calls == Counter({"127.0.0.1": 3})
 
 
-class _StuckLimiter:
+class _SlowLimiter:
+    """Grants a token only after a wait longer than the probe's whole deadline."""
+
     async def acquire(self, host: str) -> None:
-        await asyncio.sleep(3600)
+        await asyncio.sleep(1.5)
 
 
-def test_a_stuck_rate_limiter_cannot_outlive_the_deadline(servers: Servers) -> None:
-    [result] = run_probes([target(f"{servers.http}/ok", timeout=0.5)], rate_limiter=_StuckLimiter())
-    assert (result.up, result.error_kind) == (False, "timeout")
+def test_waiting_for_a_token_does_not_count_against_the_deadline(servers: Servers) -> None:
+    """A throttled probe of a healthy target is up: the wait pauses the deadline and is
+    reported as the ratelimit phase (it once ended as 'timeout after 5s', uncontacted)."""
+    t = target(f"{servers.http}/ok", timeout=1, retries=1)
+    [result] = run_probes([t], rate_limiter=_SlowLimiter())
+    assert (result.up, result.error_kind, result.attempts) == (True, None, 1), result.error
+    assert result.phases["ratelimit"] >= 1.5
+    assert result.duration_s < result.phases["ratelimit"]  # the wait is not probe time
 
 
 def test_on_result_callback_sees_every_result(servers: Servers, key: str) -> None:

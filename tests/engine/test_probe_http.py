@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 
@@ -59,11 +60,23 @@ def test_expected_status_list_accepts_a_non_2xx(servers: Servers, transport: str
 
 
 def test_slow_endpoint_is_cut_at_the_deadline(servers: Servers, transport: str) -> None:
+    """1 s for up to 6 attempts: each gets at least the 0.5 s floor, so two fit."""
     t = target(f"{servers.http}/slow?delay=30", timeout=1, retries=5, retry_on=["timeout"])
     result = probe(t, transport)
-    assert (result.up, result.error_kind) == (False, "timeout")
-    assert result.error == "timeout after 1s"
+    assert (result.up, result.error_kind, result.attempts) == (False, "timeout", 2)
+    assert re.fullmatch(r"timeout after 0\.\d+s", result.error or ""), result.error
     assert result.duration_s < 1 + 3  # bounded by the deadline (generous margin)
+
+
+def test_an_attempt_that_hangs_once_is_retried_within_the_deadline(
+    servers: Servers, transport: str, key: str
+) -> None:
+    """Issue 9: each attempt gets a share of the deadline, so retry_on: timeout can fire
+    (with the whole remaining deadline per attempt it never did)."""
+    t = target(f"{servers.http}/hang-once/{key}", timeout=4, retries=1, retry_on=["timeout"])
+    result = probe(t, transport)
+    assert (result.up, result.attempts, result.error) == (True, 2, None)
+    assert servers.state.hits[key] == 2
 
 
 def test_redirect_loop_ends_as_redirect_failure(servers: Servers, transport: str) -> None:

@@ -43,6 +43,15 @@ def test_url_labels_only_when_asked(servers: Servers, key: str) -> None:
     assert _value("opsq_probe_url_total", group="plain", url=url, result="up") == 1
 
 
+def test_url_labels_carry_no_secrets(servers: Servers, key: str) -> None:
+    """/metrics is printed too: a ?access_token= in a probed URL is redacted in its label."""
+    url = f"{servers.http}/ok?access_token=tok-{key}"
+    run_probes([target(url, group="secret")], url_labels=True)
+    shown = f"{servers.http}/ok?access_token=***"
+    assert _value("opsq_probe_url_total", group="secret", url=shown, result="up") == 1
+    assert f"tok-{key}" not in generate_latest(REGISTRY).decode()
+
+
 def test_metrics_aggregate_in_multiprocess_mode(servers: Servers, key: str, tmp_path) -> None:
     """A worker child process writes to PROMETHEUS_MULTIPROC_DIR; the collector sums it."""
     code = (

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,8 @@ import redis
 
 from agents.agent import Agent
 from agents.formats import split_framed
+from agents.sinks.base import Delivery
+from agents.sinks.loki import push_body, runtime_ns
 from opsq.core.logformat import decode, record_id
 from opsq.core.metrics import logs_agent as metrics
 from tests.k8slogs.runtimes import MAX_LEN, Clock, CriWriter, DockerWriter
@@ -104,3 +107,37 @@ def test_long_lines_over_max_line_bytes_and_invalid_utf8_inside_cri(
     assert messages == [b"x" * 20_000, b"bad \xff\xfe bytes", b"ok"]
     assert metrics.LINES_TRUNCATED._value.get() == cut + 1
     assert metrics.INVALID_ENCODING._value.get() == invalid + 1
+
+
+def test_identical_runtime_times_get_distinct_loki_times_that_survive_a_restart(
+    tmp_path: Path, redis_url: str, raw_client: redis.Redis
+) -> None:
+    """Ten lines written in the same nanosecond, three per entry, read by two agents
+    (the second resumes mid-run): entries carry tsk 0, 3, ..., the restart re-learns the
+    count, and the Loki times are time+0 .. time+9, distinct and the same on redelivery."""
+    log = tmp_path / "pods" / f"shop_web_{UID}" / "app" / "0.log"
+    writer = CriWriter(log, Clock(T0, step_ns=0))
+    writer.write("stdout", b"same\n" * 5)
+    settings = agent_settings(tmp_path, paths=[str(log)], format="cri", batch_lines=3,
+                              kubernetes={"pods_dir": str(tmp_path / "pods")})  # fmt: skip
+    first = Agent(settings, redis_url, host="h").start()
+    wait_for(lambda: len(records(raw_client)) == 5, what="the first five")
+    first.stop()
+    first.join(30)
+    writer.write("stdout", b"same\n" * 5)
+    writer.close()
+    second = Agent(settings, redis_url, host="h").start()
+    try:
+        wait_for(lambda: len(records(raw_client)) == 10, what="all ten")
+    finally:
+        second.stop()
+        second.join(30)
+    entries = [decode(f) for _, f in raw_client.xrange(STREAM)]
+    assert [e.tsk for e in entries] == [0, 3, 5, 8]
+    deliveries = [Delivery(i.decode(), decode(f), f) for i, f in raw_client.xrange(STREAM)]
+    body = json.loads(push_body(deliveries, {}, ["pod"]))
+    times = [int(ts) for s in body["streams"] for ts, _ in s["values"]]
+    base = runtime_ns(split_framed(entries[0].records[0][1])[0])
+    assert base is not None
+    assert times == [base + k for k in range(10)]
+    assert push_body(deliveries, {}, ["pod"]) == push_body(deliveries, {}, ["pod"])

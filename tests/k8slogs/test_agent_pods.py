@@ -142,3 +142,32 @@ def test_a_403_leaves_lines_shipping_without_labels_counted_and_logged(
     assert metrics.METADATA_ERRORS.labels(reason="forbidden")._value.get() > before
     assert any("forbidden" in r.getMessage() and "get, list, watch on pods" in r.getMessage()
                for r in caplog.records)  # fmt: skip
+
+
+def test_a_pod_annotated_while_its_file_is_read_stops_being_read(
+    tmp_path: Path,
+    fake_kube: FakeKube,
+    kubeconfig_path: Callable[..., Path],
+    run_agent: Callable[..., Agent],
+    raw_client: redis.Redis,
+) -> None:
+    """opsq.io/logs: "false" added to a running pod: its open file is released at the next
+    discovery and what it writes afterwards is not shipped (other pods go on)."""
+    pods = tmp_path / "pods"
+    late = add_pod(fake_kube, "shop", "late")
+    web = add_pod(fake_kube, "shop", "web")
+    late_log = write(pods, "shop", "late", late, [b"before"])
+    web_log = write(pods, "shop", "web", web, [b"web 1"])
+    agent = run_agent(settings(tmp_path, kubeconfig_path()))
+    wait_for(lambda: len(by_pod(raw_client).get("late", [])) == 1, what="late's first line")
+    fake_kube.patch("v1/pods", "late", {"metadata": {"annotations": {"opsq.io/logs": "false"}}},
+                    namespace="shop")  # fmt: skip
+    wait_for(lambda: not any(t.path == str(late_log) for t in list(agent.tailers.values())),
+             what="late's file released")  # fmt: skip
+    for log, line in ((late_log, b"after opt-out"), (web_log, b"web 2")):
+        writer = CriWriter(log, Clock(T0 + 10**9))
+        writer.write("stdout", line + b"\n")
+        writer.close()
+    wait_for(lambda: len(by_pod(raw_client).get("web", [])) == 2, what="web's second line")
+    assert [line for _, line in by_pod(raw_client)["late"]] == [b"before"]
+    assert agent.pods.admit(str(late_log)) is False, "and discovery will not open it again"

@@ -4,10 +4,12 @@ A container writes through containerd's CRI logger (:class:`CriWriter`, with
 ``max_container_log_line_size`` 256 so long lines split into several ``P`` parts) while
 the kubelet rotates its log the way ``container_log_manager.go`` does: compress the
 previous rotated file (``.tmp`` then ``.gz``, original removed), rename ``0.log`` to
-``0.log.<stamp>``, reopen. Every rotation lands in the middle of a long stdout line and
-of a long stderr line, so their parts straddle two files. The agent (a real ``opsq
-agent`` process with the chart's paths: ``*.log`` and ``*.log.*``, ``*.gz``/``*.tmp``
-excluded, ``format: auto``) is killed with SIGKILL three times while this goes on.
+``0.log.<stamp>``, reopen (the compression waits, as the kubelet's 10 s rotation interval
+lets it, until the agent has read the file). Every rotation lands in the middle of a
+long stdout line and of a long stderr line, so their parts straddle two files. The agent
+(a real ``opsq agent`` process with the chart's paths: ``*.log`` and ``*.log.*``,
+``*.gz``/``*.tmp`` excluded, ``format: auto``) is killed with SIGKILL three times while
+this goes on.
 
 At the end every logical line is in the stream exactly once after dedupe by record id,
 with the time of its first part and its stream, joined whole even when its parts span
@@ -17,6 +19,7 @@ the file sink with ts, stream and the pod fields.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -36,19 +39,39 @@ MAX_LEN = 256
 ROTATIONS = 4
 LINES_PER_PERIOD = 240
 PAUSE_S = 0.6
-"""Every 40 lines: a rotation period of ~4 s. The kubelet compresses a rotated file at
-its next rotation (at least its 10 s monitor period later); an agent down for longer
-than that finds only the .gz, which it never reads. Each kill here is shorter."""
+"""Every 40 lines: a rotation period of ~4 s (the kubelet's is at least 10 s)."""
 
 Line = tuple[bytes, bytes, bytes]
 """(runtime time of the first part, stream, message)"""
 
 
+def read_to_end(checkpoints: Path, path: Path, timeout: float = 90.0) -> None:
+    """Wait until the agent's checkpoint covers *path* to its end.
+
+    The kubelet compresses a rotated file only at its next rotation, at least its 10 s
+    monitor period later, and the agent is built to finish it within that time. On a
+    loaded test machine an agent restart alone can take longer than the ~4 s period used
+    here, so the emulated kubelet waits for that guarantee instead of assuming it.
+    """
+    st = path.stat()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            files = json.loads(checkpoints.read_text())["files"]
+        except (OSError, ValueError, KeyError):
+            files = []
+        if any(f["ino"] == st.st_ino and f["offset"] >= st.st_size for f in files):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the agent never finished {path.name}")
+
+
 class Container(threading.Thread):
     """Writes numbered lines through containerd's logger; the kubelet rotates mid-line."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, checkpoints: Path) -> None:
         super().__init__(daemon=True)
+        self.checkpoints = checkpoints
         self.log = root / POD / "app" / "0.log"
         self.clock = Clock(1_795_000_000 * 10**9, step_ns=1_000)
         self.writer = CriWriter(self.log, self.clock, max_len=MAX_LEN)
@@ -95,6 +118,7 @@ class Container(threading.Thread):
             self.expected.append((stamp, stream.encode(), message))
             opened.append((stream, parts[1:], message))
         if self.rotated:
+            read_to_end(self.checkpoints, self.rotated[-1])
             kubelet_compress(self.rotated[-1])
         self.rotated.append(
             kubelet_rotate(self.log, f"20261118-{110000 + period:06d}", self.writer.reopen)
@@ -126,7 +150,7 @@ def test_every_line_arrives_once_across_kubelet_rotations_and_three_kill_9(
     """Writer + kubelet rotation (rename, reopen, gzip) + 3 x kill -9 of the agent:
     each logical line once, whole, with its runtime time and stream."""
     pods = tmp_path / "pods"
-    container = Container(pods)
+    container = Container(pods, tmp_path / "ckpt" / "checkpoints.json")
     config = {
         "paths": [str(pods / "*/*/*.log"), str(pods / "*/*/*.log.*")],
         "exclude": ["*.gz", "*.tmp"],

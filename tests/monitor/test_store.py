@@ -63,6 +63,8 @@ def test_concurrent_finishers_apply_a_run_once(redis_client: redis.Redis) -> Non
     assert [(j["notifier"], j["message"]["event"]) for j in jobs] == [("hook", "firing")]
     assert redis_client.exists(keys.monitor_applied("r1"))
     assert redis_client.zscore(keys.MONITOR_OPEN_RUNS, "r1") is None
+    # The spec goes with the apply (a week of them per set run was gigabytes under beat).
+    assert not redis_client.exists(keys.monitor_spec("r1"))
 
 
 def test_state_and_streams_have_the_documented_shape(redis_client: redis.Redis) -> None:

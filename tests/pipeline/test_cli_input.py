@@ -52,6 +52,16 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
             id="duplicate-target",
         ),
         pytest.param(
+            "targets:\n  - name: dns\n    url: dns://192.0.2.1\n",
+            "targets[0] (name 'dns').url: url 'dns://192.0.2.1' names the address 192.0.2.1",
+            id="dns-ip-literal",
+        ),
+        pytest.param(
+            "targets:\n  - name: tls\n    url: https://x/\n    ca_file: /nonexistent/ca.pem\n",
+            "targets[0] (name 'tls').ca_file: ca_file '/nonexistent/ca.pem' does not exist",
+            id="missing-ca-file",
+        ),
+        pytest.param(
             "targets:\n  - name: api\n    url: http://127.0.0.1/\n    expect: {status: [700]}\n",
             "targets[0] (name 'api').expect.status: Value error, status range 700",
             id="bad-status",

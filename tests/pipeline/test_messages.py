@@ -49,7 +49,9 @@ def test_batch_message_has_the_shape_celery_send_task_writes(
     """Same envelope, header and property names, same routing, same body layout."""
     theirs = _celery_message(redis_url, redis_client)
     targets = json.dumps(KWARGS["targets"]).encode()
-    ours = json.loads(batch_message("r1", 0, EncodedBatch(0, 1, targets)))
+    queue, message = batch_message("r1", 0, EncodedBatch(0, 1, targets))
+    assert queue == keys.QUEUE_PROBES
+    ours = json.loads(message)
     assert set(ours) == set(theirs)
     assert set(ours["headers"]) == set(theirs["headers"])
     assert set(ours["properties"]) == set(theirs["properties"])
@@ -64,3 +66,15 @@ def test_batch_message_has_the_shape_celery_send_task_writes(
     )
     assert _body(ours) == _body(theirs)
     assert ours["headers"]["ignore_result"] is True
+
+
+def test_a_location_batch_goes_to_its_queue_and_expires_at_the_deadline() -> None:
+    """probes.<location>, the location among the kwargs, Celery's ISO ``expires``."""
+    queue, message = batch_message("r1", 3, EncodedBatch(300, 1, b"[]"), location="eu",
+                                   expires=1_800_000_000.0)  # fmt: skip
+    decoded = json.loads(message)
+    assert queue == keys.location_queue("eu") == "probes.eu"
+    assert decoded["properties"]["delivery_info"]["routing_key"] == "probes.eu"
+    assert decoded["headers"]["expires"] == "2027-01-15T08:00:00+00:00"
+    assert _body(decoded)[1] == {"run_id": "r1", "batch_id": "b3", "offset": 300,
+                                 "targets": [], "location": "eu"}  # fmt: skip

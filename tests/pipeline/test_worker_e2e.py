@@ -104,25 +104,3 @@ def test_a_pickled_message_is_refused_by_the_worker(
         time.sleep(0.1)
     assert "Refusing to deserialize untrusted content of type pickle" in worker.log()
     assert "Task opsq.probe_batch" not in worker.log()
-
-
-def test_per_host_rate_limit_is_shared_through_redis(
-    start_worker: Callable[..., Worker], redis_url: str, http_server: LocalHTTP, tmp_path: Path
-) -> None:
-    """Two workers, one bucket: with burst 1 and 0.05 probes/s only one probe gets through.
-
-    The wait for a token counts against the probe's deadline (1 s here, well below the
-    20 s refill), so the others end as timeouts and the server sees a single request.
-    """
-    env = {"OPSQ_PROBES__PER_HOST_RATE": "0.05", "OPSQ_PROBES__PER_HOST_BURST": "1"}
-    start_worker(env=env)
-    start_worker(env=env)
-    targets = [{"name": f"t{i}", "url": f"{http_server.url}/ok?i={i}"} for i in range(6)]
-    path = write_targets(tmp_path / "t.yaml", targets, timeout="1s")
-    proc = run_cli(["probe", str(path), "--wait", "--output", "json"], redis_url,
-                   env={"OPSQ_PROBES__BATCH_SIZE": "1"})  # fmt: skip
-    assert proc.returncode == 1, proc.stderr
-    summary = json.loads(proc.stdout)
-    assert (summary["up"], summary["down"]) == (1, 5)
-    assert {r["error_kind"] for r in summary["results"] if not r["up"]} == {"timeout"}
-    assert sum(http_server.hits.values()) == 1

@@ -25,6 +25,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, model_validator
 
 from opsq.core.config.base import Section
+from opsq.core.config.fields import Host
 from opsq.core.durations import Duration
 
 
@@ -46,7 +47,7 @@ class HistorySettings(Section):
 
 
 class WebSettings(Section):
-    bind: str = "127.0.0.1"
+    bind: Host = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     public: bool = False
     """Serve the page, the API and badges without a password (read-only, redacted)."""

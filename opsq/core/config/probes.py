@@ -10,17 +10,27 @@ A targets file is Gatus-like::
 
 ``defaults`` is deep-merged under each target. Everything is validated before any
 work is enqueued, so a typo fails the whole run at start instead of one probe at 3 am.
+
+Files a target names (``ca_file``, ``cert_file``, ``key_file``) are resolved like every
+path in a config (relative to the file naming them, stored absolute) and checked to
+exist where the targets are loaded (``opsq probe``, ``opsq config check``, beat's probe
+sets). A worker re-validates each batch it receives with :data:`ON_WORKER` as context,
+which skips that check: a file missing on one worker makes its probes fail with a
+clear reason instead of refusing the whole batch.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from opsq.core.config.base import Section
+from opsq.core.config.base import Invalid, Section, resolve_path
 from opsq.core.config.fields import ExistingFile, Regex
 from opsq.core.durations import Duration
 
@@ -32,6 +42,15 @@ LOCATION_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,40}$"
 DEFAULT_LOCATION = "default"
 """The one location of a set without ``locations`` (its batches go to ``probes``)."""
 DEFAULT_STATUS: tuple[tuple[int, int], ...] = ((200, 399),)
+DnsType = Literal["A", "AAAA", "CNAME", "MX", "TXT", "NS", "SRV"]
+DNS_TYPES: tuple[DnsType, ...] = ("A", "AAAA", "CNAME", "MX", "TXT", "NS", "SRV")
+Rcode = Literal[
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
+    "YXDOMAIN", "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE",
+]  # fmt: skip
+ON_WORKER = {"check_files": False}
+"""Validation context for targets a worker receives: files are checked at load time."""
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
 def _parse_status(item: object) -> tuple[int, int]:
@@ -71,6 +90,10 @@ class Expect(Section):
     """Up but slower than this: the target's state becomes ``degraded``."""
     cert_warn_days: Annotated[float, Field(ge=0)] | None = None
     """Up but the certificate expires within this many days: ``degraded``."""
+    answer_regex: Regex | None = None
+    """dns:// with a server path: some answer record's text must match."""
+    rcode: tuple[Rcode, ...] | None = None
+    """dns:// with a server path: accepted response codes (default NOERROR only)."""
 
     @field_validator("status", mode="before")
     @classmethod
@@ -79,6 +102,16 @@ class Expect(Section):
         if not items:
             raise ValueError("status list is empty; omit it to accept 200-399")
         return tuple(_parse_status(i) for i in items)
+
+    @field_validator("rcode", mode="before")
+    @classmethod
+    def _rcode(cls, value: object) -> object:
+        if value is None:
+            return None
+        items = value if isinstance(value, list | tuple) else [value]
+        if not items:
+            raise ValueError("rcode list is empty; omit it to accept NOERROR")
+        return tuple(i.upper() if isinstance(i, str) else i for i in items)
 
     @field_validator("header_regex")
     @classmethod
@@ -98,6 +131,12 @@ class ProbeSpec(Section):
     follow_redirects: bool = True
     max_redirects: Annotated[int, Field(ge=0, le=50)] = 10
     verify_tls: bool = True
+    ca_file: str | None = None
+    """PEM bundle of the CAs to trust for this target instead of the system's."""
+    cert_file: str | None = None
+    """Client certificate (PEM) for mTLS; may hold the key too."""
+    key_file: str | None = None
+    """Private key of ``cert_file`` when it is a separate file."""
     reuse_connections: bool = False
     timeout: Annotated[Duration, Field(gt=0, le=600)] = 5.0
     """The per-probe deadline: all attempts and backoff sleeps together."""
@@ -123,6 +162,26 @@ class ProbeSpec(Section):
             raise ValueError(f"method {value!r} is not an HTTP method such as GET or POST")
         return method
 
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        path = resolve_path(Path(value))
+        if (info.context or {}).get("check_files", True) and not path.is_file():
+            raise Invalid(
+                f"{info.field_name} {str(path)!r} does not exist or is not a file",
+                fix="correct the path (relative to the file naming it) or create the file; "
+                "every worker needs it at the same absolute path",
+            )
+        return str(path)
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> ProbeSpec:
+        if self.key_file is not None and self.cert_file is None:
+            raise Invalid("key_file is set without cert_file", fix="add the client certificate")
+        return self
+
 
 class Target(ProbeSpec):
     """One thing to probe: ``http(s)://``, ``tcp://host:port`` or ``dns://name``."""
@@ -136,24 +195,104 @@ class Target(ProbeSpec):
         parts = urlsplit(value.strip())
         if parts.scheme not in ("http", "https", "tcp", "dns"):
             raise ValueError(f"url {value!r} must start with http://, https://, tcp:// or dns://")
-        if not parts.hostname:
-            raise ValueError(f"url {value!r} has no host name")
         try:
             port = parts.port
         except ValueError as exc:
             raise ValueError(f"url {value!r} has an invalid port") from exc
+        if parts.scheme == "dns":
+            _check_dns(value.strip(), parts)
+        elif not parts.hostname:
+            raise ValueError(f"url {value!r} has no host name")
         if parts.scheme == "tcp" and port is None:
             raise ValueError(f"url {value!r}: tcp:// probes need a port, e.g. tcp://db:5432")
         return value.strip()
 
+    @model_validator(mode="after")
+    def _dns_expectations(self) -> Target:
+        if (self.expect.answer_regex or self.expect.rcode) and dns_query(self.url) is None:
+            raise ValueError(
+                f"expect.answer_regex and expect.rcode apply to DNS queries only; url "
+                f"{self.url} is not one (write dns:///NAME?type=A for the system's name "
+                "servers, or dns://SERVER/NAME?type=A)"
+            )
+        return self
+
     @property
     def host(self) -> str:
+        """The host the probe talks to (a dns:// query's server, if it names one)."""
         return urlsplit(self.url).hostname or ""
 
     @property
     def key(self) -> str:
         """Identity of the target within a run (results are keyed by it)."""
         return f"{self.name}|{self.url}"
+
+
+@dataclass(frozen=True, slots=True)
+class DnsQuery:
+    """What ``dns://[server[:port]]/name?type=T`` asks (RFC 4501's form)."""
+
+    server: str | None
+    """An address or host name; None: the system's name servers (resolv.conf)."""
+    port: int
+    name: str
+    rdtype: DnsType
+
+
+def dns_query(url: str) -> DnsQuery | None:
+    """The query of a ``dns://`` URL with a path; None for other URLs and ``dns://name``
+    (a lookup through the system resolver, getaddrinfo). Call on validated URLs."""
+    parts = urlsplit(url)
+    if parts.scheme != "dns" or parts.path in ("", "/"):
+        return None
+    rdtype = dict(parse_qsl(parts.query)).get("type", "A").upper()
+    return DnsQuery(parts.hostname, parts.port or 53, parts.path[1:], rdtype)  # type: ignore[arg-type]
+
+
+def _check_dns(url: str, parts: SplitResult) -> None:
+    """``dns://name`` or ``dns://[server[:port]]/name?type=T``; never an address to look up."""
+    if parts.path in ("", "/"):
+        name = parts.hostname or ""
+        if _is_ip(name):
+            raise ValueError(
+                f"url {url!r} names the address {name} but no name to look up; to ask the "
+                f"DNS server at {parts.netloc} write dns://{parts.netloc}/example.com"
+            )
+        if parts.port is not None or parts.query:
+            raise ValueError(
+                f"url {url!r}: a server port or a record type needs the query form "
+                f"dns://SERVER[:PORT]/NAME?type=A (dns:///NAME?type=A for the system's servers)"
+            )
+        _check_dns_name(url, name)
+        return
+    name = parts.path[1:]
+    if _is_ip(name):
+        raise ValueError(
+            f"url {url!r} asks to look up the address {name}; a dns:// probe looks up a "
+            "name, e.g. dns://1.1.1.1/example.com?type=A"
+        )
+    _check_dns_name(url, name)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    unknown = [k for k, _ in query if k != "type"]
+    if unknown:
+        raise ValueError(f"url {url!r}: unknown query parameter {unknown[0]!r}; only type=")
+    rdtype = dict(query).get("type", "A").upper()
+    if rdtype not in DNS_TYPES:
+        raise ValueError(f"url {url!r}: type {rdtype!r} is not one of {', '.join(DNS_TYPES)}")
+
+
+def _check_dns_name(url: str, name: str) -> None:
+    labels = name.removesuffix(".").split(".")
+    if not name or len(name) > 253 or not all(_DNS_LABEL.fullmatch(x) for x in labels):
+        raise ValueError(f"url {url!r}: {name!r} is not a valid DNS name")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class TargetsFile(Section):

@@ -21,13 +21,14 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 PROBE_TOTAL = Counter("opsq_probe_total", "Probes finished, by verdict.", ["group", "result"])
 PROBE_DURATION = Histogram(
     "opsq_probe_duration_seconds",
-    "Whole-probe duration including retries and backoff.",
+    "Whole-probe duration including retries and backoff (not rate-limit waits).",
     ["group"],
     buckets=LATENCY_BUCKETS,
 )
 PROBE_PHASE_DURATION = Histogram(
     "opsq_probe_phase_duration_seconds",
-    "Duration of one phase (dns, connect, tls, ttfb, transfer) of a probe's last attempt.",
+    "Duration of one phase (ratelimit, dns, connect, tls, ttfb, transfer) of a probe's last "
+    "attempt.",
     ["group", "phase"],
     buckets=LATENCY_BUCKETS,
 )
@@ -37,6 +38,16 @@ PROBE_FAILURES = Counter(
 )
 PROBES_IN_FLIGHT = Gauge(
     "opsq_probes_in_flight", "Probes running now.", multiprocess_mode="livesum"
+)
+# Per worker process: the earliest expiry among the group's certificates seen within
+# CERT_MEMORY_S; the scrape takes the minimum over live processes. Alert on
+# `opsq_probe_cert_expiry_timestamp_seconds - time() < 14 * 86400`.
+PROBE_CERT_EXPIRY = Gauge(
+    "opsq_probe_cert_expiry_timestamp_seconds",
+    "Earliest certificate expiry (epoch seconds) in the chains of the group's HTTPS "
+    "targets probed in the last hour.",
+    ["group"],
+    multiprocess_mode="livemin",
 )
 
 # Opt-in, unbounded: one series per target URL.
@@ -48,4 +59,10 @@ PROBE_URL_DURATION = Histogram(
     "Whole-probe duration per URL (opt-in).",
     ["group", "url"],
     buckets=LATENCY_BUCKETS,
+)
+PROBE_URL_CERT_EXPIRY = Gauge(
+    "opsq_probe_url_cert_expiry_timestamp_seconds",
+    "Earliest certificate expiry (epoch seconds) in the chain per URL, last probe (opt-in).",
+    ["group", "url"],
+    multiprocess_mode="livemostrecent",
 )

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 import redis
 
 from opsq.core import keys
-from opsq.core.errors import RedisUnavailable
-from opsq.core.ratelimit import RATE_BUCKET_LUA
+from opsq.core.ratelimit import RESERVE_LUA, interval_us
+from opsq.core.redis_errors import redis_errors
 
 
 class RateLimiter(Protocol):
@@ -54,23 +54,30 @@ class LocalRateLimiter:
 
 
 class RedisRateLimiter:
-    """A token bucket shared by every worker (burst = one second's worth)."""
+    """One limit shared by every worker, evenly spaced (burst 1), one Redis call each.
+
+    Burst 1 on purpose: a bucket that starts full with a second's worth of tokens lets
+    the first second delete twice the rate (the full bucket, then the refill). Each
+    call reserves the next slot (:data:`opsq.core.ratelimit.RESERVE_LUA`) and sleeps
+    until it. A Redis error is raised (``RedisUnavailable`` is temporary: the task
+    retries); a deletion never goes ahead unlimited.
+    """
 
     def __init__(
         self, client: redis.Redis[Any], rate: float, *, sleep: Callable[[float], None] = time.sleep
     ) -> None:
         self.client = client
         self.rate = rate
-        self.burst = max(1.0, rate)
+        self.interval = interval_us(rate)
         self.sleep = sleep
-        self._script: Any = client.register_script(RATE_BUCKET_LUA)
+        self._script: Any = client.register_script(RESERVE_LUA)
+
+    def reserve(self) -> float:
+        """Reserve the next deletion slot: seconds until it (0.0: now)."""
+        with redis_errors("cleanup delete_rate"):
+            return int(self._script(keys=[keys.cleanup_rate()], args=[self.interval, 1])) / 1e6
 
     def acquire(self) -> None:
-        while True:
-            try:
-                wait = float(self._script(keys=[keys.cleanup_rate()], args=[self.rate, self.burst]))
-            except redis.RedisError as exc:
-                raise RedisUnavailable(f"rate limiter: {exc}") from exc
-            if wait <= 0:
-                return
+        wait = self.reserve()
+        if wait > 0:
             self.sleep(wait)

@@ -5,7 +5,7 @@ thin adapters over :class:`ProbeEngine`. Input is :class:`opsq.core.config.probe
 (validated before any work starts); output is :class:`ProbeResult`, JSON-safe.
 """
 
-from opsq.engines.probe.backoff import Deadline, full_jitter
+from opsq.engines.probe.deadline import Deadline
 from opsq.engines.probe.engine import ProbeEngine, RateLimiter, ResultCallback, run_probes
 from opsq.engines.probe.result import (
     ERROR_KIND_MEANINGS,
@@ -25,6 +25,5 @@ __all__ = [
     "ProbeResult",
     "RateLimiter",
     "ResultCallback",
-    "full_jitter",
     "run_probes",
 ]

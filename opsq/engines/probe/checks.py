@@ -9,17 +9,12 @@ deadline and load on the target.
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import re
 from collections.abc import Mapping
 
-from cryptography import x509
-
 from opsq.core.config.probes import Expect
 from opsq.engines.probe.errors import ProbeFailure
-
-SECONDS_PER_DAY = 86400.0
 
 
 @functools.lru_cache(maxsize=4096)
@@ -60,15 +55,6 @@ def check_latency(expect: Expect, seconds: float) -> ProbeFailure | None:
     if limit is None or seconds <= limit:
         return None
     return ProbeFailure("latency", f"latency {seconds:.3f}s over max_latency {limit:g}s")
-
-
-def cert_days_left(der: bytes | None, *, now: dt.datetime | None = None) -> float | None:
-    """Days until the DER certificate expires (negative once expired)."""
-    if der is None:
-        return None
-    cert = x509.load_der_x509_certificate(der)
-    moment = now or dt.datetime.now(dt.UTC)
-    return (cert.not_valid_after_utc - moment).total_seconds() / SECONDS_PER_DAY
 
 
 def check_cert(expect: Expect, days_left: float | None) -> ProbeFailure | None:

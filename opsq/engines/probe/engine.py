@@ -3,15 +3,18 @@
 Design:
 
 * **One deadline per probe** (``target.timeout``) bounds every attempt *and* backoff
-  sleep together. Each attempt runs under ``asyncio.timeout(remaining)``, so no attempt
-  outlives the deadline whatever the transport's own per-operation timeouts do.
-* **Retries only for temporary failures** whose kind is in ``target.retry_on``
-  (timeout, connect, 5xx, dns), with full-jitter backoff (:mod:`.backoff`) that is
+  sleep together, and each attempt gets a share of it (:mod:`.deadline`), so a
+  timed-out attempt leaves time for a retry. Each attempt runs under
+  ``asyncio.timeout(share)``, so no attempt outlives it whatever the transport's own
+  per-operation timeouts do.
+* **Retries only for temporary failures** in ``target.retry_on`` (timeout, connect,
+  5xx, dns), with full-jitter backoff (:func:`opsq.core.backoff.full_jitter`) that is
   skipped when the sleep would cross the deadline. A 4xx, a failed expectation or a
   certificate verification failure is final.
 * **Bounded concurrency**: a global semaphore, a per-host semaphore and, when given,
   a shared :class:`RateLimiter` (the pipeline implements it as a Redis token bucket)
-  awaited before every attempt.
+  awaited before every attempt. The wait for a token pauses the deadline and is
+  reported as the ``ratelimit`` phase: our own throttle never makes a target down.
 * **Nothing escapes**: every exception from an attempt is translated once
   (:func:`.errors.classify`) into an error kind and a short reason; ``probe_many``
   returns one :class:`ProbeResult` per target, in input order.
@@ -37,14 +40,18 @@ from urllib.parse import urlsplit
 import httpx
 
 from opsq.core import aio
-from opsq.core.config.probes import Target
-from opsq.engines.probe import checks, net
-from opsq.engines.probe.backoff import Deadline, full_jitter
+from opsq.core.backoff import full_jitter
+from opsq.core.config.base import default_of
+from opsq.core.config.probes import DnsQuery, Target, dns_query
+from opsq.core.settings import MetricsSettings, ProbesSettings
+from opsq.engines.probe import dnsquery, net
+from opsq.engines.probe.deadline import Deadline
 from opsq.engines.probe.errors import ProbeFailure, classify
 from opsq.engines.probe.http import fetch, judge
 from opsq.engines.probe.phases import CURRENT, PhaseClock
 from opsq.engines.probe.result import ErrorKind, ProbeResult
 from opsq.engines.probe.tally import MetricTally
+from opsq.engines.probe.tls import TlsContexts, TlsKey, days_left, tls_key
 from opsq.engines.probe.transports import TransportName, build_transport
 
 _TLS_CLOSE_GRACE_S = 0.25
@@ -60,6 +67,11 @@ def _url_parts(url: str) -> tuple[str, str, int | None]:
     return parts.scheme, parts.hostname or "", parts.port
 
 
+@functools.lru_cache(maxsize=4096)
+def _dns_query(url: str) -> DnsQuery | None:
+    return dns_query(url)
+
+
 class RateLimiter(Protocol):
     """Waits until ``host`` may be probed again (a token bucket shared by workers)."""
 
@@ -72,7 +84,7 @@ class _Outcome:
 
     status_code: int | None = None
     failure: ProbeFailure | None = None
-    cert_days_left: float | None = None
+    cert_expires_at: float | None = None
     phases: dict[str, float] | None = None
 
 
@@ -103,12 +115,13 @@ class ProbeEngine:
     def __init__(
         self,
         *,
-        concurrency: int = 128,
-        per_host_concurrency: int = 64,
+        concurrency: int = default_of(ProbesSettings, "concurrency"),
+        per_host_concurrency: int = default_of(ProbesSettings, "per_host_concurrency"),
         rate_limiter: RateLimiter | None = None,
-        url_labels: bool = False,
+        url_labels: bool = default_of(MetricsSettings, "url_labels"),
         transport: TransportName = "aiohttp",
         ssl_context: ssl.SSLContext | None = None,
+        source_address: str | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if concurrency < 1 or per_host_concurrency < 1:
@@ -118,13 +131,14 @@ class ProbeEngine:
         self._rate_limiter = rate_limiter
         self._tally = MetricTally(url_labels=url_labels)
         self._transport: TransportName = transport
-        self._ssl_context = ssl_context
+        self._tls = TlsContexts(ssl_context)
+        self._source = source_address
         self._rng = rng or random.Random()  # noqa: S311 -- jitter, not cryptography
-        self._transports: dict[tuple[bool, bool], httpx.AsyncBaseTransport] = {}
+        self._transports: dict[tuple[TlsKey, bool], httpx.AsyncBaseTransport] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._global = asyncio.Semaphore(concurrency)
         self._hosts = _HostLimits(per_host_concurrency)
-        self._certs: dict[str, bytes] = {}
+        self._certs: dict[str, float] = {}
         self._tls_used = False
 
     async def __aenter__(self) -> ProbeEngine:
@@ -216,12 +230,12 @@ class ProbeEngine:
         attempts = 0
         while True:
             attempts += 1
-            outcome = await self._attempt(target, deadline)
+            outcome = await self._attempt(target, deadline, target.retries + 2 - attempts)
             failure = outcome.failure
             if failure is None or not self._retryable(target, failure, attempts):
                 break
             pause = full_jitter(
-                attempts - 1, base=target.backoff_base, cap=target.backoff_cap, rng=self._rng
+                attempts - 1, base=target.backoff_base, cap=target.backoff_cap, rng=self._rng.random
             )
             if not deadline.fits(pause):
                 break
@@ -237,69 +251,103 @@ class ProbeEngine:
             phases=outcome.phases or {},
             error=failure.message if failure else None,
             error_kind=failure.kind if failure else None,
-            cert_days_left=outcome.cert_days_left,
+            cert_days_left=days_left(outcome.cert_expires_at),
             started_at=started_at,
+            cert_expires_at=outcome.cert_expires_at,
         )
 
     @staticmethod
     def _retryable(target: Target, failure: ProbeFailure, attempts: int) -> bool:
         return attempts <= target.retries and failure.retry_as in target.retry_on
 
-    async def _attempt(self, target: Target, deadline: Deadline) -> _Outcome:
-        """One try, bounded by what is left of the deadline; never raises."""
+    async def _attempt(self, target: Target, deadline: Deadline, attempts_left: int) -> _Outcome:
+        """One try, bounded by its share of the deadline; never raises."""
         clock = PhaseClock()
         token = CURRENT.set(clock)
         outcome = _Outcome()
+        budget = 0.0
         try:
-            async with asyncio.timeout(deadline.remaining()):
-                if self._rate_limiter is not None:
-                    await self._rate_limiter.acquire(_url_parts(target.url)[1])
-                await self._dispatch(target, deadline, clock, outcome)
+            # Everything local first (transport, TLS context): a token is spent on
+            # contacting the host, not on our own set-up, or requests granted together
+            # would reach the host late and bunched with the next ones.
+            transport = self._prepare(target)
+            await self._take_token(target, clock, deadline)
+            budget = deadline.share(attempts_left)
+            async with asyncio.timeout(budget):
+                await self._dispatch(target, transport, budget, clock, outcome)
+        except ProbeFailure as failure:
+            outcome.failure = failure
         except Exception as exc:  # every library error becomes a verdict here
-            kind, message = classify(exc, timeout=target.timeout)
+            kind, message = classify(exc, timeout=budget)
             outcome.failure = ProbeFailure(kind, message)
         finally:
             CURRENT.reset(token)
         outcome.phases = clock.snapshot()
         return outcome
 
-    async def _dispatch(
-        self, target: Target, deadline: Deadline, clock: PhaseClock, outcome: _Outcome
-    ) -> None:
+    def _prepare(self, target: Target) -> httpx.AsyncBaseTransport | None:
+        """The HTTP transport an http(s) target will use, created now if needed."""
         scheme = _url_parts(target.url)[0]
-        if scheme == "tcp":
-            await net.tcp_connect(target, clock)
-            return
-        if scheme == "dns":
-            await net.dns_lookup(target, clock)
-            return
-        transport = self._transport_for(target)
-        reply = await fetch(transport, target, max(deadline.remaining(), 0.001), clock)
-        outcome.status_code = reply.status_code
-        outcome.cert_days_left = self._cert_days(target, clock)
-        outcome.failure = judge(target, reply, outcome.cert_days_left)
+        if scheme not in ("http", "https"):
+            return None
+        return self._transport_for(target, https=scheme == "https")
 
-    def _cert_days(self, target: Target, clock: PhaseClock) -> float | None:
+    async def _take_token(self, target: Target, clock: PhaseClock, deadline: Deadline) -> None:
+        """Wait for the rate limiter, outside the deadline (see :mod:`.deadline`)."""
+        if self._rate_limiter is None:
+            return
+        began = time.monotonic()
+        clock.start("ratelimit")
+        try:
+            await self._rate_limiter.acquire(_url_parts(target.url)[1])
+        finally:
+            clock.stop("ratelimit")
+            deadline.pause(time.monotonic() - began)
+
+    async def _dispatch(
+        self,
+        target: Target,
+        transport: httpx.AsyncBaseTransport | None,
+        budget: float,
+        clock: PhaseClock,
+        outcome: _Outcome,
+    ) -> None:
+        """Run the attempt: HTTP(S) when :meth:`_prepare` gave a transport, else TCP/DNS."""
+        if transport is not None:
+            reply = await fetch(transport, target, max(budget, 0.001), clock)
+            outcome.status_code = reply.status_code
+            outcome.cert_expires_at = self._cert_expiry(target, clock)
+            outcome.failure = judge(target, reply, days_left(outcome.cert_expires_at))
+        elif _url_parts(target.url)[0] == "tcp":
+            await net.tcp_connect(target, clock, self._source)
+        elif (query := _dns_query(target.url)) is not None:
+            await dnsquery.probe(target, query, clock, budget, self._source)
+        else:
+            await net.dns_lookup(target, clock)
+
+    def _cert_expiry(self, target: Target, clock: PhaseClock) -> float | None:
         scheme, host, port = _url_parts(target.url)
         if scheme != "https":
             return None
         self._tls_used = True
         key = f"{host}:{port or 443}"
-        der = clock.peer_cert_der or self._certs.get(key)  # reused connection: last seen
-        if clock.peer_cert_der is not None:
-            self._certs[key] = clock.peer_cert_der
-        days = checks.cert_days_left(der)
-        return None if days is None else round(days, 3)
+        if clock.cert_expires_at is None:  # a reused connection: what it showed last
+            return self._certs.get(key)
+        self._certs[key] = clock.cert_expires_at
+        return clock.cert_expires_at
 
-    def _transport_for(self, target: Target) -> httpx.AsyncBaseTransport:
-        key = (target.verify_tls, target.reuse_connections)
+    def _transport_for(self, target: Target, *, https: bool) -> httpx.AsyncBaseTransport:
+        # Plain http:// needs no TLS files: their absence on this worker must not matter.
+        tls = tls_key(target) if https else (target.verify_tls, None, None, None)
+        key = (tls, target.reuse_connections)
         transport = self._transports.get(key)
         if transport is None:
-            verify: ssl.SSLContext | bool = False
-            if target.verify_tls:
-                verify = self._ssl_context or ssl.create_default_context()
+            context = self._tls.get(target) if https else self._tls.plain(target.verify_tls)
             transport = build_transport(
-                self._transport, verify=verify, reuse=target.reuse_connections
+                self._transport,
+                tls=context,
+                reuse=target.reuse_connections,
+                source_address=self._source,
             )
             self._transports[key] = transport
         return transport

@@ -109,7 +109,7 @@ def _timeout(links: list[BaseException], timeout: float) -> tuple[ErrorKind, str
         if isinstance(link, TimeoutError) or (
             isinstance(link, httpx.TimeoutException) and not under_aiohttp
         ):
-            return "timeout", f"timeout after {timeout:g}s"
+            return "timeout", f"timeout after {timeout:.3g}s"
     return None
 
 

@@ -1,4 +1,4 @@
-"""Per-phase timings of one attempt: dns, connect, tls, ttfb, transfer.
+"""Per-phase timings of one attempt: ratelimit, dns, connect, tls, ttfb, transfer.
 
 Transports report phase boundaries into a :class:`PhaseClock`. The clock of the
 attempt in progress lives in a :class:`contextvars.ContextVar` because the hooks that
@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 
 @dataclass(slots=True)
 class PhaseClock:
-    """Start/stop marks per phase, summed; plus the peer certificate if TLS was used."""
+    """Start/stop marks per phase, summed; plus the chain's expiry if TLS was used."""
 
     durations: dict[str, float] = field(default_factory=dict)
-    peer_cert_der: bytes | None = None
+    cert_expires_at: float | None = None
+    """Epoch seconds of the earliest expiry in the certificate chain the peer sent."""
     _started: dict[str, float] = field(default_factory=dict)
 
     def start(self, phase: str) -> None:

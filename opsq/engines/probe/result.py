@@ -47,7 +47,8 @@ is only ever added, never renamed. The ``error`` text says the precise reason.
 """
 ERROR_KINDS: tuple[ErrorKind, ...] = tuple(ERROR_KIND_MEANINGS)
 
-PHASES = ("dns", "connect", "tls", "ttfb", "transfer")
+PHASES = ("ratelimit", "dns", "connect", "tls", "ttfb", "transfer")
+"""``ratelimit`` is the wait for a rate-limit token, outside the deadline and duration_s."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +62,17 @@ class ProbeResult:
     status_code: int | None
     attempts: int
     duration_s: float
-    """The whole probe: every attempt and backoff sleep."""
+    """The whole probe: every attempt and backoff sleep (not rate-limit waits)."""
     phases: dict[str, float]
     """Seconds per phase of the last attempt (only the phases that happened)."""
     error: str | None
     error_kind: ErrorKind | None
     cert_days_left: float | None
+    """Days until the earliest expiry in the certificate chain (negative: expired)."""
     started_at: float
     """Epoch seconds."""
+    cert_expires_at: float | None = None
+    """Epoch seconds of that expiry (the cert expiry gauge's value)."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (plain str, int, float, bool, None and dicts of them)."""

@@ -13,6 +13,13 @@ Flushes happen when :meth:`ProbeEngine.probe_many` returns, after every single
 unwritten change (a timer on the running loop), so a scrape never sees values older
 than that while a slow batch is still running.
 
+The certificate expiry gauge is a minimum, not a sum: :class:`CertExpiries` keeps the
+latest chain expiry per URL of each group (probed within :data:`CERT_MEMORY_S`) and a
+flush writes each changed group's earliest one. Forgetting after an hour lets a renewed
+certificate raise the value even in a process that no longer probes the old one; a
+group with nothing left reads ``+Inf`` ("no certificate seen"), which no expiry alert
+fires on.
+
 A histogram's sum and buckets are written through ``prometheus_client``'s child
 attributes (``_sum``, ``_buckets``, ``_upper_bounds``, unchanged since 0.4); if a
 release renames them, :func:`observe_many` falls back to one ``observe`` per value.
@@ -22,17 +29,23 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import math
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import Counter, Histogram
 
 from opsq.core.metrics import probes as metrics
+from opsq.core.redact import redact_url
 from opsq.engines.probe.result import ProbeResult
 
 FLUSH_AFTER_S = 0.5
 """Longest a recorded value waits before it is written to the metric."""
+CERT_MEMORY_S = 3600.0
+"""A certificate not seen again for this long no longer counts for its group."""
+_SWEEP_EVERY_S = 60.0
 
 
 def observe_many(child: Any, values: Sequence[float]) -> None:
@@ -52,6 +65,38 @@ def observe_many(child: Any, values: Sequence[float]) -> None:
     total.inc(sum(values))
 
 
+class CertExpiries:
+    """Per group: the latest chain expiry of each URL; the group's gauge is the earliest."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._seen: dict[str, dict[str, tuple[float, float]]] = {}
+        self._dirty: set[str] = set()
+        self._swept = clock()
+
+    def record(self, group: str, url: str, expires_at: float) -> None:
+        self._seen.setdefault(group, {})[url] = (expires_at, self._clock())
+        self._dirty.add(group)
+
+    def changed(self) -> dict[str, float]:
+        """Groups whose earliest expiry may have moved, with its value (+Inf: none)."""
+        now = self._clock()
+        if now - self._swept >= _SWEEP_EVERY_S:
+            self._swept = now
+            self._dirty.update(self._seen)
+        dirty, self._dirty = self._dirty, set()
+        return {group: self._earliest(group, now - CERT_MEMORY_S) for group in dirty}
+
+    def _earliest(self, group: str, cutoff: float) -> float:
+        entries = self._seen.get(group, {})
+        fresh = {url: entry for url, entry in entries.items() if entry[1] >= cutoff}
+        if fresh:
+            self._seen[group] = fresh
+        else:
+            self._seen.pop(group, None)
+        return min((expiry for expiry, _ in fresh.values()), default=math.inf)
+
+
 class MetricTally:
     """Accumulates probe metrics and writes them on :meth:`flush`."""
 
@@ -60,6 +105,8 @@ class MetricTally:
         self._counts: dict[tuple[Counter, tuple[str, ...]], float] = defaultdict(float)
         self._observed: dict[tuple[Histogram, tuple[str, ...]], list[float]] = defaultdict(list)
         self._in_flight = 0
+        self._certs = CertExpiries()
+        self._url_certs: dict[tuple[str, str], float] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_loop: asyncio.AbstractEventLoop | None = None
 
@@ -84,10 +131,14 @@ class MetricTally:
             self._counts[(metrics.PROBE_RETRIES, (group,))] += result.attempts - 1
         if result.error_kind is not None:
             self._counts[(metrics.PROBE_FAILURES, (group, result.error_kind))] += 1
+        if result.cert_expires_at is not None:
+            self._certs.record(group, result.url, result.cert_expires_at)
         if self._url_labels:
-            self._counts[(metrics.PROBE_URL_TOTAL, (group, result.url, verdict))] += 1
-            url_key = (metrics.PROBE_URL_DURATION, (group, result.url))
-            self._observed[url_key].append(result.duration_s)
+            url = redact_url(result.url)  # /metrics is printed too: no ?token= in a label
+            self._counts[(metrics.PROBE_URL_TOTAL, (group, url, verdict))] += 1
+            self._observed[(metrics.PROBE_URL_DURATION, (group, url))].append(result.duration_s)
+            if result.cert_expires_at is not None:
+                self._url_certs[(group, url)] = result.cert_expires_at
         self._schedule()
 
     def flush(self) -> None:
@@ -104,6 +155,11 @@ class MetricTally:
         if self._in_flight:
             metrics.PROBES_IN_FLIGHT.inc(self._in_flight)
             self._in_flight = 0
+        for group, expiry in self._certs.changed().items():
+            metrics.PROBE_CERT_EXPIRY.labels(group).set(expiry)
+        url_certs, self._url_certs = self._url_certs, {}
+        for (group, url), expiry in url_certs.items():
+            metrics.PROBE_URL_CERT_EXPIRY.labels(group, url).set(expiry)
 
     def _schedule(self) -> None:
         loop = asyncio.get_running_loop()

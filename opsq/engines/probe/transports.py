@@ -10,8 +10,8 @@ Phase timings come from hooks that feed the attempt's :class:`PhaseClock`:
 
 * aiohttp: :class:`TimedConnector`, which times name resolution, opens the TCP socket
   and performs the TLS handshake as two timed steps (aiohttp's own connection trace
-  covers both at once), keeps the peer certificate in DER form, available even when
-  verification is off (``getpeercert(binary_form=True)``), and starts ``ttfb`` when it
+  covers both at once), reads the earliest expiry of the certificate chain the server
+  sent, even when verification is off (:mod:`.tls`), and starts ``ttfb`` when it
   hands the connection over; the fetch code stops ``ttfb`` when the response headers
   are in. An aiohttp ``TraceConfig`` gave the same marks but cost several awaited
   signal dispatches per request (about 5% of a probe's CPU, bench/probe_transports).
@@ -42,17 +42,11 @@ from httpx_aiohttp import AiohttpTransport
 from multidict import CIMultiDict
 
 from opsq.engines.probe.phases import current
+from opsq.engines.probe.tls import chain_not_after
 
 TransportName = Literal["aiohttp", "httpx"]
 HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305 section 5 recommends 250 ms
 TraceHook = Callable[[str, dict[str, Any]], Awaitable[None]]
-
-
-def _peer_cert(transport: Any) -> bytes | None:
-    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-    if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
-        return None
-    return ssl_object.getpeercert(binary_form=True)
 
 
 class TimedConnector(aiohttp.TCPConnector):
@@ -120,7 +114,7 @@ class TimedConnector(aiohttp.TCPConnector):
             raise
         if kwargs.get("ssl"):
             clock.stop("tls")
-            clock.peer_cert_der = _peer_cert(transport)
+            clock.cert_expires_at = chain_not_after(transport)
         return transport, proto
 
     async def _open_socket(
@@ -134,6 +128,7 @@ class TimedConnector(aiohttp.TCPConnector):
             async with asyncio.timeout(timeout.sock_connect):
                 return await aiohappyeyeballs.start_connection(
                     addr_infos=addr_infos,
+                    local_addr_infos=self._local_addr_infos,
                     happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY,
                     loop=asyncio.get_running_loop(),
                 )
@@ -163,7 +158,7 @@ async def httpcore_trace(event: str, info: dict[str, Any]) -> None:
     if event == "connection.start_tls.complete":
         stream = info.get("return_value")
         if stream is not None:
-            clock.peer_cert_der = _peer_cert(stream)
+            clock.cert_expires_at = chain_not_after(stream)
 
 
 class DirectAiohttpTransport(AiohttpTransport):
@@ -201,11 +196,22 @@ class DirectAiohttpTransport(AiohttpTransport):
 
 
 def build_transport(
-    transport: TransportName, *, verify: ssl.SSLContext | bool, reuse: bool
+    transport: TransportName,
+    *,
+    tls: ssl.SSLContext,
+    reuse: bool,
+    source_address: str | None = None,
 ) -> httpx.AsyncBaseTransport:
-    """An httpx transport for one (verify, reuse) combination; call inside a running loop."""
+    """An httpx transport for one TLS context and reuse setting; call inside a running
+    loop. ``source_address`` binds outgoing sockets to that local address."""
     if transport == "aiohttp":
-        connector = TimedConnector(ssl=verify, force_close=not reuse, limit=0, use_dns_cache=reuse)
+        connector = TimedConnector(
+            ssl=tls,
+            force_close=not reuse,
+            limit=0,
+            use_dns_cache=reuse,
+            local_addr=(source_address, 0) if source_address else None,
+        )
         session = aiohttp.ClientSession(
             connector=connector,
             # Probes are independent: one target's Set-Cookie must not reach the next.
@@ -217,4 +223,6 @@ def build_transport(
         )
         return DirectAiohttpTransport(session)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None if reuse else 0)
-    return httpx.AsyncHTTPTransport(verify=verify, limits=limits, trust_env=False)
+    return httpx.AsyncHTTPTransport(
+        verify=tls, limits=limits, trust_env=False, local_address=source_address
+    )
