@@ -8,6 +8,7 @@ and ``restart()`` it. Never the shared 6379, never fakeredis.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,11 @@ import redis
 
 from opsq.core.redis_server import RedisServer
 from tests.support.workers import Worker
+
+# Tests read their child processes' output as it is written (a banner, a "listening on"
+# line): Python children must not block-buffer it. Set here, not left to the machine's
+# environment (this machine kind sets it; a fresh Debian does not).
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
 
 # The fake Kubernetes API server (fake_kube, kubeconfig_path, api_client) for every test;
 # under CI=true a skipped test fails the session (tests/support/no_skips.py).
