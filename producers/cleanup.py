@@ -17,8 +17,11 @@ the queue is guarded so that a command that reported failure never acts later:
 2. every task carries Celery ``expires`` and a ``deadline`` (the end of ``--wait``) and
    a ``batch`` id; the worker skips a task past its deadline or whose batch is
    cancelled (:func:`opsq.core.keys.cleanup_cancelled`), checked right before DELETE;
-3. on timeout or Ctrl-C the command cancels the batch and revokes the tasks still
-   queued, and says so.
+3. on timeout, Ctrl-C or SIGTERM/SIGHUP (also while the tasks are still being sent:
+   5,000 of them take seconds) the command cancels the batch and revokes the tasks
+   still queued, and says so;
+4. a task that comes back expired or past its deadline (a worker whose clock runs
+   ahead) is a failure (``expired``), never a quiet skip: it was planned and not done.
 
 Either way every deletion goes through :class:`opsq.engines.cleanup.executor.Executor`
 with the resourceVersion seen in the LIST as a precondition, so an object that
@@ -47,7 +50,7 @@ from opsq.core.metrics.cleanup import CLEANUP_OBJECTS, TERMINATING_SEEN
 from opsq.core.redis_errors import redis_errors
 from opsq.engines.alerts import Message
 from opsq.engines.cleanup import planner, usage
-from opsq.engines.cleanup.executor import Executor, Outcome, Target, count, outcome_of
+from opsq.engines.cleanup.executor import CANCELLED, Executor, Outcome, Target, count, outcome_of
 from opsq.engines.cleanup.kube import ApiUnavailable, Kube
 from opsq.engines.cleanup.lister import keep_spec, list_all, slim
 from opsq.engines.cleanup.owners import OwnerResolver
@@ -58,6 +61,8 @@ from opsq.engines.cleanup.watcher import usage_namespaces
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 Execute = Callable[[Sequence[Target], bool], list[Outcome]]
+EXPIRED = "expired"
+"""Failure reason of a task that a worker took only after its deadline."""
 WORKER_CHECK_S = 2.0
 """How long a broadcast waits for a worker consuming ``cleanup`` to answer (twice)."""
 START_WORKER = "celery -A tasks worker -Q cleanup"
@@ -276,6 +281,8 @@ class Batch:
     """Wall-clock end of --wait: the tasks' ``expires`` and the in-task check."""
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     sent: list[tuple[Target, Any]] = field(default_factory=list)
+    collected: set[str] = field(default_factory=set)
+    """Ids of the tasks whose outcome arrived (the rest are cancelled on interruption)."""
 
     def send(self, targets: Sequence[Target], dry_run: bool) -> None:
         expires = dt.datetime.fromtimestamp(self.deadline, dt.UTC)
@@ -324,34 +331,42 @@ def celery_executor(
             return []
         require_worker(app)
         batch = Batch(app, client, deadline=time.time() + timeout)
-        batch.send(targets, dry_run)
-        announce(
-            f"waiting for {len(targets)} outcome(s) from workers on queue "
-            f"{keys.QUEUE_CLEANUP!r} (up to {timeout:g}s; --wait)"
-        )
-        return _collect_all(batch, announce)
+        try:
+            batch.send(targets, dry_run)
+            announce(
+                f"waiting for {len(targets)} outcome(s) from workers on queue "
+                f"{keys.QUEUE_CLEANUP!r} (up to {timeout:g}s; --wait)"
+            )
+            return _collect_all(batch, announce)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP (the CLI raises Terminated)
+            # Sending 5,000 tasks takes seconds: tasks already sent must not run either.
+            pending = [r.id for _, r in batch.sent if r.id not in batch.collected]
+            batch.cancel(pending)
+            announce(
+                f"interrupted: cancelled {len(pending)} task(s) still queued; they will not run"
+            )
+            raise
 
     return execute
 
 
 def _collect_all(batch: Batch, announce: Callable[[str], None]) -> list[Outcome]:
-    outcomes: list[Outcome | None] = [None] * len(batch.sent)
+    outcomes: list[Outcome] = []
     deadline = time.monotonic() + max(0.0, batch.deadline - time.time())
-    try:
-        for i, (target, result) in enumerate(batch.sent):
-            outcomes[i] = _collect(target, result, deadline)
-    except KeyboardInterrupt:
-        pending = [r.id for (_, r), o in zip(batch.sent, outcomes, strict=True) if o is None]
-        batch.cancel(pending)
-        announce(f"interrupted: cancelled {len(pending)} task(s) still queued; they will not run")
-        raise
-    late = [
-        r.id for (_, r), o in zip(batch.sent, outcomes, strict=True) if o and o.reason == "timeout"
-    ]
+    for target, result in batch.sent:
+        outcomes.append(_collect(target, result, deadline))
+        batch.collected.add(result.id)
+    late = [r.id for (_, r), o in zip(batch.sent, outcomes, strict=True) if o.reason == "timeout"]
     if late:
         batch.cancel(late)
         announce(f"gave up waiting: cancelled {len(late)} task(s) still queued; they will not run")
-    return [o for o in outcomes if o is not None]
+    return outcomes
+
+
+EXPIRED_MESSAGE = (
+    "a worker took it after its deadline (--wait) and did not run it; is the worker's clock "
+    "ahead of this machine's?"
+)
 
 
 def _collect(target: Target, result: Any, deadline: float) -> Outcome:
@@ -361,7 +376,13 @@ def _collect(target: Target, result: Any, deadline: float) -> Outcome:
         message = "no outcome from a cleanup worker within --wait; cancelled, it will not run"
         return outcome_of(target, "failed", "timeout", message)
     if isinstance(doc, dict) and "result" in doc:
-        return Outcome(**doc)
-    if result.state == "REVOKED":
-        return outcome_of(target, "skipped", "cancelled", "expired before a worker took it")
+        outcome = Outcome(**doc)
+        if outcome.reason == CANCELLED:
+            # This command has not cancelled anything while it still collects: the worker
+            # found the task past its deadline. A planned deletion that never ran is a
+            # failure, not a skip (exit 1, not 0).
+            return outcome_of(target, "failed", EXPIRED, EXPIRED_MESSAGE)
+        return outcome
+    if result.state == "REVOKED":  # Celery's expires, judged by the worker's clock
+        return outcome_of(target, "failed", EXPIRED, EXPIRED_MESSAGE)
     return outcome_of(target, "failed", "worker-error", f"task failed: {doc!r}")

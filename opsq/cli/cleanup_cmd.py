@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -130,6 +131,38 @@ def _local_executor(
     return Executor(kube, cfg, guards=guards, limiter=limiter, audit=trail, stop=stop)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP during `opsq cleanup` (a CI timeout, a closed terminal, a pod
+    stopped): unwinds like Ctrl-C, so the tasks already queued are cancelled."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _terminate_like_ctrl_c() -> Iterator[None]:
+    def on_signal(signum: int, _frame: object) -> None:
+        raise Terminated(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set in the main thread
+        return
+    signals = (signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _positive_seconds(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise click.BadParameter(f"{value:g} is not a positive number of seconds (e.g. 600)")
+    return value
+
+
 @click.group(invoke_without_command=True)
 @common_options
 @_cluster_options
@@ -141,6 +174,7 @@ def _local_executor(
     type=float,
     default=600.0,
     show_default=True,
+    callback=_positive_seconds,
     help="Seconds to wait for workers' outcomes; then queued tasks are cancelled.",
 )
 @click.pass_context
@@ -150,8 +184,13 @@ def cleanup(
     """Plan and run the Kubernetes cleanup once (dry run unless --apply)."""
     if ctx.invoked_subcommand is not None:
         return
-    with _exit_codes():
-        report = _run_cleanup(apply, local, output, wait_s, opts)
+    try:
+        with _exit_codes(), _terminate_like_ctrl_c():
+            report = _run_cleanup(apply, local, output, wait_s, opts)
+    except Terminated as exc:
+        name = signal.Signals(exc.signum).name
+        click.echo(f"error: stopped by {name}; nothing more will be deleted", err=True)
+        ctx.exit(128 + exc.signum)
     if output == "json":
         click.echo(json.dumps(report.to_json(), indent=2))
     else:

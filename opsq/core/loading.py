@@ -65,14 +65,14 @@ def paused_gc() -> Iterator[None]:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """Load a YAML mapping from *path* or raise ConfigError naming the file and problem."""
-    return _mapping(path, _parse_yaml(path, _read_text(path)), "YAML")
+    return _mapping(path, _parse_yaml(path, read_text(path)), "YAML")
 
 
 def read_document(path: Path) -> dict[str, Any]:
     """A ``.json`` file with orjson, anything else as YAML; the top level must be a mapping."""
     if path.suffix.lower() != ".json":
         return read_yaml(path)
-    raw = _read_text(path).encode("utf-8")
+    raw = read_text(path).encode("utf-8")
     if not raw.strip():
         raise ConfigError(f"{path}: the file is empty; expected a JSON object")
     try:
@@ -85,7 +85,7 @@ def read_document(path: Path) -> dict[str, Any]:
     return _mapping(path, data, "JSON")
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
@@ -99,12 +99,17 @@ def _parse_yaml(path: Path, text: str) -> Any:
         with paused_gc():
             return yaml.load(text, Loader=SafeLoader)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from exc
+        raise yaml_error(path, exc) from exc
+
+
+def yaml_error(path: Path, exc: yaml.YAMLError) -> ConfigError:
+    """``path: not valid YAML at line L, column C: problem``."""
+    where = ""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is not None:
+        where = f" at line {mark.line + 1}, column {mark.column + 1}"
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return ConfigError(f"{path}: not valid YAML{where}: {problem}")
 
 
 def _mapping(path: Path, data: Any, kind: str) -> dict[str, Any]:

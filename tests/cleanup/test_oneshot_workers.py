@@ -125,17 +125,26 @@ def test_a_task_of_a_cancelled_batch_skips_on_the_worker_before_deleting(
 
 
 @pytest.mark.slow
-def test_ctrl_c_cancels_the_queued_tasks_so_a_resumed_worker_deletes_nothing(
+@pytest.mark.parametrize(
+    ("signum", "code"),
+    [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)],
+    ids=["ctrl-c", "sigterm"],
+)
+def test_ctrl_c_or_sigterm_cancels_the_queued_tasks_so_a_resumed_worker_deletes_nothing(
     fake_kube: FakeKube,
     kubeconfig_path: Callable[..., Path],
     write_config: Callable[..., Path],
     redis_url: str,
     cleanup_worker: Callable[..., Any],
     tmp_path: Path,
+    signum: signal.Signals,
+    code: int,
 ) -> None:
     """Main printed "aborted" and left its tasks queued. The worker answers the broadcast
     but its pool is frozen (SIGSTOP), so the task waits; Ctrl-C cancels it; once the pool
-    resumes, the task runs and deletes nothing."""
+    resumes, the task runs and deletes nothing. SIGTERM (`timeout 60 opsq cleanup`, a CI
+    job's time limit, a stopped pod) did not cancel anything (hostile check F5): it must
+    do the same as Ctrl-C."""
     add(fake_kube, _old_job("interrupted"))
     kubeconfig, config = kubeconfig_path(), write_config()
     worker = cleanup_worker(config, kubeconfig)
@@ -153,8 +162,8 @@ def test_ctrl_c_cancels_the_queued_tasks_so_a_resumed_worker_deletes_nothing(
             assert proc.poll() is None, err_path.read_text()
             assert time.monotonic() < deadline, err_path.read_text()
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 130
+        proc.send_signal(signum)
+        assert proc.wait(timeout=30) == code, err_path.read_text()
     finally:
         for pid in pool:
             os.kill(pid, signal.SIGCONT)

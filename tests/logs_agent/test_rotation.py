@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -154,3 +155,20 @@ def test_truncated_while_the_agent_was_down_restarts_at_zero_even_with_read_from
     wait_for(lambda: len(stream_records(raw_client)) >= 160, what="file read again from 0")
     assert [r[3] for r in stream_records(raw_client)] == lines[:150] + batch("new", 10)
     assert rotations("copytruncate") == before + 1
+
+
+def test_a_fully_read_deleted_file_is_released_at_once_quietly(
+    tmp_path: Path, run_agent, raw_client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """rotated_grace is an hour: only a file with unread bytes may be held that long.
+    The release is logged at DEBUG, not as a WARNING per rotation."""
+    caplog.set_level(logging.DEBUG, logger="agents.agent")
+    log = tmp_path / "logs" / "app.log"
+    write_lines(log, batch("one", 100))
+    agent = run_agent(agent_settings(tmp_path, rotated_grace="1h"))
+    wait_for(lambda: len(stream_records(raw_client)) >= 100, what="first lines")
+    os.unlink(log)
+    wait_for(lambda: not agent.tailers, what="the deleted file released")
+    released = [r for r in caplog.records if "fully read; releasing it" in r.getMessage()]
+    assert [r.levelno for r in released] == [logging.DEBUG]
+    assert not [r for r in caplog.records if r.name == "agents.agent" and r.levelno >= 30]

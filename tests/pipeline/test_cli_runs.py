@@ -18,8 +18,9 @@ import redis.asyncio as aioredis
 import yaml
 
 from opsq.cli.main import main
-from opsq.core import keys, loading
+from opsq.core import keys, loading, targets
 from opsq.core.config.probes import Target
+from opsq.core.errors import ConfigError
 from opsq.core.runs import AsyncRunStore, RunStore, encode_result, result_key
 from opsq.core.settings import load_settings
 from producers.probes import ProbeProducer
@@ -164,3 +165,64 @@ def test_runs_list_shows_up_down_duration_and_age(
     running = next(line for line in lines if line.startswith(pending))
     assert "0/2" in running
     assert "(running)" in running
+
+
+STREAMED = """\
+defaults: &base {timeout: 2s, expect: {status: [200]}}
+extra_defaults: &more {retries: 1}
+targets:
+  - {name: a, url: "http://127.0.0.1:9/a"}
+  - {<<: *more, name: b, url: "http://127.0.0.1:9/b", expect: {max_latency: 1s}}
+  - name: c
+    url: http://127.0.0.1:9/c
+"""
+
+
+def test_a_large_yaml_file_streams_to_the_same_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read an item at a time (libyaml events, PyYAML's composer): anchors, merge keys
+    and defaults give exactly the batches of the whole-document read."""
+    path = tmp_path / "targets.yaml"
+    path.write_text(STREAMED.replace("extra_defaults", "x-anchors"))
+    monkeypatch.setattr(targets, "STREAM_BYTES", 10**12)
+    with pytest.raises(ConfigError, match="x-anchors: unknown field"):
+        targets.load_batches(path, 2)  # both paths report the unknown key the same way
+    monkeypatch.setattr(targets, "STREAM_BYTES", 0)
+    with pytest.raises(ConfigError, match="x-anchors: unknown field"):
+        targets.load_batches(path, 2)
+    path.write_text(STREAMED.replace("extra_defaults: &more {retries: 1}\n", "")
+                    .replace("<<: *more, ", "<<: *base, "))  # fmt: skip
+    streamed = targets.load_batches(path, 2)
+    monkeypatch.setattr(targets, "STREAM_BYTES", 10**12)
+    assert streamed == targets.load_batches(path, 2)
+    assert [b.offset for b in streamed] == [0, 2]
+    assert b'"max_latency":1.0' in streamed[0].targets_json
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("targets:\n  - {name: a, url: 'ftp://x/'}\n",
+                     "targets[0] (name 'a').url: url 'ftp://x/'", id="bad-entry"),
+        pytest.param("targets:\n  - {name: a, url: 'http://x/'}\n  - {name: a, url: 'http://x/'}\n",
+                     "targets[1] (name 'a'): target 'a' with url http://x/ appears twice",
+                     id="duplicate"),
+        pytest.param("targets:\n  - {name: a, url: 'http://x/'}\nnope: 1\n",
+                     "field nope: unknown field", id="unknown-key-after"),
+        pytest.param("targets: []\n", "List should have at least 1 item", id="empty"),
+        pytest.param("targets:\n  - {name: a, url: 'http://x/'}\n  - {name: [\n",
+                     "not valid YAML at line 4", id="broken-yaml-mid-list"),
+    ],
+)  # fmt: skip
+def test_a_streamed_file_reports_problems_like_a_whole_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, expected: str
+) -> None:
+    """Errors found while streaming name the file, the entry and the field."""
+    path = tmp_path / "targets.yaml"
+    path.write_text(text)
+    monkeypatch.setattr(targets, "STREAM_BYTES", 0)
+    with pytest.raises(ConfigError) as info:
+        targets.load_batches(path, 1)
+    assert str(path) in str(info.value)
+    assert expected in str(info.value)

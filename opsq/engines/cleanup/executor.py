@@ -13,8 +13,11 @@ the API server checks that atomically:
   That is one request per object. Without one (or with ``verify_with_get``) the
   executor GETs first and re-evaluates the rule on the fresh object, like the
   TTL-after-finished controller.
-- 409: re-plan from a fresh GET (bounded: an object changing on every attempt is
-  reported as a failure, not fought over).
+- 409: re-plan from a fresh read (bounded: an object changing on every attempt is
+  reported as a failure, not fought over). A rule with a label or field selector reads
+  through them (a LIST with ``metadata.name=``): the server, not a copy of its
+  grammar, says whether an owner who relabelled the object has taken it out of the
+  rule (``not-selected``).
 - 404: already gone, which is what we wanted. 403: a permanent failure naming verb,
   resource and namespace. 429/5xx/timeouts: retried here with exponential backoff and
   full jitter (honouring Retry-After), then raised as TemporaryError for the caller's
@@ -184,12 +187,20 @@ class Executor:
         )
 
     def _fresh(self, rule: Rule, target: Target) -> tuple[Outcome | None, str | None, str]:
-        """GET the object and re-evaluate the rule: a skip outcome, or its RV and reason."""
+        """Read the object again and re-evaluate the rule: a skip outcome, or its RV and
+        reason. The rule's selectors are judged too (by the server): an owner who
+        relabelled the object to keep it has taken it out of the rule."""
         resource = ResourceRef.parse(target.resource)
-        try:
-            obj = self._call(lambda: self.kube.get(resource, target.namespace or None, target.name))
-        except NotFound:
-            return outcome_of(target, "skipped", planner.ALREADY_GONE), None, ""
+        obj = self._selected_now(rule, resource, target) if _has_selectors(rule) else None
+        if obj is None:
+            try:
+                obj = self._call(
+                    lambda: self.kube.get(resource, target.namespace or None, target.name)
+                )
+            except NotFound:
+                return outcome_of(target, "skipped", planner.ALREADY_GONE), None, ""
+            if _has_selectors(rule) and planner.meta(obj).get("uid") == target.uid:
+                return outcome_of(target, "skipped", planner.NOT_SELECTED), None, ""
         if planner.meta(obj).get("uid") != target.uid:
             return outcome_of(target, "skipped", planner.RECREATED), None, ""
         item = planner.plan_object(rule, obj, self.clock(), self.guards, self.annotations)
@@ -198,6 +209,19 @@ class Executor:
         if item.action != "delete":
             return outcome_of(target, "skipped", item.reason), None, ""
         return None, item.resource_version, item.reason
+
+    def _selected_now(self, rule: Rule, resource: ResourceRef, target: Target) -> Obj | None:
+        """The object as a LIST through the rule's selectors returns it now, else None
+        (gone, or no longer selected: the caller's GET tells which)."""
+        fields = ",".join(f for f in (f"metadata.name={target.name}", rule.field_selector) if f)
+        page = self._call(
+            lambda: self.kube.list(
+                resource, target.namespace or None, limit=2,
+                label_selector=rule.label_selector, field_selector=fields,
+            )
+        )  # fmt: skip
+        items = [i for i in page.get("items") or [] if planner.meta(i).get("name") == target.name]
+        return items[0] if items else None
 
     def _in_use(self, rule: Rule, target: Target) -> Outcome | None:
         """The last look before deleting a claim: a skip when something uses it now."""
@@ -241,6 +265,10 @@ class Executor:
             self.kube.create_event(target.namespace or EVENTS_NAMESPACE, event)
         except Exception as exc:  # an Event is a courtesy: never fail a deletion for it
             log.warning("could not create event for %s/%s: %s", target.namespace, target.name, exc)
+
+
+def _has_selectors(rule: Rule) -> bool:
+    return bool(rule.label_selector or rule.field_selector)
 
 
 def count(outcome: Outcome) -> Outcome:

@@ -78,6 +78,8 @@ OWNER_UNVERIFIABLE = "owner-unverifiable"
 MAX_DELETIONS = "max-deletions-reached"
 RECREATED = "recreated"
 ALREADY_GONE = "already-gone"
+NOT_SELECTED = "not-selected"
+"""Changed since the plan so that the rule's label or field selector no longer selects it."""
 NAMESPACE_EXCLUDED = "namespace-excluded"
 
 QUIET = frozenset(
