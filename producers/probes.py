@@ -21,13 +21,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from opsq.core import celerymsg, keys, signatures
 from opsq.core.config.probes import Target
 from opsq.core.errors import RedisUnavailable
+from opsq.core.redis_errors import redis_errors
 from opsq.core.runs import Progress, RunStore, RunView, Submitted, plan_run
 from opsq.core.settings import Settings
 from opsq.core.targets import EncodedBatch, encode_targets, load_batches
+from opsq.engines.monitor.setrun import SetRun, finish, submit_set
+from opsq.engines.monitor.store import MonitorStore
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -41,6 +47,9 @@ that worker died, read the live results after 2 s + 0.1 ms per result instead of
 waiting for the redelivery to pack it."""
 REDIS_OUTAGE_TOLERANCE_S = 60.0
 """How long ``--wait`` keeps polling through a Redis outage before giving up."""
+DEADLINE_GRACE_S = 0.5
+"""A set run still unapplied this long after its deadline is applied by ``--wait``
+itself (a location never answered, and no beat tick applied it yet)."""
 
 
 def producer_app(settings: Settings) -> Celery:
@@ -88,6 +97,14 @@ class ProbeProducer:
         batches = encode_targets(targets, self.settings.probes.batch_size)
         return self._submit(batches, source)
 
+    def submit_set(self, name: str) -> SetRun:
+        """One run of the configured probe set *name*, by hand (``opsq probe --set``):
+        submitted as beat does it, so the workers update target state and alert."""
+        began = time.perf_counter()
+        run = submit_set(self.settings, name, self.store, kind="on_demand")
+        self.load_seconds = time.perf_counter() - began
+        return run
+
     def _submit(self, batches: list[EncodedBatch], source: str) -> Submitted:
         retention = self.settings.runs.retention.on_demand
         plan = plan_run(batches, kind="on_demand", retention=retention, source=source)
@@ -131,7 +148,69 @@ class ProbeProducer:
             if deadline is not None and time.monotonic() >= deadline:
                 break
             time.sleep(POLL_INTERVAL_S)
+        return self._open(run_id)
+
+    def _open(self, run_id: str) -> RunView:
         view = self.store.open(run_id)
         if view is None:
             raise RedisUnavailable(f"run {run_id} disappeared from Redis (expired or deleted)")
         return view
+
+    def wait_set(
+        self,
+        run: SetRun,
+        *,
+        timeout: float | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> RunView:
+        """Wait for a set run until its verdicts are applied to target state.
+
+        The worker that writes the last result applies a complete run. A run still
+        incomplete at its deadline (a location never answered: ``missing``) is applied
+        here, with what arrived, unless the alerts tick did it first; its notifications
+        go to the ``alerts`` queue as the tick would send them.
+        """
+        began = time.monotonic()
+        until_deadline = max(0.0, run.spec.deadline_at - time.time())
+        first = until_deadline if timeout is None else min(timeout, until_deadline)
+        self.wait(run.run_id, timeout=first, on_progress=on_progress)
+        while not self._applied(run.run_id):
+            if time.time() >= run.spec.deadline_at + DEADLINE_GRACE_S:
+                self.finish_at_deadline(run.run_id)
+                break
+            if timeout is not None and time.monotonic() - began >= timeout:
+                break
+            time.sleep(POLL_INTERVAL_S)
+        return self._open(run.run_id)
+
+    def _applied(self, run_id: str) -> bool:
+        with redis_errors("check whether a set run was applied"):
+            return bool(self.store.client.exists(keys.monitor_applied(run_id)))
+
+    def finish_at_deadline(self, run_id: str) -> int:
+        """Apply a set run past its deadline (once, whoever is first) and enqueue its
+        notifications; returns how many were enqueued."""
+        monitor = MonitorStore(self.store.client, self.settings.alerts)
+        finish(monitor, self.store, run_id, at_deadline=True, now=time.time())
+        return enqueue_outbox(monitor, run_id)
+
+
+def enqueue_outbox(monitor: MonitorStore, owner: str) -> int:
+    """Push an outbox's notification jobs as ``opsq.notify`` tasks onto the ``alerts``
+    queue (messages built without Celery, :mod:`opsq.core.celerymsg`), then clear it.
+    A job pushed twice is harmless: delivery is keyed (:mod:`opsq.engines.alerts`)."""
+    jobs = monitor.outbox(owner)
+    if not jobs:
+        return 0
+    messages = [_notify_message(job) for job in jobs]
+    with redis_errors("enqueue notifications"):
+        monitor.client.lpush(keys.QUEUE_ALERTS, *messages)
+    monitor.clear_outbox(owner)
+    return len(jobs)
+
+
+def _notify_message(job: dict[str, Any]) -> bytes:
+    described = f"{{'notifier': {job['notifier']!r}, 'message': <{job['message']['key']}>}}"
+    return celerymsg.task_message(
+        signatures.NOTIFY, orjson.dumps(job), queue=keys.QUEUE_ALERTS, kwargsrepr=described
+    )

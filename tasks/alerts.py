@@ -33,6 +33,7 @@ from opsq.core.metrics import alerts as metrics
 from opsq.core.runs import RunStore
 from opsq.engines.alerts import deliver
 from opsq.engines.history.recorder import HistoryRecorder
+from opsq.engines.monitor.setrun import Finished, finish
 from opsq.engines.monitor.store import MonitorStore
 from tasks.app import app, settings
 
@@ -58,25 +59,26 @@ def finish_run(run_id: str, *, at_deadline: bool = False, now: float | None = No
     run's outbox is flushed, so a crash between applying and sending loses nothing.
     """
     monitor = _monitor()
-    spec = monitor.spec(run_id)
-    if spec is None:
-        return False
-    runs = RunStore(_client())
-    progress = runs.progress(run_id)
-    if not progress.complete and not at_deadline:
-        return False
     now = time.time() if now is None else now
-    outcome = monitor.apply(run_id, spec, runs.results(run_id), now=now)
-    if outcome.applied:
-        metrics.RUNS_APPLIED.labels("complete" if progress.complete else "deadline").inc()
-        for change in outcome.transitions:
-            metrics.TRANSITIONS.labels(spec.set, change.to_state).inc()
-            log.warning("%s/%s: %s -> %s (%s) in run %s", spec.set, change.name,
-                        change.from_state, change.to_state, change.reason, run_id)  # fmt: skip
-        if outcome.silenced:
-            metrics.SILENCED.labels(spec.set).inc(outcome.silenced)
+    done = finish(monitor, RunStore(_client()), run_id, at_deadline=at_deadline, now=now)
+    if done is None:
+        return False
+    if done.outcome.applied:
+        record_applied(done)
     send_outbox(monitor, run_id)
-    return outcome.applied
+    return done.outcome.applied
+
+
+def record_applied(done: Finished) -> None:
+    """Metrics and log lines of a run this process applied."""
+    spec, outcome = done.spec, done.outcome
+    metrics.RUNS_APPLIED.labels("complete" if done.progress.complete else "deadline").inc()
+    for change in outcome.transitions:
+        metrics.TRANSITIONS.labels(spec.set, change.to_state).inc()
+        log.warning("%s/%s: %s -> %s (%s) in run %s", spec.set, change.name,
+                    change.from_state, change.to_state, change.reason, change.run_id)  # fmt: skip
+    if outcome.silenced:
+        metrics.SILENCED.labels(spec.set).inc(outcome.silenced)
 
 
 def send_outbox(monitor: MonitorStore, owner: str) -> int:

@@ -19,29 +19,21 @@ written), ``reject_on_worker_lost`` (a killed pool process hands the message bac
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-import redis
 from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
 
 from opsq.core import signatures
 from opsq.core.backoff import full_jitter
-from opsq.core.config.probes import Target
 from opsq.core.errors import ConfigError, PermanentError, TemporaryError
 from opsq.core.metrics import pipeline as metrics
-from opsq.core.runs import RunStore, plan_run
-from opsq.core.settings import check_notifier_refs, config_path
-from opsq.core.targets import EncodedBatch, encode_targets, load_batches
-from opsq.engines.monitor.spec import RunSpec, build_spec
-from opsq.engines.monitor.store import MonitorStore
+from opsq.core.runs import RunStore
+from opsq.engines.monitor.setrun import submit_set
 from tasks.alerts import finish_run
 from tasks.app import app, settings
 from tasks.batch import BatchRequest, BatchRunner
@@ -137,72 +129,16 @@ def probe_batch(
 def probe_set(name: str) -> dict[str, Any]:
     """Beat's entry point: run the probe set *name* from the config as a new run.
 
-    The set is loaded and submitted the way ``opsq probe`` does it (bulk validation,
-    every batch in one transaction), with the beat retention; a set with ``locations``
-    sends every batch to each location's queue, to expire at the run's deadline."""
-    probe_set_config = settings.probes.sets.get(name)
-    if probe_set_config is None:
-        raise PermanentError(f"probe set {name!r} is not in probes.sets of the config")
-    source = str(probe_set_config.file or f"probes.sets.{name}")
-    targets: list[Target] = []
-    batches = _set_batches(name, targets)
-    spec = _spec(name, targets)
-    locations = probe_set_config.locations
-    plan = plan_run(
-        batches, kind="beat", retention=settings.runs.retention.beat, locations=locations,
-        # A location's batches still queued at the deadline are dropped: it is "missing".
-        expires=spec.deadline_at if locations else None, source=source, probe_set=name,
-    )  # fmt: skip
-    MonitorStore(_monitor_client(), settings.alerts).register(plan.run_id, spec)
+    Submitted as ``opsq probe --set`` does it (:func:`opsq.engines.monitor.setrun.submit_set`:
+    bulk validation, the monitor's spec, every batch in one transaction, to each
+    location's queue when the set has locations), with the beat retention. A bad file
+    or notifier fails the tick, permanently."""
     store = RunStore.from_url(settings.broker_url)
     try:
-        submitted = store.submit(plan)
-    finally:
-        store.close()
-    log.info("probe set %s: run %s, %d targets", name, submitted.run_id, submitted.total)
-    return {"run_id": submitted.run_id, "total": submitted.total}
-
-
-def _set_batches(name: str, collect: list[Target]) -> list[EncodedBatch]:
-    """The set's targets, validated and encoded (and kept in *collect* for the monitor's
-    spec); a bad file fails the tick, permanently."""
-    probe_set_config = settings.probes.sets[name]
-    size = settings.probes.batch_size
-    if probe_set_config.file is None:  # inline targets: validated with the config
-        collect.extend(probe_set_config.targets or [])
-        return encode_targets(collect, size)
-    try:
-        return load_batches(_resolve(probe_set_config.file), size, collect=collect)
+        run = submit_set(settings, name, store, kind="beat")
     except ConfigError as exc:
         raise PermanentError(str(exc)) from exc
-
-
-def _spec(name: str, targets: Sequence[Target]) -> RunSpec:
-    """The monitor's spec of a run (thresholds, notifiers, locations, quorum, deadline):
-    registered before any batch exists, since a batch may complete the run."""
-    check_target_notifiers(name, targets)
-    return build_spec(name, settings.probes.sets[name], targets, created_at=time.time())
-
-
-def check_target_notifiers(name: str, targets: Sequence[Target]) -> None:
-    """A file set's targets may name notifiers too: refuse the run if one is unknown."""
-    for index, target in enumerate(targets):
-        try:
-            check_notifier_refs(target.notify or (), settings.alerts.notifiers,
-                                f"probes.sets.{name} targets[{index}].notify")  # fmt: skip
-        except ValueError as exc:
-            raise PermanentError(str(exc)) from exc
-
-
-@functools.cache
-def _monitor_client() -> redis.Redis[str]:
-    return redis.Redis.from_url(settings.broker_url, decode_responses=True, socket_timeout=10)
-
-
-def _resolve(file: str) -> Path:
-    """A relative set file is relative to the config file that names it."""
-    path = Path(file)
-    config = config_path()
-    if path.is_absolute() or config is None:
-        return path
-    return config.parent / path
+    finally:
+        store.close()
+    log.info("probe set %s: run %s, %d targets", name, run.run_id, run.submitted.total)
+    return {"run_id": run.run_id, "total": run.submitted.total}

@@ -36,32 +36,71 @@ WRITE_CHUNK = 1 << 16
 
 
 @click.command()
-@click.argument("targets_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("targets_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "set_name", default=None, metavar="NAME",
+              help="Run the configured probe set NAME instead (updates target state and "
+                   "alerts, as beat's runs do).")  # fmt: skip
 @click.option("--wait", is_flag=True, help="Wait for every result, then print the summary.")
 @OUTPUT
 @click.option("--timeout", type=float, default=None, help="Stop waiting after S seconds.")
 @common_options
-def probe(targets_file: Path, wait: bool, output: str, timeout: float | None, **opts: Any) -> None:
-    """Probe every target in TARGETS_FILE on the workers; print the run id (and summary)."""
+def probe(
+    targets_file: Path | None, set_name: str | None, wait: bool, output: str,
+    timeout: float | None, **opts: Any,
+) -> None:  # fmt: skip
+    """Probe every target in TARGETS_FILE (or of probe set NAME) on the workers; print the
+    run id (and summary)."""
+    if (targets_file is None) == (set_name is None):
+        raise click.UsageError("give a TARGETS_FILE or --set NAME (one of them)")
     settings = settings_from(**opts)
     setup_logging(settings.log_level, settings.log_format)
     producer = ProbeProducer(settings)
     try:
-        submitted = producer.submit_file(targets_file)
-        if not wait:
-            _print_submitted(submitted.run_id, submitted.total, submitted.batches, output)
+        if targets_file is not None:
+            view = _probe_file(producer, targets_file, wait, output, timeout)
+        else:  # --set NAME, by the check above
+            view = _probe_set(producer, str(set_name), wait, output, timeout)
+        if view is None:
             return
-        click.echo(
-            f"run {submitted.run_id}: {submitted.total} targets in {submitted.batches} batches "
-            f"(file read and validated in {producer.load_seconds:.2f}s)",
-            err=True,
-        )
-        with _progress_reporter(submitted.total) as report:
-            view = producer.wait(submitted.run_id, timeout=timeout, on_progress=report)
         _print_run(view, output)
     finally:
         producer.close()
     raise click.exceptions.Exit(exit_code(view.header))
+
+
+def _probe_file(
+    producer: ProbeProducer, targets_file: Path, wait: bool, output: str, timeout: float | None
+) -> RunView | None:
+    submitted = producer.submit_file(targets_file)
+    if not wait:
+        _print_submitted(submitted.run_id, submitted.total, submitted.batches, output)
+        return None
+    click.echo(
+        f"run {submitted.run_id}: {submitted.total} targets in {submitted.batches} batches "
+        f"(file read and validated in {producer.load_seconds:.2f}s)",
+        err=True,
+    )
+    with _progress_reporter(submitted.total) as report:
+        return producer.wait(submitted.run_id, timeout=timeout, on_progress=report)
+
+
+def _probe_set(
+    producer: ProbeProducer, name: str, wait: bool, output: str, timeout: float | None
+) -> RunView | None:
+    """A run of a configured set: with locations, every target from each of them."""
+    run = producer.submit_set(name)
+    submitted, locations = run.submitted, run.spec.locations
+    if not wait:
+        _print_submitted(submitted.run_id, submitted.total, submitted.batches, output)
+        return None
+    click.echo(
+        f"run {submitted.run_id} of set {name}: {submitted.total} targets x "
+        f"{len(locations)} location(s) ({', '.join(locations)}), quorum {run.spec.quorum}, "
+        f"deadline in {format_duration(run.spec.deadline_at - run.spec.created_at)}",
+        err=True,
+    )
+    with _progress_reporter(submitted.total * len(locations)) as report:
+        return producer.wait_set(run, timeout=timeout, on_progress=report)
 
 
 def exit_code(header: dict[str, Any]) -> int:
@@ -130,33 +169,59 @@ def write_json(header: dict[str, Any], results: Iterator[dict[str, Any]], out: I
 
 def render_table(summary: dict[str, Any]) -> str:
     """The results (any iterable, read once) as aligned columns; CERT, the days left,
-    only when some target used TLS."""
-    header = ("NAME", "URL", "STATE", "STATUS", "ATTEMPTS", "DURATION", "CERT", "ERROR")
-    rows: list[tuple[str, ...]] = [header]
+    only when some target used TLS; LOCATION for a run probed from several locations,
+    with a MISSING row for a location that sent no result by the run's deadline."""
+    locations: list[str] = summary.get("locations") or []
+    past = summary.get("deadline_at") is not None and time.time() >= summary["deadline_at"]
+    absent = "MISSING" if past else "pending"
+    rows: list[tuple[str, ...]] = [
+        ("NAME", "URL", "LOCATION", "STATE", "STATUS", "ATTEMPTS", "DURATION", "CERT", "ERROR")
+    ]
     certs = False
+    group: tuple[str, str] | None = None
+    seen: set[str] = set()
     for r in summary["results"]:
-        days = r.get("cert_days_left")
-        certs = certs or days is not None
-        rows.append(
-            (
-                str(r["name"]),
-                str(r["url"]),
-                "up" if r["up"] else "DOWN",
-                "-" if r["status_code"] is None else str(r["status_code"]),
-                str(r["attempts"]),
-                format_duration(float(r["duration_s"] or 0)),
-                "-" if days is None else f"{days:.1f}d",
-                _shorten(r.get("error") or ""),
-            )
-        )
-    if not certs:
-        rows = [row[:6] + row[7:] for row in rows]
+        certs = certs or r.get("cert_days_left") is not None
+        if locations and (r["name"], r["url"]) != group:
+            rows.extend(_absent_rows(group, locations, seen, absent))
+            group, seen = (r["name"], r["url"]), set()
+        seen.add(str(r.get("location")))
+        rows.append(_result_row(r))
+    rows.extend(_absent_rows(group, locations, seen, absent))
+    keep = [i for i in range(len(rows[0])) if (i != 2 or locations) and (i != 7 or certs)]
+    rows = [tuple(row[i] for i in keep) for row in rows]
     pending = f", {summary['pending']} PENDING" if summary["pending"] else ""
     footer = (
         f"\nrun {summary['run_id']}: {summary['total']} targets, {summary['up']} up, "
         f"{summary['down']} down{pending} in {format_duration(summary['duration_s'])}"
     )
+    if locations:
+        footer += f" (each target from {len(locations)} locations: {', '.join(locations)})"
     return _columns(rows) + "\n" + footer
+
+
+def _result_row(r: dict[str, Any]) -> tuple[str, ...]:
+    days = r.get("cert_days_left")
+    return (
+        str(r["name"]),
+        str(r["url"]),
+        str(r.get("location") or "-"),
+        "up" if r["up"] else "DOWN",
+        "-" if r["status_code"] is None else str(r["status_code"]),
+        str(r["attempts"]),
+        format_duration(float(r["duration_s"] or 0)),
+        "-" if days is None else f"{days:.1f}d",
+        _shorten(r.get("error") or ""),
+    )
+
+
+def _absent_rows(
+    group: tuple[str, str] | None, locations: list[str], seen: set[str], label: str
+) -> list[tuple[str, ...]]:
+    """Rows for the locations of one target that sent no result (yet)."""
+    if group is None:
+        return []
+    return [(*group, loc, label, "-", "-", "-", "-", "") for loc in locations if loc not in seen]
 
 
 def _columns(rows: Sequence[tuple[str, ...]]) -> str:

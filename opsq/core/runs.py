@@ -10,8 +10,9 @@ Storage (key names in :mod:`opsq.core.keys`, ``<id>`` is the run id):
 ``run:<id>:meta`` (hash)
     ``v`` (format, 2), ``total`` (results expected), ``targets``, ``created_at``,
     ``kind`` (``on_demand`` | ``beat``), ``retention`` (seconds), ``source``,
-    ``batches``, ``probe_set`` (beat runs), ``locations`` (comma-separated, only when
-    every target is probed from several locations); ``up`` and ``down``, counted as
+    ``batches``, ``probe_set`` (set runs), ``locations`` (comma-separated, only when
+    every target is probed from several locations), ``deadline_at`` (set runs: a
+    location with no result by then is missing); ``up`` and ``down``, counted as
     results arrive; ``finished_at`` once the run is complete.
 ``run:<id>:results`` (hash, while the run is in progress)
     field :func:`result_key` (the target's index in the file, ``"17"``, or
@@ -285,7 +286,7 @@ class RunMeta:
         end = finished if finished is not None else (now or time.time())
         total = self.total
         done = total if finished is not None else done
-        return {
+        header: dict[str, Any] = {
             "run_id": self.run_id,
             "source": self.raw.get("source", ""),
             "kind": self.raw.get("kind", "on_demand"),
@@ -299,6 +300,11 @@ class RunMeta:
             "finished_at": finished,
             "duration_s": round(max(0.0, end - self.created_at), 3),
         }
+        if self.raw.get("locations"):  # every target from each; results carry `location`
+            header["locations"] = self.locations
+        if self.raw.get("deadline_at"):  # a set run: a location silent by then is missing
+            header["deadline_at"] = float(self.raw["deadline_at"])
+        return header
 
 
 @dataclass(frozen=True)

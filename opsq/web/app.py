@@ -26,8 +26,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from html import escape
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import redis.asyncio as aioredis
@@ -42,7 +44,7 @@ from opsq.core.redis_errors import redis_errors
 from opsq.core.settings import Settings
 from opsq.core.version import version_info
 from opsq.engines.history import reader as history
-from opsq.engines.history.reader import HistoryReader
+from opsq.engines.history.reader import HistoryReader, TargetView
 from opsq.web import charts
 from opsq.web.badges import NO_DATA, format_percent
 
@@ -103,9 +105,36 @@ def templates() -> Environment:
         ms=_ms,
         duration=_duration,
         sparkline=charts.sparkline,
+        row=overview_row,
         redact=lambda t: redact_text(t) if t else "",
     )
     return env
+
+
+def overview_row(v: TargetView, now: float) -> str:
+    """One target's row of the overview, built here rather than in the template: with
+    1,000 targets the row is most of the page's render time, and an f-string is several
+    times faster than Jinja's per-node output (escaping is done the same way)."""
+    href = f"/sets/{quote(v.set, safe='')}/{v.id}"
+    reason = (
+        f' <span class="reason">{escape(v.reason)}</span>' if v.state != "up" and v.reason else ""
+    )
+    cells = "".join(
+        f'<td class="num uptime" data-window="{w}">{format_percent(v.uptime.get(w))}</td>'
+        for w in ("24h", "7d", "30d")
+    )
+    url = escape(v.url)
+    state = escape(v.state)
+    return (
+        f'<tr class="target {state}" data-target-id="{v.id}" data-state="{state}">'
+        f'<td><span class="dot {state}" title="{state}"></span></td>'
+        f'<td class="name"><a href="{href}">{escape(v.name)}</a>'
+        f'<span class="url" title="{url}">{url}</span></td>'
+        f'<td class="state">{state}{reason}</td>'
+        f'<td class="since" title="{_clock(v.since)}">{_ago(v.since, now)}</td>{cells}'
+        f"<td>{charts.sparkline(v.spark)}</td>"
+        f'<td class="num">{_ms(v.latency.quantile(0.95))}</td></tr>'
+    )
 
 
 def _clock(ts: float | None) -> str:

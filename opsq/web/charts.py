@@ -171,12 +171,20 @@ def state_strip(
     span = max(end - start, 1.0)
     rects = []
     inside = [s for s in samples if start <= s.at <= end]
-    for index, sample in enumerate(inside):
+    index = 0
+    while index < len(inside):  # one slice per run of the same state
+        first, state = inside[index], inside[index].state
+        while index + 1 < len(inside) and inside[index + 1].state == state:
+            index += 1
         until = inside[index + 1].at if index + 1 < len(inside) else end
-        x = (sample.at - start) / span * width
-        w = max((until - sample.at) / span * width, 0.5)
-        colour = STATE_COLOURS.get(sample.state, STATE_COLOURS["unknown"])
-        rects.append(f'<rect x="{x:.1f}" width="{w:.1f}" height="{height}" fill="{colour}"/>')
+        x = (first.at - start) / span * width
+        w = max((until - first.at) / span * width, 0.5)
+        colour = STATE_COLOURS.get(state, STATE_COLOURS["unknown"])
+        rects.append(
+            f'<rect x="{x:.1f}" width="{w:.1f}" height="{height}" fill="{colour}">'
+            f"<title>{escape(state)}</title></rect>"
+        )
+        index += 1
     return (
         f'<svg class="strip" viewBox="0 0 {width} {height}" preserveAspectRatio="none">'
         f'<rect width="{width}" height="{height}" fill="#eaeef2"/>{"".join(rects)}</svg>'

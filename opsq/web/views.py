@@ -171,9 +171,9 @@ class Views:
             "to": end,
         }
         if resolution == "raw":
-            samples = await self.reader.raw_range(set_name, key, start, end)
+            samples = await self.reader.raw_range(set_name, key, start, end, RAW_POINTS_MAX + 1)
             answer["truncated"] = len(samples) > RAW_POINTS_MAX
-            answer["points"] = [s.to_dict() for s in samples[-RAW_POINTS_MAX:]]
+            answer["points"] = [s.to_dict() for s in samples[:RAW_POINTS_MAX]]
         else:
             kind = "h" if resolution == "hour" else "d"
             rollups = await self.reader.rollups(set_name, key, kind, start, end)

@@ -17,6 +17,7 @@ import yaml
 from helm_python import Chart, lint
 from helm_python.errors import HelmError
 
+from opsq.core import signatures
 from opsq.core.config.cleanup import CleanupSettings
 from opsq.core.settings import Settings, load_settings
 from opsq.engines.cleanup.rbac import policy_rules
@@ -155,7 +156,7 @@ def test_watcher_is_cluster_wide_by_default_and_bound_to_its_own_account() -> No
 
 def test_only_cleanup_workers_share_the_watchers_role_and_probe_workers_get_none() -> None:
     """Deletions run in cleanup-worker pods bound to the watcher's role; probe workers
-    consume only the probes queue and hold no Kubernetes credentials."""
+    consume every other queue (probes, alerts) and hold no Kubernetes credentials."""
     objects = render_chart({"cleanup": {"rules": [{"resource": "v1/pods"}]}})
     bindings = find(objects, "ClusterRoleBinding")
     assert {b["metadata"]["name"] for b in bindings} == {"opsq-watcher", "opsq-cleanup-worker"}
@@ -168,8 +169,12 @@ def test_only_cleanup_workers_share_the_watchers_role_and_probe_workers_get_none
         spec = find(objects, "Deployment", name)[0]["spec"]["template"]["spec"]
         return spec["containers"][0]["command"]  # type: ignore[no-any-return]
 
-    assert command("opsq-worker")[-2:] == ["-Q", "probes"]
+    assert command("opsq-worker")[-2:] == ["-Q", "probes,alerts"]
     assert command("opsq-cleanup-worker")[-2:] == ["-Q", "cleanup"]
+    workers = ("opsq-worker", "opsq-cleanup-worker")
+    consumed = {queue for name in workers for queue in command(name)[-1].split(",")}
+    routed = {route["queue"] for route in signatures.ROUTES.values()}
+    assert routed <= consumed, f"no worker pod consumes {sorted(routed - consumed)}"
     plain = find(render_chart(), "Deployment", "opsq-worker")[0]["spec"]["template"]["spec"]
     assert "-Q" not in plain["containers"][0]["command"], "without cleanup: every queue"
 

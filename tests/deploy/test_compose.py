@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 import yaml
 
+from opsq.core import keys, signatures
 from opsq.core.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,8 +94,29 @@ def test_worker_can_be_scaled(compose: dict[str, Any]) -> None:
     assert "container_name" not in worker
     assert "ports" not in worker
     assert worker["command"][:4] == ["celery", "-A", "tasks", "worker"]
-    assert worker["command"][-2:] == ["-Q", "probes"], "no Kubernetes credentials needed"
+    assert worker["command"][-2:] == ["-Q", "probes,alerts"], "no Kubernetes credentials needed"
     assert compose["services"]["cleanup-worker"]["command"][-2:] == ["-Q", "cleanup"]
+
+
+def consumed_queues(command: list[str]) -> set[str]:
+    """The queues a `celery worker` command line consumes (every queue without -Q)."""
+    if "-Q" not in command:
+        return set(keys.ALL_QUEUES)
+    return set(command[command.index("-Q") + 1].split(","))
+
+
+def test_every_routed_task_queue_has_a_compose_worker(compose: dict[str, Any]) -> None:
+    """Each queue a task is routed to (notifications and the alerts tick included) is
+    consumed by some worker service: a queue nobody consumes silently holds its tasks
+    (the worker once took only `probes`, so no alert was ever delivered in compose)."""
+    consumed: set[str] = set()
+    for service in compose["services"].values():
+        command = service.get("command") or []
+        if command[:4] == ["celery", "-A", "tasks", "worker"]:
+            consumed |= consumed_queues(command)
+    routed = {route["queue"] for route in signatures.ROUTES.values()}
+    assert keys.QUEUE_ALERTS in routed
+    assert routed <= consumed, f"no compose worker consumes {sorted(routed - consumed)}"
 
 
 def test_flower_requires_a_password_from_the_environment(compose: dict[str, Any]) -> None:

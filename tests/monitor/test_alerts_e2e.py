@@ -142,9 +142,11 @@ def test_one_notification_per_transition_despite_kill_9(
     start_worker: Callable[..., Worker],
 ) -> None:  # fmt: skip
     """The receiver holds the first notifications open; the worker delivering them is
-    killed with -9. After redelivery, every (transition, notifier) key was acknowledged
-    by the receiver exactly once, webhook and Slack alike, and a held key really was
-    sent twice (the redelivered task re-sent the same key)."""
+    killed with -9, and the receiver answers once every process of it is dead (so its
+    2xx cannot reach a sender that is still dying: that would be the window a keyed
+    re-send covers, not a delivery bug). After redelivery, every (transition, notifier)
+    key was acknowledged by the receiver exactly once, webhook and Slack alike, and a
+    held key really was sent twice (the redelivered task re-sent the same key)."""
     receiver.hold = threading.Event()
     target_server.codes["/svc"] = 503
     env = {**FAST_REDELIVERY, **write_config(tmp_path / "opsq.yaml", {

@@ -83,10 +83,18 @@ class Worker:
         return [int(p) for p in out.stdout.split()]
 
     def kill9(self) -> None:
-        """Kill the whole worker (main process and pool) without warning."""
+        """Kill the whole worker (main process and pool) without warning; return once
+        every process of it is dead.
+
+        Reaping the main process is not enough: on a loaded machine a pool process can
+        still be running (state R, SIGKILL pending) a few ms later, its sockets open. A
+        test that then lets a held receiver answer would see its 2xx "accepted" by a
+        process that never reads it (the duplicate notification seen in issue 12).
+        """
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
+            wait_until_group_dead(self.proc.pid)
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -96,6 +104,32 @@ class Worker:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill9()
+
+
+def wait_until_group_dead(pgid: int, timeout: float = 10.0) -> None:
+    """Wait until no process of process group *pgid* is alive (zombies have closed
+    their files, so they count as dead)."""
+    deadline = time.monotonic() + timeout
+    while (alive := _group_alive(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if alive:
+        raise RuntimeError(f"processes {alive} of group {pgid} survived SIGKILL for {timeout}s")
+
+
+def _group_alive(pgid: int) -> list[int]:
+    alive = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        state, _ppid, pgrp = stat.rpartition(")")[2].split()[:3]
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            alive.append(int(entry.name))
+    return alive
 
 
 def queue_length(redis_url: str, queue: str) -> int:

@@ -92,28 +92,35 @@ def _level(name: str) -> int:
     return LEVELS.index(name) if name in LEVELS else 0
 
 
-def _half(seconds: float) -> bytes:
-    return struct.pack("<e", min(max(seconds, 0.0), _HALF_MAX))
+_REASON_CODES = {name: code for code, name in enumerate(REASONS)}
+
+
+def _half(seconds: float) -> float:
+    return min(max(seconds, 0.0), _HALF_MAX)
 
 
 def encode(sample: Sample) -> dict[str, bytes]:
-    """The stream fields of *sample* (its time is the entry id)."""
+    """The stream fields of *sample* (its time is the entry id). One ``struct.pack``
+    per entry: the worker encodes one per target per run."""
     flags = _level(sample.state) | _level(sample.verdict) << 2
-    body = bytearray()
+    fmt, values = ["<BB"], []
     if sample.latency is not None:
         flags |= _LAT
-        body += _half(sample.latency)
+        fmt.append("e")
+        values.append(_half(sample.latency))
     if sample.status is not None:
         flags |= _STATUS
-        body += struct.pack("<H", min(max(sample.status, 0), 0xFFFF))
-    present = [(i, sample.phases[p]) for i, p in enumerate(PHASES) if p in sample.phases]
-    if present:
-        flags |= _PHASES
-        body.append(sum(1 << i for i, _ in present))
-        for _, seconds in present:
-            body += _half(seconds)
-    reason = REASONS.index(sample.reason) if sample.reason in REASONS else REASONS.index("other")
-    fields = {"v": bytes([flags, reason]) + bytes(body)}
+        fmt.append("H")
+        values.append(min(max(sample.status, 0), 0xFFFF))
+    if sample.phases:
+        present = [(i, sample.phases[p]) for i, p in enumerate(PHASES) if p in sample.phases]
+        if present:
+            flags |= _PHASES
+            fmt.append("B" + "e" * len(present))
+            values.append(sum(1 << i for i, _ in present))
+            values.extend(_half(seconds) for _, seconds in present)
+    reason = _REASON_CODES.get(sample.reason, _REASON_CODES["other"])
+    fields = {"v": struct.pack("".join(fmt), flags, reason, *values)}
     if sample.locations:
         fields["l"] = orjson.dumps(sample.locations)
     return fields

@@ -35,7 +35,6 @@ from opsq.engines.history import raw, windows
 from opsq.engines.history.incidents import Incident
 from opsq.engines.history.recorder import LiveEntry
 from opsq.engines.history.rollup import Acc, decode_blob
-from opsq.engines.monitor.state import TargetState
 
 OVERVIEW_WINDOWS = ("24h", "7d", "30d")
 TARGET_WINDOWS = ("24h", "7d", "30d", "90d")
@@ -79,7 +78,8 @@ class SetData:
     """One set as read in one round trip."""
 
     name: str
-    states: dict[str, TargetState]
+    states: dict[str, dict[str, Any]]
+    """target key -> the monitor's state JSON (as ``monitor.state.TargetState``)."""
     live: dict[str, LiveEntry]
     roster: dict[str, int]
     members: set[str]
@@ -178,13 +178,31 @@ class HistoryReader:
         self.client = client
         self._blobs: OrderedDict[str, dict[int, Acc]] = OrderedDict()
         self._cache_blobs = cache_blobs
+        self._sealed: dict[str, tuple[Any, dict[int, windows.TargetWindows]]] = {}
 
     async def _run(self, pipe: Any) -> list[Any]:
+        """Execute one pipeline: one round trip."""
+        self._count()
+        return list(await pipe.execute())
+
+    @staticmethod
+    def _count() -> None:
         counter = ROUNDTRIPS.get()
         if counter is not None:
             counter.value += 1
         TOTAL_ROUNDTRIPS.value += 1
-        return list(await pipe.execute())
+
+    @staticmethod
+    def _raw(
+        pipe: Any, set_name: str, key: str, *, start: float, end: float, count: int = 100_000
+    ) -> None:
+        """Queue a read of the raw verdicts in [start, end]."""
+        pipe.xrange(
+            keys.history_raw(set_name, key),
+            min=str(int(start * 1000)),
+            max=str(int(end * 1000)),
+            count=count,
+        )
 
     # --- overview ---------------------------------------------------------------------
     async def sets(self) -> list[str]:
@@ -197,18 +215,62 @@ class HistoryReader:
         """Every set and target, worst state first, with uptime and a sparkline."""
         names = await self.sets()
         sets = await self._read_sets(names, now - windows.DAY_S * 31)
-        await self._load_blobs(
-            [(s.name, m) for s in sets for m in windows.members(OVERVIEW_WINDOWS, now) & s.members]
-        )
+        await self._refresh_sealed(sets, now)
         result = []
+        schedule = windows.plan(OVERVIEW_WINDOWS, now)
         for data in sets:
+            sealed = self._sealed[data.name][1]
             views = [
-                self._view(data, key, state, OVERVIEW_WINDOWS, now)
+                self._overview_view(data, key, state, sealed=sealed, schedule=schedule, now=now)
                 for key, state in data.states.items()
             ]
             views.sort(key=lambda v: (SEVERITY.get(v.state, 2), natural(v.name), v.url))
             result.append((data.name, views))
         return result
+
+    async def _refresh_sealed(self, sets: Sequence[SetData], now: float) -> None:
+        """Recompute a set's numbers over sealed blobs when the hour or its blobs changed
+        (once an hour); only then are blobs read (the third round trip)."""
+        schedule = windows.plan(OVERVIEW_WINDOWS, now)
+        stale = []
+        for data in sets:
+            present = frozenset(m for m in schedule if m in data.members)
+            key = (windows.current("h", now), windows.current("d", now), present)
+            cached = self._sealed.get(data.name)
+            if cached is None or cached[0] != key:
+                stale.append((data.name, key, present))
+        await self._load_blobs([(name, m) for name, _, present in stale for m in present])
+        for name, key, present in stale:
+            blobs = {
+                m: self._blobs[_blob_key(name, m)]
+                for m in present
+                if _blob_key(name, m) in self._blobs
+            }
+            self._sealed[name] = (key, windows.sealed_windows(blobs, OVERVIEW_WINDOWS, now))
+
+    def _overview_view(
+        self,
+        data: SetData,
+        key: str,
+        state: dict[str, Any],
+        *,
+        sealed: dict[int, windows.TargetWindows],
+        schedule: dict[str, list[str]],
+        now: float,
+    ) -> TargetView:
+        roster_id = data.roster.get(key)
+        live = data.live.get(key)
+        numbers = windows.with_live(
+            sealed.get(roster_id) if roster_id is not None else None,
+            [("h", live.hour), ("d", live.day)] if live is not None else [],
+            data.members,
+            schedule,
+            now,
+        )
+        uptime = {w: numbers.counts[w].uptime for w in OVERVIEW_WINDOWS}
+        return self._make_view(
+            data, key, state, uptime=uptime, latency=numbers.latency, spark=numbers.spark
+        )
 
     async def _read_sets(self, names: Sequence[str], since: float) -> list[SetData]:
         pipe = self.client.pipeline(transaction=False)
@@ -226,9 +288,7 @@ class HistoryReader:
         states_raw, live_raw, roster_raw, members_raw, open_raw = replies
         return SetData(
             name=name,
-            states={
-                _text(k): TargetState.from_dict(orjson.loads(v)) for k, v in states_raw.items()
-            },
+            states={_text(k): orjson.loads(v) for k, v in states_raw.items()},
             live={_text(k): LiveEntry.loads(v) for k, v in live_raw.items()},
             roster={_text(k): int(v) for k, v in roster_raw.items()},
             members={_text(m) for m in members_raw},
@@ -268,8 +328,9 @@ class HistoryReader:
         return lookup
 
     def _view(
-        self, data: SetData, key: str, state: TargetState, names: Sequence[str], now: float
+        self, data: SetData, key: str, state: dict[str, Any], names: Sequence[str], now: float
     ) -> TargetView:
+        """One target through the generic lookups (any window; the target page)."""
         lookup = self._lookup(data, key)
         uptime = {w: windows.counts(lookup, w, now).uptime for w in names}
         _, hours = windows.periods("24h", now)
@@ -277,20 +338,34 @@ class HistoryReader:
         for hour in hours:
             acc = lookup("h", hour)
             spark.append(acc.mean() if acc is not None else None)
+        latency = windows.merged(lookup, "24h", now)
+        return self._make_view(data, key, state, uptime=uptime, latency=latency, spark=spark)
+
+    @staticmethod
+    def _make_view(
+        data: SetData,
+        key: str,
+        state: dict[str, Any],
+        *,
+        uptime: dict[str, float | None],
+        latency: Acc,
+        spark: list[float | None],
+    ) -> TargetView:
+        detail = state.get("detail")
         return TargetView(
             id=target_id(key),
             set=data.name,
-            name=state.name,
-            url=display_url(state.url),
-            state=state.state,
-            since=state.since,
-            reason=state.reason,
-            detail=redact_text(state.detail) if state.detail else None,
-            last_run_at=state.last_run_at,
+            name=str(state.get("name", "")),
+            url=display_url(str(state.get("url", ""))),
+            state=str(state.get("state", "unknown")),
+            since=float(state.get("since") or 0.0),
+            reason=str(state.get("reason") or ""),
+            detail=redact_text(str(detail)) if detail else None,
+            last_run_at=float(state.get("last_run_at") or 0.0),
             uptime=uptime,
-            latency=windows.merged(lookup, "24h", now),
+            latency=latency,
             spark=spark,
-            locations=_locations(state.locations),
+            locations=_locations(state.get("locations") or {}),
             open_incident=data.open.get(key),
         )
 
@@ -307,26 +382,31 @@ class HistoryReader:
     ) -> tuple[TargetView, list[raw.Sample], list[Incident]] | None:
         """The target's view (every window), its raw verdicts since *raw_since* and its
         incidents (newest first)."""
+
+        def build(pipe: Any) -> None:
+            pipe.hget(keys.monitor_state(set_name), key)
+            pipe.hget(keys.history_acc(set_name), key)
+            pipe.hget(keys.history_roster(set_name), key)
+            pipe.zrangebyscore(keys.history_periods(set_name), now - windows.DAY_S * 91, "+inf")
+            pipe.hget(keys.history_open(set_name), key)
+            self._raw(pipe, set_name, key, start=raw_since, end=now + windows.DAY_S)
+            pipe.zrevrangebyscore(
+                keys.history_incident_starts(set_name),
+                "+inf",
+                now - windows.DAY_S * 366,
+                start=0,
+                num=INCIDENTS_MAX * 4,
+            )
+
         pipe = self.client.pipeline(transaction=False)
-        pipe.hget(keys.monitor_state(set_name), key)
-        pipe.hget(keys.history_acc(set_name), key)
-        pipe.hget(keys.history_roster(set_name), key)
-        pipe.zrangebyscore(keys.history_periods(set_name), now - windows.DAY_S * 91, "+inf")
-        pipe.hget(keys.history_open(set_name), key)
-        pipe.xrange(keys.history_raw(set_name, key), min=str(int(raw_since * 1000)))
-        pipe.zrevrangebyscore(
-            keys.history_incident_starts(set_name),
-            "+inf",
-            now - windows.DAY_S * 366,
-            start=0,
-            num=INCIDENTS_MAX * 4,
-        )
-        state_raw, live_raw, roster_id, members, open_raw, entries, ids = await self._run(pipe)
+        build(pipe)
+        replies = await self._run(pipe)
+        state_raw, live_raw, roster_id, members, open_raw, entries, ids = replies
         if state_raw is None:
             return None
         data = SetData(
             name=set_name,
-            states={key: TargetState.from_dict(orjson.loads(state_raw))},
+            states={key: orjson.loads(state_raw)},
             live={key: LiveEntry.loads(live_raw)} if live_raw else {},
             roster={key: int(roster_id)} if roster_id is not None else {},
             members={_text(m) for m in members},
@@ -362,12 +442,10 @@ class HistoryReader:
 
     # --- API: history and incidents --------------------------------------------------------
     async def raw_range(
-        self, set_name: str, key: str, start: float, end: float
+        self, set_name: str, key: str, start: float, end: float, limit: int = 100_000
     ) -> list[raw.Sample]:
         pipe = self.client.pipeline(transaction=False)
-        pipe.xrange(
-            keys.history_raw(set_name, key), min=str(int(start * 1000)), max=str(int(end * 1000))
-        )
+        self._raw(pipe, set_name, key, start=start, end=end, count=limit)
         (entries,) = await self._run(pipe)
         return [raw.decode(entry_id, fields) for entry_id, fields in entries]
 

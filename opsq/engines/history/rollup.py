@@ -5,34 +5,37 @@ target was in after each run: ``up``, ``degraded``, ``down``, ``unknown``) and k
 the latency of the runs that answered (``up`` or ``degraded`` verdicts): count, sum,
 max and a histogram over fixed logarithmic buckets. Everything merges by addition
 (max by max), so 24 hours make a day and 30 days make a month exactly; uptime is
-exact, percentiles are estimates within one bucket (about +-12%).
+exact, percentiles are estimates within one bucket.
 
-**Why fixed buckets.** They merge exactly, need no state beyond counts, and a stable
-service fills 2-4 adjacent buckets in an hour, which the record stores in 2-4 bytes.
-Bucket ``i`` holds latencies in ``[E * 2**(i/3), E * 2**((i+1)/3))`` with
-``E = 2**-13 s`` (0.12 ms); 64 buckets reach 262 s. Latencies below ``E`` count in
-bucket 0 (and as ``E`` for mean and max).
+**Why fixed buckets.** They merge exactly and need no state beyond counts. Bucket
+``i`` holds latencies in ``[E * 2**(i/2), E * 2**((i+1)/2))`` with ``E = 2**-13 s``
+(0.12 ms); 64 buckets reach days. Latencies below ``E`` count in bucket 0 (and as
+``E`` for mean and max). Quantiles are interpolated inside their bucket (at worst
++-19% for a bucket 41% wide; much closer for smooth distributions).
 
 **The record** (one per target per period, positional in a blob, see
 :func:`encode_blob`) is built to keep 90 days of hourly rollups for 1,000 targets
-near 15 MB (``bench/history.py`` measures it)::
+under 20 MB (``bench/history.py`` measures it)::
 
     header  u8   bit0 present, bit1 other counts, bit2 latency, bit3 explicit n_lat,
-                 bits4-5 buckets-1 (1..4 buckets), bit6 wide (bucket count follows)
-    n_up    varint
+                 bit4 two-byte mean, bit5 n_up is the blob's usual run count
+    [n_up   varint]                                     unless bit5
     [n_degraded, n_down, n_unknown  varints]            if bit1
     [n_lat  varint]                                     if bit3 (else up + degraded)
-    [first bucket varint, [n_buckets varint], counts of all but the last bucket
-     varints, mean u8 (u16 if wide), max u8]            if bit2
+    [first bucket varint, occupancy varint (bit k: bucket first+1+k has runs),
+     counts of every occupied bucket but the last (varints), mean u8 (u16 if bit4),
+     max u8]                                            if bit2
 
-``mean`` and ``max`` are log positions (0..255): the mean within the occupied bucket
-range, the max within its (the highest) bucket, so the sum (``mean * n_lat``) and the
-max keep about 0.3% and 0.1% precision in one byte each.
+``mean`` and ``max`` are log positions: the mean within the occupied bucket range,
+the max within the last bucket, so the sum (``mean * n_lat``) and the max keep about
+0.3% in one or two bytes. A slow outlier costs one occupancy bit and one count, not a
+byte per empty bucket in between.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,14 +43,14 @@ from typing import Any
 STATES = ("up", "degraded", "down", "unknown")
 E = 2.0**-13
 """Lower edge of bucket 1, in seconds (0.12 ms)."""
-STEPS_PER_DOUBLING = 3
+STEPS_PER_DOUBLING = 2
 N_BUCKETS = 64
 BLOB_VERSION = 1
 
-_PRESENT, _OTHER, _LAT, _NLAT, _WIDE = 0x01, 0x02, 0x04, 0x08, 0x40
-_NB_SHIFT = 4
-_WIDE_STEPS = 65535
-"""A wide histogram's mean takes two bytes: its range can span a factor of millions."""
+_PRESENT, _OTHER, _LAT, _NLAT, _MEAN16, _RUNS = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+_MEAN8_SPAN = 4
+"""A mean over a wider bucket range takes two bytes (one keeps it within 0.3%)."""
+_MEAN16_STEPS = 65535
 
 
 def bucket_of(seconds: float) -> int:
@@ -191,7 +194,7 @@ def _from_position(position: int, lo: float, hi: float, steps: int = 255) -> flo
 
 
 # --- records ---------------------------------------------------------------------------
-def encode_record(out: bytearray, acc: Acc | None) -> None:
+def encode_record(out: bytearray, acc: Acc | None, typical_runs: int = 0) -> None:
     """Append *acc*'s record (one byte 0 when there is none) to *out*."""
     if acc is None or acc.runs == 0:
         out.append(0)
@@ -199,15 +202,18 @@ def encode_record(out: bytearray, acc: Acc | None) -> None:
     header = _PRESENT
     if acc.degraded or acc.down or acc.unknown:
         header |= _OTHER
-    buckets = sorted(acc.hist)
+    elif acc.up == typical_runs:
+        header |= _RUNS  # the blob's usual run count, all up: no count at all
+    buckets = sorted(i for i, c in acc.hist.items() if c)
     if acc.n_lat:
         header |= _LAT
         if acc.n_lat != acc.up + acc.degraded:
             header |= _NLAT
-        span = buckets[-1] - buckets[0] + 1
-        header |= _WIDE if span > 4 else (span - 1) << _NB_SHIFT
+        if buckets[-1] - buckets[0] >= _MEAN8_SPAN:
+            header |= _MEAN16
     out.append(header)
-    _varint(out, acc.up)
+    if not header & _RUNS:
+        _varint(out, acc.up)
     if header & _OTHER:
         for count in (acc.degraded, acc.down, acc.unknown):
             _varint(out, count)
@@ -220,28 +226,28 @@ def _encode_latency(out: bytearray, acc: Acc, buckets: list[int], header: int) -
         _varint(out, acc.n_lat)
     first, last = buckets[0], buckets[-1]
     _varint(out, first)
-    if header & _WIDE:
-        _varint(out, last - first + 1)
-    for index in range(first, last):  # the last bucket's count is n_lat minus the rest
-        _varint(out, acc.hist.get(index, 0))
-    mean = _position(
-        acc.lat_sum / acc.n_lat,
-        lower_edge(first),
-        lower_edge(last + 1),
-        _WIDE_STEPS if header & _WIDE else 255,
-    )
-    out += mean.to_bytes(2, "little") if header & _WIDE else bytes([mean])
+    _varint(out, sum(1 << (index - first - 1) for index in buckets[1:]))
+    for index in buckets[:-1]:  # the last bucket's count is n_lat minus the others
+        _varint(out, acc.hist[index])
+    steps = _MEAN16_STEPS if header & _MEAN16 else 255
+    mean = _position(acc.lat_sum / acc.n_lat, lower_edge(first), lower_edge(last + 1), steps)
+    out += mean.to_bytes(2, "little") if header & _MEAN16 else bytes([mean])
     out.append(_position(acc.lat_max, lower_edge(last), lower_edge(last + 1)))
 
 
-def decode_record(data: bytes, pos: int, period: int) -> tuple[Acc | None, int]:
+def decode_record(
+    data: bytes, pos: int, period: int, typical_runs: int = 0
+) -> tuple[Acc | None, int]:
     """The record at *pos* and the position after it."""
     header = data[pos]
     pos += 1
     if not header & _PRESENT:
         return None, pos
     acc = Acc(period)
-    acc.up, pos = _read_varint(data, pos)
+    if header & _RUNS:
+        acc.up = typical_runs
+    else:
+        acc.up, pos = _read_varint(data, pos)
     if header & _OTHER:
         acc.degraded, pos = _read_varint(data, pos)
         acc.down, pos = _read_varint(data, pos)
@@ -256,39 +262,41 @@ def _decode_latency(data: bytes, pos: int, header: int, acc: Acc) -> int:
     if header & _NLAT:
         acc.n_lat, pos = _read_varint(data, pos)
     first, pos = _read_varint(data, pos)
-    if header & _WIDE:
-        span, pos = _read_varint(data, pos)
-    else:
-        span = ((header >> _NB_SHIFT) & 0x03) + 1
+    occupied, pos = _read_varint(data, pos)
+    buckets = [first] + [
+        first + 1 + bit for bit in range(occupied.bit_length()) if occupied >> bit & 1
+    ]
     rest = acc.n_lat
-    for index in range(first, first + span - 1):
+    for index in buckets[:-1]:
         count, pos = _read_varint(data, pos)
-        if count:
-            acc.hist[index] = count
+        acc.hist[index] = count
         rest -= count
-    last = first + span - 1
+    last = buckets[-1]
     acc.hist[last] = rest
-    if header & _WIDE:
-        position, steps = int.from_bytes(data[pos : pos + 2], "little"), _WIDE_STEPS
+    if header & _MEAN16:
+        position, steps = int.from_bytes(data[pos : pos + 2], "little"), _MEAN16_STEPS
         pos += 2
     else:
         position, steps = data[pos], 255
         pos += 1
-    acc.lat_sum = _from_position(position, lower_edge(first), lower_edge(last + 1), steps) * (
-        acc.n_lat
-    )
+    mean = _from_position(position, lower_edge(first), lower_edge(last + 1), steps)
+    acc.lat_sum = mean * acc.n_lat
     acc.lat_max = _from_position(data[pos], lower_edge(last), lower_edge(last + 1))
     return pos + 1
 
 
 # --- blobs: one period of a whole set, positional by roster id ----------------------------
 def encode_blob(accs: Iterable[Acc | None]) -> bytes:
-    """Records in roster order (index = the target's roster id); absent targets: 1 byte."""
+    """Records in roster order (index = the target's roster id); absent targets: 1 byte.
+    The header names the most common run count, which an all-up record then omits."""
     items = list(accs)
+    runs = Counter(a.up for a in items if a is not None and a.runs and a.up == a.runs)
+    typical = runs.most_common(1)[0][0] if runs else 0
     out = bytearray([BLOB_VERSION])
     _varint(out, len(items))
+    _varint(out, typical)
     for acc in items:
-        encode_record(out, acc)
+        encode_record(out, acc, typical)
     return bytes(out)
 
 
@@ -297,7 +305,8 @@ def decode_blob(data: bytes, period: int) -> Iterator[tuple[int, Acc]]:
     if not data or data[0] != BLOB_VERSION:
         return
     count, pos = _read_varint(data, 1)
+    typical, pos = _read_varint(data, pos)
     for roster_id in range(count):
-        acc, pos = decode_record(data, pos, period)
+        acc, pos = decode_record(data, pos, period, typical)
         if acc is not None:
             yield roster_id, acc

@@ -1,0 +1,118 @@
+"""One run of a probe set: submitted by beat or by hand, finished once by whoever is first.
+
+A set run is an ordinary run (:mod:`opsq.core.runs`) plus the monitor's spec
+(:mod:`.spec`). Beat's ``opsq.probe_set`` and ``opsq probe --set NAME`` both submit it
+with :func:`submit_set`, so a run by hand updates target state exactly as a beat run
+does: the spec is registered first (a fast worker may complete the run before the
+submit returns), then every batch is pushed, to each location's queue, in one
+transaction, each copy expiring at the run's deadline (a location still queued then
+is ``missing``, not late).
+
+:func:`finish` applies a run's verdicts when it is complete, or at its deadline with
+whatever arrived. The worker that writes the last result calls it, the alerts tick
+calls it for runs past their deadline, and ``opsq probe --set --wait`` calls it at the
+deadline too, so a by-hand run with a stopped location is applied without beat. Any
+of them may race: :meth:`.store.MonitorStore.apply` applies a run once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from opsq.core.config.probes import ProbeSet, Target
+from opsq.core.errors import ConfigError
+from opsq.core.runs import Kind, Progress, RunStore, Submitted, plan_run
+from opsq.core.settings import Settings, check_notifier_refs
+from opsq.core.targets import EncodedBatch, encode_targets, load_batches
+from opsq.engines.monitor.spec import RunSpec, build_spec
+from opsq.engines.monitor.store import ApplyOutcome, MonitorStore
+
+
+@dataclass(frozen=True)
+class SetRun:
+    """A submitted set run and the spec the monitor judges it by."""
+
+    submitted: Submitted
+    spec: RunSpec
+
+    @property
+    def run_id(self) -> str:
+        return self.submitted.run_id
+
+
+def probe_set(settings: Settings, name: str) -> ProbeSet:
+    """The configured set *name*, or ConfigError naming the field and the known sets."""
+    found = settings.probes.sets.get(name)
+    if found is None:
+        known = ", ".join(sorted(settings.probes.sets)) or "none configured"
+        raise ConfigError(f"probe set {name!r} is not defined under probes.sets of the "
+                          f"config (known: {known})")  # fmt: skip
+    return found
+
+
+def submit_set(
+    settings: Settings, name: str, runs: RunStore, *, kind: Kind, now: float | None = None
+) -> SetRun:
+    """Load, validate and submit one run of probe set *name*; ConfigError when its file
+    or a target's notifier is bad (nothing is enqueued then)."""
+    config = probe_set(settings, name)
+    targets: list[Target] = []
+    batches = set_batches(config, settings.probes.batch_size, targets)
+    check_target_notifiers(name, targets, settings)
+    spec = build_spec(name, config, targets, created_at=time.time() if now is None else now)
+    kept = settings.runs.retention
+    retention = kept.beat if kind == "beat" else kept.on_demand
+    plan = plan_run(
+        batches, kind=kind, retention=retention, locations=config.locations,
+        expires=spec.deadline_at if config.locations else None,
+        source=str(config.file or f"probes.sets.{name}"), probe_set=name,
+        deadline_at=f"{spec.deadline_at:.3f}",
+    )  # fmt: skip
+    MonitorStore(runs.client, settings.alerts).register(plan.run_id, spec)
+    return SetRun(runs.submit(plan), spec)
+
+
+def set_batches(config: ProbeSet, batch_size: int, collect: list[Target]) -> list[EncodedBatch]:
+    """The set's targets, validated and encoded, and kept in *collect* for the spec."""
+    if config.file is None:  # inline targets: validated with the config
+        collect.extend(config.targets or [])
+        return encode_targets(collect, batch_size)
+    return load_batches(Path(config.file), batch_size, collect=collect)
+
+
+def check_target_notifiers(name: str, targets: Sequence[Target], settings: Settings) -> None:
+    """A file set's targets may name notifiers too: refuse the run if one is unknown."""
+    for index, target in enumerate(targets):
+        try:
+            check_notifier_refs(target.notify or (), settings.alerts.notifiers,
+                                f"probes.sets.{name} targets[{index}].notify")  # fmt: skip
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What :func:`finish` did to one run."""
+
+    spec: RunSpec
+    progress: Progress
+    outcome: ApplyOutcome
+
+
+def finish(
+    monitor: MonitorStore, runs: RunStore, run_id: str, *, at_deadline: bool, now: float
+) -> Finished | None:
+    """Apply a complete run, or an incomplete one *at_deadline*, once; None when the run
+    is no set run (or applied and forgotten already) or not complete yet. The caller
+    sends the run's outbox afterwards, whatever this returns."""
+    spec = monitor.spec(run_id)
+    if spec is None:
+        return None
+    progress = runs.progress(run_id)
+    if not progress.complete and not at_deadline:
+        return None
+    outcome = monitor.apply(run_id, spec, runs.results(run_id), now=now)
+    return Finished(spec, progress, outcome)
