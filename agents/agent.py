@@ -460,7 +460,7 @@ class Agent:
         seen: set[Key] = set()
         paths: set[str] = set()
         self.pods.waiting = False
-        for found in self.finder.find():
+        for found in _one_name_per_file(self.finder.find()):
             if self._stop.is_set():
                 return  # stopping: not a moment to open files (nor to prune checkpoints)
             key = (found.st.st_dev, found.st.st_ino)
@@ -469,8 +469,9 @@ class Agent:
             if key in self.tailers and self.pods.opted_out(found.path):
                 self._release(self.tailers[key], lost=None)  # the pod opted out meanwhile
             elif key in self.tailers:
-                self._renamed_within_glob(self.tailers[key], found.path)
+                self._renamed_within_glob(self.tailers[key], found)
             elif not self._too_old(found.st) and self.pods.admit(found.path):
+                self._replaced(found.path, time.monotonic())
                 self._open(found, startup=startup)
         metrics.FILES_WATCHED.set(len(self.tailers))
         if not startup:
@@ -480,11 +481,36 @@ class Agent:
         # CheckpointStore.register); one fsync for the whole scan, not one per file.
         self.store.flush()
 
-    def _renamed_within_glob(self, tailer: Tailer, path: str) -> None:
-        """A rotated name that still matches the globs is the same file: keep tailing it."""
-        if tailer.path != path and tailer.rotated_at is not None and tailer.rotation == "rename":
+    def _renamed_within_glob(self, tailer: Tailer, found: Found) -> None:
+        """A rotated name that still matches the globs is the same file: keep tailing it.
+
+        Discovery may see a rename before housekeeping does (the kubelet renamed and the
+        runtime reopened between the two): then the tailer's own path no longer leads to
+        its file, and the name found now is where it went.
+        """
+        if tailer.path == found.path:
+            return
+        noticed = tailer.rotated_at is not None and tailer.rotation == "rename"
+        if not noticed and tailer.rotated_at is None and tailer.path_moved() == "rename":
+            metrics.ROTATIONS.labels(kind="rename").inc()
+            noticed = True
+        if noticed:
             _remove_lag(tailer.path)
-            tailer.path, tailer.rotated_at, tailer.rotation = path, None, ""
+            tailer.path, tailer.rotated_at, tailer.rotation = found.path, None, ""
+            tailer.via_link = found.real != found.path
+
+    def _replaced(self, path: str, now: float) -> None:
+        """A new file at *path*: a tailer still known by that path was rotated away.
+
+        Marked before the new file is opened, so the read order of their chain (the old
+        file first, its open lines handed to the new one) holds from the first round.
+        """
+        for tailer in self.tailers.values():
+            if tailer.path == path and tailer.rotated_at is None:
+                kind = tailer.path_moved()
+                if kind is not None:
+                    metrics.ROTATIONS.labels(kind=kind).inc()
+                    tailer.rotated_at, tailer.rotation = now, kind
 
     def _too_old(self, st: os.stat_result) -> bool:
         older = self.cfg.ignore_older
@@ -583,6 +609,19 @@ class Agent:
         if path not in self._warned:
             self._warned.add(path)
             log.warning("%s", message)
+
+
+def _one_name_per_file(found: list[Found]) -> list[Found]:
+    """One match per file (device + inode), in path order: its own name rather than a
+    symlink to it (``/var/log/pods/.../0.log`` over its ``/var/log/containers`` link),
+    so the rotated names of a container's log and its live file share a base name."""
+    best: dict[Key, Found] = {}
+    for item in found:
+        key = (item.st.st_dev, item.st.st_ino)
+        if key not in best or (best[key].real != best[key].path and item.real == item.path):
+            best[key] = item
+    chosen = {id(item) for item in best.values()}
+    return [item for item in found if id(item) in chosen]
 
 
 def _open_regular(path: str) -> Copy | None:

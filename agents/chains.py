@@ -13,7 +13,11 @@ therefore read oldest first, and:
   complete: its decoder hands its open lines to the newer file's decoder
   (:meth:`agents.formats.Decoder.hand_over` / ``adopt``). The joined line ships under
   the old file's identity and offset, and the old file's checkpoint stays at the
-  line's first part until that entry is acknowledged.
+  line's first part until that entry is acknowledged;
+- never into a newer file that was already decoded (it was read before the rotation
+  was known): the rest of the line is out already, and adopting would glue the open
+  parts to the next line of that stream. They ship as they are instead. (The agent
+  marks a rotated file before it opens the file that replaced it, so this is a guard.)
 
 Only tailers with a decoder (``cri``/``docker``) form chains; plain files never wait.
 """
@@ -75,6 +79,16 @@ class Chains:
     @staticmethod
     def _hand_over(pred: Tailer, succ: Tailer) -> None:
         if pred.decoder is None or not pred.decoder.busy or succ.decoder is None:
+            return
+        if succ.consumed:
+            # The newer file was decoded before the older one was known to be rotated:
+            # its first parts are already out, and adopting now would glue the open
+            # lines to whatever comes next. They ship as they are (partial_timeout).
+            if not pred.handover_refused:
+                pred.handover_refused = True
+                log.warning("%s: %d open line(s) cannot be joined with %s (read first); "
+                            "they ship as they are", pred.path, len(pred.decoder.pending),
+                            succ.path)  # fmt: skip
             return
         source = pred.entry_source()
         if source is None:

@@ -115,6 +115,10 @@ class Tailer:
         self.rotated_at: float | None = None
         self.rotation = ""
         self.last_data = time.monotonic()
+        self.consumed = False
+        """Bytes were decoded here: an older file's open lines can no longer continue here."""
+        self.handover_refused = False
+        """This file's open lines could not continue in its successor (said once)."""
         self.stages = self._make_stages()
 
     def _make_stages(self) -> list[Stage]:
@@ -159,6 +163,7 @@ class Tailer:
             n = self._lines(buf, emit) if skip is None else self._skip_tail(buf, skip, emit)
             if n <= 0:
                 break
+            self.consumed = True
             done += n
         return done
 
