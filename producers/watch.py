@@ -39,7 +39,7 @@ from opsq.core.backoff import full_jitter
 from opsq.core.config.cleanup import CleanupSettings
 from opsq.core.errors import OpsqError, TemporaryError
 from opsq.core.redis_errors import redis_errors
-from opsq.engines.cleanup.executor import Target
+from opsq.engines.cleanup.executor import Outcome, Target
 from opsq.engines.cleanup.watcher import Due, Watcher
 from producers.cleanup import task_kwargs
 
@@ -84,6 +84,18 @@ class RedisClaims:
         # Best effort: if Redis is down too, the claim still expires by its TTL.
         with contextlib.suppress(OpsqError), redis_errors(f"release {uid}"):
             self.client.delete(keys.cleanup_inflight(uid))
+
+
+def log_outcome(outcome: Outcome) -> None:
+    """One line per object an in-process watch acted on (workers have Celery's task log;
+    the one-shot prints its table): what was deleted, or would be, and what failed."""
+    where = f"{outcome.namespace}/{outcome.name}" if outcome.namespace else outcome.name
+    why = f"(rule {outcome.rule}: {outcome.reason})"
+    verb = outcome.result.replace("_", " ")
+    if outcome.result == "failed":
+        log.warning("%s %s %s %s %s", verb, outcome.resource, where, why, outcome.message)
+    else:
+        log.info("%s %s %s %s", verb, outcome.resource, where, why)
 
 
 class NoClaims:

@@ -36,7 +36,7 @@ from opsq.core.settings import Settings
 from opsq.engines.alerts import Message, send_via
 from opsq.engines.cleanup import audit, planner, rbac
 from opsq.engines.cleanup.executor import Executor, Target
-from opsq.engines.cleanup.kube import ApiUnavailable, Kube
+from opsq.engines.cleanup.kube import ApiUnavailable, Kube, Unauthorized
 from opsq.engines.cleanup.notify import EventNotifier
 from opsq.engines.cleanup.owners import OwnerResolver
 from opsq.engines.cleanup.planner import Guards
@@ -44,6 +44,7 @@ from opsq.engines.cleanup.ratelimit import LocalRateLimiter
 from opsq.engines.cleanup.usage import LiveUsage, namespace_lister
 from opsq.engines.cleanup.watcher import Watcher
 from producers.cleanup import (
+    NOT_ATTEMPTED,
     NoWorkers,
     Report,
     celery_executor,
@@ -52,7 +53,7 @@ from producers.cleanup import (
     run_once,
 )
 from producers.probes import close_producer_app, producer_app
-from producers.watch import NoClaims, RedisClaims, WatchProducer, celery_sender
+from producers.watch import NoClaims, RedisClaims, WatchProducer, celery_sender, log_outcome
 
 log = logging.getLogger(__name__)
 EXIT_FAILED, EXIT_UNREACHABLE = 1, 3
@@ -92,6 +93,8 @@ def _exit_codes() -> Iterator[None]:
             f"{exc} (fix: check --kubeconfig/--context and that the API server is up; "
             "nothing was deleted)"
         )
+    except Unauthorized as exc:
+        _fail(str(exc))
     except RedisUnavailable as exc:
         _fail(f"{exc} (fix: start Redis or point --redis-url/OPSQ_REDIS_URL at it)")
     except NoWorkers as exc:
@@ -195,6 +198,12 @@ def cleanup(
         click.echo(json.dumps(report.to_json(), indent=2))
     else:
         _print_summary(report)
+    left = sum(1 for e in report.errors if e.reason == NOT_ATTEMPTED)
+    if left:
+        _fail(
+            f"the API server stopped answering: {left} object(s) not attempted (fix: check "
+            "that it is up, then run again; what was done is listed above)"
+        )
     if report.errors:
         ctx.exit(EXIT_FAILED)
 
@@ -279,6 +288,8 @@ def _print_summary(report: Report) -> None:
         f"errors: {len(report.errors)}  (planned deletions: {len(report.planned)})"
     )
     for error in report.errors:
+        if error.reason == NOT_ATTEMPTED:
+            continue  # one line for all of them follows
         where = f"{error.namespace}/{error.name}" if error.name else error.namespace or "-"
         click.echo(f"error: {error.rule} {where}: {error.message or error.reason}", err=True)
 
@@ -328,14 +339,24 @@ def audit_cmd(since: str, output: str, **opts: Any) -> None:
         click.echo(json.dumps(entries, indent=2))
         return
     for entry in entries:
-        when = planner.format_time(float(entry.get("deleted_at") or 0))
-        where = f"{entry['namespace']}/{entry['name']}" if entry.get("namespace") else entry["name"]
-        click.echo(
-            f"{when}  {entry['rule']}  {entry['resource']}  {where}  uid={entry['uid']}  "
-            f"reason={entry['reason']}  judged_by={entry['judged_by']}  "
-            f"deleted_by={entry['deleted_by']}"
-        )
+        click.echo(_audit_line(entry))
     click.echo(f"{len(entries)} deletion(s) in the last {since}", err=True)
+
+
+def _audit_line(entry: dict[str, str]) -> str:
+    """One entry as a line; fields an entry lacks (another writer's, or a future
+    version's) print as ``-`` instead of ending the listing with a KeyError."""
+    field = {k: entry.get(k) or "-" for k in audit.FIELDS}
+    try:
+        when = planner.format_time(float(entry.get("deleted_at") or ""))
+    except (ValueError, OverflowError, OSError):
+        when = field["deleted_at"]
+    name = f"{entry['namespace']}/{field['name']}" if entry.get("namespace") else field["name"]
+    return (
+        f"{when}  {field['rule']}  {field['resource']}  {name}  uid={field['uid']}  "
+        f"reason={field['reason']}  judged_by={field['judged_by']}  "
+        f"deleted_by={field['deleted_by']}"
+    )
 
 
 @click.command()
@@ -371,6 +392,8 @@ def watch(apply: bool, local: bool, **opts: Any) -> None:
         )
         try:
             producer.run(stop)
+        except Unauthorized as exc:
+            _fail(str(exc))
         except PermanentError as exc:
             _fail(str(exc), EXIT_FAILED)
         finally:
@@ -398,7 +421,9 @@ def _watch_producer(
         executor = _local_executor(cfg, kube, trail=trail, stop=stop)
 
         def send(target: Target, _countdown: float) -> None:
-            executor.execute(target, dry_run=dry_run, proceed=lambda: not stop.is_set())
+            log_outcome(
+                executor.execute(target, dry_run=dry_run, proceed=lambda: not stop.is_set())
+            )
 
         return WatchProducer(cfg, watcher, send, NoClaims(), ahead=0.0, dry_run=dry_run, stop=stop)
     assert client is not None

@@ -82,6 +82,15 @@ def test_crd_resources_and_set_based_selectors_are_accepted() -> None:
         ),
         ("resource: v1/pods\n      when: {}", "(name 'broken')", "no condition"),
         ("resource: v1/pods\n      when: {older_thn: 1h}", "when.older_thn", "unknown field"),
+        # Hostile check F8: false was ignored, so this deleted running Jobs too.
+        (
+            "resource: batch/v1/jobs\n      when: {finished: false, older_than: 1d}",
+            "when.finished",
+            "false is not a condition",
+        ),
+        # F7: jmespath finds unknown functions and wrong arities only while searching.
+        ("resource: v1/pods\n      when: {match: 'nosuchfn(status)'}", "when.match", "lacks"),
+        ("resource: v1/pods\n      when: {match: 'length(a, b)'}", "when.match", "takes 1"),
     ],
 )
 def test_bad_rule_exits_2_naming_rule_index_name_and_field(

@@ -169,7 +169,8 @@ def test_opsq_watch_command_serves_readiness_after_sync_and_deletes_due_jobs(
     write_config: Callable[..., Path],
     tmp_path: Path,
 ) -> None:
-    """The real `opsq watch --local --apply` process: /readyz, /metrics, deletion, SIGTERM."""
+    """The real `opsq watch --local --apply` process: /readyz, /metrics, deletion (and one
+    log line saying so: it said nothing, hostile check F9), SIGTERM."""
     config = write_config(watch_timeout=5)
     log_path = tmp_path / "watch.log"
     env = {**os.environ, "OPSQ_CLEANUP__METRICS_PORT": "0", "OPSQ_CONFIG": str(config)}
@@ -189,6 +190,10 @@ def test_opsq_watch_command_serves_readiness_after_sync_and_deletes_due_jobs(
         assert 'opsq_informer_cache_objects{resource="batch/v1/jobs"}' in metrics
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+        assert re.search(
+            r"INFO .*deleted batch/v1/jobs team-a/due \(rule finished-jobs: job-finished\)",
+            log_path.read_text(),
+        ), log_path.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -200,6 +200,9 @@ def _builtin_types() -> list[ResourceType]:
             "apps", "v1", "statefulsets", "StatefulSet", short_names=("sts",), categories=("all",)
         ),
         ResourceType(
+            "apps", "v1", "daemonsets", "DaemonSet", short_names=("ds",), categories=("all",)
+        ),
+        ResourceType(
             "events.k8s.io",
             "v1",
             "events",

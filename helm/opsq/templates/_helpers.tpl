@@ -99,7 +99,7 @@ create. `opsq cleanup rbac` prints the same (tests/cleanup/test_rbac.py compares
 {{- $grants := list (list $group $plural (list "get" "list" "watch" "delete")) -}}
 {{- if and .when .when.unused -}}
 {{- /* PVC rules read what may still use a claim (opsq/engines/cleanup/usage.py). */ -}}
-{{- range list (list "" "pods") (list "apps" "statefulsets") (list "apps" "deployments") (list "batch" "jobs") (list "batch" "cronjobs") -}}
+{{- range list (list "" "pods") (list "apps" "statefulsets") (list "apps" "deployments") (list "apps" "daemonsets") (list "apps" "replicasets") (list "batch" "jobs") (list "batch" "cronjobs") -}}
 {{- $grants = append $grants (list (index . 0) (index . 1) (list "list" "watch")) -}}
 {{- end -}}
 {{- end -}}

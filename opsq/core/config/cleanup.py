@@ -30,8 +30,9 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 import jmespath
+from jmespath import functions as jmespath_functions
 from jmespath.exceptions import JMESPathError
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from opsq.core.config.base import Section
 from opsq.core.config.fields import ExistingFile
@@ -76,14 +77,50 @@ def split_requirements(selector: str) -> list[str]:
 
 @lru_cache(maxsize=256)
 def compile_match(expression: str) -> Any:
-    """A compiled JMESPath expression; ValueError naming the problem when it does not parse."""
+    """A compiled JMESPath expression; ValueError naming the problem when it does not parse
+    or calls a function JMESPath does not have (or with the wrong number of arguments):
+    jmespath only finds those while searching, object by object."""
     try:
-        return jmespath.compile(expression)
+        compiled = jmespath.compile(expression)
     except JMESPathError as exc:
         raise ValueError(
             f"match {expression!r} is not a JMESPath expression: {exc}; e.g. "
             "\"status.phase == 'Failed'\" or \"metadata.labels.keep != 'true'\""
         ) from exc
+    for name, given in _calls(compiled.parsed):
+        _check_call(expression, name, given)
+    return compiled
+
+
+def _calls(node: Any) -> list[tuple[str, int]]:
+    """(function name, argument count) of every call in a parsed JMESPath expression."""
+    if not isinstance(node, dict):
+        return []
+    children = node.get("children") or []
+    found = (
+        [(str(node.get("value")), len(children))]
+        if node.get("type") == "function_expression"
+        else []
+    )
+    for child in children:
+        found += _calls(child)
+    return found
+
+
+def _check_call(expression: str, name: str, given: int) -> None:
+    table = jmespath_functions.Functions.FUNCTION_TABLE
+    if name not in table:
+        known = ", ".join(sorted(table))
+        raise ValueError(
+            f"match {expression!r} calls {name}(), which JMESPath lacks; known: {known}"
+        )
+    signature = table[name]["signature"]
+    variadic = bool(signature) and bool(signature[-1].get("variadic"))
+    if given < len(signature) or (given > len(signature) and not variadic):
+        wanted = f"at least {len(signature)}" if variadic else str(len(signature))
+        raise ValueError(
+            f"match {expression!r} calls {name}() with {given} argument(s); it takes {wanted}"
+        )
 
 
 CLUSTER_SCOPED = frozenset(
@@ -165,6 +202,19 @@ class When(Section):
     """PersistentVolumeClaims mounted by no pod and referenced by no workload."""
     match: str | None = None
     """A JMESPath expression over the object; the condition holds when it is truthy."""
+
+    @field_validator("finished", "evicted", "ttl_annotation", "unused")
+    @classmethod
+    def _no_false(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        """``finished: false`` reads as "not finished" but would be ignored, so a rule
+        ``{finished: false, older_than: 1d}`` deleted every Job older than a day,
+        running ones included: a condition is ``true`` or absent."""
+        if value is False:
+            raise ValueError(
+                f"{info.field_name}: false is not a condition (it would be ignored, not "
+                f"negated); remove '{info.field_name}', or set it to true"
+            )
+        return value
 
     @field_validator("match")
     @classmethod

@@ -74,7 +74,7 @@ class RedisAudit:
 
 def read(client: redis.Redis[Any], *, since: float, now: float) -> list[dict[str, str]]:
     """Entries newer than ``now - since``, oldest first, with their stream id."""
-    start = int((now - since) * 1000)
+    start = max(0, int((now - since) * 1000))  # --since 100y: everything, not a bad ID
     with redis_errors("read the audit trail"):
         raw = client.xrange(keys.cleanup_audit(), min=f"{start}-0", max="+")
     return [{"id": _text(entry_id), **{_text(k): _text(v) for k, v in fields.items()}}

@@ -49,6 +49,8 @@ from opsq.engines.cleanup.lister import Transform, list_all, slim
 from opsq.engines.cleanup.planner import meta
 
 log = logging.getLogger(__name__)
+BACKOFF_CAP_S = 30.0
+"""Longest wait between an informer's attempts, the server's Retry-After included."""
 Obj = dict[str, Any]
 Callback = Callable[[Obj], None]
 
@@ -260,8 +262,10 @@ class Informer:
         """Remember the error and wait (full jitter) before the next attempt."""
         self.error = str(exc)
         self._failures += 1
+        hint = getattr(exc, "delay", None)
         delay = full_jitter(
-            self._failures, base=0.5, cap=30.0, rng=self.rng, at_least=getattr(exc, "delay", None)
-        )
+            self._failures, base=0.5, cap=BACKOFF_CAP_S, rng=self.rng,
+            at_least=None if hint is None else min(hint, BACKOFF_CAP_S),
+        )  # fmt: skip
         log.warning("%s: %s; retrying in %.1fs", self.resource, exc, delay)
         stop.wait(delay)

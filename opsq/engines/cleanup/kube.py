@@ -12,6 +12,7 @@ Errors are translated here, where they enter (``raise ... from exc``):
 404     :class:`NotFound` (the executor treats it as "already gone")
 409     :class:`Conflict` (precondition failed: re-plan on a fresh GET)
 410     :class:`Expired` (continue token or watch resourceVersion too old: relist)
+401     :class:`Unauthorized` (credentials rejected: the run cannot go on, exit 3)
 403     :class:`Forbidden`, a PermanentError naming verb, resource and namespace
 429/5xx :class:`ApiUnavailable`, a TemporaryError carrying Retry-After as its delay
 timeout :class:`ApiUnavailable` (connection refused, read timeout, reset)
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -61,6 +63,10 @@ class Expired(OpsqError):
 
 class Forbidden(PermanentError):
     """403 from RBAC: retrying cannot help until the Role changes."""
+
+
+class Unauthorized(PermanentError):
+    """401: the credentials were rejected (an expired token): no request can succeed."""
 
 
 class ApiRejected(PermanentError):
@@ -126,11 +132,15 @@ def _status_message(body: str | bytes | None) -> str:
 
 
 def _retry_after(headers: Any) -> float | None:
+    """Retry-After in seconds; None when absent or not a finite non-negative number (an
+    HTTP date, ``inf``). Callers cap it at their backoff cap: a proxy's ``3600`` must not
+    stall a run for hours."""
     value = headers.get("Retry-After") if headers is not None else None
     try:
-        return float(value) if value is not None else None
+        seconds = float(value) if value is not None else None
     except ValueError:
         return None
+    return seconds if seconds is not None and 0 <= seconds < math.inf else None
 
 
 class Kube:
@@ -368,6 +378,12 @@ def _raise_for(verb: str, response: Any, *, resource: ResourceRef, namespace: st
         raise Conflict(f"{verb} {where}: conflict: {message}")
     if status == 410:
         raise Expired(f"{verb} {where}: expired: {message}")
+    if status == 401:
+        raise Unauthorized(
+            f"{verb} {where}: the API server rejected the credentials (HTTP 401: {message}) "
+            "(fix: refresh the token or client certificate in the kubeconfig, or the pod's "
+            "service account token; nothing was deleted)"
+        )
     if status == 403:
         raise Forbidden(
             f"forbidden: cannot {verb} {where}: {message} ({_rbac_fix(verb, resource, namespace)})"

@@ -69,6 +69,8 @@ BAD_EXPIRES = "bad-expires-annotation"
 TTL_FOREVER = "ttl-forever"
 NO_ANNOTATION = "no-expiry-annotation"
 NOT_MATCHED = "not-matched"
+MATCH_ERROR = "match-error"
+"""The rule's ``match`` failed on this object (a type error such as ``status.phase > `3```)."""
 PVC_IN_USE = "pvc-in-use"
 USAGE_UNVERIFIABLE = "usage-unverifiable"
 PROTECTED_NAMESPACE = "protected-namespace"
@@ -277,7 +279,8 @@ def list_namespaces(rule: Rule) -> list[str | None]:
     """
     if rule.is_cluster_scoped or has_glob(rule.namespaces):
         return [None]
-    return list(dict.fromkeys(rule.namespaces.include))
+    named = dict.fromkeys(rule.namespaces.include)  # minus what exclude removes: neither
+    return [ns for ns in named if namespace_selected(ns, rule.namespaces)]  # listed nor granted
 
 
 # --- rule evaluation ---------------------------------------------------------------------
@@ -324,8 +327,8 @@ def _state(when: When, obj: Obj) -> tuple[float | None, str] | str:
     """``(since, reason)`` when the state conditions hold, else the skip reason."""
     since, reason = created_at(obj), OLDER_THAN
     phase = pod_phase(obj)
-    if when.match is not None and not _truthy(compile_match(when.match).search(obj)):
-        return NOT_MATCHED
+    if when.match is not None and (unmatched := _match_verdict(when.match, obj)) is not None:
+        return unmatched
     if when.finished:
         since = job_finished_at(obj)
         if since is None:
@@ -345,6 +348,15 @@ def _state(when: When, obj: Obj) -> tuple[float | None, str] | str:
             return NOT_PENDING
         reason = PENDING_TOO_LONG
     return since, reason
+
+
+def _match_verdict(expression: str, obj: Obj) -> str | None:
+    """None when the ``match`` expression holds for *obj*, else the skip reason."""
+    try:
+        found = compile_match(expression).search(obj)
+    except Exception:  # a user's expression over any object: its failure is this
+        return MATCH_ERROR  # object's skip, never the end of the run (or of the watch)
+    return None if _truthy(found) else NOT_MATCHED
 
 
 def _truthy(value: object) -> bool:

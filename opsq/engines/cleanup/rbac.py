@@ -4,8 +4,8 @@ kube-janitor ships a ClusterRole on ``*/*``; opsq grants exactly what its rules 
 
 - ``get, list, watch, delete`` on each configured resource (get for the fresh read
   before a delete, list+watch for the one-shot and the informer, delete for the cleanup);
-- ``list, watch`` on pods, statefulsets, deployments, jobs and cronjobs where a PVC rule
-  (``unused``) must know what still uses a claim;
+- ``list, watch`` on pods, statefulsets, deployments, daemonsets, replicasets, jobs
+  and cronjobs where a PVC rule (``unused``) must know what still uses a claim;
 - ``create`` on core ``events`` when ``cleanup.events`` is on or a rule has
   ``notify_before``.
 

@@ -2,10 +2,11 @@
 
 A 429 or 503 from a busy API server is normal weather, not a verdict: each request is
 retried ``retries`` times with exponential backoff and full jitter, never sooner than
-the server's ``Retry-After``, and only then raised for the caller's own loop (Celery's
-retry, the informer's backoff, the one-shot's exit 3). Sleeping goes through a stop
-event when one is given, so SIGTERM ends a backoff at once instead of after it
-(:class:`Interrupted`).
+the server's ``Retry-After`` (itself capped at ``cap``: a proxy answering
+``Retry-After: 3600`` must not stall a run for hours), and only then raised for the
+caller's own loop (Celery's retry, the informer's backoff, the one-shot's exit 3).
+Sleeping goes through a stop event when one is given, so SIGTERM ends a backoff at
+once instead of after it (:class:`Interrupted`).
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ class Retrier:
             except ApiUnavailable as exc:
                 if attempt >= self.retries:
                     raise
+                hint = None if exc.delay is None else min(exc.delay, self.cap)
                 delay = full_jitter(
-                    attempt, base=self.base, cap=self.cap, rng=self.rng, at_least=exc.delay
+                    attempt, base=self.base, cap=self.cap, rng=self.rng, at_least=hint
                 )
                 log.warning("kube API unavailable (%s); retrying in %.2fs", exc, delay)
                 self.wait(delay)

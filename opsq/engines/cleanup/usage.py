@@ -4,8 +4,9 @@ A claim is *used* when (kube-janitor asks the same questions):
 
 - a pod in its namespace mounts it (``spec.volumes[].persistentVolumeClaim.claimName``),
   whatever the pod's phase: a finished pod of a Job may be restarted by its owner;
-- a Deployment, Job or CronJob in its namespace mounts it in its pod template (scaled
-  to zero today, mounting it again tomorrow);
+- a Deployment, DaemonSet, ReplicaSet, Job or CronJob in its namespace mounts it in its
+  pod template (scaled to zero today, or on a node pool scaled to zero, mounting it
+  again tomorrow);
 - a StatefulSet in its namespace would claim it again: its ``volumeClaimTemplates``
   name the claims ``<template>-<statefulset>-<ordinal>``, and a scale-up re-attaches
   exactly those.
@@ -51,6 +52,10 @@ REFERRERS = (
     Referrer(ResourceRef.parse("v1/pods"), ("spec",)),
     Referrer(ResourceRef.parse("apps/v1/statefulsets"), ("spec", "template", "spec")),
     Referrer(ResourceRef.parse("apps/v1/deployments"), ("spec", "template", "spec")),
+    # A DaemonSet on a node pool scaled to zero (GPU nodes at night) has no pods, and a
+    # bare ReplicaSet scaled to 0 none either: their claims are still theirs.
+    Referrer(ResourceRef.parse("apps/v1/daemonsets"), ("spec", "template", "spec")),
+    Referrer(ResourceRef.parse("apps/v1/replicasets"), ("spec", "template", "spec")),
     Referrer(ResourceRef.parse("batch/v1/jobs"), ("spec", "template", "spec")),
     Referrer(
         ResourceRef.parse("batch/v1/cronjobs"),
