@@ -129,6 +129,7 @@ def test_rbac_follows_the_metadata_setting_the_agent_will_use(enabled: bool) -> 
     """config.logs.agent wins over agent.config in the config file, so it decides the
     ClusterRole and the token too: metadata turned on there gets its RBAC, turned off
     there mounts no token and grants nothing."""
+
     def metadata(on: bool) -> dict[str, Any]:
         return {"kubernetes": {"metadata": {"enabled": on}}}
 
