@@ -67,6 +67,8 @@ MIN_PREFIX = 30
 """Shortest CRI prefix: ``2006-01-02T15:04:05Z`` (20 bytes) plus `` stdout F ``."""
 DOCKER_ESCAPE = 6
 """Worst-case growth of a Docker log line as JSON (``\\u00XX`` per byte)."""
+DOCKER_PART = 16 * 1024
+"""moby's copier cuts lines at this many bytes: one json-file line holds at most that."""
 RUN_WINDOW = 64 * 1024
 """Bytes before a resume offset re-read to learn the repeat count of the last timestamp."""
 
@@ -236,7 +238,8 @@ class Decoder:
     def physical_max(self) -> int:
         """Longest physical line kept whole before decoding (longer ones are cut)."""
         if self.fmt == "docker":
-            return self.max_line * DOCKER_ESCAPE + 256
+            # A part must parse to be joined (cut JSON cannot), whatever max_line is.
+            return max(self.max_line, DOCKER_PART) * DOCKER_ESCAPE + 256
         return self.max_line + PREFIX_MAX
 
     @property

@@ -24,18 +24,16 @@ nanoseconds), which is equally stable across redeliveries.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from agents.formats import FRAMED, UNKNOWN, runtime_ns, split_framed
 from agents.sinks.base import Delivery, Outcome, path_text, text
 from agents.sinks.http import make_client, post
-from opsq.core.config.logs import SinkSettings
+from opsq.core.config.logs import SinkSettings, loki_label_name
 from opsq.core.logformat import Entry
 
 PUSH_PATH = "/loki/api/v1/push"
-_LABEL_NAME = re.compile(r"[^a-zA-Z0-9_]")
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -118,5 +116,5 @@ def pod_labels(entry: Entry, fields: list[str]) -> dict[str, str]:
         elif name == "owner" and owner:
             out[name] = f"{owner.get('kind', '')}/{owner.get('name', '')}"
         elif name.startswith("label.") and name[6:] in pod_labels_:
-            out[_LABEL_NAME.sub("_", name[6:])] = str(pod_labels_[name[6:]])
+            out[loki_label_name(name)] = str(pod_labels_[name[6:]])
     return out

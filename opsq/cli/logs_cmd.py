@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("opsq.agent")
 
 
-def _check_agent_settings(settings: Settings) -> None:
-    source = str(config_path() or "configuration")
+def _check_agent_settings(settings: Settings, config_file: str | None) -> None:
+    source = str(config_path(config_file) or "configuration")
     agent = settings.logs.agent
     if not agent.paths:
         raise ConfigError(
@@ -63,6 +63,24 @@ def _check_agent_settings(settings: Settings) -> None:
             "NODE_NAME from the downward API (fieldRef spec.nodeName) or "
             "logs.agent.kubernetes.node_name"
         )
+    if agent.kubernetes.metadata.enabled:
+        _check_credentials(source, agent.kubernetes.metadata.kubeconfig)
+
+
+def _check_credentials(source: str, kubeconfig: str | None) -> None:
+    """Pod metadata needs API credentials: say which setting, not a flag we lack."""
+    # The kubernetes client costs ~15 MB: imported only when metadata is on.
+    from opsq.engines.cleanup.kube import load_api_client  # noqa: PLC0415
+
+    try:
+        load_api_client(kubeconfig).close()
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{source}: logs.agent.kubernetes.metadata.kubeconfig: "
+            f"{str(exc).split(' (fix:', 1)[0]} (fix: set it to a readable kubeconfig file, "
+            "or leave it empty in a pod whose service account token is mounted, or turn "
+            "logs.agent.kubernetes.metadata.enabled off)"
+        ) from exc
 
 
 @click.command()
@@ -70,7 +88,7 @@ def _check_agent_settings(settings: Settings) -> None:
 def agent(**opts: Any) -> None:
     """Tail logs.agent.paths into the log stream (at-least-once, checkpointed)."""
     settings = settings_from(**opts)
-    _check_agent_settings(settings)
+    _check_agent_settings(settings, opts.get("config_file"))
     setup_logging(settings.log_level, settings.log_format)
     engine = Agent(settings.logs, settings.broker_url)
     server = ObserveServer(

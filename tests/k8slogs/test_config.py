@@ -22,8 +22,17 @@ from tests.logs_agent.process import OPSQ
         ),
         ("logs: {shipper: {sink: {type: loki, url: 'http://l', label_fields: [pod_uid]}}}\n",
          "pod_uid"),
+        (
+            "logs: {agent: {paths: [x], kubernetes: {node_name: n, metadata: "
+            "{enabled: true, kubeconfig: /nonexistent/kubeconfig}}}}\n",
+            "logs.agent.kubernetes.metadata.kubeconfig",
+        ),
+        ("logs: {shipper: {sink: {type: loki, url: 'http://l', label_fields: [pod, label.pod]}}}\n",
+         "label.pod"),
+        ("logs: {agent: {paths: []}}\n", "logs.agent.paths"),
     ],
-    ids=["format", "formats", "node-name", "unbounded-loki-label"],
+    ids=["format", "formats", "node-name", "unbounded-loki-label", "kubeconfig",
+         "loki-label-twice", "no-paths"],
 )  # fmt: skip
 def test_kubernetes_settings_mistakes_exit_2_naming_the_field(
     tmp_path: Path, yaml_text: str, needle: str
@@ -38,3 +47,5 @@ def test_kubernetes_settings_mistakes_exit_2_naming_the_field(
     )  # fmt: skip
     assert res.returncode == 2, res.stderr
     assert needle in res.stderr
+    assert str(cfg) in res.stderr, "the file is named"
+    assert "--kubeconfig" not in res.stderr, "opsq agent has no such flag"

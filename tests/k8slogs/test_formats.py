@@ -162,6 +162,26 @@ def test_a_single_full_line_over_the_limit_is_cut_too(tmp_path: Path) -> None:
     assert lines.truncated + out.truncated == 1, "cut once, counted once"
 
 
+@pytest.mark.parametrize("part", [b"y" * MAX_LEN, b"<&>" * (MAX_LEN // 3)])
+def test_docker_parts_are_joined_and_cut_with_max_line_bytes_below_a_part(
+    tmp_path: Path, part: bytes
+) -> None:
+    """max_line_bytes smaller than the copier's 16 KiB part (and its JSON, up to 6x when
+    escaped): each part still parses, the joined line is cut once, nothing is garbage."""
+    path = tmp_path / "c-json.log"
+    writer = DockerWriter(path, Clock(T0))
+    writer.write("stdout", part * 8 + b"\nshort\n")
+    writer.close()
+    errors = metrics.DECODE_ERRORS.labels(format="docker")
+    before = errors._value.get()
+    decoder = Decoder("docker", 1000)
+    lines = physical(path, max_line=decoder.physical_max)
+    out = decoder.feed(lines)
+    assert messages(out) == [(part * 8)[:1000], b"short"]
+    assert lines.truncated + out.truncated == 1
+    assert errors._value.get() == before
+
+
 def test_invalid_utf8_inside_cri_is_kept_as_bytes_and_counted(tmp_path: Path) -> None:
     """containerd copies bytes as they come; invalid UTF-8 is shipped raw and counted."""
     writer = CriWriter(tmp_path / "0.log", Clock(T0))

@@ -150,3 +150,14 @@ def test_loki_sink_pushes_pod_streams_and_keeps_plain_files_on_host_and_path() -
         {"namespace": "shop", "owner": "Deployment/web"},
         {"host": "host-a", "path": "/var/log/app.log"},
     ]
+
+
+def test_a_pod_label_key_becomes_a_valid_loki_label_name() -> None:
+    """Loki accepts [a-zA-Z_][a-zA-Z0-9_]* only: dots and slashes become _, and a key
+    starting with a digit (valid in Kubernetes) gets a leading _."""
+    meta = {**META, "labels": {"app.kubernetes.io/name": "web", "9lives": "cat"}}
+    d = delivery([(0, T + b" stdout F x")], meta=meta)
+    fields = ["namespace", "label.app.kubernetes.io/name", "label.9lives"]
+    [stream] = json.loads(push_body([d], {}, fields))["streams"]
+    assert stream["stream"] == {"namespace": "shop", "app_kubernetes_io_name": "web",
+                                "_9lives": "cat"}  # fmt: skip

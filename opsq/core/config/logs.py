@@ -16,6 +16,7 @@ Shape::
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -127,6 +128,18 @@ class AgentSettings(Section):
 
 LABEL_FIELDS = ("namespace", "pod", "container", "stream", "node", "host", "owner")
 """Record fields that may become Loki stream labels (bounded: never uid, line, path)."""
+_NOT_IN_LABEL = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def loki_label_name(field: str) -> str:
+    """The Loki label a ``label_fields`` entry becomes. ``label.<key>`` is the pod label's
+    key made a valid Loki (Prometheus) label name: other characters become ``_``, and a
+    leading digit gets a ``_`` in front (``label.app.kubernetes.io/name`` ->
+    ``app_kubernetes_io_name``)."""
+    if not field.startswith("label."):
+        return field
+    name = _NOT_IN_LABEL.sub("_", field[6:])
+    return "_" + name if name[:1].isdigit() else name
 
 
 class SinkSettings(Section):
@@ -159,7 +172,22 @@ class SinkSettings(Section):
                     f"{name!r} cannot be a Loki label; use {', '.join(LABEL_FIELDS)} or "
                     "label.<pod label key> (the pod uid, path and line have unbounded values)"
                 )
+            if name == "label.":
+                raise ValueError("'label.' names no pod label; write label.<pod label key>")
         return value
+
+    @model_validator(mode="after")
+    def _distinct_labels(self) -> SinkSettings:
+        seen: dict[str, str] = {key: f"labels.{key}" for key in self.labels}
+        for name in self.label_fields:
+            label = loki_label_name(name)
+            if label in seen:
+                raise ValueError(
+                    f"label_fields: {name!r} and {seen[label]!r} would both be the Loki "
+                    f"label {label!r}; keep one of them"
+                )
+            seen[label] = name
+        return self
 
     @model_validator(mode="after")
     def _destination_given(self) -> SinkSettings:
