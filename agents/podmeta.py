@@ -133,7 +133,8 @@ class PodMetadata:
     def _deleted(self, obj: Obj) -> None:
         uid = str((obj.get("metadata") or {}).get("uid", ""))
         with self._lock:
-            self._gone[uid] = (self.clock() + self.cfg.keep_deleted, obj)
+            for key in {uid, _mirror_of(obj)} - {""}:
+                self._gone[key] = (self.clock() + self.cfg.keep_deleted, obj)
         self.version += 1
 
     def _failed(self, exc: OpsqError) -> None:
@@ -152,10 +153,19 @@ class PodMetadata:
 
     # --- lookups ----------------------------------------------------------------------
     def pod(self, identity: PodIdentity) -> Obj | None:
-        """The cached pod, by uid (or by name for an identity without one)."""
+        """The cached pod, by uid (or by name for an identity without one).
+
+        A static pod's log directory carries the kubelet's own UID (the hash of its
+        manifest), which the API's mirror pod has as its ``kubernetes.io/config.mirror``
+        annotation, not as ``metadata.uid``: found by name, then checked against it.
+        """
         found = self.informer.get_by_uid(identity.pod_uid) if identity.pod_uid else None
-        if found is None and not identity.pod_uid:
-            found = self.informer.get(identity.namespace, identity.pod)
+        if found is None:
+            named = self.informer.get(identity.namespace, identity.pod)
+            if named is not None and (
+                not identity.pod_uid or _mirror_of(named) == identity.pod_uid
+            ):
+                found = named
         if found is not None:
             return found
         with self._lock:
@@ -196,6 +206,15 @@ class PodMetadata:
         if owner is not None:
             out["owner"] = owner
         return out
+
+
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
+"""Set by the kubelet on a static pod's mirror: the static pod's UID (kubetypes)."""
+
+
+def _mirror_of(pod: Obj) -> str:
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    return str(annotations.get(MIRROR_ANNOTATION, ""))
 
 
 def owner_of(md: Obj) -> dict[str, str] | None:

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agents.formats import FRAMED, UNKNOWN, split_framed
+from agents.formats import FRAMED, UNKNOWN, runtime_ns, split_framed
 from opsq.core.logformat import Entry
 
 # The C-accelerated string escaper behind json.dumps: the file sink renders well over
@@ -92,7 +92,9 @@ def iso_ms(ms: int) -> str:
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
-def json_records(delivery: Delivery, ts_key: str = "ts") -> Iterator[tuple[str, str]]:
+def json_records(
+    delivery: Delivery, ts_key: str = "ts", *, check_time: bool = False
+) -> Iterator[tuple[str, str]]:
     """``(record id, JSON object text)`` for each record of the entry.
 
     Fields: id, line, offset, path, host, fid, the pod fields of the entry's ``meta``
@@ -100,6 +102,8 @@ def json_records(delivery: Delivery, ts_key: str = "ts") -> Iterator[tuple[str, 
     then the time: the runtime's (as it wrote it, RFC 3339) and ``stream`` for
     runtime-framed records, else when Redis accepted the entry. What is the same for
     every record of an entry is escaped once per entry, not once per record.
+    *check_time*: a runtime time that names no instant is replaced by the entry's
+    (Elasticsearch refuses such a date, and with it the whole entry).
     """
     entry = delivery.entry
     id_head = f"{entry.fid}:"
@@ -111,7 +115,9 @@ def json_records(delivery: Delivery, ts_key: str = "ts") -> Iterator[tuple[str, 
         when, line = entry_time, raw
         if framed:
             ts, stream, line = split_framed(raw)
-            if ts != UNKNOWN:
+            if ts != UNKNOWN and check_time and runtime_ns(ts) is None:
+                when = f'{entry_time},"stream":{_quote(text(stream))}'
+            elif ts != UNKNOWN:
                 when = f',"{ts_key}":{_quote(text(ts))},"stream":{_quote(text(stream))}'
         doc = (
             f'{{"id":{quoted_id_head}{offset}","line":{_quote(text(line))},"offset":{offset}'

@@ -59,7 +59,7 @@ def bulk_body(batch: Sequence[Delivery], index: str) -> tuple[bytes, list[int]]:
     lines: list[str] = []
     owners: list[int] = []
     for position, delivery in enumerate(batch):
-        for record_id, doc in json_records(delivery, ts_key="@timestamp"):
+        for record_id, doc in json_records(delivery, ts_key="@timestamp", check_time=True):
             action = {"index": {"_index": index, "_id": record_id}}
             lines.append(json.dumps(action))
             lines.append(doc)

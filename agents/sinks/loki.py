@@ -23,24 +23,18 @@ nanoseconds), which is equally stable across redeliveries.
 
 from __future__ import annotations
 
-import calendar
 import json
 import re
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from agents.formats import FRAMED, UNKNOWN, split_framed
+from agents.formats import FRAMED, UNKNOWN, runtime_ns, split_framed
 from agents.sinks.base import Delivery, Outcome, path_text, text
 from agents.sinks.http import make_client, post
 from opsq.core.config.logs import SinkSettings
 from opsq.core.logformat import Entry
 
 PUSH_PATH = "/loki/api/v1/push"
-_TIME = re.compile(rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
-_SECONDS: dict[bytes, int] = {}
-"""Epoch seconds per ``YYYY-MM-DDThh:mm:ss`` text: consecutive lines share seconds."""
-_SECONDS_MAX = 4096
 _LABEL_NAME = re.compile(r"[^a-zA-Z0-9_]")
 
 Labels = tuple[tuple[str, str], ...]
@@ -69,24 +63,6 @@ class LokiSink:
 def record_ns(delivery: Delivery, index: int) -> int:
     """A deterministic nanosecond timestamp, unique within the entry's millisecond."""
     return delivery.ms * 1_000_000 + (delivery.seq * 4096 + index) % 1_000_000
-
-
-def runtime_ns(stamp: bytes) -> int | None:
-    """Nanoseconds since the epoch of an RFC 3339 time (Go's RFC3339Nano), or None."""
-    match = _TIME.fullmatch(stamp)
-    if match is None:
-        return None
-    base, frac, zone = match.groups()
-    seconds = _SECONDS.get(base)
-    if seconds is None:
-        if len(_SECONDS) >= _SECONDS_MAX:
-            _SECONDS.clear()
-        seconds = calendar.timegm(time.strptime(base.decode(), "%Y-%m-%dT%H:%M:%S"))
-        _SECONDS[base] = seconds
-    if zone != b"Z":
-        sign = -1 if zone[:1] == b"+" else 1
-        seconds += sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
-    return seconds * 1_000_000_000 + int((frac or b"0").ljust(9, b"0"))
 
 
 def push_body(batch: Sequence[Delivery], labels: dict[str, str], fields: list[str]) -> bytes:

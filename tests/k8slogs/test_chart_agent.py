@@ -124,6 +124,27 @@ def test_metadata_rbac_is_exactly_get_list_watch_on_pods(objects: list[dict[str,
     assert daemonset_spec(off)["automountServiceAccountToken"] is False
 
 
+@pytest.mark.parametrize("enabled", [True, False])
+def test_rbac_follows_the_metadata_setting_the_agent_will_use(enabled: bool) -> None:
+    """config.logs.agent wins over agent.config in the config file, so it decides the
+    ClusterRole and the token too: metadata turned on there gets its RBAC, turned off
+    there mounts no token and grants nothing."""
+
+    def metadata(on: bool) -> dict[str, Any]:
+        return {"kubernetes": {"metadata": {"enabled": on}}}
+
+    values = {
+        "agent": {"enabled": True, "config": metadata(not enabled)},
+        "config": {"logs": {"agent": metadata(enabled)}},
+    }
+    objects = render_chart(values)
+    config = yaml.safe_load(find(objects, "ConfigMap", "opsq-config")[0]["data"]["config.yaml"])
+    assert config["logs"]["agent"]["kubernetes"]["metadata"]["enabled"] is enabled
+    assert bool(find(objects, "ClusterRole", "opsq-agent")) is enabled
+    assert bool(find(objects, "ClusterRoleBinding", "opsq-agent")) is enabled
+    assert daemonset_spec(objects)["automountServiceAccountToken"] is enabled
+
+
 def test_the_rendered_role_is_enough_for_the_informer_and_nothing_more(
     objects: list[dict[str, Any]], fake_kube: FakeKube, kubeconfig_path: Any
 ) -> None:

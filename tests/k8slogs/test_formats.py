@@ -14,6 +14,7 @@ import pytest
 
 from agents.formats import Decoder, FramedJoiner, Runs, detect, parse_docker, split_framed
 from agents.lines import Records, Source, split_chunk
+from opsq.core.metrics import logs_agent as metrics
 from tests.k8slogs.runtimes import MAX_LEN, Clock, CriWriter, DockerWriter, go_rfc3339nano
 
 T0 = 1_795_000_000 * 1_000_000_000  # 2026-11-18, a whole second
@@ -194,6 +195,44 @@ def test_lines_that_do_not_parse_ship_framed_as_unknown(tmp_path: Path) -> None:
         f.write(b"garbage without framing\n")
     records, _ = decode_file(path)
     assert split_framed(records.lines[1]) == (b"-", b"-", b"garbage without framing")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"garbage stdout F a time that is a word",
+        b" stdout F no time at all",
+        b"20261118T110640Z stdout F a compact time",
+        b"2026-11-18T11:06:40.0000000001Z stdout P ten digits of fraction",
+        b"2026-13-45T11:06:40Z stderr P a month that does not exist",
+    ],
+)
+def test_a_line_whose_time_is_not_rfc3339_does_not_parse_and_is_counted(
+    tmp_path: Path, line: bytes
+) -> None:
+    """Between plain F lines (the fast path), a line whose first word is not an RFC 3339
+    time ships framed as unknown and counts as a decode error; its neighbours stay whole."""
+    path = tmp_path / "0.log"
+    writer = CriWriter(path, Clock(T0))
+    writer.write("stdout", b"ok 1\n")
+    with open(path, "ab") as f:
+        f.write(line + b"\n")
+    writer.write("stdout", b"ok 2\n")
+    errors = metrics.DECODE_ERRORS.labels(format="cri")
+    before = errors._value.get()
+    records, _ = decode_file(path)
+    assert [split_framed(r)[:2] for r in records.lines][1] == (b"-", b"-")
+    assert messages(records) == [b"ok 1", line, b"ok 2"]
+    assert errors._value.get() == before + 1
+
+
+def test_a_docker_line_whose_time_is_not_rfc3339_does_not_parse(tmp_path: Path) -> None:
+    """json-file lines are JSON, but a "time" that is not a time is not taken as one."""
+    path = tmp_path / "0.log"
+    line = b'{"log":"hello\\n","stream":"stdout","time":"yesterday"}'
+    path.write_bytes(line + b"\n")
+    records, _ = decode_file(path, "docker")
+    assert split_framed(records.lines[0]) == (b"-", b"-", line)
 
 
 def test_partials_span_a_rotation_and_keep_the_first_files_identity(tmp_path: Path) -> None:

@@ -170,3 +170,31 @@ def test_owner_and_namespace_rules() -> None:
     assert namespace_allowed("kube-public", rules)
     assert not namespace_allowed("kube-system", rules)
     assert not namespace_allowed("default", rules)
+
+
+MIRROR = "kubernetes.io/config.mirror"
+
+
+def test_a_static_pod_is_found_by_its_mirror_annotation(
+    fake_kube: FakeKube, start_meta: Callable[..., PodMetadata]
+) -> None:
+    """The kubelet names a static pod's log directory after its own UID (the config
+    hash), which the API's mirror pod carries as ``kubernetes.io/config.mirror``: labels
+    and the opt-out annotation apply to it; a pod that only shares the name does not."""
+    config_hash = "3b0c1f5c8d2e4a6b9c7d1e2f3a4b5c6d"
+    add_pod(fake_kube, "etcd-node-a", labels={"component": "etcd"},
+            annotations={MIRROR: config_hash})  # fmt: skip
+    add_pod(fake_kube, "quiet-node-a", annotations={MIRROR: "0" * 32, "opsq.io/logs": "false"})
+    add_pod(fake_kube, "named-alike", labels={"component": "other"})
+    meta = start_meta()
+    wait(lambda: meta.synced, "the first LIST")
+    etcd = PodIdentity("shop", "etcd-node-a", "etcd", config_hash, 0)
+    assert meta.fields(etcd)["labels"] == {"component": "etcd"}
+    assert meta.admit(etcd, time.monotonic()) is Verdict.READ
+    quiet = PodIdentity("shop", "quiet-node-a", "app", "0" * 32, 0)
+    assert meta.admit(quiet, time.monotonic()) is Verdict.SKIP
+    stale = PodIdentity("shop", "named-alike", "app", "f" * 32, 0)
+    assert meta.fields(stale) == {}, "same name, other uid: an older pod of that name"
+    fake_kube.delete("v1/pods", "etcd-node-a", namespace="shop", grace_period_seconds=0)
+    wait(lambda: meta.informer.get("shop", "etcd-node-a") is None, "the mirror pod's DELETED")
+    assert meta.fields(etcd)["labels"] == {"component": "etcd"}, "kept for keep_deleted"

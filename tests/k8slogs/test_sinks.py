@@ -81,6 +81,34 @@ def test_runtime_times_parse_to_nanoseconds_in_any_zone() -> None:
     assert runtime_ns(b"2026-11-18 11:06:40") is None
 
 
+BAD_TIMES = [b"2026-02-30T10:00:00Z", b"0000-01-01T00:00:00Z", b"2026-11-18T11:06:61Z"]
+
+
+@pytest.mark.parametrize("stamp", BAD_TIMES)
+def test_an_impossible_runtime_time_falls_back_to_the_entry_time_in_loki(stamp: bytes) -> None:
+    """A record whose time has the right shape but no such instant (February 30th, year
+    0) is pushed with the stable entry-derived time instead of crashing the shipper."""
+    d = delivery([(0, T + b" stdout F good"), (40, stamp + b" stdout F bad day")])
+    assert runtime_ns(stamp) is None
+    values = json.loads(push_body([d], {}, ["namespace", "stream"]))["streams"][0]["values"]
+    assert [line for _, line in values] == ["good", "bad day"]
+    assert int(values[1][0]) // 10**6 == d.ms
+
+
+@pytest.mark.parametrize("stamp", BAD_TIMES)
+def test_an_impossible_runtime_time_is_not_sent_as_the_elasticsearch_timestamp(
+    stamp: bytes,
+) -> None:
+    """Elasticsearch would refuse the document (and with it the whole entry): the entry
+    time stands in for @timestamp; the runtime's text stays in the record's line."""
+    d = delivery([(0, stamp + b" stdout F bad day")])
+    body, _ = bulk_body([d], "logs")
+    doc = json.loads(body.decode().splitlines()[1])
+    assert doc["@timestamp"] == "2026-11-18T11:06:40.000Z"
+    assert doc["line"] == "bad day"
+    assert doc["stream"] == "stdout"
+
+
 def test_loki_labels_are_the_bounded_set_and_identical_times_stay_distinct() -> None:
     """Default labels namespace/pod/container/stream (never uid or path); the k-th
     repeat of one runtime time gets +k ns, counting on from the entry's tsk."""

@@ -65,9 +65,12 @@ agent.config as logs.agent when the agent runs (keys under config.logs.agent win
 {{- toYaml $config -}}
 {{- end -}}
 
-{{/* "true" when the agent reads pod metadata from the API (and so needs its ClusterRole). */}}
+{{/* "true" when the agent reads pod metadata from the API (and so needs its ClusterRole):
+decided from logs.agent as the config file has it (config.logs.agent over agent.config). */}}
 {{- define "opsq.agentMetadata" -}}
-{{- and .Values.agent.enabled (dig "kubernetes" "metadata" "enabled" false .Values.agent.config) -}}
+{{- $mine := dig "logs" "agent" dict .Values.config -}}
+{{- $agent := mergeOverwrite (deepCopy .Values.agent.config) (deepCopy $mine) -}}
+{{- and .Values.agent.enabled (dig "kubernetes" "metadata" "enabled" false $agent) -}}
 {{- end -}}
 
 {{/*
