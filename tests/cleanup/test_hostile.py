@@ -413,3 +413,18 @@ def test_rejected_credentials_are_one_line_with_the_fix_and_exit_3(
     assert "rejected the credentials (HTTP 401" in line
     assert "fix: refresh the token" in line
     assert fake_kube.count("list", code=401) == 1  # not retried: it cannot get better
+
+
+def test_rbac_grants_the_owner_guards_lookups_and_only_a_job_with_any_owner_allowed() -> None:
+    """F16: `opsq cleanup rbac` granted no GET on owners that no rule lists, so under it
+    every Job-owned Pod was `owner-unverifiable`, even for `delete_if_owner_exists: true`
+    rules (which look up only a Job, to see whether it is still active)."""
+    evicted = {"name": "evicted", "resource": "v1/pods", "when": {"evicted": True}}
+    granted = rbac.grants(rbac.policy_rules(settings([evicted])))
+    owners = {(g, p) for g, p, v in granted if v == "get" and p != "pods"}
+    assert owners == {("batch", "jobs"), ("apps", "replicasets"), ("apps", "statefulsets"),
+                      ("apps", "daemonsets"), ("", "replicationcontrollers")}  # fmt: skip
+    any_owner = rbac.grants(
+        rbac.policy_rules(settings([{**evicted, "delete_if_owner_exists": True}]))
+    )
+    assert {(g, p) for g, p, v in any_owner if p != "pods"} == {("batch", "jobs")}

@@ -26,7 +26,12 @@ NEEDED = {
     (group, plural, verb)
     for group, plural in [("batch", "jobs"), ("", "pods"), ("argoproj.io", "workflows")]
     for verb in ("get", "list", "watch", "delete")
-}
+} | {  # the owners the owner guard GETs: a Job's CronJob, a Pod's controllers
+    (group, plural, "get")
+    for group, plural in [("batch", "cronjobs"), ("apps", "replicasets"),
+                          ("apps", "statefulsets"), ("apps", "daemonsets"),
+                          ("", "replicationcontrollers")]
+}  # fmt: skip
 
 
 def _rbac_output(tmp_path: Path, capsys: pytest.CaptureFixture[str], events: bool) -> list[Any]:
@@ -77,12 +82,14 @@ def _chart_watcher_rules(values: dict[str, Any]) -> list[dict[str, Any]]:
 
 PVC_RULE = {"name": "pvcs", "resource": "v1/persistentvolumeclaims", "when": {"unused": True}}
 NOTIFYING = {**RULES[0], "name": "announced", "notify_before": "1h"}
+ANY_OWNER = {**RULES[2], "name": "evicted-any-owner", "delete_if_owner_exists": True}
 
 
 @pytest.mark.parametrize(
     ("rules", "events"),
-    [(RULES, False), (RULES, True), ([*RULES, PVC_RULE], False), ([NOTIFYING, PVC_RULE], False)],
-)
+    [(RULES, False), (RULES, True), ([*RULES, PVC_RULE], False), ([NOTIFYING, PVC_RULE], False),
+     ([ANY_OWNER], False)],
+)  # fmt: skip
 def test_chart_watcher_role_grants_neither_more_nor_less_than_the_rules_need(
     rules: list[dict[str, Any]], events: bool
 ) -> None:

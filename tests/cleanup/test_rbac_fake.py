@@ -39,6 +39,13 @@ def _rules(jobs_namespaces: list[str]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def _owned_by(owner: dict[str, Any]) -> dict[str, Any]:
+    md = owner["metadata"]
+    ref = {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": md["name"],
+           "uid": md["uid"], "controller": True}  # fmt: skip
+    return {"ownerReferences": [ref]}
+
+
 def _cluster(fake: FakeKube) -> None:
     now = time.time()
     for ns in ("team-a", "team-b"):
@@ -48,6 +55,17 @@ def _cluster(fake: FakeKube) -> None:
         "v1/namespaces",
         {"metadata": {"name": "pr-1", "annotations": {"opsq.io/expires": "2020-01-01"}}},
     )
+    # Owned objects, so the owner guard GETs owners no rule lists (hostile check F16:
+    # the generated RBAC did not grant those GETs, so every owned object was
+    # owner-unverifiable): a CronJob's Job, a StatefulSet's claim, an ephemeral claim.
+    cron = fake.create("batch/v1/cronjobs", {"metadata": {"name": "nightly"}}, namespace="team-a")
+    add(fake, job("nightly-1", namespace="team-a", created=now - DAY, finished=now - DAY / 2,
+                  **_owned_by(cron)))  # fmt: skip
+    sts = fake.create("apps/v1/statefulsets", {"metadata": {"name": "db"}}, namespace="team-a")
+    fake.create(PVCS, {"metadata": {"name": "db-claim", **_owned_by(sts)}}, namespace="team-a")
+    pod = fake.create("v1/pods", {"metadata": {"name": "eph"}, "spec": {"containers": []}},
+                      namespace="team-a")  # fmt: skip
+    fake.create(PVCS, {"metadata": {"name": "eph-claim", **_owned_by(pod)}}, namespace="team-a")
 
 
 def _load_rbac(
@@ -127,6 +145,9 @@ def test_generated_rbac_permits_exactly_what_cleanup_and_watch_do(
     assert report["errors"] == []
     deleted = sorted(d["name"] for d in report["deleted"])
     assert deleted == ["old-team-a", "old-team-b", "orphan", "pr-1"]
+    owned = {(s["name"], s["reason"]) for s in report["skipped"] if s["name"] != "eph"}
+    assert owned == {("nightly-1", "owner-exists"), ("db-claim", "owner-exists"),
+                     ("eph-claim", "owner-exists")}  # fmt: skip
     cfg = CleanupSettings.model_validate({"rules": _rules(jobs_namespaces), "events": True})
     _sync_watcher(cfg, Kube.connect(str(kubeconfig)), stop)
     granted = rbac.grants([r for d in docs if "rules" in d for r in d["rules"]])

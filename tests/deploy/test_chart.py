@@ -124,17 +124,26 @@ def test_helm_lint_reports_no_errors_or_warnings(values: dict[str, Any]) -> None
 
 
 def test_watcher_rules_are_one_per_group_and_resource_with_only_the_needed_verbs() -> None:
-    """Duplicated resources collapse; core group is ""; events create only when asked."""
+    """Duplicated resources collapse; core group is ""; events create only when asked;
+    the owners the owner guard looks up get "get" only."""
     rules = watcher_role_rules(FULL_VALUES)
     verbs = ["get", "list", "watch", "delete"]
+    owners = [("apps", "statefulsets"), ("apps", "daemonsets"), ("", "replicationcontrollers"),
+              ("batch", "cronjobs"), ("apps", "deployments")]  # fmt: skip
     assert rules == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": verbs},
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": verbs},
         {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": verbs},
+        *({"apiGroups": [g], "resources": [r], "verbs": ["get"]} for g, r in owners),
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     ]
-    quiet = watcher_role_rules({"cleanup": {"rules": [{"resource": "v1/pods"}]}})
-    assert quiet == [{"apiGroups": [""], "resources": ["pods"], "verbs": verbs}]
+    quiet = watcher_role_rules(
+        {"cleanup": {"rules": [{"resource": "v1/pods", "delete_if_owner_exists": True}]}}
+    )
+    assert quiet == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": verbs},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get"]},
+    ]
     for rule in rules:
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
 

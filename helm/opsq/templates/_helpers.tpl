@@ -75,9 +75,9 @@ decided from logs.agent as the config file has it (config.logs.agent over agent.
 
 {{/*
 Watcher RBAC rules from cleanup.rules: one rule per (apiGroup, resource), first
-appearance first, verbs merged; "v1/pods" is the core group "". PVC rules (when.unused)
-add list/watch on what may use a claim; events: true or any notify_before adds events
-create. `opsq cleanup rbac` prints the same (tests/cleanup/test_rbac.py compares them).
+appearance first, verbs merged; "v1/pods" is the core group "". Owners the owner guard
+looks up get "get"; PVC rules (when.unused) add list/watch on what may use a claim;
+events: true or any notify_before adds events create. `opsq cleanup rbac` prints the same (tests/cleanup/test_rbac.py compares them).
 */}}
 {{- define "opsq.watcherRules" -}}
 {{- $verbs := dict -}}
@@ -97,6 +97,15 @@ create. `opsq cleanup rbac` prints the same (tests/cleanup/test_rbac.py compares
 {{- end -}}
 {{- if .notify_before -}}{{- $announce = true -}}{{- end -}}
 {{- $grants := list (list $group $plural (list "get" "list" "watch" "delete")) -}}
+{{- /* get on the owners the owner guard looks up (opsq/engines/cleanup/owners.py TYPICAL_OWNERS);
+with delete_if_owner_exists only a Job is looked up. */ -}}
+{{- $owners := dict "/pods" (list (list "batch" "jobs") (list "apps" "replicasets") (list "apps" "statefulsets") (list "apps" "daemonsets") (list "" "replicationcontrollers")) "batch/jobs" (list (list "batch" "cronjobs")) "apps/replicasets" (list (list "apps" "deployments")) "/persistentvolumeclaims" (list (list "apps" "statefulsets") (list "" "pods")) -}}
+{{- $anyOwner := not .delete_if_owner_exists -}}
+{{- range (default (list) (get $owners (printf "%s/%s" $group $plural))) -}}
+{{- if or $anyOwner (and (eq (index . 0) "batch") (eq (index . 1) "jobs")) -}}
+{{- $grants = append $grants (list (index . 0) (index . 1) (list "get")) -}}
+{{- end -}}
+{{- end -}}
 {{- if and .when .when.unused -}}
 {{- /* PVC rules read what may still use a claim (opsq/engines/cleanup/usage.py). */ -}}
 {{- range list (list "" "pods") (list "apps" "statefulsets") (list "apps" "deployments") (list "apps" "daemonsets") (list "apps" "replicasets") (list "batch" "jobs") (list "batch" "cronjobs") -}}

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from opsq.core.config.cleanup import ResourceRef
+from opsq.core.config.cleanup import ResourceRef, Rule
 from opsq.core.errors import OpsqError
 from opsq.engines.cleanup.kube import Kube, NotFound
 from opsq.engines.cleanup.planner import OwnerState, job_finished_at, meta
@@ -38,6 +38,28 @@ _BUILTIN = {
     ("", "Node"): "nodes",
 }
 _CLUSTER_SCOPED = {("", "Node"), ("", "Namespace")}
+
+TYPICAL_OWNERS: dict[tuple[str, str], tuple[tuple[str, str], ...]] = {
+    ("", "pods"): (
+        ("batch", "jobs"), ("apps", "replicasets"), ("apps", "statefulsets"),
+        ("apps", "daemonsets"), ("", "replicationcontrollers"),
+    ),
+    ("batch", "jobs"): (("batch", "cronjobs"),),
+    ("apps", "replicasets"): (("apps", "deployments"),),
+    ("", "persistentvolumeclaims"): (("apps", "statefulsets"), ("", "pods")),
+}  # fmt: skip
+"""(group, plural) of a resource -> the (group, plural) of the owners its objects usually
+have: what the owner guard GETs, so what `opsq cleanup rbac` grants ``get`` on. Without
+it every Job-owned Pod of a "delete Succeeded pods" rule was ``owner-unverifiable``."""
+
+
+def owner_kinds(rule: Rule) -> tuple[tuple[str, str], ...]:
+    """The owners the guard may look up for *rule*'s objects. With
+    ``delete_if_owner_exists`` only a Job is looked up (an active one still forbids)."""
+    kinds = TYPICAL_OWNERS.get((rule.resource.group, rule.resource.plural), ())
+    if rule.delete_if_owner_exists:
+        kinds = tuple(k for k in kinds if k == ("batch", "jobs"))
+    return kinds
 
 
 def _state_of(owner: Obj, group: str, kind: str) -> OwnerState:

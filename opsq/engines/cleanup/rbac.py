@@ -6,6 +6,10 @@ kube-janitor ships a ClusterRole on ``*/*``; opsq grants exactly what its rules 
   before a delete, list+watch for the one-shot and the informer, delete for the cleanup);
 - ``list, watch`` on pods, statefulsets, deployments, daemonsets, replicasets, jobs
   and cronjobs where a PVC rule (``unused``) must know what still uses a claim;
+- ``get`` on the owners the owner guard looks up for the rule's objects
+  (:data:`~opsq.engines.cleanup.owners.TYPICAL_OWNERS`: a Pod's Job, ReplicaSet,
+  StatefulSet, DaemonSet or ReplicationController, a Job's CronJob...), so an owned
+  object is judged, not skipped as ``owner-unverifiable``;
 - ``create`` on core ``events`` when ``cleanup.events`` is on or a rule has
   ``notify_before``.
 
@@ -24,6 +28,7 @@ from typing import Any
 
 from opsq.core.config.cleanup import CleanupSettings, Rule
 from opsq.engines.cleanup import planner
+from opsq.engines.cleanup.owners import owner_kinds
 from opsq.engines.cleanup.usage import REFERRERS
 
 VERBS = ("get", "list", "watch", "delete")
@@ -52,6 +57,8 @@ def needed(settings: CleanupSettings) -> Grants:
     for rule in settings.rules:
         for scope in _scopes(rule):
             _add(grants, scope, rule.resource.group, rule.resource.plural, VERBS)
+            for group, plural in owner_kinds(rule):
+                _add(grants, scope, group, plural, ("get",))
             if rule.when.unused:
                 for referrer in REFERRERS:
                     _add(grants, scope, referrer.resource.group, referrer.resource.plural, READ)
