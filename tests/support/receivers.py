@@ -87,6 +87,10 @@ class HttpReceiver:
             (self.accepted if accepted else self.received).append(item)
             self.arrived.notify_all()
 
+    def _withdraw(self, item: Received) -> None:
+        with self.arrived:
+            self.accepted[:] = [got for got in self.accepted if got is not item]
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
 
@@ -102,16 +106,19 @@ class HttpReceiver:
                         return  # the sender died while we held it: never acknowledged
                 code = receiver.status
                 body = b'{"ok": true}' if code < 300 else b'{"error": "try later"}'
+                # Recorded before the answer is written: a sender that returns on reading
+                # the 2xx must find it in ``accepted`` (recording after the write raced it).
+                if code < 300:
+                    receiver._record(item, accepted=True)
                 try:
                     self.send_response(code)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
                     self.wfile.write(body)
-                except OSError:
-                    return  # the client went away (a killed worker): not acknowledged
-                if code < 300:
-                    receiver._record(item, accepted=True)
+                except OSError:  # the client went away (a killed worker): not acknowledged
+                    if code < 300:
+                        receiver._withdraw(item)
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
