@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, SecretStr
 
 from opsq.core.config.base import Invalid, resolve_path
-from opsq.core.redact import redact_url
+from opsq.core.redact import redact_invalid_url, unencoded_userinfo
 
 REDIS_URL_EXAMPLE = "redis://[:PASSWORD@]HOST:6379/0 (rediss:// for TLS)"
 
@@ -57,7 +57,7 @@ def _compiles(pattern: str | bytes, problem: str, fix: str) -> None:
 
 def check_redis_url(url: str) -> str:
     """As redis-py (``Redis.from_url``) and kombu (the Celery broker) both accept it."""
-    fix = f"write {REDIS_URL_EXAMPLE}"
+    fix = _url_fix(url, f"write {REDIS_URL_EXAMPLE}")
     parts = urlsplit(url.strip())
     if parts.scheme not in ("redis", "rediss"):
         raise Invalid(f"{_shown(url)} is not a redis:// or rediss:// URL", fix=fix)
@@ -71,7 +71,7 @@ def check_redis_url(url: str) -> str:
 
 
 def check_http_url(url: str) -> str:
-    fix = "write http://HOST:PORT or https://HOST[:PORT][/PATH]"
+    fix = _url_fix(url, "write http://HOST:PORT or https://HOST[:PORT][/PATH]")
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise Invalid(f"{_shown(url)} is not an http:// or https:// URL with a host", fix=fix)
@@ -131,9 +131,17 @@ def _check_port(url: str, fix: str) -> None:
         raise Invalid(f"{_shown(url)} has an invalid port", fix=fix) from exc
 
 
+def _url_fix(url: str, fix: str) -> str:
+    """*fix*, or how to write a password holding '/', '?' or '#' when that is the trouble."""
+    if unencoded_userinfo(url):
+        return "percent-encode the password's '/' as %2F, '?' as %3F and '#' as %23"
+    return fix
+
+
 def _shown(url: str) -> str:
-    """The URL for an error message, its password redacted."""
-    return repr(redact_url(url))
+    """The URL for an error message, its password redacted (also one that ends the host
+    early with an unencoded '/')."""
+    return repr(redact_invalid_url(url))
 
 
 Regex = Annotated[str, AfterValidator(check_regex)]
