@@ -81,6 +81,33 @@ def test_bad_targets_file_exits_2_naming_file_entry_and_field(
     assert out == ""
 
 
+@pytest.mark.parametrize(
+    "entry",
+    [
+        '{name: a, url: "https://user:SECRET1@127.0.0.1:badport/x"}',
+        '{name: a, url: "ftp://user:SECRET1@127.0.0.1/x"}',
+        '{name: a, url: "http://user:SEC/RET1@127.0.0.1/x"}',
+        '{name: a, url: "tcp://user:SECRET1@127.0.0.1"}',
+        '{name: a, url: "http://127.0.0.1/?access_token=SECRET1", expect: {rcode: [NOERROR]}}',
+        '{name: a, url: "http://127.0.0.1/?access_token=SECRET1"}',
+    ],
+)
+def test_bad_targets_never_print_secrets_in_their_urls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], entry: str
+) -> None:
+    """A refused target's URL is quoted redacted, as results are (hostile check 89 F2).
+
+    The last case is a duplicate entry."""
+    path = tmp_path / "targets.yaml"
+    path.write_text(f"targets:\n  - {entry}\n  - {entry}\n")
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    code, _, err = _run(["probe", str(path), "--redis-url", dead_redis], capsys)
+    assert code == 2
+    assert "targets[" in err
+    assert "SECRET1" not in err
+    assert "SEC/" not in err
+
+
 def test_missing_targets_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(["probe", str(tmp_path / "nope.yaml")], capsys)
     assert code == 2

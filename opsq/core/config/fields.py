@@ -60,13 +60,13 @@ def check_redis_url(url: str) -> str:
     fix = _url_fix(url, f"write {REDIS_URL_EXAMPLE}")
     parts = urlsplit(url.strip())
     if parts.scheme not in ("redis", "rediss"):
-        raise Invalid(f"{_shown(url)} is not a redis:// or rediss:// URL", fix=fix)
+        raise Invalid(f"{shown_url(url)} is not a redis:// or rediss:// URL", fix=fix)
     if not parts.hostname:
-        raise Invalid(f"{_shown(url)} has no host", fix=fix)
+        raise Invalid(f"{shown_url(url)} has no host", fix=fix)
     _check_port(url, fix)
     db = parts.path.strip("/")
     if db and not db.isdigit():
-        raise Invalid(f"{_shown(url)}: the database {db!r} is not a number", fix=fix)
+        raise Invalid(f"{shown_url(url)}: the database {db!r} is not a number", fix=fix)
     return url.strip()
 
 
@@ -74,7 +74,7 @@ def check_http_url(url: str) -> str:
     fix = _url_fix(url, "write http://HOST:PORT or https://HOST[:PORT][/PATH]")
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Invalid(f"{_shown(url)} is not an http:// or https:// URL with a host", fix=fix)
+        raise Invalid(f"{shown_url(url)} is not an http:// or https:// URL with a host", fix=fix)
     _check_port(url, fix)
     return url.strip()
 
@@ -128,7 +128,7 @@ def _check_port(url: str, fix: str) -> None:
     try:
         urlsplit(url.strip()).port  # noqa: B018 -- the property parses and range-checks it
     except ValueError as exc:
-        raise Invalid(f"{_shown(url)} has an invalid port", fix=fix) from exc
+        raise Invalid(f"{shown_url(url)} has an invalid port", fix=fix) from exc
 
 
 def _url_fix(url: str, fix: str) -> str:
@@ -138,7 +138,7 @@ def _url_fix(url: str, fix: str) -> str:
     return fix
 
 
-def _shown(url: str) -> str:
+def shown_url(url: str) -> str:
     """The URL for an error message, its password redacted (also one that ends the host
     early with an unencoded '/')."""
     return repr(redact_invalid_url(url))
