@@ -108,6 +108,24 @@ def test_bad_targets_never_print_secrets_in_their_urls(
     assert "SEC/" not in err
 
 
+@pytest.mark.parametrize("timeout", ["nan", "-1", "0", "inf"])
+def test_a_wait_timeout_that_is_not_a_positive_number_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], timeout: str
+) -> None:
+    """`--timeout nan` waited forever and `-1` enqueued a run then gave up at once (exit 1,
+    every target PENDING); both are refused before anything is sent (hostile check 89 F3).
+    The dead Redis URL would make any attempt to enqueue exit 1."""
+    path = tmp_path / "targets.yaml"
+    path.write_text("targets:\n" + GOOD_ENTRY)
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    argv = ["probe", str(path), "--wait", "--timeout", timeout, "--redis-url", dead_redis]
+    code, out, err = _run(argv, capsys)
+    assert code == 2
+    assert "--timeout" in err
+    assert "not a positive number of seconds" in err
+    assert out == ""
+
+
 def test_missing_targets_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(["probe", str(tmp_path / "nope.yaml")], capsys)
     assert code == 2
