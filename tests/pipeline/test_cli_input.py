@@ -126,6 +126,23 @@ def test_a_wait_timeout_that_is_not_a_positive_number_is_bad_input(
     assert out == ""
 
 
+@pytest.mark.parametrize("name", ["two\\nlines", "tab\\there", "esc\\e[2Jclear", "del\\x7f"])
+def test_a_name_with_control_characters_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """A newline split a row of the table in two, an ESC reached the terminal as an escape
+    sequence; such names are refused with the fix (hostile check 89 F4)."""
+    path = tmp_path / "targets.yaml"
+    path.write_text(f'targets:\n  - {{name: "{name}", url: "http://127.0.0.1/"}}\n')
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    code, _, err = _run(["probe", str(path), "--redis-url", dead_redis], capsys)
+    assert code == 2
+    assert "targets[0]" in err
+    assert "holds the control character" in err
+    assert "fix: remove newlines" in err
+    assert "\x1b" not in err
+
+
 def test_missing_targets_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(["probe", str(tmp_path / "nope.yaml")], capsys)
     assert code == 2

@@ -183,11 +183,28 @@ class ProbeSpec(Section):
         return self
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""Control characters (Unicode category Cc): not allowed in a target's name."""
+
+
 class Target(ProbeSpec):
     """One thing to probe: ``http(s)://``, ``tcp://host:port`` or ``dns://name``."""
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
     url: str
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str) -> str:
+        # A newline split the table's row in two; an ESC in a generated inventory reached
+        # the terminal as an escape sequence.
+        bad = _CONTROL.search(value)
+        if bad is not None:
+            raise Invalid(
+                f"name {value!r} holds the control character {bad.group()!r}",
+                fix="remove newlines, tabs and other control characters from the name",
+            )
+        return value
 
     @field_validator("url")
     @classmethod
