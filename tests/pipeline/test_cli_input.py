@@ -23,6 +23,17 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     return int(info.value.code or 0), out, err
 
 
+def _probe_content(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, *flags: str
+) -> tuple[int, str, str, Path]:
+    """`opsq probe` of a file holding *content*, with a Redis URL where nothing listens
+    (reaching Redis would exit 1, not 2): (exit code, stdout, stderr, the file)."""
+    path = tmp_path / "targets.yaml"
+    path.write_text(content)
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    return (*_run(["probe", str(path), *flags, "--redis-url", dead_redis], capsys), path)
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
@@ -71,10 +82,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 def test_bad_targets_file_exits_2_naming_file_entry_and_field(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str
 ) -> None:
-    path = tmp_path / "targets.yaml"
-    path.write_text(content)
-    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    code, out, err = _run(["probe", str(path), "--redis-url", dead_redis], capsys)
+    code, out, err, path = _probe_content(tmp_path, capsys, content)
     assert code == 2
     assert str(path) in err
     assert expected.replace("Value error, ", "") in err
@@ -98,10 +106,7 @@ def test_bad_targets_never_print_secrets_in_their_urls(
     """A refused target's URL is quoted redacted, as results are (hostile check 89 F2).
 
     The last case is a duplicate entry."""
-    path = tmp_path / "targets.yaml"
-    path.write_text(f"targets:\n  - {entry}\n  - {entry}\n")
-    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    code, _, err = _run(["probe", str(path), "--redis-url", dead_redis], capsys)
+    code, _, err, _ = _probe_content(tmp_path, capsys, f"targets:\n  - {entry}\n  - {entry}\n")
     assert code == 2
     assert "targets[" in err
     assert "SECRET1" not in err
@@ -115,11 +120,8 @@ def test_a_wait_timeout_that_is_not_a_positive_number_is_bad_input(
     """`--timeout nan` waited forever and `-1` enqueued a run then gave up at once (exit 1,
     every target PENDING); both are refused before anything is sent (hostile check 89 F3).
     The dead Redis URL would make any attempt to enqueue exit 1."""
-    path = tmp_path / "targets.yaml"
-    path.write_text("targets:\n" + GOOD_ENTRY)
-    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    argv = ["probe", str(path), "--wait", "--timeout", timeout, "--redis-url", dead_redis]
-    code, out, err = _run(argv, capsys)
+    content = "targets:\n" + GOOD_ENTRY
+    code, out, err, _ = _probe_content(tmp_path, capsys, content, "--wait", "--timeout", timeout)
     assert code == 2
     assert "--timeout" in err
     assert "not a positive number of seconds" in err
@@ -132,10 +134,8 @@ def test_a_name_with_control_characters_is_refused(
 ) -> None:
     """A newline split a row of the table in two, an ESC reached the terminal as an escape
     sequence; such names are refused with the fix (hostile check 89 F4)."""
-    path = tmp_path / "targets.yaml"
-    path.write_text(f'targets:\n  - {{name: "{name}", url: "http://127.0.0.1/"}}\n')
-    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    code, _, err = _run(["probe", str(path), "--redis-url", dead_redis], capsys)
+    content = f'targets:\n  - {{name: "{name}", url: "http://127.0.0.1/"}}\n'
+    code, _, err, _ = _probe_content(tmp_path, capsys, content)
     assert code == 2
     assert "targets[0]" in err
     assert "holds the control character" in err
