@@ -36,6 +36,7 @@ import logging
 import os
 import queue
 import socket
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -583,6 +584,7 @@ class Agent:
             known = True
             if copy is not None:
                 self._follow_copy_at(copy, cp.identity, cp.offset, source=path)
+                self._follow_unseen_copies(path, copy, (st.st_dev, st.st_ino))
             else:
                 self.orphans.append(
                     Orphan(path, path, cp.identity, b"", cp.offset, cp.offset, time.monotonic())
@@ -595,6 +597,35 @@ class Agent:
         if identity is not None:
             self.store.put(identity, offset, path)  # flushed once at the end of discovery
         return identity, offset
+
+    def _follow_unseen_copies(self, path: str, copy: Copy, live: Key) -> None:
+        """Read from 0 the copies of generations the agent never saw while it was down.
+
+        Down across two copytruncate rotations, the checkpointed generation's copy is
+        ``.2`` and ``.1`` holds a whole generation written and copied meanwhile: no
+        checkpoint names it and ``paths: [app.log]`` does not match it, so it was lost
+        without a word. A rotated sibling at least as new as *copy* (mtime), unknown
+        to the checkpoints and not open already, is such a generation.
+        """
+        for sibling in sorted(self.names.siblings(path)):
+            other = _open_regular(sibling)
+            if other is None:
+                continue
+            key = (other.st.st_dev, other.st.st_ino)
+            unseen = (
+                stat.S_ISREG(other.st.st_mode)
+                and other.st.st_mtime_ns >= copy.st.st_mtime_ns
+                and key not in self.tailers
+                and key != live
+                and not self.store.candidates(*key)
+            )
+            identity = identify(other.fd, other.st) if unseen else None
+            if identity is None:
+                os.close(other.fd)
+                continue
+            log.info("%s was copied and truncated while the agent was down; reading %s",
+                     path, sibling)  # fmt: skip
+            self._follow_copy_at(other, identity, 0, source=path)
 
     def _prune_checkpoints(self, seen: set[Key]) -> None:
         """Forget checkpoints of files that no longer exist under the globs."""
