@@ -26,6 +26,10 @@ class Record:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
+        try:  # the usual case, a value this version wrote: no filtering needed
+            return cls(**data)
+        except TypeError:
+            pass
         known = _FIELD_NAMES.get(cls)
         if known is None:
             known = _FIELD_NAMES[cls] = frozenset(f.name for f in fields(cls))  # type: ignore[arg-type]
