@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 import threading
@@ -26,7 +25,7 @@ import redis
 import yaml
 from celery import Celery
 
-from opsq.cli.options import common_options, settings_from
+from opsq.cli.options import common_options, positive_seconds, settings_from
 from opsq.core.config.cleanup import CleanupSettings
 from opsq.core.durations import format_duration, parse_duration
 from opsq.core.errors import PermanentError, RedisUnavailable
@@ -160,12 +159,6 @@ def _terminate_like_ctrl_c() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _positive_seconds(_ctx: click.Context, _param: click.Parameter, value: float) -> float:
-    if not math.isfinite(value) or value <= 0:
-        raise click.BadParameter(f"{value:g} is not a positive number of seconds (e.g. 600)")
-    return value
-
-
 @click.group(invoke_without_command=True)
 @common_options
 @_cluster_options
@@ -177,7 +170,7 @@ def _positive_seconds(_ctx: click.Context, _param: click.Parameter, value: float
     type=float,
     default=600.0,
     show_default=True,
-    callback=_positive_seconds,
+    callback=positive_seconds,
     help="Seconds to wait for workers' outcomes; then queued tasks are cancelled.",
 )
 @click.pass_context

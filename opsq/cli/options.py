@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -42,3 +43,13 @@ def settings_from(
         log_format=log_format,
         **overrides,
     )
+
+
+def positive_seconds(
+    _ctx: click.Context, _param: click.Parameter, value: float | None
+) -> float | None:
+    """Callback for a seconds option: positive and finite (``nan`` never times out,
+    ``-1`` gave up at once), else a usage error, exit 2."""
+    if value is not None and (not math.isfinite(value) or value <= 0):
+        raise click.BadParameter(f"{value:g} is not a positive number of seconds (e.g. 600)")
+    return value

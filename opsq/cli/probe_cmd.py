@@ -20,7 +20,7 @@ from typing import IO, Any
 import click
 import orjson
 
-from opsq.cli.options import common_options, settings_from
+from opsq.cli.options import common_options, positive_seconds, settings_from
 from opsq.core.durations import format_duration
 from opsq.core.logsetup import setup_logging
 from opsq.core.runs import Progress, RunStore, RunView
@@ -42,7 +42,10 @@ WRITE_CHUNK = 1 << 16
                    "alerts, as beat's runs do).")  # fmt: skip
 @click.option("--wait", is_flag=True, help="Wait for every result, then print the summary.")
 @OUTPUT
-@click.option("--timeout", type=float, default=None, help="Stop waiting after S seconds.")
+@click.option(
+    "--timeout", type=float, default=None, callback=positive_seconds,
+    help="Stop waiting after S seconds.",
+)  # fmt: skip
 @common_options
 def probe(
     targets_file: Path | None, set_name: str | None, wait: bool, output: str,

@@ -57,6 +57,29 @@ def redact_url(url: str) -> str:
     return redact_params(rebuilt)
 
 
+def unencoded_userinfo(url: str) -> bool:
+    """Whether *url* seems to hold user info with an unencoded ``/``, ``?`` or ``#``.
+
+    Generated (base64) passwords hold ``/``; written unencoded, it ends urlsplit's host
+    early (``redis://:ab/cd@host`` has host "" and path ``/cd@host``), so the password
+    is not seen as one."""
+    _, sep, rest = url.partition("://")
+    userinfo = rest.rpartition("@")[0] if sep else ""
+    return any(c in userinfo for c in "/?#")
+
+
+def redact_invalid_url(url: str) -> str:
+    """A URL that failed validation, for its error message, with any user info redacted.
+
+    As :func:`redact_url`, but when the user info may hold an unencoded ``/``, ``?`` or
+    ``#`` (:func:`unencoded_userinfo`) everything up to the last ``@`` is redacted:
+    there, :func:`redact_url` finds no user info and would print the password."""
+    if not unencoded_userinfo(url):
+        return redact_url(url)
+    scheme, _, rest = url.partition("://")
+    return redact_params(f"{scheme}://{REDACTED}@{rest.rpartition('@')[2]}")
+
+
 def redact_params(text: str) -> str:
     """Redact the values of secret-named ``?name=value`` / ``&name=value`` parameters."""
     if "=" not in text:

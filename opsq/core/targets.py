@@ -42,6 +42,7 @@ from opsq.core.loading import (
     read_text,
     yaml_error,
 )
+from opsq.core.redact import redact_url
 from opsq.core.yamlstream import MappingStream
 
 TARGETS: TypeAdapter[list[Target]] = TypeAdapter(list[Target])
@@ -230,7 +231,7 @@ def _duplicate(index: int, target: Target, window: _Window) -> str:
     err: ErrorDetails = {
         "type": "value_error",
         "loc": ("targets", index),
-        "msg": f"target {target.name!r} with url {target.url} appears twice",
+        "msg": f"target {target.name!r} with url {redact_url(target.url)} appears twice",
         "input": None,
     }
     return describe_problem(err, {"targets": window})

@@ -77,6 +77,28 @@ def test_redis_url_password_is_not_printed(
     assert "s3cret" not in out
 
 
+@pytest.mark.parametrize(
+    ("field", "yaml"),
+    [
+        ("redis_url", 'redis_url: "redis://:ab/cd+ef==@127.0.0.1:6379/0"\n'),
+        ("redis_url", 'redis_url: "redis://default:Zx9/Kq@127.0.0.1:1/0"\n'),
+        (
+            "logs.shipper.sink.url",
+            'logs: {shipper: {sink: {type: loki, url: "https://u:Zx9/Kq@loki:3100"}}}\n',
+        ),
+    ],
+)
+def test_a_password_with_a_slash_is_not_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str, yaml: str
+) -> None:
+    """A generated (base64) password holds '/': urlsplit ends the host there and finds no
+    user info, so the whole password was printed in the error (hostile check 89 F1)."""
+    out = _refused(tmp_path, capsys, yaml, field, "percent-encode")
+    assert "ab/cd" not in out
+    assert "Zx9" not in out
+    assert "***@" in out
+
+
 def test_interval_inf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`interval: .inf` passed, then beat logged OverflowError and never ran the set."""
     yaml = f"probes: {{sets: {{web: {{targets: [{TARGET}], interval: .inf}}}}}}\n"

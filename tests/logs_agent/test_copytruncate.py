@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from opsq.core.config.logs import LogsSettings
 from opsq.core.metrics import logs_agent as metrics
 from tests.logs_agent.conftest import (
     STREAM,
@@ -134,24 +135,56 @@ def test_a_copy_is_never_shipped_twice_whatever_the_globs(
     assert_each_line_once(raw_client, expected)
 
 
+def read_200_lines_then_stop(tmp_path: Path, run_agent, raw_client, pattern: str) -> LogsSettings:
+    """A first run that ships ``one-0000..0199`` of ``logs/app.log`` and stops."""
+    logs = tmp_path / "logs"
+    write_lines(logs / "app.log", batch("one", 200))
+    settings = agent_settings(tmp_path, paths=[str(logs / pattern)])
+    agent = run_agent(settings)
+    wait_for(lambda: len(unique_lines(raw_client)) >= 200, what="first run")
+    agent.stop()
+    agent.join(30)
+    return settings
+
+
 @pytest.mark.parametrize("pattern", ["app.log", "app.log*"])
 def test_copytruncate_while_the_agent_was_down_reads_the_rest_from_the_copy(
     tmp_path: Path, run_agent, raw_client, pattern: str
 ) -> None:
     logs = tmp_path / "logs"
     log = logs / "app.log"
-    write_lines(log, batch("one", 200))
-    settings = agent_settings(tmp_path, paths=[str(logs / pattern)])
-    agent = run_agent(settings)
-    wait_for(lambda: len(unique_lines(raw_client)) >= 200, what="first run")
-    agent.stop()
-    agent.join(30)
+    settings = read_200_lines_then_stop(tmp_path, run_agent, raw_client, pattern)
     write_lines(log, batch("while-down", 50))
     copytruncate(log, logs / "app.log.1")
     write_lines(log, batch("after", 10))
     agent = run_agent(settings)
     expected = batch("one", 200) + batch("while-down", 50) + batch("after", 10)
     wait_for(lambda: len(unique_lines(raw_client)) >= 260, what="every line")
+    wait_for(lambda: settled(agent, logs, pattern), what="all files read and acknowledged")
+    assert_each_line_once(raw_client, expected)
+
+
+@pytest.mark.parametrize("pattern", ["app.log", "app.log*"])
+def test_two_copytruncate_rotations_while_the_agent_was_down_lose_no_generation(
+    tmp_path: Path, run_agent, raw_client, pattern: str
+) -> None:
+    """Hostile check F1: the checkpointed generation's copy is shifted to ``.2`` and
+    ``.1`` holds a generation the agent never saw; with ``paths: [app.log]`` (which the
+    README calls enough for copytruncate) that generation was lost, uncounted."""
+    logs = tmp_path / "logs"
+    log = logs / "app.log"
+    settings = read_200_lines_then_stop(tmp_path, run_agent, raw_client, pattern)
+    write_lines(log, batch("two", 50))
+    copytruncate(log, logs / "app.log.1")
+    os.utime(logs / "app.log.1", (1_000_000, 1_000_000))  # logrotate's order of copies
+    write_lines(log, batch("three", 40))
+    os.rename(logs / "app.log.1", logs / "app.log.2")
+    copytruncate(log, logs / "app.log.1")
+    os.utime(logs / "app.log.1", (2_000_000, 2_000_000))
+    write_lines(log, batch("four", 10))
+    agent = run_agent(settings)
+    expected = batch("one", 200) + batch("two", 50) + batch("three", 40) + batch("four", 10)
+    wait_for(lambda: len(unique_lines(raw_client)) >= 300, what="every line")
     wait_for(lambda: settled(agent, logs, pattern), what="all files read and acknowledged")
     assert_each_line_once(raw_client, expected)
 

@@ -23,6 +23,17 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     return int(info.value.code or 0), out, err
 
 
+def _probe_content(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, *flags: str
+) -> tuple[int, str, str, Path]:
+    """`opsq probe` of a file holding *content*, with a Redis URL where nothing listens
+    (reaching Redis would exit 1, not 2): (exit code, stdout, stderr, the file)."""
+    path = tmp_path / "targets.yaml"
+    path.write_text(content)
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+    return (*_run(["probe", str(path), *flags, "--redis-url", dead_redis], capsys), path)
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
@@ -71,14 +82,65 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 def test_bad_targets_file_exits_2_naming_file_entry_and_field(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str
 ) -> None:
-    path = tmp_path / "targets.yaml"
-    path.write_text(content)
-    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    code, out, err = _run(["probe", str(path), "--redis-url", dead_redis], capsys)
+    code, out, err, path = _probe_content(tmp_path, capsys, content)
     assert code == 2
     assert str(path) in err
     assert expected.replace("Value error, ", "") in err
     assert out == ""
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        '{name: a, url: "https://user:SECRET1@127.0.0.1:badport/x"}',
+        '{name: a, url: "ftp://user:SECRET1@127.0.0.1/x"}',
+        '{name: a, url: "http://user:SEC/RET1@127.0.0.1/x"}',
+        '{name: a, url: "tcp://user:SECRET1@127.0.0.1"}',
+        '{name: a, url: "http://127.0.0.1/?access_token=SECRET1", expect: {rcode: [NOERROR]}}',
+        '{name: a, url: "http://127.0.0.1/?access_token=SECRET1"}',
+    ],
+)
+def test_bad_targets_never_print_secrets_in_their_urls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], entry: str
+) -> None:
+    """A refused target's URL is quoted redacted, as results are (hostile check 89 F2).
+
+    The last case is a duplicate entry."""
+    code, _, err, _ = _probe_content(tmp_path, capsys, f"targets:\n  - {entry}\n  - {entry}\n")
+    assert code == 2
+    assert "targets[" in err
+    assert "SECRET1" not in err
+    assert "SEC/" not in err
+
+
+@pytest.mark.parametrize("timeout", ["nan", "-1", "0", "inf"])
+def test_a_wait_timeout_that_is_not_a_positive_number_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], timeout: str
+) -> None:
+    """`--timeout nan` waited forever and `-1` enqueued a run then gave up at once (exit 1,
+    every target PENDING); both are refused before anything is sent (hostile check 89 F3).
+    The dead Redis URL would make any attempt to enqueue exit 1."""
+    content = "targets:\n" + GOOD_ENTRY
+    code, out, err, _ = _probe_content(tmp_path, capsys, content, "--wait", "--timeout", timeout)
+    assert code == 2
+    assert "--timeout" in err
+    assert "not a positive number of seconds" in err
+    assert out == ""
+
+
+@pytest.mark.parametrize("name", ["two\\nlines", "tab\\there", "esc\\e[2Jclear", "del\\x7f"])
+def test_a_name_with_control_characters_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """A newline split a row of the table in two, an ESC reached the terminal as an escape
+    sequence; such names are refused with the fix (hostile check 89 F4)."""
+    content = f'targets:\n  - {{name: "{name}", url: "http://127.0.0.1/"}}\n'
+    code, _, err, _ = _probe_content(tmp_path, capsys, content)
+    assert code == 2
+    assert "targets[0]" in err
+    assert "holds the control character" in err
+    assert "fix: remove newlines" in err
+    assert "\x1b" not in err
 
 
 def test_missing_targets_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

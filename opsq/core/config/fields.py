@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, SecretStr
 
 from opsq.core.config.base import Invalid, resolve_path
-from opsq.core.redact import redact_url
+from opsq.core.redact import redact_invalid_url, unencoded_userinfo
 
 REDIS_URL_EXAMPLE = "redis://[:PASSWORD@]HOST:6379/0 (rediss:// for TLS)"
 
@@ -57,24 +57,24 @@ def _compiles(pattern: str | bytes, problem: str, fix: str) -> None:
 
 def check_redis_url(url: str) -> str:
     """As redis-py (``Redis.from_url``) and kombu (the Celery broker) both accept it."""
-    fix = f"write {REDIS_URL_EXAMPLE}"
+    fix = _url_fix(url, f"write {REDIS_URL_EXAMPLE}")
     parts = urlsplit(url.strip())
     if parts.scheme not in ("redis", "rediss"):
-        raise Invalid(f"{_shown(url)} is not a redis:// or rediss:// URL", fix=fix)
+        raise Invalid(f"{shown_url(url)} is not a redis:// or rediss:// URL", fix=fix)
     if not parts.hostname:
-        raise Invalid(f"{_shown(url)} has no host", fix=fix)
+        raise Invalid(f"{shown_url(url)} has no host", fix=fix)
     _check_port(url, fix)
     db = parts.path.strip("/")
     if db and not db.isdigit():
-        raise Invalid(f"{_shown(url)}: the database {db!r} is not a number", fix=fix)
+        raise Invalid(f"{shown_url(url)}: the database {db!r} is not a number", fix=fix)
     return url.strip()
 
 
 def check_http_url(url: str) -> str:
-    fix = "write http://HOST:PORT or https://HOST[:PORT][/PATH]"
+    fix = _url_fix(url, "write http://HOST:PORT or https://HOST[:PORT][/PATH]")
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Invalid(f"{_shown(url)} is not an http:// or https:// URL with a host", fix=fix)
+        raise Invalid(f"{shown_url(url)} is not an http:// or https:// URL with a host", fix=fix)
     _check_port(url, fix)
     return url.strip()
 
@@ -128,12 +128,20 @@ def _check_port(url: str, fix: str) -> None:
     try:
         urlsplit(url.strip()).port  # noqa: B018 -- the property parses and range-checks it
     except ValueError as exc:
-        raise Invalid(f"{_shown(url)} has an invalid port", fix=fix) from exc
+        raise Invalid(f"{shown_url(url)} has an invalid port", fix=fix) from exc
 
 
-def _shown(url: str) -> str:
-    """The URL for an error message, its password redacted."""
-    return repr(redact_url(url))
+def _url_fix(url: str, fix: str) -> str:
+    """*fix*, or how to write a password holding '/', '?' or '#' when that is the trouble."""
+    if unencoded_userinfo(url):
+        return "percent-encode the password's '/' as %2F, '?' as %3F and '#' as %23"
+    return fix
+
+
+def shown_url(url: str) -> str:
+    """The URL for an error message, its password redacted (also one that ends the host
+    early with an unencoded '/')."""
+    return repr(redact_invalid_url(url))
 
 
 Regex = Annotated[str, AfterValidator(check_regex)]

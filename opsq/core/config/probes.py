@@ -31,7 +31,7 @@ from urllib.parse import SplitResult, parse_qsl, urlsplit
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from opsq.core.config.base import Invalid, Section, resolve_path
-from opsq.core.config.fields import ExistingFile, Regex
+from opsq.core.config.fields import ExistingFile, Regex, shown_url
 from opsq.core.durations import Duration
 
 RetryOn = Literal["timeout", "connect", "5xx", "dns"]
@@ -183,28 +183,49 @@ class ProbeSpec(Section):
         return self
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""Control characters (Unicode category Cc): not allowed in a target's name."""
+
+
 class Target(ProbeSpec):
     """One thing to probe: ``http(s)://``, ``tcp://host:port`` or ``dns://name``."""
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
     url: str
 
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str) -> str:
+        # A newline split the table's row in two; an ESC in a generated inventory reached
+        # the terminal as an escape sequence.
+        bad = _CONTROL.search(value)
+        if bad is not None:
+            raise Invalid(
+                f"name {value!r} holds the control character {bad.group()!r}",
+                fix="remove newlines, tabs and other control characters from the name",
+            )
+        return value
+
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
         parts = urlsplit(value.strip())
         if parts.scheme not in ("http", "https", "tcp", "dns"):
-            raise ValueError(f"url {value!r} must start with http://, https://, tcp:// or dns://")
+            raise ValueError(
+                f"url {shown_url(value)} must start with http://, https://, tcp:// or dns://"
+            )
         try:
             port = parts.port
         except ValueError as exc:
-            raise ValueError(f"url {value!r} has an invalid port") from exc
+            raise ValueError(f"url {shown_url(value)} has an invalid port") from exc
         if parts.scheme == "dns":
             _check_dns(value.strip(), parts)
         elif not parts.hostname:
-            raise ValueError(f"url {value!r} has no host name")
+            raise ValueError(f"url {shown_url(value)} has no host name")
         if parts.scheme == "tcp" and port is None:
-            raise ValueError(f"url {value!r}: tcp:// probes need a port, e.g. tcp://db:5432")
+            raise ValueError(
+                f"url {shown_url(value)}: tcp:// probes need a port, e.g. tcp://db:5432"
+            )
         return value.strip()
 
     @model_validator(mode="after")
@@ -212,7 +233,7 @@ class Target(ProbeSpec):
         if (self.expect.answer_regex or self.expect.rcode) and dns_query(self.url) is None:
             raise ValueError(
                 f"expect.answer_regex and expect.rcode apply to DNS queries only; url "
-                f"{self.url} is not one (write dns:///NAME?type=A for the system's name "
+                f"{shown_url(self.url)} is not one (write dns:///NAME?type=A for the system's name "
                 "servers, or dns://SERVER/NAME?type=A)"
             )
         return self
@@ -255,12 +276,12 @@ def _check_dns(url: str, parts: SplitResult) -> None:
         name = parts.hostname or ""
         if _is_ip(name):
             raise ValueError(
-                f"url {url!r} names the address {name} but no name to look up; to ask the "
+                f"url {shown_url(url)} names the address {name} but no name to look up; to ask the "
                 f"DNS server at {parts.netloc} write dns://{parts.netloc}/example.com"
             )
         if parts.port is not None or parts.query:
             raise ValueError(
-                f"url {url!r}: a server port or a record type needs the query form "
+                f"url {shown_url(url)}: a server port or a record type needs the query form "
                 f"dns://SERVER[:PORT]/NAME?type=A (dns:///NAME?type=A for the system's servers)"
             )
         _check_dns_name(url, name)
@@ -268,23 +289,27 @@ def _check_dns(url: str, parts: SplitResult) -> None:
     name = parts.path[1:]
     if _is_ip(name):
         raise ValueError(
-            f"url {url!r} asks to look up the address {name}; a dns:// probe looks up a "
+            f"url {shown_url(url)} asks to look up the address {name}; a dns:// probe looks up a "
             "name, e.g. dns://1.1.1.1/example.com?type=A"
         )
     _check_dns_name(url, name)
     query = parse_qsl(parts.query, keep_blank_values=True)
     unknown = [k for k, _ in query if k != "type"]
     if unknown:
-        raise ValueError(f"url {url!r}: unknown query parameter {unknown[0]!r}; only type=")
+        raise ValueError(
+            f"url {shown_url(url)}: unknown query parameter {unknown[0]!r}; only type="
+        )
     rdtype = dict(query).get("type", "A").upper()
     if rdtype not in DNS_TYPES:
-        raise ValueError(f"url {url!r}: type {rdtype!r} is not one of {', '.join(DNS_TYPES)}")
+        raise ValueError(
+            f"url {shown_url(url)}: type {rdtype!r} is not one of {', '.join(DNS_TYPES)}"
+        )
 
 
 def _check_dns_name(url: str, name: str) -> None:
     labels = name.removesuffix(".").split(".")
     if not name or len(name) > 253 or not all(_DNS_LABEL.fullmatch(x) for x in labels):
-        raise ValueError(f"url {url!r}: {name!r} is not a valid DNS name")
+        raise ValueError(f"url {shown_url(url)}: {name!r} is not a valid DNS name")
 
 
 def _is_ip(text: str) -> bool:
