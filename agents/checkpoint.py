@@ -60,6 +60,10 @@ class CheckpointStore:
         """Reader (new identities) and sender (acks) both flush; one writer at a time,
         or one thread's rename could publish the other's half-written temporary file."""
         self._items: dict[str, Checkpoint] = {}
+        self._by_key: dict[tuple[int, int], dict[str, None]] = {}
+        """(device, inode the bytes live in) -> fids: :meth:`candidates` is asked for
+        every file discovery opens, and a scan over all checkpoints each time made the
+        first discovery of 10,000 files take minutes."""
         self._dirty = False
 
     # --- loading ----------------------------------------------------------------------
@@ -75,7 +79,10 @@ class CheckpointStore:
             self._move_aside(exc)
             return
         with self._lock:
-            self._items = {cp.identity.fid: cp for cp in items}
+            self._items = {}
+            self._by_key = {}
+            for cp in items:
+                self._add(cp)
 
     def _move_aside(self, exc: Exception) -> None:
         aside = self.file.with_name(f"{FILE_NAME}.corrupt-{int(time.time())}")
@@ -94,7 +101,7 @@ class CheckpointStore:
     def candidates(self, dev: int, ino: int) -> list[Checkpoint]:
         """Checkpoints whose bytes live in this device and inode (any fingerprint)."""
         with self._lock:
-            return [cp for cp in self._items.values() if cp.identity.dev == dev and cp.ino == ino]
+            return [self._items[fid] for fid in self._by_key.get((dev, ino), ())]
 
     def get(self, fid: str) -> Checkpoint | None:
         with self._lock:
@@ -106,7 +113,7 @@ class CheckpointStore:
             if current is not None and current.offset == offset and current.path == path:
                 return
             copy_ino = current.copy_ino if current is not None else None
-            self._items[identity.fid] = Checkpoint(identity, offset, path, copy_ino)
+            self._add(Checkpoint(identity, offset, path, copy_ino))
             self._dirty = True
 
     def register(self, identity: FileIdentity, offset: int, path: str) -> None:
@@ -133,7 +140,9 @@ class CheckpointStore:
         with self._lock:
             current = self._items.get(fid)
             if current is not None:
+                self._unindex(current)
                 current.copy_ino, current.path = ino, path
+                self._add(current)
                 self._dirty = True
 
     def copies(self) -> list[Checkpoint]:
@@ -147,14 +156,36 @@ class CheckpointStore:
 
     def forget(self, fid: str) -> None:
         with self._lock:
-            if self._items.pop(fid, None) is not None:
+            if self._drop(fid):
                 self._dirty = True
 
     def forget_all_except(self, keep: set[str]) -> None:
         with self._lock:
             for fid in [f for f in self._items if f not in keep]:
-                del self._items[fid]
+                self._drop(fid)
                 self._dirty = True
+
+    def _add(self, cp: Checkpoint) -> None:
+        """Insert or replace *cp*, keeping its place (lock held)."""
+        old = self._items.get(cp.identity.fid)
+        if old is not None:
+            self._unindex(old)
+        self._items[cp.identity.fid] = cp
+        self._by_key.setdefault((cp.identity.dev, cp.ino), {})[cp.identity.fid] = None
+
+    def _drop(self, fid: str) -> bool:
+        """Remove *fid* if present (lock held); whether it was."""
+        cp = self._items.pop(fid, None)
+        if cp is not None:
+            self._unindex(cp)
+        return cp is not None
+
+    def _unindex(self, cp: Checkpoint) -> None:
+        key = (cp.identity.dev, cp.ino)
+        fids = self._by_key.get(key, {})
+        fids.pop(cp.identity.fid, None)
+        if not fids:
+            self._by_key.pop(key, None)
 
     def snapshot(self) -> dict[str, Checkpoint]:
         with self._lock:

@@ -36,6 +36,7 @@ from opsq.engines.history.recorder import HistoryRecorder
 from opsq.engines.monitor.setrun import Finished, finish
 from opsq.engines.monitor.store import MonitorStore
 from tasks.app import app, settings
+from tasks.retrying import retry_or_requeue
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def notify(self: Task, notifier: str, message: dict[str, Any]) -> dict[str, Any]
         metrics.NOTIFICATIONS.labels(notifier, "retried").inc()
         countdown = retry_countdown(self.request.retries, exc.delay)
         log.warning("notification %s: %s; retry in %.1fs", key, exc, countdown)
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        raise retry_or_requeue(self, exc, countdown) from exc
     except PermanentError as exc:
         metrics.NOTIFICATIONS.labels(notifier, "failed").inc()
         log.error("notification %s failed, not retried: %s", key, exc)

@@ -37,6 +37,7 @@ from opsq.engines.monitor.setrun import submit_set
 from tasks.alerts import finish_run
 from tasks.app import app, settings
 from tasks.batch import BatchRequest, BatchRunner
+from tasks.retrying import retry_or_requeue
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def probe_batch(
     except TemporaryError as exc:
         metrics.BATCHES.labels("retry").inc()
         log.warning("batch %s/%s: %s; retrying", run_id, batch_id, exc)
-        raise self.retry(exc=exc, countdown=retry_countdown(self.request.retries)) from exc
+        raise retry_or_requeue(self, exc, retry_countdown(self.request.retries)) from exc
     except PermanentError:
         metrics.BATCHES.labels("failed").inc()
         raise

@@ -9,6 +9,8 @@ file may end with a partial line. That entry was never acknowledged, so it will 
 delivered again; on (re)open the sink therefore finishes a torn last line with a
 newline so the redelivered records start on a line of their own and the torn
 fragment stays a single unparseable line (readers skip it and dedupe by ``id``).
+A write that fails (``ENOSPC`` mid-batch) is cut back to where it started, so a
+full disk leaves no fragment at all.
 
 Rotation (``path`` -> ``path.1`` -> ... -> ``path.<backups>``) happens between
 batches, so a file can exceed ``max_bytes`` by at most one batch. The directory is
@@ -55,8 +57,16 @@ class FileSink:
         if self._size > 0 and self._size + len(data) > self.max_bytes:
             self._rotate()
             fd = self._open()
-        _write_all(fd, data)
-        os.fsync(fd)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except OSError:
+            # A disk that fills up mid-batch takes part of it: cut that part off, or each
+            # retry as space comes and goes appends another fragment (duplicates and a
+            # torn line per attempt, eating the space the retry needs).
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, self._size)
+            raise
         self._size += len(data)
 
     def _open(self) -> int:

@@ -7,6 +7,7 @@ by age; SIGTERM ends the process within shutdown_grace whatever the sink or Redi
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -20,7 +21,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from agents.sinks.base import Delivery
+from agents.sinks.file import FileSink
 from opsq.core import keys
+from opsq.core.errors import TemporaryError
 from opsq.core.redis_server import RedisServer
 from tests.logs_shipper.support import (
     GROUP,
@@ -66,6 +70,25 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_batch_the_disk_fills_up_under_leaves_nothing_behind(full_disk: Path) -> None:
+    """Hostile check F4: ENOSPC in the middle of a batch left its first part in the file;
+    the retry appended the whole batch after a torn line (duplicates, junk)."""
+    os.unlink(full_disk / "filler")
+    free = os.statvfs(full_disk).f_bavail * os.statvfs(full_disk).f_frsize
+    (full_disk / "filler").write_bytes(b"\0" * (free - 8192))  # 8 KiB left
+    sink = FileSink(full_disk / "shipped.jsonl", max_bytes=1 << 30, backups=1)
+    entries = [make_entry(n, lines=100) for n in range(5)]  # ~75 KB of JSON lines
+    batch = [Delivery(f"{n + 1}-0", e, e.encode()) for n, e in enumerate(entries)]
+    with pytest.raises(TemporaryError):
+        sink.write(batch)
+    assert (full_disk / "shipped.jsonl").stat().st_size == 0
+    os.unlink(full_disk / "filler")
+    sink.write(batch)
+    lines = (full_disk / "shipped.jsonl").read_bytes().splitlines()
+    ids = [json.loads(line)["id"] for line in lines]  # every line whole, each record once
+    assert sorted(ids) == sorted(ids_of(entries))
 
 
 def start(procs: list[ShipperProc], redis_url: str, tmp_path: Path, name: str, **conf: object):

@@ -209,3 +209,44 @@ def test_alerts_test_command_reaches_smtp_over_starttls(tmp_path: Path, redis_ur
         assert "notifier 'pager' is not defined under alerts.notifiers" in missing.stderr
     finally:
         smtp.stop()
+
+
+@pytest.mark.slow
+def test_email_notifier_gets_the_transition_through_a_worker(
+    redis_url: str, tmp_path: Path, target_server: TargetServer,
+    start_worker: Callable[..., Worker],
+) -> None:  # fmt: skip
+    """A set naming an email notifier: the worker that applies the run sends the firing
+    message over SMTP (STARTTLS, AUTH) to aiosmtpd, keyed by the transition, and the
+    resolved one when the target is back; the password is in no log line."""
+    smtp = SmtpReceiver().start()
+    try:
+        target_server.codes["/svc"] = 503
+        env = write_config(tmp_path / "opsq.yaml", {
+            "probes": {"sets": {"web": {
+                "interval": 3600, "failure_threshold": 1, "success_threshold": 1,
+                "notify": ["mail"],
+                "targets": [{"name": "svc", "url": f"{target_server.url}/svc",
+                             "timeout": "2s"}]}}},
+            "alerts": {"notifiers": {"mail": {
+                "kind": "email", "host": "127.0.0.1", "port": smtp.port, "username": "opsq",
+                "password": "s3cret-pw", "sender": "opsq@example.com",
+                "to": ["oncall@example.com"], "ca_file": smtp.ca_file(tmp_path)}}},
+        })  # fmt: skip
+        worker = start_worker(env=env)
+        send_set(env, redis_url, "web")
+        wait_for(lambda: len(smtp.messages) >= 1, 60, "the firing mail")
+        target_server.codes["/svc"] = 200
+        send_set(env, redis_url, "web")
+        wait_for(lambda: len(smtp.messages) >= 2, 60, "the resolved mail")
+        wait_for(lambda: _alerts_queue_drained(redis_url), 30, "alerts queue drained")
+
+        firing, resolved = smtp.messages
+        assert firing["Subject"] == "[DOWN] web/svc (status)"
+        assert firing["X-Opsq-Key"].endswith(":mail:firing")
+        assert resolved["X-Opsq-Key"].endswith(":mail:resolved")  # keyed by the recovery
+        assert "web/svc" in resolved["Subject"]
+        assert smtp.logins == ["opsq", "opsq"]
+        assert "s3cret-pw" not in worker.log()
+    finally:
+        smtp.stop()

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
+
+import redis
 
 from opsq.core.config.alerts import (
     AlertmanagerNotifier,
+    AlertsSettings,
     MaintenanceWindow,
     WebhookNotifier,
 )
+from opsq.core.config.probes import ProbeSet, Target
 from opsq.engines.monitor import alerting
 from opsq.engines.monitor.maintenance import active_window, opening
+from opsq.engines.monitor.spec import build_spec
+from opsq.engines.monitor.store import MonitorStore
 
 BERLIN = ZoneInfo("Europe/Berlin")
 HOOK = WebhookNotifier(kind="webhook", url="http://127.0.0.1:1/hook", repeat_interval=600)
@@ -162,3 +168,44 @@ def test_recurring_berlin_window_across_fall_back() -> None:
     assert opening(window, u(2026, 10, 25, 1, 45)) is None  # the repeated 02:30 opens nothing
     assert opening(window, u(2026, 10, 26, 2)) == (u(2026, 10, 26, 1, 30), u(2026, 10, 26, 2, 30))
     assert opening(window, u(2026, 10, 26, 1)) is None  # would be right without DST
+
+
+def test_window_and_reminders_through_applied_runs_and_ticks(redis_client: redis.Redis) -> None:
+    """Real Redis, the store's own apply and tick, the clock injected: a target that goes
+    down inside a one-off window is recorded (state and transition kept) but nobody is
+    told; ticks inside the window send nothing; the first tick after it sends the firing
+    message, and reminders then follow every repeat_interval from it (not one at the
+    very next tick, which the outage's own 10-minute slot at 31 min used to send)."""
+    start = datetime.fromtimestamp(T0, tz=BERLIN)
+    alerts = AlertsSettings.model_validate({
+        "notifiers": {"hook": {"kind": "webhook", "url": "http://127.0.0.1:1/h",
+                               "repeat_interval": "10m"}},
+        "maintenance": {"upgrade": {"start": start.isoformat(),
+                                    "end": (start + timedelta(minutes=30)).isoformat(),
+                                    "sets": ["web"]}},
+    })  # fmt: skip
+    store = MonitorStore(redis_client, alerts)
+    target = Target(name="api", url="http://api/")
+    probe_set = ProbeSet(targets=[target.model_dump(mode="json")], failure_threshold=1,
+                         success_threshold=1, notify=("hook",))  # fmt: skip
+
+    def apply(run_id: str, at: float, up: bool) -> list[dict]:
+        spec = build_spec("web", probe_set, [target], created_at=at)
+        store.register(run_id, spec)
+        result = {"name": "api", "url": "http://api/", "up": up, "error_kind": "connect"}
+        store.apply(run_id, spec, [result], now=at)
+        return store.outbox(run_id)
+
+    def tick(minute: int) -> list[str]:
+        owners = store.tick(T0 + minute * 60)
+        return [job["message"]["key"].split(":", 2)[2] for o in owners for job in store.outbox(o)]
+
+    assert apply("r0", T0 - 60, up=True) == []
+    assert apply("r1", T0 + 60, up=False) == []  # inside the window: silenced
+    (state,) = store.states(["web"])["web"]
+    assert state.state == "down"
+    assert [(t["from"], t["to"]) for t in reversed(store.transitions("web"))] == [
+        ("unknown", "up"), ("up", "down")]  # fmt: skip
+    sent = {minute: tick(minute) for minute in range(2, 56)}
+    assert {m: keys for m, keys in sent.items() if keys} == {
+        30: ["firing"], 40: ["reminder:3"], 50: ["reminder:4"]}  # fmt: skip

@@ -49,6 +49,16 @@ def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _fast_and_slow(
+    http_server: LocalHTTP, n: int
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """*n* targets that answer at once (``/ok``) and *n* that take 2 s (``/slow``)."""
+    fast = [{"name": f"fast{i}", "url": f"{http_server.url}/ok?i={i}"} for i in range(n)]
+    slow = [{"name": f"slow{i}", "url": f"{http_server.url}/slow?delay=2&i={i}"}
+            for i in range(n)]  # fmt: skip
+    return fast, slow
+
+
 def _summary(client: redis.Redis, run_id: str, timeout: float) -> dict[str, Any]:
     store = RunStore(client)
     _wait_for(lambda: store.progress(run_id).finished, timeout, "the run to complete")
@@ -70,9 +80,7 @@ def test_kill_9_mid_batch_every_target_gets_exactly_one_result(
     The redelivered batch must skip the finished targets (each /ok path is requested
     exactly once) and probe only the rest; the aggregate has one result per target.
     """
-    fast = [{"name": f"fast{i}", "url": f"{http_server.url}/ok?i={i}"} for i in range(5)]
-    slow = [{"name": f"slow{i}", "url": f"{http_server.url}/slow?delay=2&i={i}"}
-            for i in range(5)]  # fmt: skip
+    fast, slow = _fast_and_slow(http_server, 5)
     path = write_targets(tmp_path / "t.yaml", fast + slow, timeout="3s")
     first = start_worker(env=FAST_REDELIVERY)
     run_id = _submit(redis_url, path, batch_size=10)
@@ -179,9 +187,7 @@ def test_redis_outage_mid_batch_retries_and_loses_nothing(
     result per target, the finished ones are not probed again, and the waiting CLI
     prints the summary.
     """
-    fast = [{"name": f"fast{i}", "url": f"{http_server.url}/ok?i={i}"} for i in range(3)]
-    slow = [{"name": f"slow{i}", "url": f"{http_server.url}/slow?delay=2&i={i}"}
-            for i in range(3)]  # fmt: skip
+    fast, slow = _fast_and_slow(http_server, 3)
     path = write_targets(tmp_path / "t.yaml", fast + slow, timeout="5s")
     worker = start_worker(env=FAST_REDELIVERY)
     waiting = subprocess.Popen(
@@ -211,3 +217,42 @@ def test_redis_outage_mid_batch_retries_and_loses_nothing(
     out, err = waiting.communicate(timeout=30)
     assert waiting.returncode == 0, err
     assert json.loads(out)["results"] == summary["results"]
+
+
+@pytest.mark.slow
+def test_a_retry_that_cannot_be_published_hands_the_batch_back(
+    start_worker: Callable[..., Worker],
+    redis_client: redis.Redis,
+    redis_url: str,
+    http_server: LocalHTTP,
+    tmp_path: Path,
+) -> None:
+    """Redis refuses writes (OOM at ``maxmemory``, as during a restart it refuses
+    connections) while a batch is in flight, and the worker stays up.
+
+    The batch's result write fails, so it asks Celery to retry, and the retry cannot be
+    published either. Celery then rejects the message *without* requeue, which deletes
+    it from kombu's ``unacked`` hash (deletes pass under OOM; after a restart they pass
+    once Redis answers): the batch was gone and the run never completed (hostile check
+    89 F5: a 4 s Redis restart under two live workers left 191 of 3,000 targets without
+    a result). Now the message is handed back and the run completes. (Under OOM kombu's
+    requeue is refused too and Celery's main process exits on it: a supervisor restarts
+    it, this test starts a second worker, and the message, never deleted, returns after
+    the visibility timeout.)
+    """
+    fast, slow = _fast_and_slow(http_server, 3)
+    path = write_targets(tmp_path / "t.yaml", fast + slow, timeout="5s")
+    worker = start_worker(env=FAST_REDELIVERY)
+    run_id = _submit(redis_url, path, batch_size=6)
+    _wait_for(lambda: redis_client.hlen(keys.run_results(run_id)) == 3, 30, "the fast results")
+    redis_client.config_set("maxmemory", "1")  # every write refused, deletes allowed
+    try:
+        _wait_for(lambda: "retry not published" in worker.log()
+                  or "reject requeue=False" in worker.log(), 30, "the failed retry")  # fmt: skip
+        time.sleep(1)  # the main process acts on the reject
+    finally:
+        redis_client.config_set("maxmemory", "0")
+    start_worker(env=FAST_REDELIVERY)  # as a supervisor would, should the first have exited
+    summary = _summary(redis_client, run_id, timeout=60)
+    assert (summary["up"], summary["down"]) == (6, 0)
+    assert http_server.hits["/ok"] == 3  # the finished ones were not probed again

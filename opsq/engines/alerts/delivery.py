@@ -6,10 +6,14 @@ duplicated tasks safe:
 
 - ``opsq:notify:done:<key>`` is set after the receiver accepted the message; a task
   that finds it does nothing (``duplicate``).
-- ``opsq:notify:claim:<key>`` is a lease (the notifier's timeout plus a margin) held
-  while one task sends, so two copies of a job never send at the same time. A task
-  redelivered after its worker was killed carries the same task id, so it takes over
-  its own lease at once.
+- ``opsq:notify:claim:<key>`` is a lease (:mod:`opsq.core.claims`) held while one
+  task sends, so two copies of a job never send at the same time, not even two copies
+  of one task (same id) that kombu runs at once after a visibility timeout. A task
+  redelivered after its worker was killed on this host finds the holder's process gone
+  and takes the claim over at once; a live holder, or one on another host, is waited
+  for (the task retries) until the lease runs out: ``CLAIM_TIMEOUTS`` times the
+  notifier's timeout (a send has connect, write and read phases, each with that
+  timeout) plus a margin.
 
 The remaining window: a worker killed after the receiver accepted the message but
 before ``done`` was written. The redelivered task sends again with the same key, in
@@ -20,20 +24,23 @@ in that window is the choice: losing an alert is worse than a duplicate.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import redis
 
-from opsq.core import keys
+from opsq.core import claims, keys
 from opsq.core.config.alerts import AlertsSettings
 from opsq.core.errors import ConfigError, PermanentError, TemporaryError
 from opsq.core.redis_errors import redis_errors
 from opsq.engines.alerts.message import Message
 from opsq.engines.alerts.notifiers import Delivery, send
 
+log = logging.getLogger(__name__)
 CLAIM_MARGIN_S = 30.0
+CLAIM_TIMEOUTS = 4
 
 
 @dataclass(frozen=True)
@@ -71,22 +78,29 @@ def deliver(
         raise PermanentError(f"notifier {notifier!r} is no longer configured; message "
                              f"{message.key} dropped")  # fmt: skip
     done, claim = keys.notify_done(message.key), keys.notify_claim(message.key)
+    token = claims.holder_token(task_id)
     with redis_errors(f"check delivery of {message.key}"):
         if client.exists(done):
             return DeliveryOutcome("duplicate")
-        lease = int(config.timeout + CLAIM_MARGIN_S)
-        if not client.set(claim, task_id, nx=True, ex=lease) and client.get(claim) != task_id:
-            raise TemporaryError(f"{message.key} is being delivered by another task",
-                                 delay=float(lease))  # fmt: skip
+        lease = int(CLAIM_TIMEOUTS * config.timeout + CLAIM_MARGIN_S)
+        try:
+            previous = claims.acquire(client, claim, token, lease)
+        except claims.ClaimHeld as held:
+            raise TemporaryError(f"{message.key} is being delivered by another task "
+                                 f"({held})", delay=held.ttl) from held  # fmt: skip
+        if previous is not None:
+            log.info("%s: took over the claim of %s (its process is gone)", message.key,
+                     previous.rsplit(" ", 3)[0])  # fmt: skip
+        if client.exists(done):  # delivered between the first look and the claim
+            claims.release(client, claim, token)
+            return DeliveryOutcome("duplicate")
     try:
         delivery = send(notifier, config, message, now=now)
     except Exception:
         with redis_errors(f"release the delivery lease of {message.key}"):
-            client.delete(claim)
+            claims.release(client, claim, token)
         raise
     with redis_errors(f"record delivery of {message.key}"):
-        pipe = client.pipeline(transaction=True)
-        pipe.set(done, now or time.time(), ex=keys.NOTIFY_DONE_TTL_S)
-        pipe.delete(claim)
-        pipe.execute()
+        client.set(done, now or time.time(), ex=keys.NOTIFY_DONE_TTL_S)
+        claims.release(client, claim, token)
     return DeliveryOutcome("sent", delivery)

@@ -99,10 +99,12 @@ def on_tick(
 
 
 def _due(entry: FiringEntry, every: float, notifier: str, what: str, now: float) -> list[Job]:
-    """The n-th re-post or reminder once n intervals have passed since the transition."""
+    """The n-th re-post or reminder once n intervals have passed since the transition,
+    and a whole interval since the last message (a firing sent late, when a window
+    closed, is not followed by a reminder at the very next tick)."""
     transition = entry.transition
     slot = int((now - transition["at"]) // every)
-    if slot <= entry.reminders:
+    if slot <= entry.reminders or now - entry.last_sent < every:
         return []
     entry.reminders, entry.last_sent = slot, now
     event: Event = "reminder" if what == "reminder" else "firing"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 import orjson
@@ -28,11 +29,13 @@ class TargetSpec:
     degraded_latency: float | None = None
     cert_warn_days: float | None = None
 
-    @property
+    # Cached (in the instance's __dict__, which a frozen dataclass allows): applying a
+    # run asks every target for both, and most targets share the set's defaults.
+    @cached_property
     def thresholds(self) -> Thresholds:
         return Thresholds(self.failure_threshold, self.success_threshold)
 
-    @property
+    @cached_property
     def lines(self) -> WarningLines:
         return WarningLines(self.degraded_latency, self.cert_warn_days)
 

@@ -123,6 +123,11 @@ class MonitorStore:
         pipe.sadd(keys.MONITOR_SETS, spec.set)
         pipe.execute()
 
+    @redis_errors("check whether a run is a monitored set run")
+    def is_set_run(self, run_id: str) -> bool:
+        """A set run not applied yet (applying deletes the spec)."""
+        return bool(self.client.exists(keys.monitor_spec(run_id)))
+
     @redis_errors("read a run's monitoring spec")
     def spec(self, run_id: str) -> RunSpec | None:
         raw = self.client.get(keys.monitor_spec(run_id))

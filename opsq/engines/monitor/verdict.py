@@ -127,6 +127,8 @@ def combine(
 def _failing(
     verdict: Verdict, failing: list[LocationResult], per_location: dict[str, LocationResult]
 ) -> TargetVerdict:
+    if len(failing) == 1:  # one location (most sets): no vote to count
+        return TargetVerdict(verdict, failing[0].reason, failing[0].detail, per_location)
     reason = Counter(r.reason for r in failing).most_common(1)[0][0]
     detail = next(r.detail for r in failing if r.reason == reason)
     return TargetVerdict(verdict, reason, detail, per_location)
