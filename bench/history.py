@@ -51,7 +51,7 @@ from opsq.core.config.history import HistorySettings
 from opsq.core.config.probes import ProbeSet, Target
 from opsq.core.redis_server import RedisServer, free_port
 from opsq.engines.history import raw
-from opsq.engines.history.recorder import HistoryRecorder, _append_raw
+from opsq.engines.history.recorder import HistoryRecorder, _append_raw, queue_day, queue_hour
 from opsq.engines.history.rollup import Acc, encode_blob
 from opsq.engines.monitor.spec import build_spec
 from opsq.engines.monitor.store import MonitorStore
@@ -97,11 +97,29 @@ def targets(prefix: str) -> list[Target]:
     ]
 
 
+class CountingConnection(redis.Connection):
+    """Counts round trips: every request (a command, or a pipeline/MULTI sent at once)
+    is one ``send_packed_command`` followed by its reads."""
+
+    sent = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sent += 1
+        super().send_packed_command(command, check_health)
+
+
 def write_path(client: redis.Redis, start: float, end: float) -> None:
     settings = HistorySettings()
-    on = (MonitorStore(client, AlertsSettings(), HistoryRecorder(settings)), "web", targets("t"))
-    off = (MonitorStore(client, AlertsSettings()), "peer", targets("p"))
+    pool = client.connection_pool
+    counted = redis.Redis(
+        connection_pool=redis.ConnectionPool(
+            connection_class=CountingConnection, **pool.connection_kwargs
+        )
+    )
+    on = (MonitorStore(counted, AlertsSettings(), HistoryRecorder(settings)), "web", targets("t"))
+    off = (MonitorStore(counted, AlertsSettings()), "peer", targets("p"))
     times: dict[str, list[float]] = {"history on": [], "history off (peer)": []}
+    trips: dict[str, list[int]] = {label: [] for label in times}
     rng = random.Random(1)
     now, run = start, 0
     while now < end:
@@ -111,9 +129,10 @@ def write_path(client: redis.Redis, start: float, end: float) -> None:
             results = [result(t, rng) for t in items]
             run_id = f"{set_name}-{run}"
             store.register(run_id, spec)
-            started = time.perf_counter()
+            sent, started = CountingConnection.sent, time.perf_counter()
             store.apply(run_id, spec, results, now=now)
             times[label].append(time.perf_counter() - started)
+            trips[label].append(CountingConnection.sent - sent)
         now += INTERVAL_S
         run += 1
     real_path_sizes(client)
@@ -122,12 +141,17 @@ def write_path(client: redis.Redis, start: float, end: float) -> None:
         "of injected clock (MonitorStore.apply, real Redis)"
     )
     base = statistics.median(times["history off (peer)"])
-    print("| path | median ms per run | p95 ms | ratio |\n|---|---:|---:|---:|")
+    print(
+        "| path | median ms per run | p95 ms | ratio | Redis round trips per run "
+        "(usual / at an hour's seal) |\n|---|---:|---:|---:|---:|"
+    )
     for label, values in times.items():
         print(
             f"| {label} | {statistics.median(values) * 1000:.1f} | "
-            f"{p95(values) * 1000:.1f} | {statistics.median(values) / base:.2f}x |"
+            f"{p95(values) * 1000:.1f} | {statistics.median(values) / base:.2f}x | "
+            f"{statistics.median(trips[label]):g} / {max(trips[label])} |"
         )
+    counted.close()
 
 
 def real_path_sizes(client: redis.Redis) -> None:
@@ -205,16 +229,15 @@ def fill_rollups(client: redis.Redis, set_name: str, now: float) -> None:
     ttl = int(HistorySettings().retention) + keys.HISTORY_BACKSTOP_S
     day_accs: dict[int, list[Acc]] = {}
     for hour in range(last_hour - DAYS * 24, last_hour):
-        accs = [_copy(rng.choice(pools[profile[i]]), hour) for i in range(N)]
-        pipe.set(keys.history_hour(set_name, hour), encode_blob(accs), ex=ttl)
-        pipe.zadd(keys.history_periods(set_name), {f"h{hour}": (hour + 1) * 3600})
+        accs: list[Acc | None] = [_copy(rng.choice(pools[profile[i]]), hour) for i in range(N)]
+        # what the recorder writes when it seals an hour, as of the last hour
+        queue_hour(pipe, set_name, hour, accs, current_hour=last_hour, ttl=ttl)
         day = hour // 24
         merged = day_accs.setdefault(day, [Acc(day) for _ in range(N)])
         for total, acc in zip(merged, accs, strict=True):
-            total.merge(acc)
+            total.merge(acc or Acc(day))
         if hour % 24 == 23:
-            pipe.set(keys.history_day(set_name, day), encode_blob(day_accs.pop(day)), ex=ttl)
-            pipe.zadd(keys.history_periods(set_name), {f"d{day}": (day + 1) * 86400})
+            queue_day(pipe, set_name, day, list(day_accs.pop(day)), ttl)
             pipe.execute()
     pipe.execute()
 
@@ -266,14 +289,18 @@ def fill_raw(client: redis.Redis, set_name: str, now: float) -> None:
 
 def record_sizes() -> None:
     """Encoded bytes per target-hour by the spread of an hour's latencies (lognormal
-    sigma), with and without 1% slow outliers: the histogram is the variable part."""
+    sigma), with and without 1% slow outliers: full records (histograms: days and the
+    last 25 hours) grow with it, summaries (hours kept for the retention) do not."""
     rng = random.Random(1)
     print("\nencoded hourly record, bytes per target (120 runs, all up; sigma of ln latency):")
-    print("| sigma | no outliers | 1% outliers x3-10 |\n|---|---:|---:|")
+    print(
+        "| sigma | full, no outliers | full, 1% outliers x3-10 | summary, no outliers "
+        "| summary, 1% outliers |\n|---|---:|---:|---:|---:|"
+    )
     for sigma in (0.1, 0.2, 0.3, 0.45, 0.6):
-        row = []
+        sizes: dict[tuple[bool, float], float] = {}
         for outliers in (0.0, 0.01):
-            accs = []
+            accs: list[Acc | None] = []
             for _ in range(200):
                 acc, median = Acc(0), math.exp(rng.uniform(math.log(0.005), math.log(0.4)))
                 for _ in range(120):
@@ -281,13 +308,18 @@ def record_sizes() -> None:
                     slow = rng.uniform(3, 10) if rng.random() < outliers else 1.0
                     acc.add("up", latency * slow)
                 accs.append(acc)
-            row.append(len(encode_blob(accs)) / len(accs))
-        print(f"| {sigma} | {row[0]:.1f} | {row[1]:.1f} |")
+            for summary in (False, True):
+                sizes[summary, outliers] = len(encode_blob(accs, summary=summary)) / len(accs)
+        print(
+            f"| {sigma} | {sizes[False, 0.0]:.1f} | {sizes[False, 0.01]:.1f} | "
+            f"{sizes[True, 0.0]:.1f} | {sizes[True, 0.01]:.1f} |"
+        )
 
 
 PATTERNS: dict[str, str | tuple[str, ...]] = {
     "raw verdicts (streams)": "opsq:history:raw:*",
-    "hourly rollups (blobs)": "opsq:history:hour:*",
+    "hourly rollups (summary blobs)": "opsq:history:hour:*",
+    "last 25 hours' histograms (blobs)": ("opsq:history:hour-hist:*", "opsq:history:recent:*"),
     "daily rollups (blobs)": "opsq:history:day:*",
     "live accumulators": "opsq:history:acc:*",
     "roster, blob index, incidents": (
@@ -327,7 +359,11 @@ def memory(client: redis.Redis, now: float) -> None:
         found[label] = total
         days = RAW_HOURS / 24 if label.startswith("raw") else DAYS
         print(f"| {label} | {count} | {total:,} | {total / N / days:,.0f} |")
-    rollups = found["hourly rollups (blobs)"] + found["daily rollups (blobs)"]
+    rollups = (
+        found["hourly rollups (summary blobs)"]
+        + found["last 25 hours' histograms (blobs)"]
+        + found["daily rollups (blobs)"]
+    )
     raw_bytes = found["raw verdicts (streams)"]
     per_entry = raw_bytes / (N * RAW_HOURS * 3600 / INTERVAL_S)
     peer = per_entry * N * DAYS * 86400 / INTERVAL_S

@@ -105,9 +105,12 @@ def monitor_transitions(set_name: str) -> str:
 
 MONITOR_VERDICTS = f"{PREFIX}:monitor:verdicts"
 """Stream, one entry per applied run: every target's verdict and per-location results.
-For consumers such as history rollups; trimmed by time (MONITOR_VERDICTS_RETENTION_S)."""
-MONITOR_VERDICTS_RETENTION_S = 6 * 3600
-"""Long enough for a consumer that was down a few hours; bounded for 10k-target sets."""
+For a consumer following runs as they are applied (XREAD); trimmed by time
+(MONITOR_VERDICTS_RETENTION_S). History does not read it: it records every verdict in
+the same transaction (``opsq:history:raw:*``), and owns the raw verdicts' retention."""
+MONITOR_VERDICTS_RETENTION_S = 15 * 60
+"""Short: the verdicts are kept per target by history (``history.raw_retention``); a
+6 h copy here cost ~100 MB for 1,000 targets probed every 30 s."""
 
 
 def monitor_applied(run_id: str) -> str:
@@ -177,6 +180,25 @@ def history_roster(set_name: str) -> str:
 def history_hour(set_name: str, hour: int) -> str:
     """String: every target's rollup of one hour (epoch hours), positional by roster."""
     return f"{PREFIX}:history:hour:{set_name}:{hour}"
+
+
+def history_hour_hist(set_name: str, hour: int) -> str:
+    """String: every target's rollup of one hour with its latency histogram, kept while
+    the hour can be in a 24 h window (HISTORY_FULL_HOURS); the 24 h p50/p95 merge these.
+    ``history_hour`` keeps the hour's summary (no histogram) for the whole retention."""
+    return f"{PREFIX}:history:hour-hist:{set_name}:{hour}"
+
+
+def history_recent(set_name: str) -> str:
+    """Sorted set epoch hour -> hour end: the ``hour-hist`` blobs that exist; trimmed by
+    time when an hour is sealed (ZRANGEBYSCORE up to the end of the current hour minus
+    HISTORY_FULL_HOURS)."""
+    return f"{PREFIX}:history:recent:{set_name}"
+
+
+HISTORY_FULL_HOURS = 25
+"""Sealed hours keep their histogram blob this long: the 24 h window (the current hour
+and 23 before it), plus one for a reader whose clock is behind the workers'."""
 
 
 def history_day(set_name: str, day: int) -> str:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from opsq.engines.history import raw
-from opsq.engines.history.rollup import Acc, bucket_of, decode_blob, encode_blob, lower_edge
+from opsq.engines.history.rollup import Acc, E, bucket_of, decode_blob, encode_blob, lower_edge
 
 STATES = st.sampled_from(["up", "up", "up", "degraded", "down", "unknown"])
 LATENCY = st.one_of(st.none(), st.floats(min_value=1e-5, max_value=200.0))
@@ -21,6 +21,27 @@ def _acc(runs: list[tuple[str, float | None]], period: int = 7) -> Acc:
     return acc
 
 
+def _counts(acc: Acc) -> tuple[int, ...]:
+    return (acc.up, acc.degraded, acc.down, acc.unknown, acc.n_lat)
+
+
+def _round_trip(
+    groups: list[list[tuple[str, float | None]]], *, summary: bool
+) -> list[tuple[Acc, Acc]]:
+    """(added, decoded) for every target with runs, after checking that targets without
+    runs stay absent and that counts come back exactly."""
+    accs: list[Acc | None] = [_acc(runs) if runs else None for runs in groups]
+    decoded = dict(decode_blob(encode_blob(accs, summary=summary), 7))
+    pairs = []
+    for index, acc in enumerate(accs):
+        if acc is None or acc.runs == 0:
+            assert index not in decoded
+            continue
+        assert _counts(decoded[index]) == _counts(acc)
+        pairs.append((acc, decoded[index]))
+    return pairs
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.lists(st.tuples(STATES, LATENCY), max_size=200), max_size=8))
 def test_blob_round_trip_keeps_counts_exact_and_latency_close(
@@ -28,20 +49,7 @@ def test_blob_round_trip_keeps_counts_exact_and_latency_close(
 ) -> None:
     """Counts and histograms come back exactly; the mean within 0.5% and the max within
     0.2% of what was added (one byte each); absent targets stay absent."""
-    accs: list[Acc | None] = [_acc(runs) if runs else None for runs in groups]
-    decoded = dict(decode_blob(encode_blob(accs), 7))
-    for index, acc in enumerate(accs):
-        if acc is None or acc.runs == 0:
-            assert index not in decoded
-            continue
-        got = decoded[index]
-        assert (got.up, got.degraded, got.down, got.unknown, got.n_lat) == (
-            acc.up,
-            acc.degraded,
-            acc.down,
-            acc.unknown,
-            acc.n_lat,
-        )
+    for acc, got in _round_trip(groups, summary=False):
         assert got.hist == {k: v for k, v in acc.hist.items() if v}
         if acc.n_lat:
             assert math.isclose(got.mean() or 0, acc.mean() or 0, rel_tol=5e-3)
@@ -140,3 +148,41 @@ def test_every_probe_error_kind_has_a_raw_reason_code() -> None:
 
     assert set(ERROR_KINDS) <= set(raw.REASONS)
     assert raw.REASONS[:3] == ("ok", "dns", "connect")  # stored codes never move
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.tuples(STATES, LATENCY), max_size=200), max_size=8))
+def test_summary_blob_keeps_counts_exact_and_quantiles_mean_max_within_a_grid_step(
+    groups: list[list[tuple[str, float | None]]],
+) -> None:
+    """A summary record (what an hour keeps past 25 hours) has the exact counts and the
+    p50, p95, mean and max of its full record within 0.6% (one step of 1/64 doubling),
+    and no histogram."""
+    for acc, got in _round_trip(groups, summary=True):
+        assert got.hist == {}
+        if not acc.n_lat:
+            assert got.quantile(0.5) is None
+            continue
+        for q in (0.5, 0.95):
+            assert math.isclose(got.quantile(q) or 0, max(acc.quantile(q) or 0, E), rel_tol=6e-3)
+        assert math.isclose(got.mean() or 0, acc.mean() or 0, rel_tol=6e-3)
+        assert math.isclose(got.lat_max, acc.lat_max, rel_tol=6e-3)
+
+
+def test_a_summary_merged_with_other_latencies_has_no_percentile_never_a_wrong_one() -> None:
+    """Summaries keep p50/p95 but not the histogram: merged alone they keep them, merged
+    with any other latencies the result has counts, mean and max but p50/p95 None."""
+    fast = _acc([("up", 0.01)] * 50)
+    slow = _acc([("up", 1.0)] * 50)
+    (summary,) = (a for _, a in decode_blob(encode_blob([slow], summary=True), 7))
+    alone = Acc(0)
+    alone.merge(summary)
+    assert math.isclose(alone.quantile(0.95) or 0, 1.0, rel_tol=6e-3)
+    for first, second in ((fast, summary), (summary, fast)):
+        merged = Acc(0)
+        merged.merge(first)
+        merged.merge(second)
+        assert (merged.up, merged.n_lat) == (100, 100)
+        assert merged.quantile(0.5) is None
+        assert merged.quantile(0.95) is None
+        assert math.isclose(merged.mean() or 0, 0.505, rel_tol=6e-3)

@@ -7,7 +7,9 @@ day and retention boundaries are crossed in milliseconds of test time.
 
 from __future__ import annotations
 
+import math
 import random
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from opsq.core import keys
 from opsq.core.config.history import HistorySettings
 from opsq.engines.history import windows
+from opsq.engines.history.rollup import Acc
 from opsq.engines.monitor.spec import build_spec
 from tests.history.sim import Sim, read
 
@@ -165,8 +168,20 @@ def test_trimming_by_time_removes_only_expired_data(sim_factory: type[Sim]) -> N
     stored = {
         k.split(":")[2][0] + k.split(":")[-1]
         for k in sim.client.scan_iter("opsq:history:*:web:[0-9]*")
+        if ":hour-hist:" not in k
     }
     assert stored == want
+    # histogram blobs: the sealed hours of the last HISTORY_FULL_HOURS inside the
+    # retention, and only those
+    histograms = {
+        int(k.rsplit(":", 1)[1]) for k in sim.client.scan_iter("opsq:history:hour-hist:web:*")
+    }
+    last_hour = int(sealed_at // 3600)
+    assert histograms == {
+        h for h in sealed_hours if h >= last_hour - keys.HISTORY_FULL_HOURS and f"h{h}" in want
+    }
+    assert {int(h) for h in sim.client.zrange(keys.history_recent("web"), 0, -1)} == histograms
+    assert len(histograms) >= 20
     assert len(want) > 20
     # incidents: one per down run (thresholds 1/1), closed by the next run
     incidents = sim.client.hgetall(keys.history_incidents("web"))
@@ -218,3 +233,54 @@ def test_latency_percentiles_from_rollups_are_close_to_raw(sim_factory: type[Sim
         truth = exact[int(q * len(exact)) - 1]
         estimate = view.latency.quantile(q) or 0
         assert truth / 2**0.5 <= estimate <= truth * 2**0.5, (q, truth, estimate)
+
+
+def test_old_hours_keep_p50_p95_and_the_24h_window_merges_histograms(
+    sim_factory: type[Sim],
+) -> None:
+    """40 hours of runs: an hour older than 25 hours is a summary whose p50/p95 (API
+    hourly point) are those of its histogram within a grid step (the histogram rebuilt
+    here from the raw verdicts); the 24 h p50/p95 still merge the last hours'
+    histograms (never None), from the histogram blobs."""
+    sim = sim_factory(history=HistorySettings(), names=("svc",))
+    now = START
+    while now < START + 40 * 3600:
+        sim.run(now, lambda n, run, t: (True, random.Random(run).lognormvariate(-2.5, 0.5)))
+        now += 60 if now < START + 2 * 3600 else 600
+    first_hour = int(START // 3600) + 1
+    (point,) = read(
+        sim.url,
+        lambda r: r.rollups("web", sim.key("svc"), "h", first_hour * 3600, first_hour * 3600),
+    )
+    assert point.hist == {}  # a summary, not a histogram
+    assert point.summary is not None
+    rebuilt = Acc(first_hour)
+    for sample in sim.raw_samples("svc"):
+        if int(sample.at // 3600) == first_hour:
+            rebuilt.add(sample.state, sample.latency)
+    assert (point.up, point.n_lat) == (rebuilt.up, rebuilt.n_lat) == (60, 60)
+    for q in (0.5, 0.95):
+        assert math.isclose(point.quantile(q) or 0, rebuilt.quantile(q) or 0, rel_tol=0.02)
+    view = read(sim.url, lambda r: r.target("web", sim.key("svc"), now, 0))[0]
+    assert view.latency.quantile(0.95) is not None
+    assert view.latency.n_lat == len(
+        [s for s in sim.raw_samples("svc") if s.at >= (int(now // 3600) - 23) * 3600]
+    )
+    recent = {int(h) for h in sim.client.zrange(keys.history_recent("web"), 0, -1)}
+    assert set(windows.periods("24h", now)[1]) - {int(now // 3600)} <= recent
+
+
+def test_the_monitors_verdicts_stream_is_a_short_tail_history_owns_raw_verdicts(
+    sim_factory: type[Sim],
+) -> None:
+    """300 runs a minute apart: history keeps every raw verdict (raw retention 48 h),
+    while the monitor's verdicts stream, trimmed 15 minutes behind the runs' clock, keeps
+    at most one macro node (100 entries) beyond its last 15 minutes; with the former
+    6 h it kept all 300. (The stream's ids are XADD ``*``, the wall clock, so the runs
+    start now.)"""
+    sim = sim_factory(history=HistorySettings(), names=("svc",))
+    start = time.time()
+    for run in range(300):
+        sim.run(start + run * 60, lambda n, r, t: (True, 0.05))
+    assert len(sim.raw_samples("svc")) == 300
+    assert sim.client.xlen(keys.MONITOR_VERDICTS) <= 100 + 15

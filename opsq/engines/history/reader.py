@@ -33,7 +33,7 @@ from opsq.core import keys
 from opsq.core.redact import redact_text, redact_url
 from opsq.engines.history import raw, windows
 from opsq.engines.history.incidents import Incident
-from opsq.engines.history.recorder import LiveEntry
+from opsq.engines.history.recorder import PERIOD_FIELD, LiveEntry
 from opsq.engines.history.rollup import Acc, decode_blob
 
 OVERVIEW_WINDOWS = ("24h", "7d", "30d")
@@ -84,6 +84,12 @@ class SetData:
     roster: dict[str, int]
     members: set[str]
     open: dict[str, Incident]
+    recent: set[int] = field(default_factory=set)
+    """Hours that still have their histogram blob (``hour-hist``): the 24 h window
+    merges those; older hours are summaries."""
+
+    def blob_key(self, member: str) -> str:
+        return _blob_key(self.name, member, self.recent)
 
 
 @dataclass
@@ -234,19 +240,19 @@ class HistoryReader:
         schedule = windows.plan(OVERVIEW_WINDOWS, now)
         stale = []
         for data in sets:
-            present = frozenset(m for m in schedule if m in data.members)
+            present = frozenset(data.blob_key(m) for m in schedule if m in data.members)
             key = (windows.current("h", now), windows.current("d", now), present)
             cached = self._sealed.get(data.name)
             if cached is None or cached[0] != key:
-                stale.append((data.name, key, present))
-        await self._load_blobs([(name, m) for name, _, present in stale for m in present])
-        for name, key, present in stale:
+                stale.append((data, key))
+        await self._load_blobs([k for _, key in stale for k in key[2]])
+        for data, key in stale:
             blobs = {
-                m: self._blobs[_blob_key(name, m)]
-                for m in present
-                if _blob_key(name, m) in self._blobs
+                m: self._blobs[data.blob_key(m)]
+                for m in schedule
+                if m in data.members and data.blob_key(m) in self._blobs
             }
-            self._sealed[name] = (key, windows.sealed_windows(blobs, OVERVIEW_WINDOWS, now))
+            self._sealed[data.name] = (key, windows.sealed_windows(blobs, OVERVIEW_WINDOWS, now))
 
     def _overview_view(
         self,
@@ -280,36 +286,48 @@ class HistoryReader:
             pipe.hgetall(keys.history_roster(name))
             pipe.zrangebyscore(keys.history_periods(name), since, "+inf")
             pipe.hgetall(keys.history_open(name))
+            pipe.zrange(keys.history_recent(name), 0, -1)
         replies = await self._run(pipe) if names else []
-        return [self._set_data(name, replies[i * 5 : (i + 1) * 5]) for i, name in enumerate(names)]
+        return [self._set_data(name, replies[i * 6 : (i + 1) * 6]) for i, name in enumerate(names)]
 
     @staticmethod
     def _set_data(name: str, replies: Sequence[Any]) -> SetData:
-        states_raw, live_raw, roster_raw, members_raw, open_raw = replies
+        states_raw, live_raw, roster_raw, members_raw, open_raw, recent_raw = replies
         return SetData(
             name=name,
             states={_text(k): orjson.loads(v) for k, v in states_raw.items()},
-            live={_text(k): LiveEntry.loads(v) for k, v in live_raw.items()},
+            live={
+                _text(k): LiveEntry.loads(v)
+                for k, v in live_raw.items()
+                if _text(k) != PERIOD_FIELD
+            },
             roster={_text(k): int(v) for k, v in roster_raw.items()},
             members={_text(m) for m in members_raw},
             open={_text(k): Incident.from_dict(orjson.loads(v)) for k, v in open_raw.items()},
+            recent={int(h) for h in recent_raw},
         )
 
-    async def _load_blobs(self, wanted: Iterable[tuple[str, str]]) -> None:
-        missing = sorted({(s, m) for s, m in wanted if _blob_key(s, m) not in self._blobs})
-        for set_name, member in [(s, m) for s, m in wanted if _blob_key(s, m) in self._blobs]:
-            self._blobs.move_to_end(_blob_key(set_name, member))
+    async def _load_blobs(self, wanted: Iterable[str]) -> None:
+        """Blobs (by key) into the cache, the missing ones in one round trip."""
+        wanted = list(wanted)
+        missing = sorted({k for k in wanted if k not in self._blobs})
+        for key in wanted:
+            if key in self._blobs:
+                self._blobs.move_to_end(key)
         if not missing:
             return
         pipe = self.client.pipeline(transaction=False)
-        for set_name, member in missing:
-            pipe.get(_blob_key(set_name, member))
-        for (set_name, member), blob in zip(missing, await self._run(pipe), strict=True):
-            if blob is None:
-                continue  # trimmed meanwhile
-            self._blobs[_blob_key(set_name, member)] = dict(decode_blob(blob, int(member[1:])))
-            while len(self._blobs) > self._cache_blobs:
-                self._blobs.popitem(last=False)
+        for key in missing:
+            pipe.get(key)
+        for key, blob in zip(missing, await self._run(pipe), strict=True):
+            self._cache(key, blob)
+
+    def _cache(self, key: str, blob: bytes | None) -> None:
+        if blob is None:
+            return  # trimmed meanwhile
+        self._blobs[key] = dict(decode_blob(blob, _period_of(key)))
+        while len(self._blobs) > self._cache_blobs:
+            self._blobs.popitem(last=False)
 
     def _lookup(self, data: SetData, key: str) -> windows.Lookup:
         live = data.live.get(key)
@@ -322,7 +340,7 @@ class HistoryReader:
                     return current
             if roster_id is None:
                 return None
-            blob = self._blobs.get(_blob_key(data.name, f"{kind}{period}"))
+            blob = self._blobs.get(data.blob_key(f"{kind}{period}"))
             return blob.get(roster_id) if blob is not None else None
 
         return lookup
@@ -389,6 +407,7 @@ class HistoryReader:
             pipe.hget(keys.history_roster(set_name), key)
             pipe.zrangebyscore(keys.history_periods(set_name), now - windows.DAY_S * 91, "+inf")
             pipe.hget(keys.history_open(set_name), key)
+            pipe.zrange(keys.history_recent(set_name), 0, -1)
             self._raw(pipe, set_name, key, start=raw_since, end=now + windows.DAY_S)
             pipe.zrevrangebyscore(
                 keys.history_incident_starts(set_name),
@@ -401,7 +420,7 @@ class HistoryReader:
         pipe = self.client.pipeline(transaction=False)
         build(pipe)
         replies = await self._run(pipe)
-        state_raw, live_raw, roster_id, members, open_raw, entries, ids = replies
+        state_raw, live_raw, roster_id, members, open_raw, recent, entries, ids = replies
         if state_raw is None:
             return None
         data = SetData(
@@ -411,9 +430,12 @@ class HistoryReader:
             roster={key: int(roster_id)} if roster_id is not None else {},
             members={_text(m) for m in members},
             open={key: Incident.from_dict(orjson.loads(open_raw))} if open_raw else {},
+            recent={int(h) for h in recent},
         )
         wanted = windows.members(TARGET_WINDOWS, now) & data.members
-        incidents = await self._blobs_and_incidents(set_name, wanted, ids, key)
+        incidents = await self._blobs_and_incidents(
+            set_name, [data.blob_key(m) for m in sorted(wanted)], ids, key
+        )
         view = self._view(data, key, data.states[key], TARGET_WINDOWS, now)
         lookup = self._lookup(data, key)
         view.days = [(day, lookup("d", day)) for day in windows.periods("90d", now)[1]]
@@ -421,21 +443,20 @@ class HistoryReader:
         return view, samples, incidents
 
     async def _blobs_and_incidents(
-        self, set_name: str, wanted: set[str], ids: Sequence[Any], key: str | None
+        self, set_name: str, wanted: Sequence[str], ids: Sequence[Any], key: str | None
     ) -> list[Incident]:
-        """Blobs into the cache and incidents in one round trip."""
-        missing = [m for m in sorted(wanted) if _blob_key(set_name, m) not in self._blobs]
+        """Blobs (by key) into the cache and incidents in one round trip."""
+        missing = [k for k in wanted if k not in self._blobs]
         pipe = self.client.pipeline(transaction=False)
-        for member in missing:
-            pipe.get(_blob_key(set_name, member))
+        for blob_key in missing:
+            pipe.get(blob_key)
         if ids:
             pipe.hmget(keys.history_incidents(set_name), list(ids))
         if not missing and not ids:
             return []
         replies = await self._run(pipe)
-        for member, blob in zip(missing, replies, strict=False):
-            if blob is not None:
-                self._blobs[_blob_key(set_name, member)] = dict(decode_blob(blob, int(member[1:])))
+        for blob_key, blob in zip(missing, replies, strict=False):
+            self._cache(blob_key, blob)
         found = replies[len(missing)] if ids else []
         incidents = [Incident.from_dict(orjson.loads(v)) for v in found if v is not None]
         return [i for i in incidents if key is None or i.target == key][:INCIDENTS_MAX]
@@ -461,7 +482,7 @@ class HistoryReader:
         pipe.zrangebyscore(keys.history_periods(set_name), start, "+inf")
         live_raw, roster_id, members = await self._run(pipe)
         wanted = {f"{kind}{p}" for p in range(first, last + 1)} & {_text(m) for m in members}
-        await self._load_blobs([(set_name, m) for m in wanted])
+        await self._load_blobs([_blob_key(set_name, m) for m in wanted])
         data = SetData(
             set_name,
             {},
@@ -494,11 +515,19 @@ class HistoryReader:
         return incidents[:limit]
 
 
-def _blob_key(set_name: str, member: str) -> str:
+def _blob_key(set_name: str, member: str, recent: set[int] | None = None) -> str:
+    """The blob of a member (``h<hour>``/``d<day>``); an hour in *recent* is read from
+    its histogram blob."""
     period = int(member[1:])
     if member.startswith("h"):
+        if recent and period in recent:
+            return keys.history_hour_hist(set_name, period)
         return keys.history_hour(set_name, period)
     return keys.history_day(set_name, period)
+
+
+def _period_of(blob_key: str) -> int:
+    return int(blob_key.rsplit(":", 1)[1])
 
 
 def _locations(locations: Mapping[str, Any]) -> dict[str, Any]:

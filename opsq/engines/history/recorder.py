@@ -6,17 +6,22 @@ What is stored per probe set (every name in :mod:`opsq.core.keys`):
   (:mod:`.raw`), entry id = the run's apply time in ms; trimmed on every XADD with
   ``MINID = now - history.raw_retention``.
 - ``opsq:history:acc:<set>``: hash target -> the live hour's and day's accumulators
-  (:class:`.rollup.Acc`, JSON) and the last raw id.
+  (:class:`.rollup.Acc`, JSON) and the last raw id; field ``@period`` marks the hour
+  and day they are for.
 - ``opsq:history:hour:<set>:<hour>`` / ``...:day:<set>:<day>``: one string per set and
   period holding every target's rollup record, positional by ``roster`` id
   (``opsq:history:roster:<set>``, append-only). A set's hour is **sealed** by the first
   run applied after it: the accumulators become the blob, the live ones start over.
+  Hour blobs hold summaries (counts, p50, p95, max, mean); day blobs histograms.
+- ``opsq:history:hour-hist:<set>:<hour>``: the hour with its histograms, kept 25 hours
+  (``opsq:history:recent:<set>`` lists them) so the 24 h p50/p95 merge exactly.
 - ``opsq:history:periods:<set>``: sorted set of the blobs by period end;
   ``opsq:history:incidents:<set>`` (hash) with ``incident-starts`` (sorted set) and
   ``open`` (hash target -> open incident).
 
 **Exactly once.** :meth:`HistoryRecorder.prepare` reads the accumulators and open
-incidents while the monitor holds its ``WATCH`` (they are in the watched keys), and
+incidents while the monitor holds its ``WATCH`` (they are in the watched keys; one
+EVAL, one round trip, which also reads what sealing needs when the hour turned), and
 :meth:`HistoryRecorder.write` queues every write in the monitor's ``MULTI`` beside the
 run's applied marker. A redelivered batch or a second finisher finds the marker, or
 loses the race and retries, exactly as the state does.
@@ -29,9 +34,9 @@ hourly, so a set that stops running does not keep its history forever.
 
 **Why blobs per set and period.** 90 days of hourly rollups are 2,160 records per
 target. One key per record would cost ~70 bytes of key overhead each; one string per
-(set, hour) costs one key per hour for all targets, and a record is 6-16 bytes (by the
-spread of the hour's latencies), so 1,000 targets over 90 days take 14-35 MB
-(``bench/history.py``). A page reads a handful
+(set, hour) costs one key per hour for all targets. A summary record is about 6 bytes
+whatever the spread of the hour's latencies (a histogram record was 6-16), so 1,000
+targets over 90 days take about 15 MB (``bench/history.py``). A page reads a handful
 of blobs per set, not one key per target.
 """
 
@@ -92,8 +97,12 @@ class Prepared:
     results: ByLocation
     roster: dict[str, int] | None = None
     """Read only when an hour or a day is sealed by this run."""
+    cutoff: float = 0.0
+    """Rollups and incidents that ended before this are expired."""
     expired_periods: list[str] = field(default_factory=list)
     expired_incidents: list[str] = field(default_factory=list)
+    expired_recent: list[int] = field(default_factory=list)
+    """Hours whose ``hour-hist`` blob is past ``HISTORY_FULL_HOURS``."""
 
     @property
     def sealing(self) -> bool:
@@ -161,33 +170,57 @@ class HistoryRecorder:
     def prepare(
         self, pipe: Any, spec: RunSpec, results: Sequence[Mapping[str, Any]], now: float
     ) -> Prepared:
+        """One round trip (:data:`_PREPARE_LUA`): the accumulators and open incidents,
+        and, when the set's hour or day has turned, what sealing needs."""
         name = spec.set
-        raw_entries = cast(dict[str, str], pipe.hgetall(keys.history_acc(name)))
-        entries = {k: LiveEntry.loads(v) for k, v in raw_entries.items()}
-        raw_open = cast(dict[str, str], pipe.hgetall(keys.history_open(name)))
-        open_incidents = {k: Incident.from_dict(orjson.loads(v)) for k, v in raw_open.items()}
+        mark = f"{int(now // HOUR_S)}:{int(now // DAY_S)}"
+        reply = self._read(pipe, name, now, mark)
+        entries = {k: LiveEntry.loads(v) for k, v in _pairs(reply[0]).items() if k != PERIOD_FIELD}
+        open_incidents = {
+            k: Incident.from_dict(orjson.loads(v)) for k, v in _pairs(reply[1]).items()
+        }
         # Time never runs backwards for a set: a worker whose clock is behind adds to
         # the newest period rather than reopening a sealed one.
         hour = max([int(now // HOUR_S), *(e.hour.period for e in entries.values())])
         day = max([int(now // DAY_S), *(e.day.period for e in entries.values())])
         prepared = Prepared(name, hour, day, entries, open_incidents, group_results(results))
+        prepared.cutoff = now - self.settings.retention
         if any(e.hour.period < hour or e.day.period < day for e in entries.values()):
-            self._prepare_seal(pipe, prepared, now)
+            if len(reply) == 2:  # the mark said current, the entries disagree: read again
+                reply = self._read(pipe, name, now, "")
+            self._seal_reads(prepared, reply[2:])
         return prepared
 
-    def _prepare_seal(self, pipe: Any, prepared: Prepared, now: float) -> None:
-        name, cutoff = prepared.set, now - self.settings.retention
-        prepared.roster = {k: int(v) for k, v in pipe.hgetall(keys.history_roster(name)).items()}
-        prepared.expired_periods = list(
-            pipe.zrangebyscore(keys.history_periods(name), "-inf", cutoff)
+    def _read(self, pipe: Any, name: str, now: float, mark: str) -> list[Any]:
+        cutoff = now - self.settings.retention
+        recent_cutoff = max((int(now // HOUR_S) - keys.HISTORY_FULL_HOURS) * HOUR_S, cutoff)
+        return cast(
+            list[Any],
+            pipe.eval(
+                _PREPARE_LUA,
+                7,
+                keys.history_acc(name),
+                keys.history_open(name),
+                keys.history_roster(name),
+                keys.history_periods(name),
+                keys.history_incident_starts(name),
+                keys.history_incidents(name),
+                keys.history_recent(name),
+                mark,
+                cutoff,
+                recent_cutoff,
+            ),
         )
-        candidates = list(pipe.zrangebyscore(keys.history_incident_starts(name), "-inf", cutoff))
-        if candidates:
-            found = pipe.hmget(keys.history_incidents(name), candidates)
-            for incident_id, value in zip(candidates, found, strict=True):
-                ended = orjson.loads(value).get("ended_at") if value else 0.0
-                if ended is not None and ended < cutoff:
-                    prepared.expired_incidents.append(incident_id)
+
+    def _seal_reads(self, prepared: Prepared, replies: Sequence[Any]) -> None:
+        roster, periods, candidates, values, recent = replies
+        prepared.roster = {k: int(v) for k, v in _pairs(roster).items()}
+        prepared.expired_periods = list(periods)
+        prepared.expired_recent = [int(hour) for hour in recent]
+        for incident_id, value in zip(candidates, values, strict=True):
+            ended = orjson.loads(value).get("ended_at") if value else 0.0
+            if ended is not None and ended < prepared.cutoff:
+                prepared.expired_incidents.append(incident_id)
 
     # --- writes, queued in the MULTI ------------------------------------------------------
     def write(
@@ -247,9 +280,11 @@ class HistoryRecorder:
             and not prepared.entries[k].hour.runs
             and not prepared.entries[k].day.runs
         ]
-        mapping = {k: prepared.entries[k].dumps() for k in changed if k not in empty}
-        if mapping:
-            pipe.hset(acc_key, mapping=mapping)
+        mapping: dict[str, bytes | str] = {
+            k: prepared.entries[k].dumps() for k in changed if k not in empty
+        }
+        mapping[PERIOD_FIELD] = f"{prepared.hour}:{prepared.day}"
+        pipe.hset(acc_key, mapping=mapping)
         if empty:
             pipe.hdel(acc_key, *empty)
 
@@ -283,13 +318,17 @@ class HistoryRecorder:
             pipe.hset(keys.history_roster(name), mapping=fresh)
         order = sorted(roster, key=roster.__getitem__)
         ttl = int(self.settings.retention) + keys.HISTORY_BACKSTOP_S
-        for prefix, groups, length, blob_key in (
-            ("h", hours, HOUR_S, keys.history_hour),
-            ("d", days, DAY_S, keys.history_day),
-        ):
-            for period, accs in groups.items():
-                pipe.set(blob_key(name, period), encode_blob(accs.get(k) for k in order), ex=ttl)
-                pipe.zadd(keys.history_periods(name), {f"{prefix}{period}": (period + 1) * length})
+        for period, accs in hours.items():
+            queue_hour(
+                pipe,
+                name,
+                period,
+                [accs.get(k) for k in order],
+                current_hour=prepared.hour,
+                ttl=ttl,
+            )
+        for period, accs in days.items():
+            queue_day(pipe, name, period, [accs.get(k) for k in order], ttl)
         self._trim(pipe, prepared)
         for key in (
             keys.history_acc(name),
@@ -298,6 +337,7 @@ class HistoryRecorder:
             keys.history_incidents(name),
             keys.history_incident_starts(name),
             keys.history_periods(name),
+            keys.history_recent(name),
         ):
             pipe.expire(key, ttl)
         raw_ttl = int(self.settings.raw_retention) + keys.HISTORY_BACKSTOP_S
@@ -319,6 +359,57 @@ class HistoryRecorder:
         if prepared.expired_incidents:
             pipe.hdel(keys.history_incidents(name), *prepared.expired_incidents)
             pipe.zrem(keys.history_incident_starts(name), *prepared.expired_incidents)
+        if prepared.expired_recent:
+            pipe.delete(*(keys.history_hour_hist(name, h) for h in prepared.expired_recent))
+            pipe.zrem(keys.history_recent(name), *prepared.expired_recent)
+
+
+def queue_hour(
+    pipe: Any, name: str, period: int, records: list[Acc | None], *, current_hour: int, ttl: int
+) -> None:
+    """Queue one sealed hour: its summary blob for the retention, and, while the hour
+    can be in a 24 h window, its histogram blob (``hour-hist``, :mod:`.rollup`)."""
+    pipe.set(keys.history_hour(name, period), encode_blob(records, summary=True), ex=ttl)
+    pipe.zadd(keys.history_periods(name), {f"h{period}": (period + 1) * HOUR_S})
+    if period >= current_hour - keys.HISTORY_FULL_HOURS:
+        recent_ttl = keys.HISTORY_FULL_HOURS * HOUR_S + keys.HISTORY_BACKSTOP_S
+        pipe.set(keys.history_hour_hist(name, period), encode_blob(records), ex=recent_ttl)
+        pipe.zadd(keys.history_recent(name), {str(period): (period + 1) * HOUR_S})
+
+
+def queue_day(pipe: Any, name: str, period: int, records: list[Acc | None], ttl: int) -> None:
+    """Queue one sealed day: its full blob (histograms: 7-90 day windows merge days)."""
+    pipe.set(keys.history_day(name, period), encode_blob(records), ex=ttl)
+    pipe.zadd(keys.history_periods(name), {f"d{period}": (period + 1) * DAY_S})
+
+
+PERIOD_FIELD = "@period"
+"""Field of the acc hash: ``<hour>:<day>`` of the live accumulators (a target key always
+holds a ``|``). :data:`_PREPARE_LUA` reads what sealing needs only when it differs."""
+
+# Everything the recorder reads under the monitor's WATCH in one round trip (one EVAL;
+# EVAL, not EVALSHA: no NOSCRIPT to handle). ARGV: the mark of the current hour and day,
+# the retention cutoff, the ``hour-hist`` cutoff.
+_PREPARE_LUA = """
+local acc = redis.call('HGETALL', KEYS[1])
+local open = redis.call('HGETALL', KEYS[2])
+if redis.call('HGET', KEYS[1], '@period') == ARGV[1] then
+  return {acc, open}
+end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', ARGV[2])
+local values = {}
+for i, id in ipairs(ids) do
+  values[i] = redis.call('HGET', KEYS[6], id)
+end
+return {acc, open, redis.call('HGETALL', KEYS[3]),
+        redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[2]), ids, values,
+        redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', ARGV[3])}
+"""
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, str]:
+    """A HGETALL reply from a script (a flat list) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 # One EVAL for a run's raw entries instead of one XADD each: with 1,000 targets redis-py

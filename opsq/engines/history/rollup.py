@@ -13,9 +13,19 @@ exact, percentiles are estimates within one bucket.
 ``E`` for mean and max). Quantiles are interpolated inside their bucket (at worst
 +-19% for a bucket 41% wide; much closer for smooth distributions).
 
-**The record** (one per target per period, positional in a blob, see
-:func:`encode_blob`) is built to keep 90 days of hourly rollups for 1,000 targets
-under 20 MB (``bench/history.py`` measures it)::
+**Two forms of a blob.** A *full* blob (:data:`BLOB_FULL`) keeps each target's
+histogram: daily blobs, and the hourly ones while they can be merged into a 24 h window
+(:mod:`.recorder` keeps them as ``hour-hist`` blobs for 25 hours). Every hourly blob
+kept for the retention is a *summary* (:data:`BLOB_SUMMARY`): the counts, and the
+latency's p50, p95, max and mean on a fixed log grid (1/64 of a doubling, +-0.55%),
+with no histogram. A histogram costs about a byte per occupied bucket, so 90 days of
+hourly histograms for 1,000 targets took 27 MB (``bench/history.py``); summaries
+take about 6 bytes per target-hour. What is lost: an old hour's percentiles cannot be
+merged with another's (a merge of a summary yields no percentile, never a wrong one);
+7, 30 and 90 day figures merge the daily blobs, which keep their histograms.
+
+**The full record** (one per target per period, positional in a blob, see
+:func:`encode_blob`)::
 
     header  u8   bit0 present, bit1 other counts, bit2 latency, bit3 explicit n_lat,
                  bit4 two-byte mean, bit5 n_up is the blob's usual run count
@@ -30,6 +40,10 @@ under 20 MB (``bench/history.py`` measures it)::
 the max within the last bucket, so the sum (``mean * n_lat``) and the max keep about
 0.3% in one or two bytes. A slow outlier costs one occupancy bit and one count, not a
 byte per empty bucket in between.
+
+**The summary record**: the same header (bit4 unused) and counts, then, with latency,
+``[n_lat varint if bit3] p50 varint, p95 - p50 varint, max - p95 varint,
+zigzag(mean - p50) varint``, each a step of the grid ``round(64 * log2(x / E))``.
 """
 
 from __future__ import annotations
@@ -45,7 +59,14 @@ E = 2.0**-13
 """Lower edge of bucket 1, in seconds (0.12 ms)."""
 STEPS_PER_DOUBLING = 2
 N_BUCKETS = 64
-BLOB_VERSION = 1
+BLOB_FULL = 1
+"""First byte of a blob of full records (histograms)."""
+BLOB_SUMMARY = 2
+"""First byte of a blob of summary records (p50, p95, max, mean; no histogram)."""
+QUANTILES = (0.5, 0.95)
+"""The quantiles a summary record keeps."""
+GRID = 64
+"""Steps per doubling of the summary's log grid: a value is kept within +-0.55%."""
 
 _PRESENT, _OTHER, _LAT, _NLAT, _MEAN16, _RUNS = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 _MEAN8_SPAN = 4
@@ -64,6 +85,14 @@ def lower_edge(index: int) -> float:
     return float(E * 2.0 ** (index / STEPS_PER_DOUBLING))
 
 
+def _grid(seconds: float) -> int:
+    return max(0, round(GRID * math.log2(max(seconds, E) / E)))
+
+
+def _from_grid(step: int) -> float:
+    return float(E * 2.0 ** (step / GRID))
+
+
 @dataclass
 class Acc:
     """One target's runs over one period (an hour or a day); see the module docstring."""
@@ -78,6 +107,10 @@ class Acc:
     lat_sum: float = 0.0
     lat_max: float = 0.0
     hist: dict[int, int] = field(default_factory=dict)
+    summary: tuple[float, float] | None = None
+    """(p50, p95) of a summary record, whose histogram is gone."""
+    lost: bool = False
+    """Percentiles unknown: a summary was merged with other latencies."""
 
     @property
     def runs(self) -> int:
@@ -96,6 +129,13 @@ class Acc:
             self.hist[index] = self.hist.get(index, 0) + 1
 
     def merge(self, other: Acc) -> None:
+        if other.n_lat and (other.summary is not None or other.lost):
+            if self.n_lat:
+                self.summary, self.lost = None, True
+            else:
+                self.summary, self.lost = other.summary, other.lost
+        elif other.n_lat and (self.summary is not None):
+            self.summary, self.lost = None, True
         self.up += other.up
         self.degraded += other.degraded
         self.down += other.down
@@ -117,8 +157,10 @@ class Acc:
 
     def quantile(self, q: float) -> float | None:
         """Estimate from the histogram, interpolated geometrically inside the bucket."""
-        if not self.n_lat:
+        if not self.n_lat or self.lost:
             return None
+        if self.summary is not None:
+            return self.summary[QUANTILES.index(q)] if q in QUANTILES else None
         rank = q * self.n_lat
         seen = 0
         for index in sorted(self.hist):
@@ -147,19 +189,11 @@ class Acc:
 
     @classmethod
     def from_list(cls, data: list[Any]) -> Acc:
-        flat = data[8]
-        hist = {int(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
-        return cls(
-            int(data[0]),
-            int(data[1]),
-            int(data[2]),
-            int(data[3]),
-            int(data[4]),
-            int(data[5]),
-            float(data[6]),
-            float(data[7]),
-            hist,
-        )
+        # JSON written by to_list: ints and floats already (the recorder parses one per
+        # target per run, so no conversions here)
+        period, up, degraded, down, unknown, n_lat, lat_sum, lat_max, flat = data
+        hist = dict(zip(flat[::2], flat[1::2], strict=True))
+        return cls(period, up, degraded, down, unknown, n_lat, lat_sum, lat_max, hist)
 
 
 # --- varints --------------------------------------------------------------------------
@@ -181,6 +215,14 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
+def _zigzag(value: int) -> int:
+    return value * 2 if value >= 0 else -value * 2 - 1
+
+
+def _unzigzag(value: int) -> int:
+    return value // 2 if value % 2 == 0 else -(value + 1) // 2
+
+
 def _position(value: float, lo: float, hi: float, steps: int = 255) -> int:
     """*value* in [lo, hi] as a log position 0..steps."""
     if hi <= lo:
@@ -194,36 +236,69 @@ def _from_position(position: int, lo: float, hi: float, steps: int = 255) -> flo
 
 
 # --- records ---------------------------------------------------------------------------
-def encode_record(out: bytearray, acc: Acc | None, typical_runs: int = 0) -> None:
-    """Append *acc*'s record (one byte 0 when there is none) to *out*."""
+def encode_record(
+    out: bytearray, acc: Acc | None, typical_runs: int = 0, *, summary: bool = False
+) -> None:
+    """Append *acc*'s record (one byte 0 when there is none) to *out*: full, or a
+    summary (see the module docstring)."""
     if acc is None or acc.runs == 0:
         out.append(0)
         return
-    header = _PRESENT
-    if acc.degraded or acc.down or acc.unknown:
-        header |= _OTHER
-    elif acc.up == typical_runs:
-        header |= _RUNS  # the blob's usual run count, all up: no count at all
     buckets = sorted(i for i, c in acc.hist.items() if c)
-    if acc.n_lat:
-        header |= _LAT
-        if acc.n_lat != acc.up + acc.degraded:
-            header |= _NLAT
-        if buckets[-1] - buckets[0] >= _MEAN8_SPAN:
-            header |= _MEAN16
+    header = _header(acc, typical_runs, buckets, summary=summary)
     out.append(header)
     if not header & _RUNS:
         _varint(out, acc.up)
     if header & _OTHER:
         for count in (acc.degraded, acc.down, acc.unknown):
             _varint(out, count)
-    if acc.n_lat:
+    if header & _NLAT:
+        _varint(out, acc.n_lat)
+    if acc.n_lat and summary:
+        _encode_summary(out, acc)
+    elif acc.n_lat:
         _encode_latency(out, acc, buckets, header)
 
 
+def _header(acc: Acc, typical_runs: int, buckets: list[int], *, summary: bool) -> int:
+    header = _PRESENT
+    if acc.degraded or acc.down or acc.unknown:
+        header |= _OTHER
+    elif acc.up == typical_runs:
+        header |= _RUNS  # the blob's usual run count, all up: no count at all
+    if acc.n_lat:
+        header |= _LAT
+        if acc.n_lat != acc.up + acc.degraded:
+            header |= _NLAT
+        if not summary and buckets[-1] - buckets[0] >= _MEAN8_SPAN:
+            header |= _MEAN16
+    return header
+
+
+def _encode_summary(out: bytearray, acc: Acc) -> None:
+    p50 = _grid(acc.quantile(0.5) or E)
+    p95 = max(p50, _grid(acc.quantile(0.95) or E))
+    top = max(p95, _grid(acc.lat_max))
+    _varint(out, p50)
+    _varint(out, p95 - p50)
+    _varint(out, top - p95)
+    _varint(out, _zigzag(_grid(acc.lat_sum / acc.n_lat) - p50))
+
+
+def _decode_summary(data: bytes, pos: int, header: int, acc: Acc) -> int:
+    del header  # bit4 (two-byte mean) is for full records only
+    p50, pos = _read_varint(data, pos)
+    p95, pos = _read_varint(data, pos)
+    top, pos = _read_varint(data, pos)
+    mean, pos = _read_varint(data, pos)
+    p95 += p50
+    acc.summary = (_from_grid(p50), _from_grid(p95))
+    acc.lat_max = _from_grid(p95 + top)
+    acc.lat_sum = _from_grid(p50 + _unzigzag(mean)) * acc.n_lat
+    return pos
+
+
 def _encode_latency(out: bytearray, acc: Acc, buckets: list[int], header: int) -> None:
-    if header & _NLAT:
-        _varint(out, acc.n_lat)
     first, last = buckets[0], buckets[-1]
     _varint(out, first)
     _varint(out, sum(1 << (index - first - 1) for index in buckets[1:]))
@@ -236,7 +311,7 @@ def _encode_latency(out: bytearray, acc: Acc, buckets: list[int], header: int) -
 
 
 def decode_record(
-    data: bytes, pos: int, period: int, typical_runs: int = 0
+    data: bytes, pos: int, period: int, typical_runs: int = 0, *, summary: bool = False
 ) -> tuple[Acc | None, int]:
     """The record at *pos* and the position after it."""
     header = data[pos]
@@ -253,14 +328,15 @@ def decode_record(
         acc.down, pos = _read_varint(data, pos)
         acc.unknown, pos = _read_varint(data, pos)
     if header & _LAT:
-        pos = _decode_latency(data, pos, header, acc)
+        acc.n_lat = acc.up + acc.degraded
+        if header & _NLAT:
+            acc.n_lat, pos = _read_varint(data, pos)
+        decode = _decode_summary if summary else _decode_latency
+        pos = decode(data, pos, header, acc)
     return acc, pos
 
 
 def _decode_latency(data: bytes, pos: int, header: int, acc: Acc) -> int:
-    acc.n_lat = acc.up + acc.degraded
-    if header & _NLAT:
-        acc.n_lat, pos = _read_varint(data, pos)
     first, pos = _read_varint(data, pos)
     occupied, pos = _read_varint(data, pos)
     buckets = [first] + [
@@ -286,27 +362,29 @@ def _decode_latency(data: bytes, pos: int, header: int, acc: Acc) -> int:
 
 
 # --- blobs: one period of a whole set, positional by roster id ----------------------------
-def encode_blob(accs: Iterable[Acc | None]) -> bytes:
+def encode_blob(accs: Iterable[Acc | None], *, summary: bool = False) -> bytes:
     """Records in roster order (index = the target's roster id); absent targets: 1 byte.
-    The header names the most common run count, which an all-up record then omits."""
+    The header names the most common run count, which an all-up record then omits.
+    *summary*: summary records (no histograms)."""
     items = list(accs)
     runs = Counter(a.up for a in items if a is not None and a.runs and a.up == a.runs)
     typical = runs.most_common(1)[0][0] if runs else 0
-    out = bytearray([BLOB_VERSION])
+    out = bytearray([BLOB_SUMMARY if summary else BLOB_FULL])
     _varint(out, len(items))
     _varint(out, typical)
     for acc in items:
-        encode_record(out, acc, typical)
+        encode_record(out, acc, typical, summary=summary)
     return bytes(out)
 
 
 def decode_blob(data: bytes, period: int) -> Iterator[tuple[int, Acc]]:
-    """(roster id, acc) for every present record."""
-    if not data or data[0] != BLOB_VERSION:
+    """(roster id, acc) for every present record, of either form."""
+    if not data or data[0] not in (BLOB_FULL, BLOB_SUMMARY):
         return
+    summary = data[0] == BLOB_SUMMARY
     count, pos = _read_varint(data, 1)
     typical, pos = _read_varint(data, pos)
     for roster_id in range(count):
-        acc, pos = decode_record(data, pos, period, typical)
+        acc, pos = decode_record(data, pos, period, typical, summary=summary)
         if acc is not None:
             yield roster_id, acc

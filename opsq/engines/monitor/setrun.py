@@ -87,8 +87,9 @@ def check_target_notifiers(name: str, targets: Sequence[Target], settings: Setti
     """A file set's targets may name notifiers too: refuse the run if one is unknown."""
     for index, target in enumerate(targets):
         try:
+            where = f"{settings.probes.sets[name].file} (set {name}): field targets[{index}]"
             check_notifier_refs(target.notify or (), settings.alerts.notifiers,
-                                f"probes.sets.{name} targets[{index}].notify")  # fmt: skip
+                                f"{where} (name {target.name!r}).notify")  # fmt: skip
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
 

@@ -1,0 +1,91 @@
+"""Issue 12 hostile check: what a hostile SRE found in alerting, each turned into a test."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from opsq.core.logsetup import URL_LOGGERS, redact_handlers
+from tests.monitor.conftest import write_config
+from tests.pipeline.conftest import run_cli
+from tests.support.receivers import HttpReceiver
+
+SLACK_TOKEN = "B0SECRET/xoxTOKENpath"
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_alerts_test_never_prints_the_slack_url(tmp_path: Path, redis_url: str,
+                                                level: str) -> None:  # fmt: skip
+    """A Slack URL's path is the secret. `opsq alerts test` at INFO and DEBUG delivers
+    and prints the answer, but no line carries the URL (httpx logged
+    ``HTTP Request: POST http://.../services/T000/B0SECRET/... "HTTP/1.0 200 OK"``)."""
+    receiver = HttpReceiver().start()
+    try:
+        env = write_config(tmp_path / "opsq.yaml", {"log_level": level, "alerts": {"notifiers": {
+            "ops-slack": {"kind": "slack", "url": f"{receiver.url}/services/T000/{SLACK_TOKEN}"},
+        }}})  # fmt: skip
+        done = run_cli(["alerts", "test", "ops-slack"], redis_url, env=env)
+        assert done.returncode == 0, done.stderr
+        assert "ops-slack (slack): HTTP 200" in done.stdout
+        assert len(receiver.accepted) == 1
+        output = done.stdout + done.stderr
+        assert "B0SECRET" not in output, output
+        assert "xoxTOKEN" not in output, output
+    finally:
+        receiver.stop()
+
+
+def test_celery_logging_setup_holds_url_loggers_at_warning() -> None:
+    """Workers and beat run with Celery's own handlers (made redacting by
+    ``redact_handlers``); the URL-logging libraries are held at WARNING there too, so
+    ``celery -A tasks worker -l INFO`` does not log a notifier's URL either."""
+    for name in URL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    redact_handlers(logging.getLogger("celery.hostile-check"))
+    for name in URL_LOGGERS:
+        assert logging.getLogger(name).getEffectiveLevel() == logging.WARNING, name
+
+
+CONFIG = {
+    "alerts": {"notifiers": {"am": {"kind": "alertmanager", "url": "http://127.0.0.1:1"}}},
+    "probes": {"sets": {"web": {"file": "web-targets.yaml", "notify": ["am"],
+                                "locations": ["a", "b", "c"]}}},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"notify": ["pager"]},
+         "(set web): field targets[1] (name 'db').notify names unknown notifier(s) ['pager']"),
+        ({"failure_threshold": 0},
+         "field targets[1] (name 'db').failure_threshold: Input should be greater than or equal"),
+        ({"expect": {"degraded_latency": "-1s"}},
+         "field targets[1] (name 'db').expect.degraded_latency: a duration cannot be negative"),
+    ],
+    ids=["unknown-notifier", "threshold-0", "negative-degraded-latency"],
+)  # fmt: skip
+def test_config_check_validates_the_targets_file(
+    tmp_path: Path, override: dict, expected: str
+) -> None:
+    """The README's layout: the set in opsq.yaml, per-target overrides in its targets
+    file. A mistake in the file exits 2 naming the file and the field (`opsq config
+    check` said "configuration OK" and beat then refused every run of the set)."""
+    targets = [{"name": "api", "url": "http://127.0.0.1:1/healthz"},
+               {"name": "db", "url": "tcp://127.0.0.1:1", **override}]  # fmt: skip
+    (tmp_path / "web-targets.yaml").write_text(yaml.safe_dump({"targets": targets}))
+    (tmp_path / "opsq.yaml").write_text(yaml.safe_dump(CONFIG))
+    done = run_cli(["config", "check", "--config", str(tmp_path / "opsq.yaml")],
+                   "redis://127.0.0.1:1/0")  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert str(tmp_path / "web-targets.yaml") in done.stderr
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+    targets[1] = {"name": "db", "url": "tcp://127.0.0.1:1", "notify": ["am"]}
+    (tmp_path / "web-targets.yaml").write_text(yaml.safe_dump({"targets": targets}))
+    done = run_cli(["config", "check", "--config", str(tmp_path / "opsq.yaml")],
+                   "redis://127.0.0.1:1/0")  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, "configuration OK\n"), done.stderr
