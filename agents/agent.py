@@ -89,6 +89,8 @@ class Orphan:
     seen: int
     """File size last seen before the truncation: at least ``seen - offset`` bytes lost."""
     since: float
+    while_down: bool = False
+    """Truncated while the agent was down: what it held before the truncation is unknown."""
 
 
 class Agent:
@@ -401,6 +403,12 @@ class Agent:
         lost = max(0, orphan.seen - orphan.offset)
         metrics.BYTES_LOST.labels(reason="copy_not_found").inc(lost)
         self.store.forget(orphan.identity.fid)
+        if lost == 0 and not orphan.while_down:
+            # ``: > app.log`` after everything was read (a cron job emptying its log):
+            # nothing the agent saw is missing; a warning every hour would cry wolf.
+            log.info("%s was truncated after every byte seen in it was read; no copy "
+                     "found, none needed", orphan.path)  # fmt: skip
+            return
         log.warning(
             "%s was truncated but no copy of it was found (looked for names matching "
             "copytruncate_suffix %r); lines written between the last read and the "
@@ -599,7 +607,16 @@ class Agent:
                 self._follow_unseen_copies(path, copy, (st.st_dev, st.st_ino))
             else:
                 self.orphans.append(
-                    Orphan(path, path, cp.identity, b"", cp.offset, cp.offset, time.monotonic())
+                    Orphan(
+                        path,
+                        path,
+                        cp.identity,
+                        b"",
+                        cp.offset,
+                        cp.offset,
+                        time.monotonic(),
+                        while_down=True,
+                    )
                 )
         mode = self.cfg.read_from
         if self.store.corrupt:

@@ -22,7 +22,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 REDACTED = "***"
 _SECRET_KEYS = re.compile(r"(pass(word)?|secret|token|api_?key|credential|auth)", re.I)
-_URL_IN_TEXT = re.compile(r"([a-z][a-z0-9+.-]*://)([^/@\s:]*)(:[^/@\s]*)?@", re.I)
+_URL_IN_TEXT = re.compile(r"([a-z][a-z0-9+.-]*://)([^/@\s:]*)(:[^/\s]*)?@", re.I)
+"""User info in free text; the password runs to the *last* '@' before the path, as
+urlsplit (and redis-py) read ``redis://:p@ss@host``."""
 
 SECRET_PARAM = re.compile(
     # Long words end the name, joined or not: accessToken, client_secret, X-Amz-Signature.

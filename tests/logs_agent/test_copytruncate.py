@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -114,6 +115,23 @@ def test_no_copy_found_counts_the_lost_bytes(
     assert size - 3 * 120 <= lost("copy_not_found") - before <= size
     assert "no copy of it was found" in caplog.text
     redis_server.start()
+
+
+def test_emptying_a_fully_read_file_is_not_a_loss_warning(
+    tmp_path: Path, run_agent, raw_client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hostile check F6: ``: > app.log`` after the agent read everything warned, 10 s
+    later, that lines were lost ("at least 0 bytes"): a false alarm per cron run."""
+    caplog.set_level(logging.INFO, logger="agents.agent")
+    log = tmp_path / "logs" / "app.log"
+    write_lines(log, batch("before", 30))
+    run_agent(agent_settings(tmp_path, rotated_grace=0.5))
+    wait_for(lambda: len(unique_lines(raw_client)) >= 30, what="first lines")
+    copytruncate(log, None)
+    wait_for(lambda: "none needed" in caplog.text, what="the truncation judged")
+    write_lines(log, batch("after", 5))
+    wait_for(lambda: len(unique_lines(raw_client)) >= 35, what="lines after the truncation")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 @pytest.mark.parametrize("pattern", ["app.log", "app.log*"])
