@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
+from opsq.core.config.alerts import AlertsSettings
 from opsq.core.logsetup import URL_LOGGERS, redact_handlers
-from tests.monitor.conftest import write_config
+from opsq.engines.alerts import send_via
+from opsq.engines.alerts.message import transition_message
+from tests.monitor.conftest import TargetServer, write_config
 from tests.pipeline.conftest import run_cli
 from tests.support.receivers import HttpReceiver
+from tests.support.workers import Worker
 
 SLACK_TOKEN = "B0SECRET/xoxTOKENpath"
 
@@ -89,3 +95,52 @@ def test_config_check_validates_the_targets_file(
     done = run_cli(["config", "check", "--config", str(tmp_path / "opsq.yaml")],
                    "redis://127.0.0.1:1/0")  # fmt: skip
     assert (done.returncode, done.stdout) == (0, "configuration OK\n"), done.stderr
+
+
+def test_the_target_key_sent_to_a_webhook_hides_the_urls_secrets() -> None:
+    """A transition's ``target`` is ``name|url`` with the probed URL as written: the
+    webhook body carried ``transition.target`` unredacted (password and ``?token=``)
+    while ``url`` next to it was redacted."""
+    receiver = HttpReceiver().start()
+    try:
+        config = AlertsSettings.model_validate(
+            {"notifiers": {"hook": {"kind": "webhook", "url": f"{receiver.url}/hook"}}}
+        )
+        url = "https://ops:pw-17@api.example.com/health?access_token=tok-17"
+        transition = {"id": "t1", "set": "web", "target": f"api|{url}", "name": "api",
+                      "url": url, "from_state": "up", "to_state": "down", "at": 1.8e9,
+                      "reason": "status", "run_id": "r1", "locations": {}}  # fmt: skip
+        send_via(config, "hook", transition_message(transition, "k", "firing", now=1.8e9))
+        (got,) = receiver.accepted
+        body = got.body.decode()
+        assert "tok-17" not in body
+        assert "pw-17" not in body
+        sent = got.json["transition"]["target"]
+        assert sent == "api|https://ops:***@api.example.com/health?access_token=***"
+    finally:
+        receiver.stop()
+
+
+def test_status_never_prints_a_targets_password_or_token(
+    redis_url: str, tmp_path: Path, target_server: TargetServer,
+    start_worker: Callable[..., Worker],
+) -> None:  # fmt: skip
+    """A target probed as ``http://ops:pw-17@host/svc?token=tok-17``: `opsq status`, as
+    a table and as JSON, shows the target without them (the JSON printed the URL as
+    written, password and token included)."""
+    port = target_server.url.rsplit(":", 1)[1]
+    svc = {"name": "svc", "url": f"http://ops:pw-17@127.0.0.1:{port}/svc?token=tok-17",
+           "timeout": "2s"}  # fmt: skip
+    env = write_config(tmp_path / "opsq.yaml", {"probes": {"sets": {"web": {
+        "interval": 3600, "failure_threshold": 1, "targets": [svc]}}}})  # fmt: skip
+    start_worker(env=env, concurrency=1)
+    ran = run_cli(["probe", "--set", "web", "--wait", "--timeout", "60"], redis_url, env=env)
+    assert ran.returncode == 0, ran.stderr
+    table = run_cli(["status"], redis_url, env=env)
+    as_json = run_cli(["status", "--output", "json"], redis_url, env=env)
+    (state,) = json.loads(as_json.stdout)["web"]
+    assert state["url"] == f"http://ops:***@127.0.0.1:{port}/svc?token=***"
+    assert "svc" in table.stdout
+    for output in (table.stdout, table.stderr, as_json.stdout, as_json.stderr):
+        assert "pw-17" not in output
+        assert "tok-17" not in output
