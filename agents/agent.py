@@ -334,6 +334,8 @@ class Agent:
             copy = find_copy(self.names, tailer.path, identity)
             if copy is not None:
                 self._follow_copy(tailer.continue_in(copy, identity), copy)
+                # rotations faster than the checks: whole generations copied in between
+                self._follow_unseen_copies(tailer.path, copy, tailer.key)
             else:
                 self.orphans.append(
                     Orphan(
@@ -630,8 +632,9 @@ class Agent:
     def _follow_unseen_copies(self, path: str, copy: Copy, live: Key) -> None:
         """Read from 0 the copies of generations the agent never saw while it was down.
 
-        Down across two copytruncate rotations, the checkpointed generation's copy is
-        ``.2`` and ``.1`` holds a whole generation written and copied meanwhile: no
+        Down across two copytruncate rotations (or with rotations faster than the
+        size checks), the generation the agent was reading is copied to ``.2`` and
+        ``.1`` holds a whole generation written and copied meanwhile: no
         checkpoint names it and ``paths: [app.log]`` does not match it, so it was lost
         without a word. A rotated sibling at least as new as *copy* (mtime), unknown
         to the checkpoints and not open already, is such a generation.

@@ -11,7 +11,7 @@ import yaml
 from opsq.cli.options import common_options, settings_from
 from opsq.core.redact import redact
 from opsq.core.settings import Settings, default_settings
-from opsq.engines.monitor.setrun import check_target_notifiers, set_batches
+from opsq.engines.monitor.setrun import checked_targets, set_batches
 
 
 @click.group()
@@ -33,9 +33,8 @@ def check_set_files(settings: Settings) -> None:
     Without this, a bad file passed the check and beat then refused every run."""
     for name, probe_set in settings.probes.sets.items():
         if probe_set.file is not None:
-            targets: list[Any] = []
-            set_batches(probe_set, settings.probes.batch_size, targets)
-            check_target_notifiers(name, targets, settings)
+            set_batches(probe_set, settings.probes.batch_size,
+                        checked_targets(name, settings, lambda _: None))  # fmt: skip
 
 
 @config.command()

@@ -62,6 +62,19 @@ def test_config_show_tree_redacts_query_tokens() -> None:
     assert "t-13" not in str(redact(tree))
 
 
+def test_config_show_redacts_secret_headers() -> None:
+    """`headers: {X-Api-Key: ..., Cookie: ...}` of an inline probe set were printed by
+    `opsq config show` (only api_key with an underscore was known) (hostile check 89 F10)."""
+    headers = {
+        "X-Api-Key": "s-1", "Cookie": "session=s-2", "Ocp-Apim-Subscription-Key": "s-3",
+        "X-Auth-Token": "s-4", "Proxy-Authorization": "Basic s-5", "Accept": "text/html",
+    }  # fmt: skip
+    shown = redact({"targets": [{"name": "a", "headers": headers, "key_file": "/k.pem"}]})
+    target = shown["targets"][0]
+    assert set(target["headers"].values()) == {"***", "text/html"}
+    assert target["key_file"] == "/k.pem"
+
+
 def test_probe_results_are_printed_redacted() -> None:
     """`opsq probe --output json` and `opsq runs show` print URLs and errors redacted."""
     url = "https://api.example.com/health?access_token=t-14"
