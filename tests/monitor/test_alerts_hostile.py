@@ -8,12 +8,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
 
 from opsq.core.config.alerts import AlertsSettings
+from opsq.core.config.probes import ProbeSet, Target
 from opsq.core.logsetup import URL_LOGGERS, redact_handlers
 from opsq.engines.alerts import send_via
+from opsq.engines.alerts.delivery import deliver
 from opsq.engines.alerts.message import transition_message
+from opsq.engines.monitor.spec import build_spec
+from opsq.engines.monitor.store import MonitorStore
 from tests.monitor.conftest import TargetServer, write_config
 from tests.pipeline.conftest import run_cli
 from tests.support.receivers import HttpReceiver
@@ -144,3 +149,46 @@ def test_status_never_prints_a_targets_password_or_token(
     for output in (table.stdout, table.stderr, as_json.stdout, as_json.stderr):
         assert "pw-17" not in output
         assert "tok-17" not in output
+
+
+def test_a_late_firing_message_is_not_sent_after_the_target_recovered(
+    redis_client: redis.Redis, receiver: HttpReceiver
+) -> None:
+    """Slack answered 500 through an outage, the target recovered and the resolved
+    message got through first; the firing message's retry then arrived last, leaving
+    the channel saying DOWN about a target that was up (the same for reminders, and for
+    a worker's task redelivered after its visibility timeout). Now the stale firing
+    message is dropped as ``superseded``; a firing message of the target's current
+    transition is still sent."""
+    alerts = AlertsSettings.model_validate(
+        {"notifiers": {"hook": {"kind": "webhook", "url": f"{receiver.url}/hook"}}}
+    )
+    store = MonitorStore(redis_client, alerts)
+    targets = [Target(name="api", url="http://api/")]
+    probe_set = ProbeSet(targets=[t.model_dump(mode="json") for t in targets],
+                         failure_threshold=1, success_threshold=1, notify=("hook",))  # fmt: skip
+
+    def run(run_id: str, up: bool, at: float) -> dict | None:
+        spec = build_spec("web", probe_set, targets, created_at=at)
+        store.register(run_id, spec)
+        result = {"name": "api", "url": "http://api/", "location": "default", "up": up,
+                  "error_kind": "connect", "error": "refused"}  # fmt: skip
+        store.apply(run_id, spec, [result], now=at + 1)
+        jobs = store.outbox(run_id)
+        assert len(jobs) <= 1, jobs
+        return jobs[0] if jobs else None
+
+    assert run("r0", True, 100.0) is None  # a new target's first verdict notifies nothing
+    firing, resolved = run("r1", False, 200.0), run("r2", True, 300.0)
+    assert firing is not None
+    assert resolved is not None
+    assert (firing["message"]["event"], resolved["message"]["event"]) == ("firing", "resolved")
+
+    assert deliver(redis_client, alerts, resolved, task_id="t2").result == "sent"
+    assert deliver(redis_client, alerts, firing, task_id="t1").result == "superseded"
+    assert [x.json["event"] for x in receiver.accepted] == ["resolved"]
+
+    again = run("r3", False, 400.0)
+    assert again is not None
+    assert deliver(redis_client, alerts, again, task_id="t3").result == "sent"
+    assert [x.json["event"] for x in receiver.accepted] == ["resolved", "firing"]
