@@ -89,6 +89,8 @@ class Orphan:
     seen: int
     """File size last seen before the truncation: at least ``seen - offset`` bytes lost."""
     since: float
+    while_down: bool = False
+    """Truncated while the agent was down: what it held before the truncation is unknown."""
 
 
 class Agent:
@@ -332,6 +334,8 @@ class Agent:
             copy = find_copy(self.names, tailer.path, identity)
             if copy is not None:
                 self._follow_copy(tailer.continue_in(copy, identity), copy)
+                # rotations faster than the checks: whole generations copied in between
+                self._follow_unseen_copies(tailer.path, copy, tailer.key)
             else:
                 self.orphans.append(
                     Orphan(
@@ -401,6 +405,12 @@ class Agent:
         lost = max(0, orphan.seen - orphan.offset)
         metrics.BYTES_LOST.labels(reason="copy_not_found").inc(lost)
         self.store.forget(orphan.identity.fid)
+        if lost == 0 and not orphan.while_down:
+            # ``: > app.log`` after everything was read (a cron job emptying its log):
+            # nothing the agent saw is missing; a warning every hour would cry wolf.
+            log.info("%s was truncated after every byte seen in it was read; no copy "
+                     "found, none needed", orphan.path)  # fmt: skip
+            return
         log.warning(
             "%s was truncated but no copy of it was found (looked for names matching "
             "copytruncate_suffix %r); lines written between the last read and the "
@@ -599,7 +609,16 @@ class Agent:
                 self._follow_unseen_copies(path, copy, (st.st_dev, st.st_ino))
             else:
                 self.orphans.append(
-                    Orphan(path, path, cp.identity, b"", cp.offset, cp.offset, time.monotonic())
+                    Orphan(
+                        path,
+                        path,
+                        cp.identity,
+                        b"",
+                        cp.offset,
+                        cp.offset,
+                        time.monotonic(),
+                        while_down=True,
+                    )
                 )
         mode = self.cfg.read_from
         if self.store.corrupt:
@@ -613,8 +632,9 @@ class Agent:
     def _follow_unseen_copies(self, path: str, copy: Copy, live: Key) -> None:
         """Read from 0 the copies of generations the agent never saw while it was down.
 
-        Down across two copytruncate rotations, the checkpointed generation's copy is
-        ``.2`` and ``.1`` holds a whole generation written and copied meanwhile: no
+        Down across two copytruncate rotations (or with rotations faster than the
+        size checks), the generation the agent was reading is copied to ``.2`` and
+        ``.1`` holds a whole generation written and copied meanwhile: no
         checkpoint names it and ``paths: [app.log]`` does not match it, so it was lost
         without a word. A rotated sibling at least as new as *copy* (mtime), unknown
         to the checkpoints and not open already, is such a generation.

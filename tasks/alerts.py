@@ -125,6 +125,9 @@ def notify(self: Task, notifier: str, message: dict[str, Any]) -> dict[str, Any]
         log.error("notification %s failed, not retried: %s", key, exc)
         return {"result": "failed", "error": str(exc)}
     metrics.NOTIFICATIONS.labels(notifier, outcome.result).inc()
+    if outcome.result == "superseded":
+        log.warning("notification %s via %s dropped: the target changed state since (the "
+                    "later transition is notified instead)", key, notifier)  # fmt: skip
     answer = outcome.delivery.answer if outcome.delivery else ""
     log.info("notification %s via %s: %s %s", key, notifier, outcome.result, answer)
     return {"result": outcome.result, "answer": answer}

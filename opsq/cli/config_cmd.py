@@ -10,7 +10,8 @@ import yaml
 
 from opsq.cli.options import common_options, settings_from
 from opsq.core.redact import redact
-from opsq.core.settings import default_settings
+from opsq.core.settings import Settings, default_settings
+from opsq.engines.monitor.setrun import checked_targets, set_batches
 
 
 @click.group()
@@ -22,8 +23,18 @@ def config() -> None:
 @common_options
 def check(**opts: Any) -> None:
     """Validate the configuration; exit 0 when valid, 2 with the problem otherwise."""
-    settings_from(**opts)
+    check_set_files(settings_from(**opts))
     click.echo("configuration OK")
+
+
+def check_set_files(settings: Settings) -> None:
+    """Validate each probe set's targets file as a run would: its targets, their
+    thresholds and expectations, and the notifiers they name (raises ConfigError).
+    Without this, a bad file passed the check and beat then refused every run."""
+    for name, probe_set in settings.probes.sets.items():
+        if probe_set.file is not None:
+            set_batches(probe_set, settings.probes.batch_size,
+                        checked_targets(name, settings, lambda _: None))  # fmt: skip
 
 
 @config.command()

@@ -27,7 +27,7 @@ from agents.pods import node_name
 from opsq.cli.options import common_options, settings_from
 from opsq.core.errors import ConfigError
 from opsq.core.logsetup import setup_logging
-from opsq.core.observe import ObserveServer
+from opsq.core.observe import bind_or_fail
 from opsq.core.settings import Settings, config_path
 
 if TYPE_CHECKING:
@@ -91,9 +91,13 @@ def agent(**opts: Any) -> None:
     _check_agent_settings(settings, opts.get("config_file"))
     setup_logging(settings.log_level, settings.log_format)
     engine = Agent(settings.logs, settings.broker_url)
-    server = ObserveServer(
+    # A port in use (another agent, or the previous one still dying) is exit 2 with
+    # the fix, not a traceback (issue 11 hostile check F5).
+    server = bind_or_fail(
         settings.metrics.bind,
         settings.logs.agent.metrics_port,
+        process="opsq agent",
+        setting="logs.agent.metrics_port",
         ready_checks={"redis": engine.redis_reachable},
     ).start()
     log.info("metrics on %s:%d", settings.metrics.bind, server.port)
@@ -156,7 +160,13 @@ def _run_shipper(consumer: str | None, opts: dict[str, Any]) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     checks = {"redis": probe.ping, "group": lambda: group_exists(probe, stream, conf.group)}
-    observe = ObserveServer(settings.metrics.bind, conf.metrics_port, ready_checks=checks).start()
+    observe = bind_or_fail(
+        settings.metrics.bind,
+        conf.metrics_port,
+        process="opsq ship",
+        setting="logs.shipper.metrics_port",
+        ready_checks=checks,
+    ).start()
     try:
         shipper = Shipper(
             client,

@@ -21,6 +21,7 @@ from opsq.cli.options import common_options, settings_from
 from opsq.core.durations import format_duration
 from opsq.core.errors import PermanentError, TemporaryError
 from opsq.core.logsetup import setup_logging
+from opsq.core.redact import redact_text
 from opsq.engines.alerts import send_via, trial_message
 from opsq.engines.monitor.state import TargetState
 from opsq.engines.monitor.store import MonitorStore
@@ -45,12 +46,13 @@ def status(set_name: str | None, output: str, **opts: Any) -> None:
         states = store.states(names)
     finally:
         client.close()
+    # Target URLs and error details are as probed: passwords and tokens included.
     if output == "json":
-        click.echo(json.dumps(
+        click.echo(redact_text(json.dumps(
             {name: [s.to_dict() for s in found] for name, found in states.items()}, indent=2
-        ))  # fmt: skip
+        )))  # fmt: skip
         return
-    click.echo(render_status(states, time.time()))
+    click.echo(redact_text(render_status(states, time.time())))
     if set_name and not states.get(set_name):
         click.echo(f"no state for set {set_name!r} yet (has a run of it completed?)", err=True)
 

@@ -201,7 +201,7 @@ class Builder:
 
     def add_beat(self) -> None:
         argv = self.celery("beat", "--loglevel", self.settings.log_level,
-                           "-S", "redbeat.RedBeatScheduler")  # fmt: skip
+                           "-S", "tasks.beat.LockedRedBeatScheduler")  # fmt: skip
         self.metrics_child("beat", argv, "OPSQ_METRICS__PORT", STOP_PHASE_SERVICES)
 
     def add_flower(self) -> None:

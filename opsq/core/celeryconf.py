@@ -55,7 +55,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
-        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "beat_scheduler": "tasks.beat.LockedRedBeatScheduler",
         "redbeat_redis_url": settings.broker_url,
         "redbeat_key_prefix": keys.REDBEAT_PREFIX,
         "redbeat_lock_timeout": settings.beat.lock_timeout,

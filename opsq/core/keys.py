@@ -153,6 +153,12 @@ def notify_claim(key: str) -> str:
     return f"{PREFIX}:notify:claim:{key}"
 
 
+def notify_over(transition_id: str) -> str:
+    """Set when a target's next transition replaced this one: its firing messages,
+    re-posts and reminders still queued or retrying are stale and not sent."""
+    return f"{PREFIX}:notify:over:{transition_id}"
+
+
 NOTIFY_DONE_TTL_S = 7 * 24 * 3600
 """Delivered keys are remembered a week: longer than any redelivery or retry chain."""
 

@@ -72,7 +72,9 @@ def read_document(path: Path) -> dict[str, Any]:
     """A ``.json`` file with orjson, anything else as YAML; the top level must be a mapping."""
     if path.suffix.lower() != ".json":
         return read_yaml(path)
-    raw = read_text(path).encode("utf-8")
+    # A byte order mark (Windows tools write one) is allowed, as RFC 8259 section 8.1
+    # lets parsers do and as YAML does; orjson refuses it.
+    raw = read_text(path).removeprefix("\ufeff").encode("utf-8")
     if not raw.strip():
         raise ConfigError(f"{path}: the file is empty; expected a JSON object")
     try:

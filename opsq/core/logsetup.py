@@ -24,6 +24,10 @@ from typing import Any
 from opsq.core.redact import redact, redact_text
 
 _STD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+URL_LOGGERS = ("httpx", "httpcore")
+"""Libraries that log every request's full URL at INFO/DEBUG. A Slack or webhook URL is
+itself the secret (the token is its path), which no pattern can redact, so these are
+held at WARNING whatever ``log_level`` says (``opsq alerts test`` printed the URL)."""
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -65,8 +69,15 @@ class Redacted(logging.Formatter):
         return redact_text(self.inner.format(record))
 
 
+def quiet_url_loggers() -> None:
+    """Hold :data:`URL_LOGGERS` at WARNING."""
+    for name in URL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def redact_handlers(logger: logging.Logger) -> None:
     """Make every handler of *logger* redact, keeping its own format."""
+    quiet_url_loggers()
     for handler in logger.handlers:
         if not isinstance(handler.formatter, Redacted | JsonFormatter | TextFormatter):
             handler.setFormatter(Redacted(handler.formatter))
@@ -85,3 +96,4 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [make_handler(fmt)]
     root.setLevel(level)
+    quiet_url_loggers()

@@ -127,16 +127,19 @@ def bind_or_fail(
     port: int,
     *,
     process: str,
+    setting: str = "metrics.port",
     ready_checks: dict[str, Check] | None = None,
     reports: dict[str, Report] | None = None,
 ) -> ObserveServer:
-    """An :class:`ObserveServer` bound now (not yet serving), or a ConfigError with the fix."""
+    """An :class:`ObserveServer` bound now (not yet serving), or a ConfigError with the fix
+    naming *setting* (the dotted config key of the port) and its environment variable."""
     try:
         return ObserveServer(bind, port, ready_checks=ready_checks, reports=reports)
     except OSError as exc:
+        env = "OPSQ_" + setting.upper().replace(".", "__")
         raise ConfigError(
             f"{process}: cannot serve /metrics, /healthz and /readyz on {bind}:{port}: "
-            f"{exc.strerror or exc} (fix: set metrics.port, OPSQ_METRICS__PORT, to a free "
+            f"{exc.strerror or exc} (fix: set {setting}, {env}, to a free "
             "port, or 0 to pick one; the port chosen is logged)"
         ) from exc
 

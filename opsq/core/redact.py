@@ -21,8 +21,12 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 REDACTED = "***"
-_SECRET_KEYS = re.compile(r"(pass(word)?|secret|token|api_?key|credential|auth)", re.I)
-_URL_IN_TEXT = re.compile(r"([a-z][a-z0-9+.-]*://)([^/@\s:]*)(:[^/@\s]*)?@", re.I)
+_SECRET_KEYS = re.compile(r"(pass(word)?|secret|token|api_?key|credential|auth|cookie)", re.I)
+"""Config keys (and header names) whose value is a secret; also :data:`SECRET_PARAM`
+(``X-Api-Key``, ``Ocp-Apim-Subscription-Key``: a name ending in ``key``)."""
+_URL_IN_TEXT = re.compile(r"([a-z][a-z0-9+.-]*://)([^/@\s:]*)(:[^/\s]*)?@", re.I)
+"""User info in free text; the password runs to the *last* '@' before the path, as
+urlsplit (and redis-py) read ``redis://:p@ss@host``."""
 
 SECRET_PARAM = re.compile(
     # Long words end the name, joined or not: accessToken, client_secret, X-Amz-Signature.
@@ -118,7 +122,7 @@ def redact(value: Any, key: str = "") -> Any:
     if isinstance(value, list):
         return [redact(v, key) for v in value]
     if isinstance(value, str):
-        if key and _SECRET_KEYS.search(key) and value:
+        if key and value and (_SECRET_KEYS.search(key) or SECRET_PARAM.match(key)):
             return REDACTED
         if "://" in value:
             return redact_url(value)

@@ -21,7 +21,7 @@ into the batches of a run here. Stages, each measured on the 2-core dev VM:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -70,13 +70,18 @@ class _Shape(Section):
     targets: Annotated[list[Any], Field(min_length=1)]
 
 
+Collector = Callable[[list[Target]], None]
+"""Receives each validated chunk of targets, in file order (beat's monitor builds its
+spec from them); the chunk is dropped afterwards, so keep only what you need."""
+
+
 def load_batches(
-    path: Path, batch_size: int, *, collect: list[Target] | None = None
+    path: Path, batch_size: int, *, collect: Collector | None = None
 ) -> list[EncodedBatch]:
     """Read, validate and encode a targets file, or raise ConfigError naming every problem.
 
     Relative paths inside the file are relative to the file's directory. *collect*, if
-    given, receives the validated targets (beat's monitor needs them; the CLI does not).
+    given, receives each validated chunk (beat's monitor needs them; the CLI does not).
     A YAML file above :data:`STREAM_BYTES` is read an item at a time
     (:mod:`opsq.core.yamlstream`) so memory stays bounded.
     """
@@ -92,7 +97,7 @@ def load_batches(
 
 
 def encode_batches(
-    data: dict[str, Any], batch_size: int, *, source: str, collect: list[Target] | None = None
+    data: dict[str, Any], batch_size: int, *, source: str, collect: Collector | None = None
 ) -> list[EncodedBatch]:
     """Validate a parsed targets document in chunks and encode each chunk as a batch."""
     with paused_gc():
@@ -102,7 +107,7 @@ def encode_batches(
 
 def _encode(
     defaults: dict[str, Any], entries: Iterator[Any], size: int, source: str,
-    collect: list[Target] | None,
+    collect: Collector | None,
 ) -> list[EncodedBatch]:  # fmt: skip
     batches: list[EncodedBatch] = []
     problems: list[str] = []
@@ -112,7 +117,7 @@ def _encode(
             blob = TARGETS.dump_json(chunk, exclude_defaults=True)
             batches.append(EncodedBatch(offset, len(chunk), blob))
             if collect is not None:
-                collect.extend(chunk)
+                collect(chunk)
     if problems:
         raise ConfigError(_report(source, problems))
     return batches
@@ -140,7 +145,7 @@ def _stream(path: Path) -> MappingStream | None:
 
 
 def _encode_stream(
-    stream: MappingStream, size: int, source: str, collect: list[Target] | None
+    stream: MappingStream, size: int, source: str, collect: Collector | None
 ) -> list[EncodedBatch]:
     with paused_gc():
         shape = _validated_shape({**stream.before, "targets": [None]}, source)

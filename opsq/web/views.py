@@ -7,6 +7,7 @@ latencies seconds, uptimes fractions 0..1 (``null``: no judged run in the window
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from datetime import datetime
 from typing import Any
@@ -48,17 +49,33 @@ def _bad_request(message: str) -> web.HTTPBadRequest:
 
 
 def parse_time(value: str | None, default: float) -> float:
-    """Epoch seconds or ISO 8601 (``2026-01-01T00:00:00Z``)."""
+    """Epoch seconds or ISO 8601 (``2026-01-01T00:00:00Z``); nan and inf are refused."""
     if value is None or value == "":
         return default
     try:
-        return float(value)
+        parsed = float(value)
     except ValueError:
-        pass
+        parsed = _iso(value)
+    if not math.isfinite(parsed):
+        raise _bad_request(f"{value!r} is not a finite time")
+    return parsed
+
+
+def _iso(value: str) -> float:
     try:
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError as exc:
         raise _bad_request(f"{value!r} is neither epoch seconds nor ISO 8601") from exc
+
+
+def stored_span(start: float, end: float, now: float, retention: float) -> tuple[float, float]:
+    """The part of [start, end] that can hold history: nothing is kept longer than
+    *retention* (plus the day a key's TTL outlives it) nor recorded ahead of now.
+
+    Rollups are looked up period by period, so an unclamped ``from=-1e11&to=1e11`` made
+    one request walk 55 million hours for minutes of CPU on the event loop, freezing
+    the page for everyone (and in public mode, anyone could send it)."""
+    return max(start, now - retention - 2 * windows.DAY_S), min(end, now + windows.DAY_S)
 
 
 class Views:
@@ -176,7 +193,8 @@ class Views:
             answer["points"] = [s.to_dict() for s in samples[:RAW_POINTS_MAX]]
         else:
             kind = "h" if resolution == "hour" else "d"
-            rollups = await self.reader.rollups(set_name, key, kind, start, end)
+            kept = stored_span(start, end, now, self.site.settings.history.retention)
+            rollups = await self.reader.rollups(set_name, key, kind, *kept)
             answer["truncated"] = False
             answer["points"] = [rollup_api(kind, acc) for acc in rollups]
         return json_response(answer)

@@ -37,6 +37,18 @@ def test_secrets_in_query_strings_are_redacted(url: str, secret: str) -> None:
     assert secret not in redact_text(f"GET {url} failed: timeout")
 
 
+@pytest.mark.parametrize(
+    "url", ["redis://:p@ssw0rd@127.0.0.1:6379/0", "redis://user:p@ss:w0rd@h:6379/0"]
+)
+def test_a_password_holding_an_at_sign_is_redacted_whole_in_free_text(url: str) -> None:
+    """urlsplit takes the last '@' (such a URL validates and works), the free-text pattern
+    stopped at the first: log lines kept "ssw0rd" (hostile check 89 F8)."""
+    line = redact_text(f"cannot reach {url}: refused")
+    assert "w0rd" not in line
+    assert "***@" in line
+    assert "w0rd" not in redact_url(url)
+
+
 def test_harmless_parameters_are_kept() -> None:
     """Only secret-named parameters go: page, sort, monkey and state stay readable."""
     url = "https://h/p?page=2&sort=name&monkey=banana&state=s"
@@ -48,6 +60,19 @@ def test_config_show_tree_redacts_query_tokens() -> None:
     """`opsq config show`: a sink or target URL with ?token= loses the token."""
     tree = {"logs": {"shipper": {"sink": {"url": "https://loki/push?token=t-13"}}}}
     assert "t-13" not in str(redact(tree))
+
+
+def test_config_show_redacts_secret_headers() -> None:
+    """`headers: {X-Api-Key: ..., Cookie: ...}` of an inline probe set were printed by
+    `opsq config show` (only api_key with an underscore was known) (hostile check 89 F10)."""
+    headers = {
+        "X-Api-Key": "s-1", "Cookie": "session=s-2", "Ocp-Apim-Subscription-Key": "s-3",
+        "X-Auth-Token": "s-4", "Proxy-Authorization": "Basic s-5", "Accept": "text/html",
+    }  # fmt: skip
+    shown = redact({"targets": [{"name": "a", "headers": headers, "key_file": "/k.pem"}]})
+    target = shown["targets"][0]
+    assert set(target["headers"].values()) == {"***", "text/html"}
+    assert target["key_file"] == "/k.pem"
 
 
 def test_probe_results_are_printed_redacted() -> None:

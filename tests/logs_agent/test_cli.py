@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import urllib.error
 from pathlib import Path
@@ -127,3 +128,30 @@ def test_a_stream_key_of_the_wrong_type_stops_the_agent(tmp_path: Path, redis_ur
     assert "XADD refused for good" in output
     assert "WRONGTYPE" in output
     assert redis.Redis.from_url(redis_url).get(STREAM) == b"not a stream"
+
+
+@pytest.mark.parametrize(
+    ("command", "section"), [("agent", "agent"), ("ship", "shipper")], ids=["agent", "ship"]
+)
+def test_a_metrics_port_in_use_is_exit_2_naming_the_setting(
+    tmp_path: Path, command: str, section: str
+) -> None:
+    """Hostile check F5: a second agent (or one restarted before the old one was gone)
+    on the same metrics port died with a bind traceback, exit 1."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        logs = {
+            "agent": {"paths": [str(tmp_path / "*.log")], "checkpoint_dir": str(tmp_path)},
+            "shipper": {"sink": {"type": "stdout"}},
+        }
+        logs[section]["metrics_port"] = port
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(json.dumps({"redis_url": "redis://127.0.0.1:1/0", "logs": logs}))
+        res = subprocess.run(
+            [OPSQ, command, "--config", str(cfg)], check=False, capture_output=True, text=True
+        )
+    assert res.returncode == 2, res.stderr
+    assert f"logs.{section}.metrics_port" in res.stderr
+    assert "Traceback" not in res.stderr

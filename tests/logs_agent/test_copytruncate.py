@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -65,18 +66,46 @@ def lost(reason: str) -> float:
     return float(metrics.BYTES_LOST.labels(reason=reason)._value.get())
 
 
+def frozen_after_300_lines(
+    tmp_path: Path, redis_url: str, prefix: str
+) -> tuple[AgentProcess, redis.Redis]:
+    """An ``opsq agent`` process on ``logs/app.log`` that shipped 300 lines, then SIGSTOPped."""
+    log = tmp_path / "logs" / "app.log"
+    write_lines(log, batch(prefix, 300))
+    cfg = {"paths": [str(log)], "checkpoint_dir": str(tmp_path / "ck")}
+    agent = AgentProcess(tmp_path, redis_url, cfg, stream=STREAM).start()
+    client = redis.Redis.from_url(redis_url)
+    try:
+        wait_for(lambda: len(unique_lines(client)) == 300, what="first lines")
+    except AssertionError:
+        agent.stop()
+        raise
+    agent.signal(signal.SIGSTOP)
+    return agent, client
+
+
+def two_copytruncates(log: Path) -> list[bytes]:
+    """Two copytruncate rotations of *log* (``.1`` shifted to ``.2`` by the second),
+    with lines before each and after; returns those lines."""
+    logs = log.parent
+    write_lines(log, batch("two", 50))
+    copytruncate(log, logs / "app.log.1")
+    os.utime(logs / "app.log.1", (1_000_000, 1_000_000))  # logrotate's order of copies
+    write_lines(log, batch("three", 40))
+    os.rename(logs / "app.log.1", logs / "app.log.2")
+    copytruncate(log, logs / "app.log.1")
+    os.utime(logs / "app.log.1", (2_000_000, 2_000_000))
+    write_lines(log, batch("four", 10))
+    return batch("two", 50) + batch("three", 40) + batch("four", 10)
+
+
 def test_lines_only_in_the_copy_are_read_from_it_in_order(tmp_path: Path, redis_url: str) -> None:
     """The agent process is frozen (SIGSTOP) while lines are appended and the file is
     copied and truncated: those lines exist only in the copy when it wakes up."""
     logs = tmp_path / "logs"
     log = logs / "app.log"
-    write_lines(log, batch("before", 300))
-    cfg = {"paths": [str(log)], "checkpoint_dir": str(tmp_path / "ck")}
-    agent = AgentProcess(tmp_path, redis_url, cfg, stream=STREAM).start()
+    agent, client = frozen_after_300_lines(tmp_path, redis_url, "before")
     try:
-        client = redis.Redis.from_url(redis_url)
-        wait_for(lambda: len(unique_lines(client)) == 300, what="first lines")
-        agent.signal(signal.SIGSTOP)
         write_lines(log, batch("unread", 500))
         copytruncate(log, logs / "app.log.1")
         write_lines(log, batch("after", 20))
@@ -91,6 +120,26 @@ def test_lines_only_in_the_copy_are_read_from_it_in_order(tmp_path: Path, redis_
         assert [d for _o, d in new] == batch("after", 20)
         assert {p for p, *_ in stream_records(client)} == {str(log)}  # the original's path
         assert agent.metric("opsq_agent_bytes_lost_total") == 0
+        assert agent.terminate() == 0
+    finally:
+        agent.signal(signal.SIGCONT)
+        agent.stop()
+
+
+def test_two_copytruncate_rotations_between_two_checks_lose_no_generation(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Hostile check F8: logrotate faster than the agent's checks (the process is frozen
+    here) left the generation copied in between in ``.1``, never read with ``app.log``:
+    365 lines lost, uncounted, at a rotation every 0.1 s."""
+    log = tmp_path / "logs" / "app.log"
+    agent, client = frozen_after_300_lines(tmp_path, redis_url, "one")
+    try:
+        later = two_copytruncates(log)
+        agent.signal(signal.SIGCONT)
+        expected = batch("one", 300) + later
+        wait_for(lambda: len(unique_lines(client)) >= len(expected), what="every line")
+        assert_each_line_once(client, expected)
         assert agent.terminate() == 0
     finally:
         agent.signal(signal.SIGCONT)
@@ -114,6 +163,23 @@ def test_no_copy_found_counts_the_lost_bytes(
     assert size - 3 * 120 <= lost("copy_not_found") - before <= size
     assert "no copy of it was found" in caplog.text
     redis_server.start()
+
+
+def test_emptying_a_fully_read_file_is_not_a_loss_warning(
+    tmp_path: Path, run_agent, raw_client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hostile check F6: ``: > app.log`` after the agent read everything warned, 10 s
+    later, that lines were lost ("at least 0 bytes"): a false alarm per cron run."""
+    caplog.set_level(logging.INFO, logger="agents.agent")
+    log = tmp_path / "logs" / "app.log"
+    write_lines(log, batch("before", 30))
+    run_agent(agent_settings(tmp_path, rotated_grace=0.5))
+    wait_for(lambda: len(unique_lines(raw_client)) >= 30, what="first lines")
+    copytruncate(log, None)
+    wait_for(lambda: "none needed" in caplog.text, what="the truncation judged")
+    write_lines(log, batch("after", 5))
+    wait_for(lambda: len(unique_lines(raw_client)) >= 35, what="lines after the truncation")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 @pytest.mark.parametrize("pattern", ["app.log", "app.log*"])
@@ -174,16 +240,9 @@ def test_two_copytruncate_rotations_while_the_agent_was_down_lose_no_generation(
     logs = tmp_path / "logs"
     log = logs / "app.log"
     settings = read_200_lines_then_stop(tmp_path, run_agent, raw_client, pattern)
-    write_lines(log, batch("two", 50))
-    copytruncate(log, logs / "app.log.1")
-    os.utime(logs / "app.log.1", (1_000_000, 1_000_000))  # logrotate's order of copies
-    write_lines(log, batch("three", 40))
-    os.rename(logs / "app.log.1", logs / "app.log.2")
-    copytruncate(log, logs / "app.log.1")
-    os.utime(logs / "app.log.1", (2_000_000, 2_000_000))
-    write_lines(log, batch("four", 10))
+    later = two_copytruncates(log)
     agent = run_agent(settings)
-    expected = batch("one", 200) + batch("two", 50) + batch("three", 40) + batch("four", 10)
+    expected = batch("one", 200) + later
     wait_for(lambda: len(unique_lines(raw_client)) >= 300, what="every line")
     wait_for(lambda: settled(agent, logs, pattern), what="all files read and acknowledged")
     assert_each_line_once(raw_client, expected)

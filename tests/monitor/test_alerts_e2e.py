@@ -146,7 +146,8 @@ def test_one_notification_per_transition_despite_kill_9(
     2xx cannot reach a sender that is still dying: that would be the window a keyed
     re-send covers, not a delivery bug). After redelivery, every (transition, notifier)
     key was acknowledged by the receiver exactly once, webhook and Slack alike, and a
-    held key really was sent twice (the redelivered task re-sent the same key)."""
+    held key really was sent twice (the redelivered task re-sent the same key, taking
+    over the claim of the killed holder)."""
     receiver.hold = threading.Event()
     target_server.codes["/svc"] = 503
     env = {**FAST_REDELIVERY, **write_config(tmp_path / "opsq.yaml", {
@@ -163,7 +164,7 @@ def test_one_notification_per_transition_despite_kill_9(
     receiver.wait_for(lambda r: len(r.received) >= 1, 60)
     first.kill9()
     receiver.hold.set()
-    start_worker(env=env)
+    second = start_worker(env=env)
     receiver.wait_for(lambda r: len({x.key for x in r.accepted}) >= 2, 90)
 
     target_server.codes["/svc"] = 200
@@ -178,6 +179,9 @@ def test_one_notification_per_transition_despite_kill_9(
                                                              "resolved"]  # fmt: skip
     sent = Counter(x.key for x in receiver.received + receiver.accepted)
     assert max(sent.values()) >= 2, "no notification was in flight when the worker died"
+    # The redelivered task found its claim held by a dead process and took it over at
+    # once (a live holder, e.g. a second copy of a running task, is waited for).
+    assert "took over the claim" in second.log()
     assert {x.path for x in receiver.accepted} == {"/hook", "/slack/T/B/X"}
 
 

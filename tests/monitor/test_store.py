@@ -10,7 +10,7 @@ import redis
 from opsq.core import keys
 from opsq.core.config.alerts import AlertsSettings
 from opsq.core.config.probes import ProbeSet, Target
-from opsq.engines.monitor.spec import build_spec
+from opsq.engines.monitor.spec import RunSpec, build_spec
 from opsq.engines.monitor.store import MonitorStore
 
 ALERTS = AlertsSettings.model_validate(
@@ -107,3 +107,22 @@ def test_a_run_without_quorum_changes_nothing(redis_client: redis.Redis) -> None
     assert outcome.transitions == []
     assert outcome.jobs == []
     assert {v.verdict for v in outcome.verdicts.values()} == {"unknown"}
+
+
+def test_a_spec_keeps_only_targets_that_differ_and_survives_redis() -> None:
+    """Targets that set nothing of their own share the set's spec; one that sets a
+    threshold, a warning line or its own (even empty) notify list gets its own; the spec
+    loads back equal from its stored form."""
+    targets = [
+        Target(name="plain", url="http://a/"),
+        Target(name="slow", url="http://b/", expect={"degraded_latency": 0.5}),
+        Target(name="quiet", url="http://c/", notify=[]),
+        Target(name="strict", url="http://d/", failure_threshold=5),
+    ]
+    spec = build_spec("web", SET, targets, created_at=1.0)
+    assert sorted(spec.overrides) == ["quiet|http://c/", "slow|http://b/", "strict|http://d/"]
+    assert spec.target("plain|http://a/") == spec.defaults
+    assert spec.target("quiet|http://c/").notify == ()
+    assert spec.target("slow|http://b/").lines.degraded_latency == 0.5
+    assert spec.target("strict|http://d/").thresholds.failure == 5
+    assert RunSpec.loads(spec.dumps()) == spec

@@ -86,4 +86,45 @@ def test_beat_runs_a_configured_probe_set_on_its_interval(
     # Beat runs keep the beat retention (10 minutes here), not the on-demand week.
     assert 0 < redis_client.ttl(keys.run_meta(web_runs[0])) <= 600
     assert 0 < redis_client.ttl(keys.run_packed(web_runs[0])) <= 600
-    assert "scheduler -> redbeat.schedulers.RedBeatScheduler" in (tmp_path / "beat.log").read_text()
+    assert "scheduler -> tasks.beat.LockedRedBeatScheduler" in (tmp_path / "beat.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_second_beat_never_rewrites_the_schedule_of_the_beat_running_it(
+    start_worker: Callable[..., Worker],
+    start_beat: Callable[[dict[str, str]], None],
+    redis_client: redis.Redis,
+    http_server: LocalHTTP,
+    tmp_path: Path,
+) -> None:
+    """A beat started with another config (a standby replica, or one started by hand)
+    waits for the lock; before, RedBeat wrote its schedule at start, without the lock,
+    deleting the running beat's `probe-set:web` and `alerts-tick`: the set silently
+    stopped running (hostile check 89 F6)."""
+    config = tmp_path / "opsq.yaml"
+    config.write_text(yaml.safe_dump({"probes": {"sets": {"web": {
+        "targets": [{"name": "home", "url": f"{http_server.url}/ok"}], "interval": 1,
+    }}}}))  # fmt: skip
+    env = {"OPSQ_CONFIG": str(config), "OPSQ_RUNS__RETENTION__BEAT": "10m"}
+    start_worker(env=env)
+    start_beat(env)
+    log = tmp_path / "beat.log"
+
+    def web_runs() -> int:
+        ids = redis_client.zrange(keys.RUNS_INDEX, 0, -1)
+        return sum(redis_client.hget(keys.run_meta(i), "probe_set") == "web" for i in ids)
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and web_runs() == 0:
+        time.sleep(0.2)
+    assert web_runs() > 0, log.read_text()
+    (tmp_path / "other.yaml").write_text("probes: {sets: {}}\n")
+    start_beat({"OPSQ_CONFIG": str(tmp_path / "other.yaml")})
+    while time.monotonic() < deadline and log.read_text().count("beat: Starting...") < 2:
+        time.sleep(0.1)
+    assert log.read_text().count("beat: Starting...") == 2, log.read_text()
+    before = web_runs()
+    while time.monotonic() < deadline and web_runs() < before + 3:
+        time.sleep(0.2)
+    assert web_runs() >= before + 3, log.read_text()
+    assert redis_client.exists(f"{keys.REDBEAT_PREFIX}probe-set:web")

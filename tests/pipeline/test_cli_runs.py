@@ -78,6 +78,20 @@ def test_a_json_targets_file_is_accepted_with_the_same_schema(
     assert redis_client.llen(keys.QUEUE_PROBES) == submitted["batches"]
 
 
+def test_a_json_targets_file_with_a_byte_order_mark_is_accepted(
+    tmp_path: Path, redis_url: str, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Windows tools write UTF-8 JSON with a BOM (PowerShell's ``-Encoding UTF8``); a YAML
+    file with one was accepted, the same inventory as JSON refused (hostile check 89 F7)."""
+    path = tmp_path / "inventory.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"targets": _targets(3)}).encode())
+    code, out, err = _run(["probe", str(path), "--redis-url", redis_url, "--output", "json"],
+                          capsys)  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["total"] == 3
+    assert redis_client.llen(keys.QUEUE_PROBES) == json.loads(out)["batches"]
+
+
 def test_a_bad_json_targets_file_exits_2_naming_line_and_column(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -44,7 +44,7 @@ def test_celery_accepts_json_only() -> None:
     assert conf["accept_content"] == ["json"]
     assert conf["task_serializer"] == "json"
     assert conf["result_accept_content"] == ["json"]
-    assert conf["beat_scheduler"] == "redbeat.RedBeatScheduler"
+    assert conf["beat_scheduler"] == "tasks.beat.LockedRedBeatScheduler"
 
 
 def test_a_bad_inline_probe_set_fails_at_config_load(tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ RUNS_APPLIED = Counter(
 NOTIFICATIONS = Counter(
     "opsq_notifications_total",
     "Notification deliveries by notifier and result: sent, retried (temporary failure), "
-    "failed (permanent, not retried), dropped (retries exhausted), duplicate (already sent).",
+    "failed (permanent, not retried), dropped (retries exhausted), duplicate (already sent), "
+    "superseded (the target changed state before it could be sent).",
     ["notifier", "result"],
 )
 SILENCED = Counter(

@@ -43,9 +43,13 @@ CLAIM_MARGIN_S = 30.0
 CLAIM_TIMEOUTS = 4
 
 
+STALE_EVENTS = ("firing", "reminder")
+"""What a later transition of the target makes stale; ``resolved`` never is."""
+
+
 @dataclass(frozen=True)
 class DeliveryOutcome:
-    result: Literal["sent", "duplicate"]
+    result: Literal["sent", "duplicate", "superseded"]
     delivery: Delivery | None = None
 
 
@@ -82,6 +86,8 @@ def deliver(
     with redis_errors(f"check delivery of {message.key}"):
         if client.exists(done):
             return DeliveryOutcome("duplicate")
+        if _superseded(client, message):
+            return DeliveryOutcome("superseded")
         lease = int(CLAIM_TIMEOUTS * config.timeout + CLAIM_MARGIN_S)
         try:
             previous = claims.acquire(client, claim, token, lease)
@@ -104,3 +110,16 @@ def deliver(
         client.set(done, now or time.time(), ex=keys.NOTIFY_DONE_TTL_S)
         claims.release(client, claim, token)
     return DeliveryOutcome("sent", delivery)
+
+
+def _superseded(client: redis.Redis[str], message: Message) -> bool:
+    """A firing message, re-post or reminder whose target has changed state since.
+
+    Sent late (retried through a receiver outage, or redelivered an hour after a worker
+    died) it arrived after the resolved message and left the channel saying "DOWN"
+    about a target that was up, or re-opened the alert in Alertmanager. The later
+    transition's own message says where the target is now."""
+    transition = message.data.get("transition")
+    if message.event not in STALE_EVENTS or not isinstance(transition, dict):
+        return False
+    return bool(client.exists(keys.notify_over(str(transition.get("id")))))

@@ -80,12 +80,23 @@ def transition_message(
 
 
 def _redacted(transition: dict[str, Any]) -> dict[str, Any]:
-    detail = transition.get("detail")
+    detail, target = transition.get("detail"), transition.get("target")
+    url = str(transition.get("url") or "")
     return {
         **transition,
-        "url": redact_url(str(transition.get("url") or "")),
+        "url": redact_url(url),
         "detail": redact_text(detail) if isinstance(detail, str) else detail,
+        # The target key is ``name|url``: the raw URL, token and password included.
+        "target": _redacted_target(target, str(transition.get("name")), url),
     }
+
+
+def _redacted_target(target: Any, name: str, url: str) -> Any:
+    if not isinstance(target, str):
+        return target
+    if target == f"{name}|{url}":
+        return f"{name}|{redact_url(url)}"
+    return redact_text(target)
 
 
 def _title(event: Event, transition: dict[str, Any], now: float) -> str:

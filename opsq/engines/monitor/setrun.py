@@ -18,7 +18,6 @@ of them may race: :meth:`.store.MonitorStore.apply` applies a run once.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +25,8 @@ from opsq.core.config.probes import ProbeSet, Target
 from opsq.core.errors import ConfigError
 from opsq.core.runs import Kind, Progress, RunStore, Submitted, plan_run
 from opsq.core.settings import Settings, check_notifier_refs
-from opsq.core.targets import EncodedBatch, encode_targets, load_batches
-from opsq.engines.monitor.spec import RunSpec, build_spec
+from opsq.core.targets import Collector, EncodedBatch, encode_targets, load_batches
+from opsq.engines.monitor.spec import RunSpec, SpecBuilder
 from opsq.engines.monitor.store import ApplyOutcome, MonitorStore
 
 
@@ -59,10 +58,10 @@ def submit_set(
     """Load, validate and submit one run of probe set *name*; ConfigError when its file
     or a target's notifier is bad (nothing is enqueued then)."""
     config = probe_set(settings, name)
-    targets: list[Target] = []
-    batches = set_batches(config, settings.probes.batch_size, targets)
-    check_target_notifiers(name, targets, settings)
-    spec = build_spec(name, config, targets, created_at=time.time() if now is None else now)
+    builder = SpecBuilder(name, config)
+    batches = set_batches(config, settings.probes.batch_size,
+                          checked_targets(name, settings, builder.add))  # fmt: skip
+    spec = builder.build(created_at=time.time() if now is None else now)
     kept = settings.runs.retention
     retention = kept.beat if kind == "beat" else kept.on_demand
     plan = plan_run(
@@ -75,22 +74,33 @@ def submit_set(
     return SetRun(runs.submit(plan), spec)
 
 
-def set_batches(config: ProbeSet, batch_size: int, collect: list[Target]) -> list[EncodedBatch]:
-    """The set's targets, validated and encoded, and kept in *collect* for the spec."""
+def set_batches(config: ProbeSet, batch_size: int, collect: Collector) -> list[EncodedBatch]:
+    """The set's targets, validated and encoded; *collect* gets them a chunk at a time."""
     if config.file is None:  # inline targets: validated with the config
-        collect.extend(config.targets or [])
-        return encode_targets(collect, batch_size)
+        targets = list(config.targets or [])
+        collect(targets)
+        return encode_targets(targets, batch_size)
     return load_batches(Path(config.file), batch_size, collect=collect)
 
 
-def check_target_notifiers(name: str, targets: Sequence[Target], settings: Settings) -> None:
-    """A file set's targets may name notifiers too: refuse the run if one is unknown."""
-    for index, target in enumerate(targets):
-        try:
-            check_notifier_refs(target.notify or (), settings.alerts.notifiers,
-                                f"probes.sets.{name} targets[{index}].notify")  # fmt: skip
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from exc
+def checked_targets(name: str, settings: Settings, then: Collector) -> Collector:
+    """A collector that refuses (ConfigError) a target naming an unknown notifier (a file
+    set's targets may name notifiers too), then passes the chunk on to *then*."""
+    seen = 0
+
+    def check(targets: list[Target]) -> None:
+        nonlocal seen
+        where = f"{settings.probes.sets[name].file} (set {name}): field targets"
+        for index, target in enumerate(targets, start=seen):
+            try:
+                check_notifier_refs(target.notify or (), settings.alerts.notifiers,
+                                    f"{where}[{index}] (name {target.name!r}).notify")  # fmt: skip
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+        seen += len(targets)
+        then(targets)
+
+    return check
 
 
 @dataclass(frozen=True)

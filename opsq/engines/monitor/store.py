@@ -72,6 +72,8 @@ class ApplyOutcome:
     verdicts: dict[str, TargetVerdict] = field(default_factory=dict)
     silenced: int = 0
     """Transitions a maintenance window kept from being notified."""
+    superseded: list[str] = field(default_factory=list)
+    """Ids of the transitions this run's transitions replaced (see keys.notify_over)."""
 
 
 def verdicts_of(spec: RunSpec, results: Iterable[Mapping[str, Any]]) -> dict[str, TargetVerdict]:
@@ -170,6 +172,7 @@ class MonitorStore:
                 self.participant.prepare(pipe, spec, results, now) if self.participant else None
             )
             for key, verdict in verdicts.items():
+                previous = states[key].transition_id
                 state, change = advance(
                     states[key], verdict, spec.target(key).thresholds, set_name=spec.set,
                     target_key=key, run_id=run_id, run_at=spec.created_at, now=now,
@@ -177,6 +180,7 @@ class MonitorStore:
                 states[key] = state
                 if change is not None:
                     outcome.transitions.append(change)
+                    outcome.superseded += [previous] if previous else []
                     outcome.silenced += self._plan(spec, change, firing, outcome.jobs, now=now)
             pipe.multi()
             self._write(pipe, run_id, spec, states=states, outcome=outcome,
@@ -247,6 +251,8 @@ class MonitorStore:
         stream = keys.monitor_transitions(spec.set)
         for change in outcome.transitions:
             pipe.xadd(stream, _transition_fields(change))
+        for old in outcome.superseded:
+            pipe.set(keys.notify_over(old), now, ex=keys.NOTIFY_DONE_TTL_S)
         if outcome.transitions:
             pipe.xtrim(stream, minid=_minid(now, self.alerts.transition_retention),
                        approximate=True)  # fmt: skip
