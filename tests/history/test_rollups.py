@@ -11,14 +11,19 @@ import math
 import random
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import redis
 
 from opsq.core import keys
+from opsq.core.config.alerts import AlertsSettings
 from opsq.core.config.history import HistorySettings
 from opsq.engines.history import windows
+from opsq.engines.history.recorder import HistoryRecorder
 from opsq.engines.history.rollup import Acc
 from opsq.engines.monitor.spec import build_spec
+from opsq.engines.monitor.store import MonitorStore
 from tests.history.sim import Sim, read
 
 DAY = 86400.0
@@ -284,3 +289,43 @@ def test_the_monitors_verdicts_stream_is_a_short_tail_history_owns_raw_verdicts(
         sim.run(start + run * 60, lambda n, r, t: (True, 0.05))
     assert len(sim.raw_samples("svc")) == 300
     assert sim.client.xlen(keys.MONITOR_VERDICTS) <= 100 + 15
+
+
+class CountingConnection(redis.Connection):
+    """Counts round trips: one ``send_packed_command`` per request or pipeline."""
+
+    sent = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sent += 1
+        super().send_packed_command(command, check_health)
+
+
+def test_history_adds_one_round_trip_to_applying_a_run_even_when_sealing(
+    sim_factory: type[Sim], redis_url: str
+) -> None:
+    """The recorder reads under the monitor's WATCH in one EVAL and writes in its MULTI:
+    a run applied with history costs exactly one round trip more than without, for a
+    usual run and for the run that seals an hour and a day (roster, expired periods,
+    incidents and histograms read in that same EVAL), whatever the number of targets."""
+    pool = redis.ConnectionPool.from_url(
+        redis_url, decode_responses=True, connection_class=CountingConnection
+    )
+    counted = redis.Redis(connection_pool=pool)
+    counted.ping()  # the connection's own handshake is not the apply's
+    names = tuple(f"svc{i}" for i in range(30))
+    on = sim_factory(history=HistorySettings(), names=names)
+    off = sim_factory(history=HistorySettings(), names=names, set_name="peer")
+    on.store = MonitorStore(counted, AlertsSettings(), HistoryRecorder(HistorySettings()))
+    off.store = MonitorStore(counted, AlertsSettings())
+    extra = []
+    for now in (START, START + 60, START + 7 * 60 + 1, START + 8 * 60):  # the 3rd seals
+        cost = []
+        for sim in (on, off):
+            before = CountingConnection.sent
+            sim.run(now, lambda n, run, t: (run != 1, 0.05))
+            cost.append(CountingConnection.sent - before)
+        extra.append(cost[0] - cost[1])
+    assert extra == [1, 1, 1, 1]
+    assert on.client.exists(keys.history_day("web", int(START // DAY)))  # it did seal
+    counted.close()
