@@ -170,3 +170,41 @@ def test_results_are_judged_against_the_warning_lines() -> None:
     assert (cert.verdict, cert.reason) == ("degraded", "cert")
     down = judge_result({"up": False, "error_kind": "5xx", "error": "HTTP 503"}, lines)
     assert (down.verdict, down.reason, down.detail) == ("down", "status", "HTTP 503")
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        (LocationResult("up", "ok", None, 0.1, 200), ("up", "ok", None)),
+        (
+            LocationResult("degraded", "latency", "took 2s", 2.0, 200),
+            ("degraded", "latency", "took 2s"),
+        ),
+        (LocationResult("down", "connect", "refused"), ("down", "connect", "refused")),
+        (None, ("unknown", "no_quorum", "0 of 1 location(s) answered, quorum is 1")),
+    ],
+)
+def test_one_location_verdict_is_that_locations_own(
+    result: LocationResult | None, expected: tuple[str, str, str | None]
+) -> None:
+    """One location, quorum 1 (most sets, judged by a shortcut): the location's verdict,
+    reason and detail; no result is missing and gives unknown."""
+    verdict = combine({} if result is None else {"here": result}, ["here"], 1)
+    assert (verdict.verdict, verdict.reason, verdict.detail) == expected
+    assert verdict.locations == {"here": result or combine({}, ["here", "x"], 2).locations["here"]}
+
+
+def test_a_state_that_stays_keeps_the_newest_reason_and_detail() -> None:
+    """Down, then down for another reason: no transition, but the state says the new why."""
+    state = TargetState(name="api", url="http://x/")
+    other = TargetVerdict("down", "dns", "no such host")
+    for number, verdict in enumerate([DOWN, DOWN, DOWN, other]):
+        state, change = advance(
+            state, verdict, DEFAULT, set_name="web", target_key="api|x",
+            run_id=f"r{number}", run_at=float(number), now=float(number),
+        )  # fmt: skip
+    assert change is None
+    assert (state.state, state.since, state.reason, state.detail) == (
+        "down", 2.0, "dns", "no such host"
+    )  # fmt: skip
+    assert state.last_run == "r3"

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+from typing import Any
 
 import orjson
+import pytest
 import redis
 
 from opsq.core import keys
 from opsq.core.config.alerts import AlertsSettings
 from opsq.core.config.probes import ProbeSet, Target
 from opsq.engines.monitor.spec import RunSpec, build_spec
+from opsq.engines.monitor.state import TargetState
 from opsq.engines.monitor.store import MonitorStore
 
 ALERTS = AlertsSettings.model_validate(
@@ -126,3 +130,46 @@ def test_a_spec_keeps_only_targets_that_differ_and_survives_redis() -> None:
     assert spec.target("slow|http://b/").lines.degraded_latency == 0.5
     assert spec.target("strict|http://d/").thresholds.failure == 5
     assert RunSpec.loads(spec.dumps()) == spec
+
+
+class _GcWatcher:
+    """A participant that notes whether the cyclic GC runs while a run is applied, and
+    can fail the apply (the GC must come back on then too)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.seen: list[bool] = []
+
+    def watch_keys(self, set_name: str) -> tuple[str, ...]:
+        return ()
+
+    def prepare(self, pipe: Any, spec: RunSpec, results: Any, now: float) -> None:
+        self.seen.append(gc.isenabled())
+        if self.fail:
+            raise RuntimeError("participant failed")
+
+    def write(self, pipe: Any, prepared: Any, *, states: dict[str, TargetState], **_: Any) -> None:
+        self.seen.append(gc.isenabled())
+
+
+def test_the_gc_is_paused_while_a_run_is_applied_and_back_on_after(
+    redis_client: redis.Redis,
+) -> None:
+    """Applying pauses the cyclic GC (a full collection per few runs cost half an apply)
+    and switches it back on, also when the apply fails; a caller's own pause is kept."""
+    watcher = _GcWatcher()
+    store = MonitorStore(redis_client, ALERTS, watcher)
+    spec = build_spec("web", SET, TARGETS, created_at=100.0)
+    assert store.apply("r1", spec, results(api_up_at={"a", "b"}), now=101.0).applied
+    assert watcher.seen == [False, False]
+    assert gc.isenabled()
+    failing = MonitorStore(redis_client, ALERTS, _GcWatcher(fail=True))
+    with pytest.raises(RuntimeError, match="participant failed"):
+        failing.apply("r2", spec, results(api_up_at={"a"}), now=102.0)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        store.apply("r3", spec, results(api_up_at={"a"}), now=103.0)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -126,12 +126,15 @@ def advance(
     if verdict.verdict == UNKNOWN:
         return state, None
     state.recent = [*state.recent, verdict.verdict][-MAX_THRESHOLD:]
+    if verdict.verdict == state.state:
+        # The usual case, and never a change: the newest verdict is in both windows, so
+        # _worse's floor cannot pass the state's severity nor _better's ceiling go below.
+        state.reason, state.detail = verdict.reason, verdict.detail
+        return state, None
     target = _worse(state.state, state.recent, thresholds.failure) or _better(
         state.state, state.recent, thresholds.success
     )
     if target is None or target == state.state:
-        if target is None and state.state == verdict.verdict:
-            state.reason, state.detail = verdict.reason, verdict.detail
         return state, None
     change = Transition(
         id=transition_id(set_name, target_key, run_id), set=set_name, target=target_key,

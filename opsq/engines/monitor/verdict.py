@@ -109,6 +109,8 @@ def combine(
     results: Mapping[str, LocationResult], locations: Sequence[str], quorum: int
 ) -> TargetVerdict:
     """The target's verdict from its locations' results (absent ones are missing)."""
+    if len(locations) == 1 and quorum == 1:
+        return _one_location(locations[0], results.get(locations[0], MISSING))
     per_location = {name: results.get(name, MISSING) for name in locations}
     answered = [r for r in per_location.values() if r.verdict != "missing"]
     if len(answered) < quorum:
@@ -122,6 +124,18 @@ def combine(
         return _failing("degraded", [r for r in bad if r.verdict == "degraded"] or bad,
                         per_location)  # fmt: skip
     return TargetVerdict("up", "ok", None, per_location)
+
+
+def _one_location(name: str, result: LocationResult) -> TargetVerdict:
+    """:func:`combine` for one location and quorum 1 (most sets), without the lists: the
+    location's own verdict, reason and detail (called once per target of every run)."""
+    verdict = result.verdict
+    if verdict == "missing":
+        return TargetVerdict("unknown", "no_quorum", "0 of 1 location(s) answered, quorum is 1",
+                             {name: result})  # fmt: skip
+    if verdict == "up":
+        return TargetVerdict("up", "ok", None, {name: result})
+    return TargetVerdict(verdict, result.reason, result.detail, {name: result})
 
 
 def _failing(
