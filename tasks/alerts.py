@@ -13,7 +13,8 @@ Thin, as every task module: the decisions live in :mod:`opsq.engines.monitor` an
   backoff up to ``alerts.max_retries``, then the job is dropped, counted and logged.
 - ``opsq.alerts_tick`` (beat, every ``alerts.tick_interval``): applies runs whose
   deadline passed (locations that never answered are ``missing``), sends reminders and
-  Alertmanager re-posts, and flushes outboxes a crashed worker left behind.
+  Alertmanager re-posts, flushes outboxes a crashed worker left behind, and drops
+  expired batches from the queues of locations no worker consumes.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from typing import Any
 import redis
 from celery import Task
 
-from opsq.core import signatures
+from opsq.core import keys, signatures
 from opsq.core.backoff import full_jitter
 from opsq.core.errors import PermanentError, TemporaryError
 from opsq.core.metrics import alerts as metrics
 from opsq.core.runs import RunStore
 from opsq.engines.alerts import deliver
 from opsq.engines.history.recorder import HistoryRecorder
+from opsq.engines.monitor.queues import drop_expired
 from opsq.engines.monitor.setrun import Finished, finish
 from opsq.engines.monitor.store import MonitorStore
 from tasks.app import app, settings
@@ -148,4 +150,18 @@ def tick(now: float) -> dict[str, int]:
     owners = monitor.tick(now)
     stale = [owner for owner in monitor.stale_outboxes(now) if owner not in owners]
     sent = sum(send_outbox(monitor, owner) for owner in [*owners, *stale])
-    return {"overdue_runs": len(overdue), "sent": sent}
+    return {"overdue_runs": len(overdue), "sent": sent, "expired_batches": drop_batches(now)}
+
+
+def drop_batches(now: float) -> int:
+    """Expired batches left in location queues (a stopped location; see the engine)."""
+    locations = sorted({loc for s in settings.probes.sets.values() for loc in s.locations or ()})
+    dropped, client = 0, _client()
+    for location in locations:
+        queue = keys.location_queue(location)
+        count = drop_expired(client, queue, now)
+        if count:
+            log.warning("%s: dropped %d expired batch(es) no worker took (is a worker "
+                        "running with -Q %s?)", queue, count, queue)  # fmt: skip
+        dropped += count
+    return dropped

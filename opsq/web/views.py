@@ -75,7 +75,8 @@ def stored_span(start: float, end: float, now: float, retention: float) -> tuple
     Rollups are looked up period by period, so an unclamped ``from=-1e11&to=1e11`` made
     one request walk 55 million hours for minutes of CPU on the event loop, freezing
     the page for everyone (and in public mode, anyone could send it)."""
-    return max(start, now - retention - 2 * windows.DAY_S), min(end, now + windows.DAY_S)
+    low, high = now - retention - 2 * windows.DAY_S, now + windows.DAY_S
+    return min(max(start, low), high), max(min(end, high), low)
 
 
 class Views:
@@ -187,13 +188,13 @@ class Views:
             "from": start,
             "to": end,
         }
+        kept = stored_span(start, end, now, self.site.settings.history.retention)
         if resolution == "raw":
-            samples = await self.reader.raw_range(set_name, key, start, end, RAW_POINTS_MAX + 1)
+            samples = await self.reader.raw_range(set_name, key, *kept, RAW_POINTS_MAX + 1)
             answer["truncated"] = len(samples) > RAW_POINTS_MAX
             answer["points"] = [s.to_dict() for s in samples[:RAW_POINTS_MAX]]
         else:
             kind = "h" if resolution == "hour" else "d"
-            kept = stored_span(start, end, now, self.site.settings.history.retention)
             rollups = await self.reader.rollups(set_name, key, kind, *kept)
             answer["truncated"] = False
             answer["points"] = [rollup_api(kind, acc) for acc in rollups]

@@ -31,8 +31,10 @@ def test_non_finite_times_are_400_not_500(private: tuple[WebProc, Sim]) -> None:
         status, _, body = web.get(path)
         assert status == 400, (path, status, body)
         assert b"is not a finite time" in body, body
-    status, _, body = web.get(f"{base}?to=1e308&resolution=day")
-    assert status == 200, body
+    for resolution in ("auto", "raw", "hour", "day"):  # auto: raw (the last day of 1e308)
+        status, _, body = web.get(f"{base}?to=1e308&resolution={resolution}")
+        assert status == 200, (resolution, body)
+        assert json.loads(body)["points"] == [], resolution
 
 
 def test_a_huge_range_answers_with_the_stored_rollups(private: tuple[WebProc, Sim]) -> None:  # noqa: F811
@@ -55,3 +57,5 @@ def test_stored_span_clamps_to_retention_and_now() -> None:
     start, end = stored_span(-1e11, 1e11, now, RETENTION)
     assert (start, end) == (now - RETENTION - 2 * 86400, now + 86400)
     assert stored_span(now - 3600, now, now, RETENTION) == (now - 3600, now)
+    assert stored_span(1e308 - 86400, 1e308, now, RETENTION) == (now + 86400, now + 86400)
+    assert stored_span(-1e308, -1e300, now, RETENTION) == (now - RETENTION - 2 * 86400,) * 2
