@@ -40,14 +40,15 @@ class LockedRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat
     _synced = False
 
     def setup_schedule(self) -> None:
-        """Deferred to the first tick that holds the lock (see the module docstring)."""
-        if self._may_write():
-            self._sync()
+        """Deferred to the first tick that may write (see the module docstring): Celery's
+        constructor calls this before RedBeat has even read its lock settings."""
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:
-            if not self._synced and self._may_write():
-                self._sync()
+            # With locking switched off (redbeat_lock_key None) every beat writes, as RedBeat.
+            if not self._synced and (self.lock_key is None or self.lock is not None):
+                super().setup_schedule()
+                self._synced = True
             return float(super().tick(*args, **kwargs))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._synced = False
@@ -58,11 +59,3 @@ class LockedRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat
             self.lock.acquire(blocking=True)
             self._synced = False
             return 0.0
-
-    def _may_write(self) -> bool:
-        # lock_key is set after Celery's constructor already called setup_schedule.
-        return getattr(self, "lock_key", None) is not None and self.lock is not None
-
-    def _sync(self) -> None:
-        super().setup_schedule()
-        self._synced = True
