@@ -231,3 +231,31 @@ def _host_stand_in(value: str, tmp_path: Path) -> str:
     stand_in = tmp_path / Path(value).name
     stand_in.touch()
     return str(stand_in)
+
+
+def _compose_commands(text: str) -> list[str]:
+    return [
+        line.lstrip("# ").split("  #")[0]
+        for line in text.splitlines()
+        if "docker compose" in line and " up" in line
+    ]
+
+
+def test_the_documented_compose_commands_keep_the_workers_and_the_passwords() -> None:
+    """Each documented `docker compose ... up` repeats `--scale worker=`: the README's
+    second command (`--profile logs --profile cleanup up -d`) silently scaled 3 workers
+    back to 1 (F4). The passwords live in `.env`, not on one command line: the second
+    command, and even `down` or `logs`, refused to run without FLOWER_PASSWORD (F5);
+    `.env` is ignored by git and kept out of the build context."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Production: Docker Compose", 1)[1].split("\n### ", 1)[0]
+    header = (ROOT / "docker-compose.yml").read_text().split("\nx-", 1)[0]
+    for text in (section, header):
+        commands = _compose_commands(text)
+        assert len(commands) >= 2, text
+        for command in commands:
+            assert "--scale worker=" in command, command
+            assert "PASSWORD=" not in command, command
+        assert ".env" in text
+    for ignore in (".gitignore", ".dockerignore"):
+        assert ".env" in (ROOT / ignore).read_text().split(), ignore
