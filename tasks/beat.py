@@ -13,13 +13,25 @@ running the set and the alerts for good (hostile check 89 F6).
 :class:`LockedRedBeatScheduler` defers that sync to its first tick with the lock
 (RedBeat takes it in ``beat_init``, blocking while another beat holds it), so the
 schedule is always the config of the beat that runs it, and a standby touches nothing.
+
+Redis going away (a restart, a failover) made RedBeat's tick raise and ``celery beat``
+exit, so probe sets and the alerts tick stopped for good unless something restarted
+beat (hostile check 12 F9). A tick that cannot reach Redis now logs, waits
+``beat.max_loop_interval`` and tries again; once Redis answers, the lock is extended,
+or taken again when it lapsed (blocking while another beat holds it, as at start), and
+the schedule is written again, since a Redis restarted without its data lost it.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import redis
 from redbeat import RedBeatScheduler
+from redis.exceptions import LockNotOwnedError
+
+log = logging.getLogger("opsq.beat")
 
 
 class LockedRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat is untyped
@@ -32,8 +44,18 @@ class LockedRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat
         constructor calls this before RedBeat has even read its lock settings."""
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        # With locking switched off (redbeat_lock_key None) every beat writes, as RedBeat.
-        if not self._synced and (self.lock_key is None or self.lock is not None):
-            super().setup_schedule()
-            self._synced = True
-        return float(super().tick(*args, **kwargs))
+        try:
+            # With locking switched off (redbeat_lock_key None) every beat writes, as RedBeat.
+            if not self._synced and (self.lock_key is None or self.lock is not None):
+                super().setup_schedule()
+                self._synced = True
+            return float(super().tick(*args, **kwargs))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._synced = False
+            log.warning("beat: Redis unavailable (%s); retrying in %gs", exc, self.max_interval)
+            return float(self.max_interval)
+        except LockNotOwnedError:
+            log.warning("beat: the lock lapsed while Redis was away; taking it again")
+            self.lock.acquire(blocking=True)
+            self._synced = False
+            return 0.0

@@ -129,8 +129,59 @@ def test_flower_requires_a_password_from_the_environment(compose: dict[str, Any]
 def test_agent_reads_logs_read_only_and_keeps_checkpoints(compose: dict[str, Any]) -> None:
     """The host log dir is mounted :ro; checkpoints live on a named volume."""
     volumes = compose["services"]["agent"]["volumes"]
-    assert any(v.endswith(":/var/log/host:ro") for v in volumes)
+    logs = [v for v in volumes if isinstance(v, dict) and v["target"] == "/var/log/host"]
+    assert logs
+    assert logs[0]["read_only"] is True
     assert "agent-checkpoints:/var/lib/opsq-agent" in volumes
+
+
+def test_host_paths_are_binds_that_never_create_a_missing_source(
+    compose: dict[str, Any],
+) -> None:
+    """Every host file or directory is a long-syntax bind: with the short syntax a missing
+    source (no ~/.kube/config under `--profile cleanup`) made dockerd create a root-owned
+    empty directory at that host path, and the watcher crash-looped on 'is a directory'
+    (hostile deploy check F2). Short-syntax entries may only name volumes."""
+    for name, svc in compose["services"].items():
+        for volume in svc.get("volumes", []):
+            if isinstance(volume, str):
+                source = volume.split(":", 1)[0]
+                assert source in compose["volumes"], f"{name}: {volume} binds a host path"
+            else:
+                assert volume["type"] in ("bind", "volume"), (name, volume)
+    targets = {
+        v["target"]: v["source"]
+        for v in compose["services"]["watcher"]["volumes"]
+        if isinstance(v, dict)
+    }
+    assert targets["/etc/opsq/kubeconfig"] == "${KUBECONFIG_FILE:-~/.kube/config}"
+
+
+def test_the_shipped_config_starts_the_logs_profile(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """deploy/opsq.yaml, the config compose mounts by default, gives the agent of
+    `--profile logs` globs under its host log mount: with none the agent exited 2
+    ('logs.agent.paths is empty') and restarted forever (hostile deploy check F1)."""
+    agent = compose["services"]["agent"]
+    for key, value in agent["environment"].items():
+        if key.startswith("OPSQ_") and key != "OPSQ_CONFIG":
+            monkeypatch.setenv(key, str(value))
+    monkeypatch.setenv("OPSQ_LOGS__AGENT__CHECKPOINT_DIR", str(tmp_path))
+    settings = load_settings(ROOT / "deploy" / "opsq.yaml")
+    mount = next(
+        v["target"]
+        for v in agent["volumes"]
+        if isinstance(v, dict) and v["source"].startswith("${OPSQ_LOG_DIR")
+    )
+    assert settings.logs.agent.paths
+    assert all(p.startswith(mount + "/") for p in settings.logs.agent.paths)
+
+
+def test_the_agent_reads_root_group_logs_as_the_chart_does(compose: dict[str, Any]) -> None:
+    """Host logs are often root:root or root:adm 0640; uid 10001 reads them only through
+    a supplementary group (the chart's agent.supplementalGroups is [0]) (F3)."""
+    assert {"0", "4"} <= set(compose["services"]["agent"]["group_add"])
 
 
 def test_opsq_containers_are_hardened(compose: dict[str, Any]) -> None:
