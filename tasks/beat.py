@@ -27,9 +27,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from redbeat import RedBeatScheduler
-from redis.exceptions import LockNotOwnedError
+
+from opsq.core.errors import RedisUnavailable
+from opsq.core.redis_errors import redis_errors
 
 log = logging.getLogger("opsq.beat")
 
@@ -45,17 +46,17 @@ class LockedRedBeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:
-            # With locking switched off (redbeat_lock_key None) every beat writes, as RedBeat.
-            if not self._synced and (self.lock_key is None or self.lock is not None):
-                super().setup_schedule()
-                self._synced = True
-            return float(super().tick(*args, **kwargs))
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            with redis_errors("beat tick"):
+                if self.lock is not None and not self.lock.owned():
+                    log.warning("beat: the lock lapsed while Redis was away; taking it again")
+                    self.lock.acquire(blocking=True)
+                    self._synced = False
+                # With locking switched off (redbeat_lock_key None) every beat writes.
+                if not self._synced and (self.lock_key is None or self.lock is not None):
+                    super().setup_schedule()
+                    self._synced = True
+                return float(super().tick(*args, **kwargs))
+        except RedisUnavailable as exc:
             self._synced = False
             log.warning("beat: Redis unavailable (%s); retrying in %gs", exc, self.max_interval)
             return float(self.max_interval)
-        except LockNotOwnedError:
-            log.warning("beat: the lock lapsed while Redis was away; taking it again")
-            self.lock.acquire(blocking=True)
-            self._synced = False
-            return 0.0
