@@ -43,10 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.chains import Chains
-from agents.checkpoint import CheckpointStore
+from agents.checkpoint import Checkpoint, CheckpointStore
 from agents.copytruncate import Copy, RotatedNames, find_copy, starts_like
 from agents.discovery import Finder, Found
-from agents.identity import FileIdentity, identify, matches
+from agents.identity import FINGERPRINT_BYTES, FileIdentity, digest, identify, matches
 from agents.lines import Batch
 from agents.pods import PodFiles
 from agents.resp import RespClient
@@ -421,17 +421,38 @@ class Agent:
         )
 
     def _resume_copies(self) -> None:
-        """At start-up: go on reading copies a previous run had not finished."""
+        """At start-up: go on reading copies a previous run had not finished.
+
+        A rotation while the agent was down shifts the copy (``.1`` -> ``.2``): it is
+        looked for by inode among its directory's rotated names, and the records keep
+        the original file's path.
+        """
         for cp in self.store.copies():
-            copy = _open_regular(cp.path)
-            if copy is None or (copy.st.st_dev, copy.st.st_ino) != (cp.identity.dev, cp.ino):
-                if copy is not None:
-                    os.close(copy.fd)
+            original = self.names.original_of(cp.path)
+            copy = self._open_copy(cp, original)
+            if copy is None:
                 continue
             if not matches(copy.fd, cp.identity) or copy.st.st_size <= cp.offset:
                 os.close(copy.fd)
                 continue
-            self._follow_copy_at(copy, cp.identity, cp.offset)
+            self._follow_copy_at(copy, cp.identity, cp.offset, source=original)
+            if original is not None:
+                live = _key_of(original)
+                self._follow_unseen_copies(original, copy, live)
+
+    def _open_copy(self, cp: Checkpoint, original: str | None) -> Copy | None:
+        """The copy *cp* points into: at its recorded path, or shifted to another name."""
+        paths = [cp.path]
+        if original is not None:
+            paths += sorted(self.names.siblings(original))
+        for path in paths:
+            copy = _open_regular(path)
+            if copy is None:
+                continue
+            if (copy.st.st_dev, copy.st.st_ino) == (cp.identity.dev, cp.ino):
+                return copy
+            os.close(copy.fd)
+        return None
 
     def _copy_in_the_making(self, path: str, fd: int) -> bool:
         """A rotated name of a tailed file that starts like it: a copy being made.
@@ -629,7 +650,7 @@ class Agent:
             self.store.put(identity, offset, path)  # flushed once at the end of discovery
         return identity, offset
 
-    def _follow_unseen_copies(self, path: str, copy: Copy, live: Key) -> None:
+    def _follow_unseen_copies(self, path: str, copy: Copy, live: Key | None) -> None:
         """Read from 0 the copies of generations the agent never saw while it was down.
 
         Down across two copytruncate rotations (or with rotations faster than the
@@ -637,7 +658,9 @@ class Agent:
         ``.1`` holds a whole generation written and copied meanwhile: no
         checkpoint names it and ``paths: [app.log]`` does not match it, so it was lost
         without a word. A rotated sibling at least as new as *copy* (mtime), unknown
-        to the checkpoints and not open already, is such a generation.
+        to the checkpoints, not open already and not starting like a checkpointed
+        generation of that directory (the copy of one is read from its checkpoint), is
+        such a generation.
         """
         for sibling in sorted(self.names.siblings(path)):
             other = _open_regular(sibling)
@@ -651,6 +674,8 @@ class Agent:
                 and key != live
                 and not self.store.candidates(*key)
             )
+            if unseen and self._known_content(other.fd, path):
+                unseen = False
             identity = identify(other.fd, other.st) if unseen else None
             if identity is None:
                 os.close(other.fd)
@@ -658,6 +683,17 @@ class Agent:
             log.info("%s was copied and truncated while the agent was down; reading %s",
                      path, sibling)  # fmt: skip
             self._follow_copy_at(other, identity, 0, source=path)
+
+    def _known_content(self, fd: int, path: str) -> bool:
+        """Whether the open file starts like a checkpointed file of *path*'s directory."""
+        head = os.pread(fd, FINGERPRINT_BYTES, 0)
+        directory = os.path.dirname(path)
+        return any(
+            os.path.dirname(cp.path) == directory
+            and len(head) >= cp.identity.fp_len
+            and digest(head[: cp.identity.fp_len]) == cp.identity.fingerprint
+            for cp in self.store.snapshot().values()
+        )
 
     def _prune_checkpoints(self, seen: set[Key]) -> None:
         """Forget checkpoints of files that no longer exist under the globs."""
@@ -698,6 +734,14 @@ def _open_regular(path: str) -> Copy | None:
     except OSError:
         os.close(fd)
         return None
+
+
+def _key_of(path: str) -> Key | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _remove_lag(path: str) -> None:

@@ -57,6 +57,15 @@ class RotatedNames:
             and self.suffix.fullmatch(name[len(base) :]) is not None
         )
 
+    def original_of(self, rotated: str) -> str | None:
+        """The existing file *rotated* is a rotated name of (the longest such), or None."""
+        directory, name = os.path.split(rotated)
+        for end in range(len(name) - 1, 0, -1):
+            original = os.path.join(directory, name[:end])
+            if self.is_rotated(original, rotated) and os.path.isfile(original):
+                return original
+        return None
+
     def siblings(self, original: str) -> list[str]:
         """Rotated names of *original* present now (unsorted)."""
         directory = os.path.dirname(original) or "."

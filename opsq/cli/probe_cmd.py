@@ -83,7 +83,7 @@ def _probe_file(
         f"(file read and validated in {producer.load_seconds:.2f}s)",
         err=True,
     )
-    with _progress_reporter(submitted.total) as report:
+    with _interruptible(submitted.run_id), _progress_reporter(submitted.total) as report:
         return producer.wait(submitted.run_id, timeout=timeout, on_progress=report)
 
 
@@ -102,8 +102,23 @@ def _probe_set(
         f"deadline in {format_duration(run.spec.deadline_at - run.spec.created_at)}",
         err=True,
     )
-    with _progress_reporter(submitted.total * len(locations)) as report:
+    total = submitted.total * len(locations)
+    with _interruptible(submitted.run_id), _progress_reporter(total) as report:
         return producer.wait_set(run, timeout=timeout, on_progress=report)
+
+
+@contextmanager
+def _interruptible(run_id: str) -> Iterator[None]:
+    """Ctrl-C stops waiting, not the run: say so, and where to find it (exit 130)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(
+            f"\ninterrupted: stopped waiting; run {run_id} goes on on the workers "
+            f"(`opsq runs show {run_id}` shows it)",
+            err=True,
+        )
+        raise click.exceptions.Exit(130) from None
 
 
 def exit_code(header: dict[str, Any]) -> int:

@@ -129,8 +129,59 @@ def test_flower_requires_a_password_from_the_environment(compose: dict[str, Any]
 def test_agent_reads_logs_read_only_and_keeps_checkpoints(compose: dict[str, Any]) -> None:
     """The host log dir is mounted :ro; checkpoints live on a named volume."""
     volumes = compose["services"]["agent"]["volumes"]
-    assert any(v.endswith(":/var/log/host:ro") for v in volumes)
+    logs = [v for v in volumes if isinstance(v, dict) and v["target"] == "/var/log/host"]
+    assert logs
+    assert logs[0]["read_only"] is True
     assert "agent-checkpoints:/var/lib/opsq-agent" in volumes
+
+
+def test_host_paths_are_binds_that_never_create_a_missing_source(
+    compose: dict[str, Any],
+) -> None:
+    """Every host file or directory is a long-syntax bind: with the short syntax a missing
+    source (no ~/.kube/config under `--profile cleanup`) made dockerd create a root-owned
+    empty directory at that host path, and the watcher crash-looped on 'is a directory'
+    (hostile deploy check F2). Short-syntax entries may only name volumes."""
+    for name, svc in compose["services"].items():
+        for volume in svc.get("volumes", []):
+            if isinstance(volume, str):
+                source = volume.split(":", 1)[0]
+                assert source in compose["volumes"], f"{name}: {volume} binds a host path"
+            else:
+                assert volume["type"] in ("bind", "volume"), (name, volume)
+    targets = {
+        v["target"]: v["source"]
+        for v in compose["services"]["watcher"]["volumes"]
+        if isinstance(v, dict)
+    }
+    assert targets["/etc/opsq/kubeconfig"] == "${KUBECONFIG_FILE:-~/.kube/config}"
+
+
+def test_the_shipped_config_starts_the_logs_profile(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """deploy/opsq.yaml, the config compose mounts by default, gives the agent of
+    `--profile logs` globs under its host log mount: with none the agent exited 2
+    ('logs.agent.paths is empty') and restarted forever (hostile deploy check F1)."""
+    agent = compose["services"]["agent"]
+    for key, value in agent["environment"].items():
+        if key.startswith("OPSQ_") and key != "OPSQ_CONFIG":
+            monkeypatch.setenv(key, str(value))
+    monkeypatch.setenv("OPSQ_LOGS__AGENT__CHECKPOINT_DIR", str(tmp_path))
+    settings = load_settings(ROOT / "deploy" / "opsq.yaml")
+    mount = next(
+        v["target"]
+        for v in agent["volumes"]
+        if isinstance(v, dict) and v["source"].startswith("${OPSQ_LOG_DIR")
+    )
+    assert settings.logs.agent.paths
+    assert all(p.startswith(mount + "/") for p in settings.logs.agent.paths)
+
+
+def test_the_agent_reads_root_group_logs_as_the_chart_does(compose: dict[str, Any]) -> None:
+    """Host logs are often root:root or root:adm 0640; uid 10001 reads them only through
+    a supplementary group (the chart's agent.supplementalGroups is [0]) (F3)."""
+    assert {"0", "4"} <= set(compose["services"]["agent"]["group_add"])
 
 
 def test_opsq_containers_are_hardened(compose: dict[str, Any]) -> None:
@@ -180,3 +231,31 @@ def _host_stand_in(value: str, tmp_path: Path) -> str:
     stand_in = tmp_path / Path(value).name
     stand_in.touch()
     return str(stand_in)
+
+
+def _compose_commands(text: str) -> list[str]:
+    return [
+        line.lstrip("# ").split("  #")[0]
+        for line in text.splitlines()
+        if "docker compose" in line and " up" in line
+    ]
+
+
+def test_the_documented_compose_commands_keep_the_workers_and_the_passwords() -> None:
+    """Each documented `docker compose ... up` repeats `--scale worker=`: the README's
+    second command (`--profile logs --profile cleanup up -d`) silently scaled 3 workers
+    back to 1 (F4). The passwords live in `.env`, not on one command line: the second
+    command, and even `down` or `logs`, refused to run without FLOWER_PASSWORD (F5);
+    `.env` is ignored by git and kept out of the build context."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Production: Docker Compose", 1)[1].split("\n### ", 1)[0]
+    header = (ROOT / "docker-compose.yml").read_text().split("\nx-", 1)[0]
+    for text in (section, header):
+        commands = _compose_commands(text)
+        assert len(commands) >= 2, text
+        for command in commands:
+            assert "--scale worker=" in command, command
+            assert "PASSWORD=" not in command, command
+        assert ".env" in text
+    for ignore in (".gitignore", ".dockerignore"):
+        assert ".env" in (ROOT / ignore).read_text().split(), ignore

@@ -20,7 +20,7 @@ from opsq.core import keys
 from opsq.core.config.alerts import AlertsSettings
 from opsq.core.config.history import HistorySettings
 from opsq.engines.history import windows
-from opsq.engines.history.recorder import HistoryRecorder
+from opsq.engines.history.recorder import PERIOD_FIELD, HistoryRecorder
 from opsq.engines.history.rollup import Acc
 from opsq.engines.monitor.spec import build_spec
 from opsq.engines.monitor.store import MonitorStore
@@ -329,3 +329,22 @@ def test_history_adds_one_round_trip_to_applying_a_run_even_when_sealing(
     assert extra == [1, 1, 1, 1]
     assert on.client.exists(keys.history_day("web", int(START // DAY)))  # it did seal
     counted.close()
+
+
+def test_an_hour_is_sealed_even_when_the_period_mark_is_wrong(sim_factory: type[Sim]) -> None:
+    """The acc hash's ``@period`` mark only spares the seal's reads; entries of an older
+    hour are sealed even under a mark that claims the new hour (a hand-edited or
+    half-upgraded hash): the blob is written with the earlier run's counts."""
+    sim = sim_factory(history=HistorySettings(), names=("svc",))
+    sim.run(START, lambda n, run, t: (True, 0.05))
+    later = START + 3600
+    mark = f"{int(later // 3600)}:{int(later // DAY)}"
+    sim.client.hset(keys.history_acc("web"), PERIOD_FIELD, mark)
+    sim.run(later, lambda n, run, t: (True, 0.05))
+    first_hour = int(START // 3600)
+    assert sim.client.exists(keys.history_hour("web", first_hour))
+    (point,) = read(
+        sim.url,
+        lambda r: r.rollups("web", sim.key("svc"), "h", first_hour * 3600, first_hour * 3600),
+    )
+    assert (point.period, point.up) == (first_hour, 1)

@@ -4,7 +4,12 @@ never 500s, and a request for an absurd time range costs what the stored history
 from __future__ import annotations
 
 import json
+import time
 
+import redis.asyncio as aioredis
+
+from opsq.core.settings import default_settings
+from opsq.web.app import CACHE_MAX_BYTES, Cached, Site, _remember
 from opsq.web.views import stored_span
 from tests.history.sim import Sim
 
@@ -59,3 +64,17 @@ def test_stored_span_clamps_to_retention_and_now() -> None:
     assert stored_span(now - 3600, now, now, RETENTION) == (now - 3600, now)
     assert stored_span(1e308 - 86400, 1e308, now, RETENTION) == (now + 86400, now + 86400)
     assert stored_span(-1e308, -1e300, now, RETENTION) == (now - RETENTION - 2 * 86400,) * 2
+
+
+def test_the_answer_cache_is_bounded_in_bytes(redis_url: str) -> None:
+    """Public mode caches by path and query string; a caller varying the query (``/?1``,
+    ``/?2``...) kept 2,000 answers whatever their size (3 GB of 1.5 MB overviews). The
+    cache now holds at most CACHE_MAX_BYTES, and a fresh answer is still cached."""
+    client = aioredis.Redis.from_url(redis_url)
+    site = Site(default_settings(), client)
+    body = b"x" * (2**20)
+    for n in range(200):
+        _remember(site, f"/?{n}", Cached(time.monotonic() + 60, 200, body, "text/html", 3))
+        held = sum(len(c.body) for c in site.cache.values())
+        assert held <= CACHE_MAX_BYTES, n
+    assert "/?199" in site.cache

@@ -248,6 +248,44 @@ def test_two_copytruncate_rotations_while_the_agent_was_down_lose_no_generation(
     assert_each_line_once(raw_client, expected)
 
 
+def test_an_unfinished_copy_shifted_by_a_rotation_while_down_is_finished(
+    tmp_path: Path, run_agent, redis_server, raw_client
+) -> None:
+    """Hostile check F9: stopped while a copy was unfinished (Redis down), the agent
+    looked for it only at ``app.log.1``; the next rotation had shifted it to ``.2``,
+    so the rest of it was lost, and the generation copied to ``.1`` as well."""
+    logs = tmp_path / "logs"
+    log = logs / "app.log"
+    write_lines(log, batch("one", 200))
+    settings = agent_settings(tmp_path, paths=[str(log)], batch_lines=10, queue_entries=1)
+    agent = run_agent(settings)
+    wait_for(lambda: len(unique_lines(raw_client)) >= 200, what="first lines")
+    redis_server.stop()
+    try:
+        write_lines(log, batch("two", 50))
+        copytruncate(log, logs / "app.log.1")
+        write_lines(log, batch("three", 40))
+        wait_for(
+            lambda: {t.kind for t in agent.tailers.values() if t.identity} == {"file", "copy"},
+            what="the copy and the truncated file both being read",
+        )
+        agent.stop()
+        agent.join(30)
+        os.utime(logs / "app.log.1", (1_000_000, 1_000_000))
+        os.rename(logs / "app.log.1", logs / "app.log.2")
+        copytruncate(log, logs / "app.log.1")
+        os.utime(logs / "app.log.1", (2_000_000, 2_000_000))
+        write_lines(log, batch("four", 10))
+    finally:
+        redis_server.start()
+    agent = run_agent(settings)
+    expected = batch("one", 200) + batch("two", 50) + batch("three", 40) + batch("four", 10)
+    wait_for(lambda: len(unique_lines(raw_client)) >= len(expected), what="every line")
+    wait_for(lambda: settled(agent, logs, "app.log"), what="all files read and acknowledged")
+    assert_each_line_once(raw_client, expected)
+    assert {p for p, *_ in stream_records(raw_client)} == {str(log)}  # the original's path
+
+
 def test_a_copy_shorter_than_what_was_read_is_not_read_again_after_its_rename(
     tmp_path: Path, run_agent, raw_client
 ) -> None:

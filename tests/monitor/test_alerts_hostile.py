@@ -214,3 +214,15 @@ def test_expired_batches_of_a_stopped_location_are_dropped(redis_client: redis.R
     assert expires_at(left) == now + 30
     assert drop_expired(redis_client, queue, now) == 0
     assert drop_expired(redis_client, keys.location_queue("nobody"), now) == 0
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "said"), [(30.0, "after 30s"), (600.0, "after 10 min"), (11_100.0, "after 3h 05m")]
+)
+def test_a_reminder_says_how_long_the_target_has_been_down(elapsed: float, said: str) -> None:
+    """A reminder 30 s after the transition (``repeat_interval: 30s``) said "after 0 min"."""
+    transition = {"id": "t1", "set": "web", "target": "api|http://api/", "name": "api",
+                  "url": "http://api/", "from_state": "up", "to_state": "down", "at": 1.8e9,
+                  "reason": "status", "run_id": "r1", "locations": {}}  # fmt: skip
+    message = transition_message(transition, "k", "reminder", now=1.8e9 + elapsed)
+    assert message.title == f"[REMINDER] web/api is still DOWN (status) {said}"

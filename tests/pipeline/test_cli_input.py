@@ -6,9 +6,13 @@ listens, so reaching Redis would fail with exit 1 instead of 2.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from opsq.cli.main import main
 from opsq.core.redis_server import free_port
@@ -184,3 +188,28 @@ def test_runs_show_of_an_unknown_run_exits_1(
     _, err = capsys.readouterr()
     assert code == 1
     assert "run 20200101T000000-000000 not found (unknown or expired)" in err
+
+
+def test_ctrl_c_while_waiting_says_the_run_goes_on_and_exits_130(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """SIGINT to `opsq probe --wait` (no worker, so it waits) stops the waiting only: it
+    names the run that stays queued for the workers and how to look at it later."""
+    path = tmp_path / "targets.yaml"
+    path.write_text("targets:\n" + GOOD_ENTRY)
+    argv = [sys.executable, "-m", "opsq", "probe", str(path), "--wait", "--redis-url", redis_url]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # "run <id>: 1 targets in 1 batches ..." once enqueued
+    run_id = first.split()[1].rstrip(":")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, first + err
+    assert f"run {run_id} goes on on the workers" in err
+    assert f"opsq runs show {run_id}" in err
+    assert "Traceback" not in err
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.llen("probes") == 1  # the batch is still queued for a worker
+    finally:
+        client.close()

@@ -99,14 +99,25 @@ def _redacted_target(target: Any, name: str, url: str) -> Any:
     return redact_text(target)
 
 
+def _lasted(seconds: float) -> str:
+    """``45s``, ``12 min``, ``3h 05m``: floored minutes said "after 0 min" for reminders
+    under a minute (a ``repeat_interval`` of 30s)."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+
+
 def _title(event: Event, transition: dict[str, Any], now: float) -> str:
     where = f"{transition['set']}/{transition['name']}"
     state, reason = transition["to_state"], transition.get("reason") or ""
     if event == "resolved":
         return f"[RESOLVED] {where}: {transition['from_state']} -> {state}"
     if event == "reminder":
-        minutes = max(0, int((now - transition["at"]) // 60))
-        return f"[REMINDER] {where} is still {state.upper()} ({reason}) after {minutes} min"
+        lasted = _lasted(now - transition["at"])
+        return f"[REMINDER] {where} is still {state.upper()} ({reason}) after {lasted}"
     return f"[{state.upper()}] {where} ({reason})"
 
 
