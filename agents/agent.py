@@ -253,6 +253,10 @@ class Agent:
                 if not chains.ready(tailer):
                     continue  # an older file of its container is read first
                 n = tailer.read(self._emit, READ_BUDGET)
+                if tailer.rewritten:
+                    self._truncated(tailer, time.monotonic())
+                    progressed = True
+                    continue
             except OSError as exc:
                 self._warn_once(tailer.path, f"cannot read {tailer.path}: {exc}")
                 continue

@@ -117,6 +117,8 @@ class Tailer:
         self.last_data = time.monotonic()
         self.consumed = False
         """Bytes were decoded here: an older file's open lines can no longer continue here."""
+        self.rewritten = False
+        """read() found start_changed() and stopped: the agent treats it as copytruncate."""
         self.handover_refused = False
         """This file's open lines could not continue in its successor (said once)."""
         self.stages = self._make_stages()
@@ -156,6 +158,9 @@ class Tailer:
             buf = os.pread(self.fd, self.read_size, self.offset)
             if not buf:
                 break
+            if done == 0 and self.start_changed():
+                self.rewritten = True
+                break
             self.last_data = time.monotonic()
             if self.identity is None:
                 self._identify()
@@ -166,6 +171,17 @@ class Tailer:
             self.consumed = True
             done += n
         return done
+
+    def start_changed(self) -> bool:
+        """New bytes after a start that is no longer this file's: copytruncate, then the
+        writer wrote past our offset before a size check saw the file shrink (a slow or
+        loaded agent). Checked before reading them, so they never go out under the old
+        file's record ids (they would again under the copy's, read in full)."""
+        return (
+            self.kind == "file"
+            and self.identity is not None
+            and not matches(self.fd, self.identity)
+        )
 
     def decide_format(self) -> bool:
         """``format: auto``: decide from the first line (False: it is not complete yet)."""
@@ -462,6 +478,7 @@ class Tailer:
         or the agent keeps it while it still looks for one.
         """
         self.identity = None
+        self.rewritten = False
         self.head = b""
         self.offset = 0
         self.last_size = 0

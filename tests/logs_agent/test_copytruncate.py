@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -67,12 +68,13 @@ def lost(reason: str) -> float:
 
 
 def frozen_after_300_lines(
-    tmp_path: Path, redis_url: str, prefix: str
+    tmp_path: Path, redis_url: str, prefix: str, pattern: str = "app.log"
 ) -> tuple[AgentProcess, redis.Redis]:
-    """An ``opsq agent`` process on ``logs/app.log`` that shipped 300 lines, then SIGSTOPped."""
+    """An ``opsq agent`` process on ``logs/<pattern>`` that shipped the 300 lines of
+    ``logs/app.log``, then SIGSTOPped."""
     log = tmp_path / "logs" / "app.log"
     write_lines(log, batch(prefix, 300))
-    cfg = {"paths": [str(log)], "checkpoint_dir": str(tmp_path / "ck")}
+    cfg = {"paths": [str(log.parent / pattern)], "checkpoint_dir": str(tmp_path / "ck")}
     agent = AgentProcess(tmp_path, redis_url, cfg, stream=STREAM).start()
     client = redis.Redis.from_url(redis_url)
     try:
@@ -126,14 +128,43 @@ def test_lines_only_in_the_copy_are_read_from_it_in_order(tmp_path: Path, redis_
         agent.stop()
 
 
+@pytest.mark.parametrize("pattern", ["app.log", "app.log*"])
+def test_a_file_truncated_and_regrown_past_the_offset_is_not_read_on_as_the_old_one(
+    tmp_path: Path, redis_url: str, pattern: str
+) -> None:
+    """CI, real logrotate every 2 s at load 10: a whole generation under two record ids.
+    The agent was slow; copytruncate emptied the file and the writer wrote past the
+    agent's offset before a size check could see it shrink, so the new generation's
+    bytes after that offset were read on under the old file's ids, then again from 0.
+    The start is checked before new bytes are read."""
+    log = tmp_path / "logs" / "app.log"
+    agent, client = frozen_after_300_lines(tmp_path, redis_url, "one", pattern)
+    try:
+        copytruncate(log, log.parent / "app.log.1")
+        later = batch("two-longer-lines", 600)  # well past the 300 short lines' offset
+        write_lines(log, later)
+        agent.signal(signal.SIGCONT)
+        expected = batch("one", 300) + later
+        wait_for(lambda: len(unique_lines(client)) >= len(expected), what="every line")
+        time.sleep(6)  # past the agent's 5 s start check: a late second read shows up
+        assert_each_line_once(client, expected)
+        assert agent.terminate() == 0
+    finally:
+        agent.signal(signal.SIGCONT)
+        agent.stop()
+
+
+@pytest.mark.parametrize("pattern", ["app.log", "app.log*"])
 def test_two_copytruncate_rotations_between_two_checks_lose_no_generation(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, pattern: str
 ) -> None:
     """Hostile check F8: logrotate faster than the agent's checks (the process is frozen
     here) left the generation copied in between in ``.1``, never read with ``app.log``:
-    365 lines lost, uncounted, at a rotation every 0.1 s."""
+    365 lines lost, uncounted, at a rotation every 0.1 s. With ``app.log*`` the globs
+    find that generation themselves: it must not be read a second time (CI saw a whole
+    generation under two record ids)."""
     log = tmp_path / "logs" / "app.log"
-    agent, client = frozen_after_300_lines(tmp_path, redis_url, "one")
+    agent, client = frozen_after_300_lines(tmp_path, redis_url, "one", pattern)
     try:
         later = two_copytruncates(log)
         agent.signal(signal.SIGCONT)
