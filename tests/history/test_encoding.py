@@ -7,8 +7,10 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opsq.engines.history import raw
+from opsq.engines.history import raw, recorder
 from opsq.engines.history.rollup import Acc, E, bucket_of, decode_blob, encode_blob, lower_edge
+from opsq.engines.monitor.state import TargetState
+from opsq.engines.monitor.verdict import LocationResult, TargetVerdict
 
 STATES = st.sampled_from(["up", "up", "up", "degraded", "down", "unknown"])
 LATENCY = st.one_of(st.none(), st.floats(min_value=1e-5, max_value=200.0))
@@ -186,3 +188,40 @@ def test_a_summary_merged_with_other_latencies_has_no_percentile_never_a_wrong_o
         assert merged.quantile(0.5) is None
         assert merged.quantile(0.95) is None
         assert math.isclose(merged.mean() or 0, 0.505, rel_tol=6e-3)
+
+
+VERDICTS = st.sampled_from(["up", "degraded", "down", "missing"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    location=VERDICTS,
+    overall=VERDICTS,
+    state=STATES,
+    duration=st.one_of(st.none(), st.floats(min_value=0.0, max_value=100.0)),
+    status=st.one_of(st.none(), st.integers(min_value=100, max_value=599)),
+    phases=st.dictionaries(st.sampled_from(raw.PHASES), st.floats(0.0, 10.0), max_size=5),
+    with_result=st.booleans(),
+)
+def test_one_location_sample_is_the_general_sample(
+    location: str,
+    overall: str,
+    state: str,
+    duration: float | None,
+    status: int | None,
+    phases: dict[str, float],
+    with_result: bool,
+) -> None:
+    """The recorder's one-location shortcut gives the sample and rollup latency the
+    general path (sort, median over the answered locations) gives."""
+    verdict = TargetVerdict(
+        overall,  # type: ignore[arg-type]
+        "status" if overall == "down" else "ok",
+        None,
+        {"here": LocationResult(location, "ok", None, duration, status)},  # type: ignore[arg-type]
+    )
+    target = TargetState(name="a", url="u", state=state)
+    results = {"here": {"phases": phases}} if with_result else {}
+    one = recorder._sample_of_one(verdict, target, results, 12.5)
+    assert one == recorder._sample_of_many(verdict, target, results, 12.5)
+    assert one == recorder.sample_of(verdict, target, results, 12.5)

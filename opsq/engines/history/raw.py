@@ -95,6 +95,11 @@ def _level(name: str) -> int:
 _REASON_CODES = {name: code for code, name in enumerate(REASONS)}
 
 
+_OTHER = _REASON_CODES["other"]
+_PHASE_BITS = tuple((1 << i, name) for i, name in enumerate(PHASES))
+_PHASE_FORMATS = tuple("B" + "e" * n for n in range(len(PHASES) + 1))
+
+
 def _half(seconds: float) -> float:
     return min(max(seconds, 0.0), _HALF_MAX)
 
@@ -112,14 +117,19 @@ def encode(sample: Sample) -> dict[str, bytes]:
         flags |= _STATUS
         fmt.append("H")
         values.append(min(max(sample.status, 0), 0xFFFF))
-    if sample.phases:
-        present = [(i, sample.phases[p]) for i, p in enumerate(PHASES) if p in sample.phases]
-        if present:
+    phases = sample.phases
+    if phases:
+        bitmap, seconds = 0, []
+        for bit, name in _PHASE_BITS:
+            if name in phases:
+                bitmap |= bit
+                seconds.append(_half(phases[name]))
+        if bitmap:
             flags |= _PHASES
-            fmt.append("B" + "e" * len(present))
-            values.append(sum(1 << i for i, _ in present))
-            values.extend(_half(seconds) for _, seconds in present)
-    reason = _REASON_CODES.get(sample.reason, _REASON_CODES["other"])
+            fmt.append(_PHASE_FORMATS[len(seconds)])
+            values.append(bitmap)
+            values.extend(seconds)
+    reason = _REASON_CODES.get(sample.reason, _OTHER)
     fields = {"v": struct.pack("".join(fmt), flags, reason, *values)}
     if sample.locations:
         fields["l"] = orjson.dumps(sample.locations)

@@ -123,6 +123,14 @@ def sample_of(
 ) -> tuple[raw.Sample, float | None]:
     """The raw sample of one target in one run, and the latency its rollup counts (the
     median over the locations that answered; None when none did)."""
+    if len(verdict.locations) == 1:
+        return _sample_of_one(verdict, state, results, at)
+    return _sample_of_many(verdict, state, results, at)
+
+
+def _sample_of_many(
+    verdict: TargetVerdict, state: TargetState, results: Mapping[str, Mapping[str, Any]], at: float
+) -> tuple[raw.Sample, float | None]:
     timed = sorted(
         (
             (r.duration_s, name)
@@ -155,6 +163,33 @@ def sample_of(
         locations=locations,
     )
     return sample, rollup_latency
+
+
+def _sample_of_one(
+    verdict: TargetVerdict, state: TargetState, results: Mapping[str, Mapping[str, Any]], at: float
+) -> tuple[raw.Sample, float | None]:
+    """:func:`sample_of` for a set with one location (most sets): no sort, no median
+    of one value, no per-location list. The recorder calls it once per target per run."""
+    ((where, location),) = verdict.locations.items()
+    latency = location.duration_s
+    if location.verdict == "missing" or latency is None:
+        sample = raw.Sample(at, state.state, verdict.verdict, verdict.reason)
+        return sample, None
+    answered = location.verdict in _ANSWERED and verdict.verdict in _ANSWERED
+    phases = results.get(where, {}).get("phases") or {}
+    sample = raw.Sample(
+        at,
+        state.state,
+        verdict.verdict,
+        verdict.reason,
+        latency,
+        location.status_code,
+        {str(k): float(v) for k, v in phases.items()},
+    )
+    return sample, latency if answered else None
+
+
+_ANSWERED = ("up", "degraded")
 
 
 class HistoryRecorder:
