@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -225,3 +226,29 @@ def test_one_location_sample_is_the_general_sample(
     one = recorder._sample_of_one(verdict, target, results, 12.5)
     assert one == recorder._sample_of_many(verdict, target, results, 12.5)
     assert one == recorder.sample_of(verdict, target, results, 12.5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(STATES, LATENCY), max_size=40))
+def test_live_entry_round_trips_and_reads_what_is_in_redis(
+    runs: list[tuple[str, float | None]],
+) -> None:
+    """The live accumulators survive the acc hash exactly; an entry as stored in Redis
+    (bytes written before this version) still reads; a broken histogram is an error."""
+    entry = recorder.LiveEntry(_acc(runs, period=497222), _acc(runs[::2], period=20717), 9)
+    assert recorder.LiveEntry.loads(entry.dumps()) == entry
+    stored = (
+        b'{"h":[497222,3,1,0,0,2,0.25,0.2,[16,1,20,1]],'
+        b'"d":[20717,3,1,0,1,2,0.25,0.2,[16,1,20,1]],"ms":1790000000123}'
+    )
+    old = recorder.LiveEntry.loads(stored)
+    assert (old.hour.period, old.hour.up, old.hour.degraded, old.hour.hist) == (
+        497222,
+        3,
+        1,
+        {16: 1, 20: 1},
+    )
+    assert (old.day.unknown, old.day.lat_sum, old.last_ms) == (1, 0.25, 1790000000123)
+    assert recorder.LiveEntry.loads(old.dumps()) == old
+    with pytest.raises(ValueError, match="pairs"):
+        Acc.from_list([1, 0, 0, 0, 0, 0, 0.0, 0.0, [16, 1, 20]])

@@ -52,6 +52,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 STATES = ("up", "degraded", "down", "unknown")
@@ -181,7 +182,7 @@ class Acc:
 
     # --- the live accumulator (JSON in the acc hash) ----------------------------------
     def to_list(self) -> list[Any]:
-        flat = [v for item in sorted(self.hist.items()) for v in item]
+        flat = list(chain.from_iterable(sorted(self.hist.items())))
         return [
             self.period,
             self.up,
@@ -199,7 +200,10 @@ class Acc:
         # JSON written by to_list: ints and floats already (the recorder parses one per
         # target per run, so no conversions here)
         period, up, degraded, down, unknown, n_lat, lat_sum, lat_max, flat = data
-        hist = dict(zip(flat[::2], flat[1::2], strict=True))
+        if len(flat) % 2:
+            raise ValueError(f"histogram of {len(flat)} numbers, not (bucket, count) pairs")
+        pairs = iter(flat)  # one iterator twice: no slice copies (a target and run each)
+        hist = dict(zip(pairs, pairs))
         return cls(period, up, degraded, down, unknown, n_lat, lat_sum, lat_max, hist)
 
 
