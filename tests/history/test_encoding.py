@@ -250,5 +250,5 @@ def test_live_entry_round_trips_and_reads_what_is_in_redis(
     )
     assert (old.day.unknown, old.day.lat_sum, old.last_ms) == (1, 0.25, 1790000000123)
     assert recorder.LiveEntry.loads(old.dumps()) == old
-    with pytest.raises(ValueError, match="pairs"):
+    with pytest.raises(ValueError, match="shorter"):
         Acc.from_list([1, 0, 0, 0, 0, 0, 0.0, 0.0, [16, 1, 20]])

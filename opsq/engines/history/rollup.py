@@ -200,10 +200,8 @@ class Acc:
         # JSON written by to_list: ints and floats already (the recorder parses one per
         # target per run, so no conversions here)
         period, up, degraded, down, unknown, n_lat, lat_sum, lat_max, flat = data
-        if len(flat) % 2:
-            raise ValueError(f"histogram of {len(flat)} numbers, not (bucket, count) pairs")
         pairs = iter(flat)  # one iterator twice: no slice copies (a target and run each)
-        hist = dict(zip(pairs, pairs))
+        hist = dict(zip(pairs, pairs, strict=True))  # an odd count raises, as before
         return cls(period, up, degraded, down, unknown, n_lat, lat_sum, lat_max, hist)
 
 
