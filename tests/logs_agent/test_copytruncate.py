@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,39 @@ def test_lines_only_in_the_copy_are_read_from_it_in_order(tmp_path: Path, redis_
         agent.stop()
 
 
+def each_line_once_after_a_freeze(
+    tmp_path: Path,
+    redis_url: str,
+    pattern: str,
+    disturb: Callable[[Path], list[bytes]],
+    settle: float = 0.0,
+) -> None:
+    """Freeze an agent after 300 lines, let *disturb* rotate ``app.log`` (it returns the
+    lines it wrote), wake the agent: every line arrives under exactly one record id.
+    *settle* waits on after the last line, for a late second read to show up."""
+    log = tmp_path / "logs" / "app.log"
+    agent, client = frozen_after_300_lines(tmp_path, redis_url, "one", pattern)
+    try:
+        later = disturb(log)
+        agent.signal(signal.SIGCONT)
+        expected = batch("one", 300) + later
+        wait_for(lambda: len(unique_lines(client)) >= len(expected), what="every line")
+        time.sleep(settle)
+        assert_each_line_once(client, expected)
+        assert agent.terminate() == 0
+    finally:
+        agent.signal(signal.SIGCONT)
+        agent.stop()
+
+
+def copytruncate_then_regrow(log: Path) -> list[bytes]:
+    """copytruncate, then more bytes than the 300 short lines read before."""
+    copytruncate(log, log.parent / "app.log.1")
+    later = batch("two-longer-lines", 600)
+    write_lines(log, later)
+    return later
+
+
 @pytest.mark.parametrize("pattern", ["app.log", "app.log*"])
 def test_a_file_truncated_and_regrown_past_the_offset_is_not_read_on_as_the_old_one(
     tmp_path: Path, redis_url: str, pattern: str
@@ -136,22 +170,8 @@ def test_a_file_truncated_and_regrown_past_the_offset_is_not_read_on_as_the_old_
     The agent was slow; copytruncate emptied the file and the writer wrote past the
     agent's offset before a size check could see it shrink, so the new generation's
     bytes after that offset were read on under the old file's ids, then again from 0.
-    The start is checked before new bytes are read."""
-    log = tmp_path / "logs" / "app.log"
-    agent, client = frozen_after_300_lines(tmp_path, redis_url, "one", pattern)
-    try:
-        copytruncate(log, log.parent / "app.log.1")
-        later = batch("two-longer-lines", 600)  # well past the 300 short lines' offset
-        write_lines(log, later)
-        agent.signal(signal.SIGCONT)
-        expected = batch("one", 300) + later
-        wait_for(lambda: len(unique_lines(client)) >= len(expected), what="every line")
-        time.sleep(6)  # past the agent's 5 s start check: a late second read shows up
-        assert_each_line_once(client, expected)
-        assert agent.terminate() == 0
-    finally:
-        agent.signal(signal.SIGCONT)
-        agent.stop()
+    The start is checked before new bytes are read (settle: past the agent's 5 s check)."""
+    each_line_once_after_a_freeze(tmp_path, redis_url, pattern, copytruncate_then_regrow, 6.0)
 
 
 @pytest.mark.parametrize("pattern", ["app.log", "app.log*"])
@@ -161,20 +181,8 @@ def test_two_copytruncate_rotations_between_two_checks_lose_no_generation(
     """Hostile check F8: logrotate faster than the agent's checks (the process is frozen
     here) left the generation copied in between in ``.1``, never read with ``app.log``:
     365 lines lost, uncounted, at a rotation every 0.1 s. With ``app.log*`` the globs
-    find that generation themselves: it must not be read a second time (CI saw a whole
-    generation under two record ids)."""
-    log = tmp_path / "logs" / "app.log"
-    agent, client = frozen_after_300_lines(tmp_path, redis_url, "one", pattern)
-    try:
-        later = two_copytruncates(log)
-        agent.signal(signal.SIGCONT)
-        expected = batch("one", 300) + later
-        wait_for(lambda: len(unique_lines(client)) >= len(expected), what="every line")
-        assert_each_line_once(client, expected)
-        assert agent.terminate() == 0
-    finally:
-        agent.signal(signal.SIGCONT)
-        agent.stop()
+    find that generation themselves: it must not be read a second time."""
+    each_line_once_after_a_freeze(tmp_path, redis_url, pattern, two_copytruncates)
 
 
 def test_no_copy_found_counts_the_lost_bytes(
