@@ -3,6 +3,9 @@
 Thin, as every task module: the decisions live in :mod:`opsq.engines.monitor` and
 :mod:`opsq.engines.alerts`.
 
+- :func:`finish_part` is called by ``opsq.probe_batch`` after every batch: for a set
+  run probed from one location it applies that batch's verdicts at once (the run's
+  end then has little left) and sends the batch's notifications.
 - :func:`finish_run` is called by ``opsq.probe_batch`` after every batch of a set run
   (and by the tick for runs past their deadline): when the run is complete it applies
   the verdicts to target state, exactly once (:mod:`opsq.engines.monitor.store`), then
@@ -36,7 +39,9 @@ from opsq.engines.alerts import deliver
 from opsq.engines.history.recorder import HistoryRecorder
 from opsq.engines.monitor.queues import drop_expired
 from opsq.engines.monitor.setrun import Finished, finish
-from opsq.engines.monitor.store import MonitorStore
+from opsq.engines.monitor.setrun import finish_part as finish_part_of
+from opsq.engines.monitor.spec import RunSpec
+from opsq.engines.monitor.store import ApplyOutcome, MonitorStore
 from tasks.app import app, settings
 from tasks.retrying import retry_or_requeue
 
@@ -72,10 +77,27 @@ def finish_run(run_id: str, *, at_deadline: bool = False, now: float | None = No
     return done.outcome.applied
 
 
+def finish_part(run_id: str, batch_id: str, results: list[dict[str, Any]]) -> bool:
+    """Apply one batch of a set run from the results just recorded, and send its
+    notifications; True when this call applied it (see :func:`.setrun.finish_part`)."""
+    monitor = _monitor()
+    done = finish_part_of(monitor, run_id, batch_id, results, now=time.time())
+    if done is None:
+        return False
+    if done.outcome.applied:
+        record_transitions(done.spec, done.outcome)
+    send_outbox(monitor, done.owner)
+    return done.outcome.applied
+
+
 def record_applied(done: Finished) -> None:
     """Metrics and log lines of a run this process applied."""
-    spec, outcome = done.spec, done.outcome
     metrics.RUNS_APPLIED.labels("complete" if done.progress.complete else "deadline").inc()
+    record_transitions(done.spec, done.outcome)
+
+
+def record_transitions(spec: RunSpec, outcome: ApplyOutcome) -> None:
+    """Metrics and log lines of the transitions this process applied."""
     for change in outcome.transitions:
         metrics.TRANSITIONS.labels(spec.set, change.to_state).inc()
         log.warning("%s/%s: %s -> %s (%s) in run %s", spec.set, change.name,

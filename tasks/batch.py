@@ -31,7 +31,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
@@ -83,9 +83,12 @@ class BatchReport:
     probed: int
     skipped: int
     written: int
+    results: list[dict[str, Any]] = field(default_factory=list, repr=False, compare=False)
+    """What this delivery probed, as recorded (the monitor applies a set run's batch
+    from these, without reading them back); not part of :meth:`to_dict`."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in _REPORT_FIELDS}
 
 
 def synthetic_down(target: Target, error: str, kind: ErrorKind) -> ProbeResult:
@@ -107,6 +110,7 @@ def synthetic_down(target: Target, error: str, kind: ErrorKind) -> ProbeResult:
 
 
 _RESULT_FIELDS = tuple(f.name for f in fields(ProbeResult))
+_REPORT_FIELDS = tuple(f.name for f in fields(BatchReport) if f.name != "results")
 
 
 def _as_dict(result: ProbeResult) -> dict[str, Any]:
@@ -136,6 +140,7 @@ class ResultRecorder:
         self._closing = False
         self.written = 0
         self.recorded: set[str] = set()
+        self.results: list[dict[str, Any]] = []
         self._task = asyncio.create_task(self._flush_loop(), name=f"recorder-{meta.run_id}")
 
     def add(self, result: ProbeResult) -> None:
@@ -150,6 +155,7 @@ class ResultRecorder:
         if self._location is not None:
             fields["location"] = self._location
         stored = encode_result(fields, index, self._meta.created_at)
+        self.results.append(fields)
         self._queue.append((result_key(index, self._location), stored, result.up))
         self._wake.set()
 
@@ -258,7 +264,8 @@ class BatchRunner:
                 await self._probe(engine, todo, recorder)
         finally:
             await recorder.close()
-        return BatchReport(outcome, delivery, len(todo), len(stored), recorder.written)
+        return BatchReport(outcome, delivery, len(todo), len(stored), recorder.written,
+                           recorder.results)  # fmt: skip
 
     async def _probe(
         self, engine: ProbeEngine, todo: list[Target], recorder: ResultRecorder

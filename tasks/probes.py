@@ -34,7 +34,7 @@ from opsq.core.errors import ConfigError, PermanentError, TemporaryError
 from opsq.core.metrics import pipeline as metrics
 from opsq.core.runs import RunStore
 from opsq.engines.monitor.setrun import submit_set
-from tasks.alerts import finish_run
+from tasks.alerts import finish_part, finish_run
 from tasks.app import app, settings
 from tasks.batch import BatchRequest, BatchRunner
 from tasks.retrying import retry_or_requeue
@@ -107,7 +107,8 @@ def probe_batch(
     started = time.monotonic()
     try:
         report = runner().run(BatchRequest.parse(run_id, batch_id, offset, targets, location))
-        finish_run(run_id)  # a set run's verdicts, once, when its last batch is in
+        finish_part(run_id, batch_id, report.results)  # this batch's verdicts, at once
+        finish_run(run_id)  # the rest of a set run's verdicts, once, when its last batch is in
     except TemporaryError as exc:
         metrics.BATCHES.labels("retry").inc()
         log.warning("batch %s/%s: %s; retrying", run_id, batch_id, exc)

@@ -123,6 +123,16 @@ def monitor_spec(run_id: str) -> str:
     return f"{PREFIX}:monitor:spec:{run_id}"
 
 
+def monitor_spec_head(run_id: str) -> str:
+    """The spec without its target names (small): what applying one batch reads."""
+    return f"{PREFIX}:monitor:spec-head:{run_id}"
+
+
+def monitor_parts(run_id: str) -> str:
+    """Count of a set run's targets already applied batch by batch (in their MULTIs)."""
+    return f"{PREFIX}:monitor:parts:{run_id}"
+
+
 MONITOR_OPEN_RUNS = f"{PREFIX}:monitor:open"
 """Sorted set run_id -> deadline: set runs not applied yet. The alerts tick applies a
 run past its deadline with the locations that never answered marked missing."""

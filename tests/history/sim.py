@@ -41,8 +41,12 @@ class Sim:
     thresholds: tuple[int, int] = (1, 1)
     runs: int = 0
     times: list[float] = field(default_factory=list)
+    parts: int = 1
+    """Apply each run in this many batches (``MonitorStore.apply_part``, what the worker
+    that recorded a batch calls), then close it as ``setrun.finish`` does."""
 
     def __post_init__(self) -> None:
+        self.deferred: list[bool] = []
         self.client = redis.Redis.from_url(self.url, decode_responses=True)
         self.raw_client = redis.Redis.from_url(self.url)
         self.targets = [Target(name=n, url=URL.format(name=n)) for n in self.names]
@@ -74,11 +78,31 @@ class Sim:
                     "phases": {"dns": latency / 10, "connect": latency / 5, "ttfb": latency / 2},
                 }
             )
-        self.store.register(f"{self.set_name}-run-{self.runs}", spec)
-        outcome = self.store.apply(f"{self.set_name}-run-{self.runs}", spec, results, now=now)
-        assert outcome.applied
+        run_id = f"{self.set_name}-run-{self.runs}"
+        self.store.register(run_id, spec)
+        if self.parts > 1:
+            self._apply_parts(run_id, results, now)
+        else:
+            assert self.store.apply(run_id, spec, results, now=now).applied
         self.runs += 1
         self.times.append(now)
+
+    def _apply_parts(self, run_id: str, results: list[dict[str, Any]], now: float) -> None:
+        head = self.store.head(run_id)
+        assert head is not None
+        size = -(-len(results) // self.parts)
+        for start in range(0, len(results), size):
+            batch = results[start : start + size]
+            names = {f"{r['name']}|{r['url']}": (r["name"], r["url"]) for r in batch}
+            self.store.apply_part(run_id, f"{run_id}#{start}", head.with_names(names), batch,
+                                  now=now)  # fmt: skip
+        if self.store.parts_done(run_id) >= head.size:
+            self.deferred.append(False)
+            assert self.store.apply(run_id, head, [], now=now).applied
+        else:  # a batch was left to the run's end (history sealed a period)
+            self.deferred.append(True)
+            spec = build_spec(self.set_name, self.probe_set, self.targets, created_at=now)
+            assert self.store.apply(run_id, spec, results, now=now).applied
 
     def raw_samples(self, name: str) -> list[raw.Sample]:
         entries = self.raw_client.xrange(keys.history_raw(self.set_name, self.key(name)))

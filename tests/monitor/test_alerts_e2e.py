@@ -33,8 +33,9 @@ def verdict_history(redis_url: str, set_name: str, target_key: str) -> list[tupl
         entries = client.xrange(keys.MONITOR_VERDICTS)
     finally:
         client.close()
-    return [(f["run_id"], orjson.loads(f["verdicts"])[target_key][0])
-            for _, f in entries if f["set"] == set_name]  # fmt: skip
+    found = [(f["run_id"], orjson.loads(f["verdicts"]).get(target_key))
+             for _, f in entries if f["set"] == set_name]  # fmt: skip
+    return [(run_id, verdict[0]) for run_id, verdict in found if verdict is not None]
 
 
 def transitions(redis_url: str, set_name: str) -> list[dict[str, str]]:
@@ -254,3 +255,51 @@ def test_email_notifier_gets_the_transition_through_a_worker(
         assert "s3cret-pw" not in worker.log()
     finally:
         smtp.stop()
+
+
+@pytest.mark.slow
+def test_a_set_run_is_applied_batch_by_batch_by_real_workers(
+    redis_url: str, tmp_path: Path, target_server: TargetServer, receiver: HttpReceiver,
+    start_worker: Callable[..., Worker],
+) -> None:  # fmt: skip
+    """12 targets in batches of 3 (4 batches) and a worker with two processes: once the
+    set has history, each batch's verdicts are applied by the worker that probed it (a
+    verdicts entry per batch) and the run's end only closes the run. The 4 failing
+    targets go down, each with one firing notification, received once."""
+    target_server.codes["/down"] = 503
+    env = {"OPSQ_PROBES__BATCH_SIZE": "3", **write_config(tmp_path / "opsq.yaml", {
+        "probes": {"sets": {"web": {
+            "interval": 3600, "failure_threshold": 1, "success_threshold": 1,
+            "notify": ["hook"],
+            "targets": [{"name": f"t{i}", "timeout": "2s",
+                         "url": f"{target_server.url}/{'down' if i % 3 == 0 else 'ok'}"}
+                        for i in range(12)]}}},
+        "alerts": {"notifiers": {"hook": {"kind": "webhook", "url": f"{receiver.url}/hook"}}},
+    })}  # fmt: skip
+    start_worker(env=env)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        by_batches = None
+        for number in range(1, 4):  # the set's first run (no history yet) is applied whole
+            send_set(env, redis_url, "web")
+            wait_for(lambda n=number: len(client.keys(keys.monitor_applied("*"))) == n, 60,
+                     f"run {number} applied")  # fmt: skip
+            entries = [f for _, f in client.xrange(keys.MONITOR_VERDICTS)]
+            run_id = entries[-1]["run_id"]
+            parts = [f["part"] for f in entries if f["run_id"] == run_id]
+            if "" not in parts:
+                by_batches = parts
+                break
+        assert by_batches is not None, "no run was applied batch by batch"
+        assert sorted(by_batches) == [f"{run_id}#b{n}" for n in range(4)], by_batches
+        states = [orjson.loads(v) for v in client.hgetall(keys.monitor_state("web")).values()]
+        assert {s["last_run"] for s in states} == {run_id}
+        assert sorted(s["state"] for s in states) == ["down"] * 4 + ["up"] * 8
+        assert not client.exists(keys.monitor_parts(run_id))
+    finally:
+        client.close()
+    wait_for(lambda: len(receiver.accepted) >= 4 and _alerts_queue_drained(redis_url), 30,
+             "4 notifications")  # fmt: skip
+    firing = Counter(r.json["labels"]["target"] for r in receiver.accepted)
+    assert firing == {f"t{i}": 1 for i in (0, 3, 6, 9)}
+    assert {r.json["event"] for r in receiver.accepted} == {"firing"}

@@ -13,6 +13,7 @@ import redis
 from opsq.core import keys
 from opsq.core.config.alerts import AlertsSettings
 from opsq.core.config.probes import ProbeSet, Target
+from opsq.engines.monitor.setrun import finish_part
 from opsq.engines.monitor.spec import RunSpec, build_spec
 from opsq.engines.monitor.state import TargetState
 from opsq.engines.monitor.store import MonitorStore
@@ -130,6 +131,9 @@ def test_a_spec_keeps_only_targets_that_differ_and_survives_redis() -> None:
     assert spec.target("slow|http://b/").lines.degraded_latency == 0.5
     assert spec.target("strict|http://d/").thresholds.failure == 5
     assert RunSpec.loads(spec.dumps()) == spec
+    head = RunSpec.loads(spec.dumps_head())
+    assert head.names == {} and head.size == 4 and head.overrides == spec.overrides
+    assert head.with_names(spec.names) == spec
 
 
 class _GcWatcher:
@@ -143,7 +147,9 @@ class _GcWatcher:
     def watch_keys(self, set_name: str) -> tuple[str, ...]:
         return ()
 
-    def prepare(self, pipe: Any, spec: RunSpec, results: Any, now: float) -> None:
+    def prepare(
+        self, pipe: Any, spec: RunSpec, results: Any, now: float, *, whole: bool = True
+    ) -> None:
         self.seen.append(gc.isenabled())
         if self.fail:
             raise RuntimeError("participant failed")
@@ -173,3 +179,116 @@ def test_the_gc_is_paused_while_a_run_is_applied_and_back_on_after(
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+ONE_PLACE = ProbeSet(targets=[{"name": f"t{i}", "url": f"http://t{i}/"} for i in range(4)],
+                     failure_threshold=1, success_threshold=1, notify=("hook",))  # fmt: skip
+FOUR = [Target(name=f"t{i}", url=f"http://t{i}/") for i in range(4)]
+
+
+def one_place_results(down: set[int], which: range | list[int] = range(4)) -> list[dict]:
+    return [{"name": f"t{i}", "url": f"http://t{i}/", "up": i not in down,
+             "error_kind": None if i not in down else "connect",
+             "error": None if i not in down else "refused"} for i in which]  # fmt: skip
+
+
+def batch_spec(store: MonitorStore, run_id: str, batch: list[dict]) -> RunSpec:
+    head = store.head(run_id)
+    assert head is not None
+    assert head.names == {} and head.size == 4
+    return head.with_names({f"{r['name']}|{r['url']}": (r["name"], r["url"]) for r in batch})
+
+
+def test_batches_are_applied_once_each_and_the_end_applies_only_what_is_left(
+    redis_client: redis.Redis,
+) -> None:  # fmt: skip
+    """A run's first batch is applied as soon as it is in (a second copy of it applies
+    nothing); of the second batch only one result was in this worker's memory (the
+    other was written by a delivery that died): the run's end applies that one target
+    alone. Every target moved once, with one transition each, and closing the run
+    leaves no spec, head or part counter behind."""
+    store = MonitorStore(redis_client, ALERTS)
+    spec = build_spec("one", ONE_PLACE, FOUR, created_at=100.0)
+    store.register("r1", spec)
+    first = one_place_results(down={0}, which=[0, 1])
+    outcome = store.apply_part("r1", "r1#0", batch_spec(store, "r1", first), first, now=101.0)
+    assert outcome.applied and sorted(c.to_state for c in outcome.transitions) == ["down", "up"]
+    assert [j["message"]["event"] for j in store.outbox("r1#0")] == ["firing"]
+    again = store.apply_part("r1", "r1#0", batch_spec(store, "r1", first), first, now=101.5)
+    assert not again.applied
+    second = one_place_results(down=set(), which=[2])
+    assert store.apply_part("r1", "r1#1", batch_spec(store, "r1", second), second,
+                            now=102.0).applied  # fmt: skip
+    assert store.parts_done("r1") == 3
+    end = store.apply("r1", spec, one_place_results(down={0}), now=103.0)
+    assert end.applied and [c.target for c in end.transitions] == ["t3|http://t3/"]
+    stream = redis_client.xrange(keys.monitor_transitions("one"))
+    assert sorted(f["target"] for _, f in stream) == [f"t{i}|http://t{i}/" for i in range(4)]
+    states = {
+        k: orjson.loads(v) for k, v in redis_client.hgetall(keys.monitor_state("one")).items()
+    }
+    assert {k: (s["state"], s["recent"], s["last_run"]) for k, s in states.items()} == {
+        "t0|http://t0/": ("down", ["down"], "r1"), "t1|http://t1/": ("up", ["up"], "r1"),
+        "t2|http://t2/": ("up", ["up"], "r1"), "t3|http://t3/": ("up", ["up"], "r1"),
+    }  # fmt: skip
+    parts = [f["part"] for _, f in redis_client.xrange(keys.MONITOR_VERDICTS)]
+    assert parts == ["r1#0", "r1#1", ""]
+    assert redis_client.exists(keys.monitor_applied("r1"))
+    for gone in (keys.monitor_spec("r1"), keys.monitor_spec_head("r1"), keys.monitor_parts("r1")):
+        assert not redis_client.exists(gone), gone
+    assert not store.apply_part("r1", "r1#1", batch_spec_or_none(store), second, now=104).applied
+
+
+def batch_spec_or_none(store: MonitorStore) -> RunSpec:
+    """A closed run has no head: a late batch brings its own (it is refused anyway)."""
+    assert store.head("r1") is None
+    return build_spec("one", ONE_PLACE, FOUR[2:3], created_at=100.0)
+
+
+def test_a_run_whose_batches_applied_every_target_is_closed_without_its_results(
+    redis_client: redis.Redis,
+) -> None:  # fmt: skip
+    """Four threads apply the run's two batches at once, each twice: every target once,
+    the count of applied targets is exact, and the run's end, given no results at all,
+    only closes the run (nothing is judged: no target becomes missing)."""
+    store = MonitorStore(redis_client, ALERTS)
+    spec = build_spec("one", ONE_PLACE, FOUR, created_at=100.0)
+    store.register("r2", spec)
+    batches = [one_place_results(down={1}, which=[0, 1]), one_place_results(down={1}, which=[2, 3])]
+    barrier = threading.Barrier(4)
+    outcomes = []
+
+    def apply(number: int) -> None:
+        batch = batches[number % 2]
+        barrier.wait()
+        outcomes.append(store.apply_part("r2", f"r2#{number % 2}", batch_spec(store, "r2", batch),
+                                         batch, now=101.0))  # fmt: skip
+
+    threads = [threading.Thread(target=apply, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(o.applied for o in outcomes) == 2
+    assert store.parts_done("r2") == 4
+    assert len(redis_client.xrange(keys.monitor_transitions("one"))) == 4
+    head = store.head("r2")
+    assert head is not None
+    end = store.apply("r2", head, [], now=102.0)
+    assert end.applied and not end.transitions and not end.verdicts
+    states = [orjson.loads(v) for v in redis_client.hgetall(keys.monitor_state("one")).values()]
+    assert sorted(s["state"] for s in states) == ["down", "up", "up", "up"]
+    assert redis_client.exists(keys.monitor_applied("r2"))
+
+
+def test_a_run_from_several_locations_is_not_applied_batch_by_batch(
+    redis_client: redis.Redis,
+) -> None:  # fmt: skip
+    """A target's verdict needs every location's result: one location's batch applies
+    nothing (the run's end or deadline does, with missing locations)."""
+    store = MonitorStore(redis_client, ALERTS)
+    store.register("r3", build_spec("web", SET, TARGETS, created_at=100.0))
+    batch = results(api_up_at=set(), locations=("a",))
+    assert finish_part(store, "r3", "0", batch, now=101.0) is None
+    assert not redis_client.exists(keys.monitor_state("web"))
+    assert store.head("r3") is not None

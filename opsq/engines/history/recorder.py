@@ -58,6 +58,7 @@ from opsq.engines.history.incidents import Incident, follow
 from opsq.engines.history.rollup import Acc, encode_blob
 from opsq.engines.monitor.spec import RunSpec
 from opsq.engines.monitor.state import TargetState, Transition
+from opsq.engines.monitor.store import PartDeferred
 from opsq.engines.monitor.verdict import TargetVerdict
 
 HOUR_S = 3600
@@ -203,16 +204,49 @@ class HistoryRecorder:
 
     # --- reads, under WATCH ---------------------------------------------------------------
     def prepare(
-        self, pipe: Any, spec: RunSpec, results: Sequence[Mapping[str, Any]], now: float
-    ) -> Prepared:
+        self, pipe: Any, spec: RunSpec, results: Sequence[Mapping[str, Any]], now: float, *,
+        whole: bool = True,
+    ) -> Prepared:  # fmt: skip
         """One round trip (:data:`_PREPARE_LUA`): the accumulators and open incidents,
-        and, when the set's hour or day has turned, what sealing needs."""
+        and, when the set's hour or day has turned, what sealing needs. For one batch of
+        a run (not *whole*) only the batch's accumulators are read, and a turned hour
+        raises :class:`PartDeferred`: sealing takes every target, at the run's end."""
         name = spec.set
         mark = f"{int(now // HOUR_S)}:{int(now // DAY_S)}"
+        if not whole:
+            return self._prepare_part(pipe, spec, results, now, mark)
         reply = self._read(pipe, name, now, mark)
         entries = {k: LiveEntry.loads(v) for k, v in _pairs(reply[0]).items() if k != PERIOD_FIELD}
+        prepared = self._prepared(name, now, entries, reply[1], results)
+        if any(e.hour.period < prepared.hour or e.day.period < prepared.day
+               for e in entries.values()):  # fmt: skip
+            if len(reply) == 2:  # the mark said current, the entries disagree: read again
+                reply = self._read(pipe, name, now, "")
+            self._seal_reads(prepared, reply[2:])
+        return prepared
+
+    def _prepare_part(
+        self, pipe: Any, spec: RunSpec, results: Sequence[Mapping[str, Any]], now: float,
+        mark: str,
+    ) -> Prepared:  # fmt: skip
+        names = list(spec.names)
+        reply = pipe.eval(_PREPARE_PART_LUA, 2, keys.history_acc(spec.set),
+                          keys.history_open(spec.set), mark, *names)  # fmt: skip
+        if not reply:  # the hour or the day turned: seal at the end
+            raise PartDeferred(f"set {spec.set}: history seals a period")
+        entries = {k: LiveEntry.loads(v) for k, v in zip(names, reply[0], strict=True) if v}
+        prepared = self._prepared(spec.set, now, entries, reply[1], results)
+        if any(e.hour.period < prepared.hour or e.day.period < prepared.day
+               for e in entries.values()):  # fmt: skip
+            raise PartDeferred(f"set {spec.set}: an accumulator is of an earlier period")
+        return prepared
+
+    def _prepared(
+        self, name: str, now: float, entries: dict[str, LiveEntry], open_flat: Sequence[Any],
+        results: Sequence[Mapping[str, Any]],
+    ) -> Prepared:  # fmt: skip
         open_incidents = {
-            k: Incident.from_dict(orjson.loads(v)) for k, v in _pairs(reply[1]).items()
+            k: Incident.from_dict(orjson.loads(v)) for k, v in _pairs(open_flat).items()
         }
         # Time never runs backwards for a set: a worker whose clock is behind adds to
         # the newest period rather than reopening a sealed one.
@@ -220,10 +254,6 @@ class HistoryRecorder:
         day = max([int(now // DAY_S), *(e.day.period for e in entries.values())])
         prepared = Prepared(name, hour, day, entries, open_incidents, group_results(results))
         prepared.cutoff = now - self.settings.retention
-        if any(e.hour.period < hour or e.day.period < day for e in entries.values()):
-            if len(reply) == 2:  # the mark said current, the entries disagree: read again
-                reply = self._read(pipe, name, now, "")
-            self._seal_reads(prepared, reply[2:])
         return prepared
 
     def _read(self, pipe: Any, name: str, now: float, mark: str) -> list[Any]:
@@ -439,6 +469,26 @@ end
 return {acc, open, redis.call('HGETALL', KEYS[3]),
         redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[2]), ids, values,
         redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', ARGV[3])}
+"""
+
+
+# One batch of a run: the batch's accumulators (ARGV[2..]) and the open incidents, or an
+# empty reply when the set's live period is not ARGV[1] (sealing is the run end's job);
+# a set with no accumulators yet has nothing to seal.
+_PREPARE_PART_LUA = """
+local mark = redis.call('HGET', KEYS[1], '@period')
+if mark ~= ARGV[1] and (mark or redis.call('EXISTS', KEYS[1]) == 1) then
+  return {}
+end
+local values = {}
+for i = 2, #ARGV, 1000 do
+  local last = math.min(i + 999, #ARGV)
+  local got = redis.call('HMGET', KEYS[1], unpack(ARGV, i, last))
+  for j = 1, #got do
+    values[#values + 1] = got[j]
+  end
+end
+return {values, redis.call('HGETALL', KEYS[2])}
 """
 
 

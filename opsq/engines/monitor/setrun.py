@@ -13,13 +13,22 @@ whatever arrived. The worker that writes the last result calls it, the alerts ti
 calls it for runs past their deadline, and ``opsq probe --set --wait`` calls it at the
 deadline too, so a by-hand run with a stopped location is applied without beat. Any
 of them may race: :meth:`.store.MonitorStore.apply` applies a run once.
+
+:func:`finish_part` applies each batch of a single-location set run as soon as its
+worker has recorded it, from the results in that worker's memory: judging and
+recording 3,000 targets after the last result cost ~160 ms, serial, at the end of a
+run that probed them in ~650 ms. Now that work overlaps the probing of later batches
+and the run's end has only its last batch left. A target is still applied once
+(its state records the run); :func:`finish` applies whatever no batch did.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from opsq.core.config.probes import ProbeSet, Target
 from opsq.core.errors import ConfigError
@@ -118,15 +127,47 @@ def finish(
     """Apply a complete run, or an incomplete one *at_deadline*, once; None when the run
     is no set run (or applied and forgotten already) or not complete yet. The caller
     sends the run's outbox afterwards, whatever this returns."""
-    # Every batch of every run asks; only the last one of a set run applies it. The spec
-    # (~280 KB for 3,000 targets) is read once the run is complete, not per batch.
-    if not monitor.is_set_run(run_id):
+    # Every batch of every run asks; only the last one of a set run applies it. The whole
+    # spec (~280 KB for 3,000 targets) is read only when a target is left to apply.
+    head = monitor.head(run_id) or monitor.spec(run_id)  # (a run registered by 0.x: no head)
+    if head is None:  # no set run, or applied (and its spec deleted)
         return None
     progress = runs.progress(run_id)
     if not progress.complete and not at_deadline:
         return None
-    spec = monitor.spec(run_id)
-    if spec is None:  # applied (and its spec deleted) meanwhile
+    if monitor.parts_done(run_id) >= head.size > 0:  # every target applied batch by batch
+        return Finished(head, progress, monitor.apply(run_id, head, [], now=now))
+    spec = head if head.names else monitor.spec(run_id)
+    if spec is None:  # applied meanwhile
         return None
     outcome = monitor.apply(run_id, spec, runs.results(run_id), now=now)
     return Finished(spec, progress, outcome)
+
+
+@dataclass(frozen=True)
+class PartFinished:
+    """What :func:`finish_part` did to one batch of a set run."""
+
+    spec: RunSpec
+    owner: str
+    """The batch's outbox (its notifications)."""
+    outcome: ApplyOutcome
+
+
+def finish_part(
+    monitor: MonitorStore, run_id: str, batch_id: str, results: Sequence[Mapping[str, Any]], *,
+    now: float,
+) -> PartFinished | None:  # fmt: skip
+    """Apply one batch of a set run from the results its worker just recorded, so the
+    run's end has (nearly) nothing left to apply; None when the run is no set run, or
+    is probed from several locations (a target's verdict needs every location's result:
+    those runs are applied at their end, or deadline, by :func:`finish`)."""
+    if not results:
+        return None
+    head = monitor.head(run_id)
+    if head is None or len(head.locations) > 1:
+        return None
+    names = {f"{r['name']}|{r['url']}": (str(r["name"]), str(r["url"])) for r in results}
+    owner = f"{run_id}#{batch_id}"
+    outcome = monitor.apply_part(run_id, owner, head.with_names(names), results, now=now)
+    return PartFinished(head, owner, outcome)

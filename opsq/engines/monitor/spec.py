@@ -10,7 +10,7 @@ a target differs from the set, which keeps a 10,000-target spec small.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -51,6 +51,12 @@ class RunSpec:
     overrides: dict[str, TargetSpec] = field(default_factory=dict)
     names: dict[str, tuple[str, str]] = field(default_factory=dict)
     """target key -> (name, url), in file order."""
+    total: int = 0
+    """Targets of the run (``names`` of the whole run; a head or a batch has fewer)."""
+
+    @property
+    def size(self) -> int:
+        return self.total or len(self.names)
 
     def target(self, key: str) -> TargetSpec:
         return self.overrides.get(key, self.defaults)
@@ -63,8 +69,23 @@ class RunSpec:
             "created_at": self.created_at, "deadline_at": self.deadline_at,
             "defaults": asdict(self.defaults),
             "overrides": {k: asdict(v) for k, v in self.overrides.items()},
-            "names": self.names,
+            "names": self.names, "total": self.size,
         })  # fmt: skip
+
+    def dumps_head(self) -> bytes:
+        """The spec without ``names``: what applying one batch of the run reads (the
+        batch's results name its targets), a few hundred bytes for most sets."""
+        return orjson.dumps({
+            "set": self.set, "locations": self.locations, "quorum": self.quorum,
+            "created_at": self.created_at, "deadline_at": self.deadline_at,
+            "defaults": asdict(self.defaults),
+            "overrides": {k: asdict(v) for k, v in self.overrides.items()},
+            "names": {}, "total": self.size,
+        })  # fmt: skip
+
+    def with_names(self, names: dict[str, tuple[str, str]]) -> RunSpec:
+        """This spec over *names* only (one batch of the run)."""
+        return replace(self, names=names)
 
     @classmethod
     def loads(cls, raw: str | bytes) -> RunSpec:
@@ -75,6 +96,7 @@ class RunSpec:
             defaults=_target_spec(data["defaults"]),
             overrides={k: _target_spec(v) for k, v in data["overrides"].items()},
             names={k: (v[0], v[1]) for k, v in data["names"].items()},
+            total=int(data.get("total") or 0),
         )  # fmt: skip
 
 
@@ -131,6 +153,7 @@ class SpecBuilder:
             set=self._set, locations=probe_set.location_names, quorum=probe_set.effective_quorum,
             created_at=created_at, deadline_at=created_at + probe_set.effective_deadline,
             defaults=self._defaults, overrides=self._overrides, names=self._names,
+            total=len(self._names),
         )  # fmt: skip
 
 

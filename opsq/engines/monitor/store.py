@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -95,6 +95,11 @@ def verdicts_of(spec: RunSpec, results: Iterable[Mapping[str, Any]]) -> dict[str
     return {key: combine(per_target.get(key, none), locations, quorum) for key in spec.names}
 
 
+class PartDeferred(Exception):
+    """Raised by a participant's ``prepare`` for a batch it cannot take alone (history
+    seals an hour over every target of the set): the run's end applies the batch."""
+
+
 class Participant(Protocol):
     """Writes more in the transaction that applies a run (history, :mod:`opsq.engines.history`):
     reads its *watch_keys* under the same WATCH in :meth:`prepare`, queues its writes in
@@ -103,8 +108,9 @@ class Participant(Protocol):
     def watch_keys(self, set_name: str) -> tuple[str, ...]: ...
 
     def prepare(
-        self, pipe: Any, spec: RunSpec, results: Sequence[Mapping[str, Any]], now: float
-    ) -> Any: ...
+        self, pipe: Any, spec: RunSpec, results: Sequence[Mapping[str, Any]], now: float, *,
+        whole: bool = True,
+    ) -> Any: ...  # fmt: skip
 
     def write(
         self, pipe: Any, prepared: Any, *, spec: RunSpec, states: Mapping[str, TargetState],
@@ -129,19 +135,26 @@ class MonitorStore:
         """Before the first batch is sent: the spec, and the run among the open ones."""
         pipe = self.client.pipeline(transaction=True)
         pipe.set(keys.monitor_spec(run_id), spec.dumps(), ex=keys.RUN_TTL_S)
+        pipe.set(keys.monitor_spec_head(run_id), spec.dumps_head(), ex=keys.RUN_TTL_S)
         pipe.zadd(keys.MONITOR_OPEN_RUNS, {run_id: spec.deadline_at})
         pipe.sadd(keys.MONITOR_SETS, spec.set)
         pipe.execute()
-
-    @redis_errors("check whether a run is a monitored set run")
-    def is_set_run(self, run_id: str) -> bool:
-        """A set run not applied yet (applying deletes the spec)."""
-        return bool(self.client.exists(keys.monitor_spec(run_id)))
 
     @redis_errors("read a run's monitoring spec")
     def spec(self, run_id: str) -> RunSpec | None:
         raw = self.client.get(keys.monitor_spec(run_id))
         return RunSpec.loads(raw) if raw is not None else None
+
+    @redis_errors("read a run's monitoring spec")
+    def head(self, run_id: str) -> RunSpec | None:
+        """The spec without target names (:meth:`apply_part` adds a batch's); None when
+        the run is no set run, or applied already."""
+        raw = self.client.get(keys.monitor_spec_head(run_id))
+        return RunSpec.loads(raw) if raw is not None else None
+
+    @redis_errors("count a run's targets applied batch by batch")
+    def parts_done(self, run_id: str) -> int:
+        return int(self.client.get(keys.monitor_parts(run_id)) or 0)
 
     @redis_errors("list set runs past their deadline")
     def overdue(self, now: float, limit: int = 100) -> list[str]:
@@ -150,61 +163,119 @@ class MonitorStore:
     def apply(
         self, run_id: str, spec: RunSpec, results: Sequence[Mapping[str, Any]], *, now: float
     ) -> ApplyOutcome:
-        """Apply the run's verdicts to the set's states, once (see the module docstring)."""
+        """Apply the run's verdicts to the set's states, once (see the module docstring),
+        and close the run. Targets a batch of the run applied already are left alone;
+        when every target was, the results are not judged at all."""
         with _gc_paused():
-            return self._apply(run_id, spec, results, now)
+            return self._apply(run_id, spec, results, now, part=None)
+
+    def apply_part(
+        self, run_id: str, part: str, spec: RunSpec, results: Sequence[Mapping[str, Any]], *,
+        now: float,
+    ) -> ApplyOutcome:  # fmt: skip
+        """Apply one batch of a run as soon as its results are in (*spec*: the run's head
+        over the batch's targets, *part*: names the batch). Each target is applied once:
+        its state records the run (``last_run``), and the part counts its targets so the
+        run's end knows when nothing is left. Not applied (the run's end applies these
+        targets) when the run is closed, or a participant needs the whole run."""
+        with _gc_paused():
+            return self._apply(run_id, spec, results, now, part=part)
 
     def _apply(
-        self, run_id: str, spec: RunSpec, results: Sequence[Mapping[str, Any]], now: float
-    ) -> ApplyOutcome:
-        verdicts = verdicts_of(spec, results)
+        self, run_id: str, spec: RunSpec, results: Sequence[Mapping[str, Any]], now: float,
+        part: str | None,
+    ) -> ApplyOutcome:  # fmt: skip
+        judged: list[dict[str, TargetVerdict]] = []
+
+        def judge() -> dict[str, TargetVerdict]:  # once, and only when needed
+            if not judged:
+                judged.append(verdicts_of(spec, results))
+            return judged[0]
+
         with redis_errors(f"apply run {run_id} to the state of set {spec.set}"):
             for _ in range(WATCH_ATTEMPTS):
                 try:
-                    return self._apply_once(run_id, spec, verdicts, now, results)
+                    return self._apply_once(run_id, spec, judge, results, now=now, part=part)
                 except redis.WatchError:
                     continue
         raise RuntimeError(f"run {run_id}: state of set {spec.set} kept changing; retry later")
 
     def _apply_once(
-        self, run_id: str, spec: RunSpec, verdicts: dict[str, TargetVerdict], now: float,
-        results: Sequence[Mapping[str, Any]] = (),
+        self, run_id: str, spec: RunSpec, judge: Callable[[], dict[str, TargetVerdict]],
+        results: Sequence[Mapping[str, Any]], *, now: float, part: str | None,
     ) -> ApplyOutcome:  # fmt: skip
-        state_key, firing_key = keys.monitor_state(spec.set), keys.monitor_firing(spec.set)
+        state_key = keys.monitor_state(spec.set)
+        applied_key, parts_key = keys.monitor_applied(run_id), keys.monitor_parts(run_id)
         extra = self.participant.watch_keys(spec.set) if self.participant else ()
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.watch(keys.monitor_applied(run_id), state_key, firing_key, *extra)
-            if pipe.exists(keys.monitor_applied(run_id)):
+            pipe.watch(applied_key, parts_key, state_key, keys.monitor_firing(spec.set), *extra)
+            if pipe.exists(applied_key):
                 pipe.unwatch()
-                return ApplyOutcome(applied=False, verdicts=verdicts)
+                return ApplyOutcome(applied=False)
+            if part is None and _count(pipe.get(parts_key)) >= spec.size > 0:
+                pipe.multi()  # every target was applied batch by batch: close the run
+                self._close_run(pipe, run_id, now)
+                pipe.execute()
+                return ApplyOutcome(applied=True)
             states = self._load_states(pipe, state_key, spec)
-            raw_firing = cast(dict[str, str], pipe.hgetall(firing_key))
-            firing = _Firing({k: alerting.FiringEntry.from_dict(orjson.loads(v))
-                              for k, v in raw_firing.items()})  # fmt: skip
-            outcome = ApplyOutcome(applied=True, verdicts=verdicts)
-            joined = (
-                self.participant.prepare(pipe, spec, results, now) if self.participant else None
-            )
-            shared = None if spec.overrides else spec.defaults.thresholds  # None: per target
-            for key, verdict in verdicts.items():
-                previous = states[key].transition_id
-                state, change = advance(
-                    states[key], verdict, shared or spec.target(key).thresholds, set_name=spec.set,
-                    target_key=key, run_id=run_id, run_at=spec.created_at, now=now,
-                )  # fmt: skip
-                states[key] = state
-                if change is not None:
-                    outcome.transitions.append(change)
-                    outcome.superseded += [previous] if previous else []
-                    outcome.silenced += self._plan(spec, change, firing, outcome.jobs, now=now)
+            todo = {k: v for k, v in judge().items() if states[k].last_run != run_id}
+            if part is not None and not todo:
+                pipe.unwatch()
+                return ApplyOutcome(applied=False)
+            try:
+                joined = (self.participant.prepare(pipe, spec, results, now, whole=part is None)
+                          if self.participant else None)  # fmt: skip
+            except PartDeferred:
+                pipe.unwatch()
+                return ApplyOutcome(applied=False)
+            outcome = self._advance(run_id, spec, states, todo, now)
+            firing = self._firing(pipe, spec, outcome.transitions)
+            for change in outcome.transitions:
+                outcome.silenced += self._plan(spec, change, firing, outcome.jobs, now=now)
             pipe.multi()
-            self._write(pipe, run_id, spec, states=states, outcome=outcome,
-                        firing_writes=firing.writes, now=now)  # fmt: skip
+            self._write(pipe, run_id, spec, states={k: states[k] for k in todo}, outcome=outcome,
+                        firing_writes=firing.writes, now=now, part=part)  # fmt: skip
+            if part is None:
+                self._close_run(pipe, run_id, now)
+            else:
+                pipe.incrby(parts_key, len(todo))
+                pipe.expire(parts_key, keys.RUN_TTL_S)
             if self.participant is not None:
-                self.participant.write(pipe, joined, spec=spec, states=states, verdicts=verdicts,
+                self.participant.write(pipe, joined, spec=spec, states=states, verdicts=todo,
                                        transitions=outcome.transitions, now=now)  # fmt: skip
             pipe.execute()
         return outcome
+
+    @staticmethod
+    def _advance(
+        run_id: str, spec: RunSpec, states: dict[str, TargetState],
+        verdicts: dict[str, TargetVerdict], now: float,
+    ) -> ApplyOutcome:  # fmt: skip
+        """Every target's new state (in *states*) and the run's transitions (pure)."""
+        outcome = ApplyOutcome(applied=True, verdicts=verdicts)
+        shared = None if spec.overrides else spec.defaults.thresholds  # None: per target
+        for key, verdict in verdicts.items():
+            previous = states[key].transition_id
+            state, change = advance(
+                states[key], verdict, shared or spec.target(key).thresholds, set_name=spec.set,
+                target_key=key, run_id=run_id, run_at=spec.created_at, now=now,
+            )  # fmt: skip
+            states[key] = state
+            if change is not None:
+                outcome.transitions.append(change)
+                outcome.superseded += [previous] if previous else []
+        return outcome
+
+    @staticmethod
+    def _firing(pipe: Any, spec: RunSpec, changes: Sequence[Transition]) -> _Firing:
+        """The firing entries of the targets that changed (read under the WATCH)."""
+        fields = [f"{c.target}|{n}" for c in changes for n in spec.target(c.target).notify]
+        if not fields:
+            return _Firing({})
+        raw = pipe.hmget(keys.monitor_firing(spec.set), fields)
+        found = {name: value for name, value in zip(fields, raw, strict=True) if value}
+        return _Firing({k: alerting.FiringEntry.from_dict(orjson.loads(v))
+                        for k, v in found.items()})  # fmt: skip
 
     @staticmethod
     def _load_states(pipe: Any, state_key: str, spec: RunSpec) -> dict[str, TargetState]:
@@ -250,14 +321,8 @@ class MonitorStore:
     def _write(
         self, pipe: Any, run_id: str, spec: RunSpec, *, states: dict[str, TargetState],
         outcome: ApplyOutcome, firing_writes: dict[str, alerting.FiringEntry | None],
-        now: float,
+        now: float, part: str | None,
     ) -> None:  # fmt: skip
-        pipe.set(keys.monitor_applied(run_id), now, ex=keys.RUN_TTL_S)
-        # Applied: the spec is needed no more, and kept for RUN_TTL_S it was the largest
-        # thing a beat run left in Redis (94 KB per 1,000-target run, ~1.9 GB a week at
-        # one run per 30 s). A late finish_run finds no spec and returns; the tick
-        # flushes an outbox a crash left behind.
-        pipe.delete(keys.monitor_spec(run_id))
         if states:
             pipe.hset(
                 keys.monitor_state(spec.set),
@@ -271,21 +336,32 @@ class MonitorStore:
         if outcome.transitions:
             pipe.xtrim(stream, minid=_minid(now, self.alerts.transition_retention),
                        approximate=True)  # fmt: skip
-        pipe.xadd(keys.MONITOR_VERDICTS, {
-            "set": spec.set, "run_id": run_id, "at": now,
-            "verdicts": orjson.dumps({k: [v.verdict, v.reason, {loc: r.verdict for loc, r
-                                          in v.locations.items()}]
-                                      for k, v in outcome.verdicts.items()}),
-        })  # fmt: skip
-        pipe.xtrim(keys.MONITOR_VERDICTS, approximate=True,
-                   minid=_minid(now, keys.MONITOR_VERDICTS_RETENTION_S))  # fmt: skip
+        if outcome.verdicts:
+            pipe.xadd(keys.MONITOR_VERDICTS, {
+                "set": spec.set, "run_id": run_id, "at": now, "part": part or "",
+                "verdicts": orjson.dumps({k: [v.verdict, v.reason, {loc: r.verdict for loc, r
+                                              in v.locations.items()}]
+                                          for k, v in outcome.verdicts.items()}),
+            })  # fmt: skip
+            pipe.xtrim(keys.MONITOR_VERDICTS, approximate=True,
+                       minid=_minid(now, keys.MONITOR_VERDICTS_RETENTION_S))  # fmt: skip
         firing_key = keys.monitor_firing(spec.set)
         for name, entry in firing_writes.items():
             if entry is None:
                 pipe.hdel(firing_key, name)
             else:
                 pipe.hset(firing_key, name, orjson.dumps(entry))
-        self._queue_jobs(pipe, run_id, outcome.jobs, now)
+        self._queue_jobs(pipe, part or run_id, outcome.jobs, now)
+
+    @staticmethod
+    def _close_run(pipe: Any, run_id: str, now: float) -> None:
+        """The run is applied: its marker; the spec is needed no more, and kept for
+        RUN_TTL_S it was the largest thing a beat run left in Redis (94 KB per
+        1,000-target run, ~1.9 GB a week at one run per 30 s). A late finisher finds
+        no spec and returns; the tick flushes an outbox a crash left behind."""
+        pipe.set(keys.monitor_applied(run_id), now, ex=keys.RUN_TTL_S)
+        pipe.delete(keys.monitor_spec(run_id), keys.monitor_spec_head(run_id),
+                    keys.monitor_parts(run_id))  # fmt: skip
         pipe.zrem(keys.MONITOR_OPEN_RUNS, run_id)
 
     @staticmethod
@@ -406,6 +482,11 @@ def _transition_fields(change: Transition) -> dict[str, str | float]:
         "reason": change.reason, "detail": change.detail or "", "run_id": change.run_id,
         "locations": orjson.dumps(change.locations).decode(),
     }  # fmt: skip
+
+
+def _count(value: Any) -> int:
+    """A counter as read through a pipeline under WATCH (None: not set)."""
+    return int(value or 0)
 
 
 def _minid(now: float, retention: float) -> int:
