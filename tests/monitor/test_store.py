@@ -12,7 +12,9 @@ import redis
 
 from opsq.core import keys
 from opsq.core.config.alerts import AlertsSettings
+from opsq.core.config.history import HistorySettings
 from opsq.core.config.probes import ProbeSet, Target
+from opsq.engines.history.recorder import HistoryRecorder
 from opsq.engines.monitor.setrun import finish_part
 from opsq.engines.monitor.spec import RunSpec, build_spec
 from opsq.engines.monitor.state import TargetState
@@ -132,7 +134,7 @@ def test_a_spec_keeps_only_targets_that_differ_and_survives_redis() -> None:
     assert spec.target("strict|http://d/").thresholds.failure == 5
     assert RunSpec.loads(spec.dumps()) == spec
     head = RunSpec.loads(spec.dumps_head())
-    assert head.names == {} and head.size == 4 and head.overrides == spec.overrides
+    assert (head.names, head.size, head.overrides) == ({}, 4, spec.overrides)
     assert head.with_names(spec.names) == spec
 
 
@@ -195,7 +197,7 @@ def one_place_results(down: set[int], which: range | list[int] = range(4)) -> li
 def batch_spec(store: MonitorStore, run_id: str, batch: list[dict]) -> RunSpec:
     head = store.head(run_id)
     assert head is not None
-    assert head.names == {} and head.size == 4
+    assert (head.names, head.size) == ({}, 4)
     return head.with_names({f"{r['name']}|{r['url']}": (r["name"], r["url"]) for r in batch})
 
 
@@ -212,7 +214,8 @@ def test_batches_are_applied_once_each_and_the_end_applies_only_what_is_left(
     store.register("r1", spec)
     first = one_place_results(down={0}, which=[0, 1])
     outcome = store.apply_part("r1", "r1#0", batch_spec(store, "r1", first), first, now=101.0)
-    assert outcome.applied and sorted(c.to_state for c in outcome.transitions) == ["down", "up"]
+    assert outcome.applied
+    assert sorted(c.to_state for c in outcome.transitions) == ["down", "up"]
     assert [j["message"]["event"] for j in store.outbox("r1#0")] == ["firing"]
     again = store.apply_part("r1", "r1#0", batch_spec(store, "r1", first), first, now=101.5)
     assert not again.applied
@@ -221,7 +224,8 @@ def test_batches_are_applied_once_each_and_the_end_applies_only_what_is_left(
                             now=102.0).applied  # fmt: skip
     assert store.parts_done("r1") == 3
     end = store.apply("r1", spec, one_place_results(down={0}), now=103.0)
-    assert end.applied and [c.target for c in end.transitions] == ["t3|http://t3/"]
+    assert end.applied
+    assert [c.target for c in end.transitions] == ["t3|http://t3/"]
     stream = redis_client.xrange(keys.monitor_transitions("one"))
     assert sorted(f["target"] for _, f in stream) == [f"t{i}|http://t{i}/" for i in range(4)]
     states = {
@@ -275,7 +279,8 @@ def test_a_run_whose_batches_applied_every_target_is_closed_without_its_results(
     head = store.head("r2")
     assert head is not None
     end = store.apply("r2", head, [], now=102.0)
-    assert end.applied and not end.transitions and not end.verdicts
+    assert end.applied
+    assert (end.transitions, end.verdicts) == ([], {})
     states = [orjson.loads(v) for v in redis_client.hgetall(keys.monitor_state("one")).values()]
     assert sorted(s["state"] for s in states) == ["down", "up", "up", "up"]
     assert redis_client.exists(keys.monitor_applied("r2"))
@@ -292,3 +297,26 @@ def test_a_run_from_several_locations_is_not_applied_batch_by_batch(
     assert finish_part(store, "r3", "0", batch, now=101.0) is None
     assert not redis_client.exists(keys.monitor_state("web"))
     assert store.head("r3") is not None
+
+
+def test_a_set_without_history_keeps_state_and_alerts_only(redis_client: redis.Redis) -> None:
+    """``history: false`` on a set: its runs (whole, or batch by batch) move state and
+    plan notifications, and write no history key; a set with history records it."""
+    store = MonitorStore(redis_client, ALERTS, HistoryRecorder(HistorySettings()))
+    quiet = ONE_PLACE.model_copy(update={"history": False})
+    spec = build_spec("quiet", quiet, FOUR, created_at=100.0)
+    assert not RunSpec.loads(spec.dumps_head()).history
+    store.register("q1", spec)
+    batch = one_place_results(down={0}, which=[0, 1])
+    assert store.apply_part("q1", "q1#0", batch_spec(store, "q1", batch), batch, now=101.0).applied
+    outcome = store.apply("q1", spec, one_place_results(down={0}), now=102.0)
+    assert outcome.applied
+    assert len(outcome.transitions) == 2
+    assert redis_client.hlen(keys.monitor_state("quiet")) == 4
+    assert store.outbox("q1#0")
+    assert not redis_client.keys("opsq:history:*")
+    loud = build_spec("loud", ONE_PLACE, FOUR, created_at=100.0)
+    store.register("l1", loud)
+    assert store.apply("l1", loud, one_place_results(down={0}), now=101.0).applied
+    assert redis_client.keys(keys.history_raw("loud", "*"))
+    assert not redis_client.keys(keys.history_raw("quiet", "*"))

@@ -383,6 +383,10 @@ class ProbeSet(Section):
     success_threshold: Annotated[int, Field(ge=1, le=MAX_THRESHOLD)] = 2
     notify: tuple[str, ...] = ()
     """Notifier names from ``alerts.notifiers`` used by every target of the set."""
+    history: bool = True
+    """Record the set's runs as history (raw verdicts, rollups, incidents) when
+    ``history.enabled``; False keeps state and alerts only (history is about three
+    quarters of what monitoring a set costs the workers)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ProbeSet:

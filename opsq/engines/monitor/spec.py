@@ -53,6 +53,8 @@ class RunSpec:
     """target key -> (name, url), in file order."""
     total: int = 0
     """Targets of the run (``names`` of the whole run; a head or a batch has fewer)."""
+    history: bool = True
+    """Whether the set's runs are recorded as history (the set's ``history``)."""
 
     @property
     def size(self) -> int:
@@ -69,7 +71,7 @@ class RunSpec:
             "created_at": self.created_at, "deadline_at": self.deadline_at,
             "defaults": asdict(self.defaults),
             "overrides": {k: asdict(v) for k, v in self.overrides.items()},
-            "names": self.names, "total": self.size,
+            "names": self.names, "total": self.size, "history": self.history,
         })  # fmt: skip
 
     def dumps_head(self) -> bytes:
@@ -80,7 +82,7 @@ class RunSpec:
             "created_at": self.created_at, "deadline_at": self.deadline_at,
             "defaults": asdict(self.defaults),
             "overrides": {k: asdict(v) for k, v in self.overrides.items()},
-            "names": {}, "total": self.size,
+            "names": {}, "total": self.size, "history": self.history,
         })  # fmt: skip
 
     def with_names(self, names: dict[str, tuple[str, str]]) -> RunSpec:
@@ -96,7 +98,7 @@ class RunSpec:
             defaults=_target_spec(data["defaults"]),
             overrides={k: _target_spec(v) for k, v in data["overrides"].items()},
             names={k: (v[0], v[1]) for k, v in data["names"].items()},
-            total=int(data.get("total") or 0),
+            total=int(data.get("total") or 0), history=bool(data.get("history", True)),
         )  # fmt: skip
 
 
@@ -153,7 +155,7 @@ class SpecBuilder:
             set=self._set, locations=probe_set.location_names, quorum=probe_set.effective_quorum,
             created_at=created_at, deadline_at=created_at + probe_set.effective_deadline,
             defaults=self._defaults, overrides=self._overrides, names=self._names,
-            total=len(self._names),
+            total=len(self._names), history=probe_set.history,
         )  # fmt: skip
 
 

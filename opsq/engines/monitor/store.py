@@ -206,7 +206,8 @@ class MonitorStore:
     ) -> ApplyOutcome:  # fmt: skip
         state_key = keys.monitor_state(spec.set)
         applied_key, parts_key = keys.monitor_applied(run_id), keys.monitor_parts(run_id)
-        extra = self.participant.watch_keys(spec.set) if self.participant else ()
+        participant = self.participant if spec.history else None
+        extra = participant.watch_keys(spec.set) if participant else ()
         with self.client.pipeline(transaction=True) as pipe:
             pipe.watch(applied_key, parts_key, state_key, keys.monitor_firing(spec.set), *extra)
             if pipe.exists(applied_key):
@@ -223,8 +224,8 @@ class MonitorStore:
                 pipe.unwatch()
                 return ApplyOutcome(applied=False)
             try:
-                joined = (self.participant.prepare(pipe, spec, results, now, whole=part is None)
-                          if self.participant else None)  # fmt: skip
+                joined = (participant.prepare(pipe, spec, results, now, whole=part is None)
+                          if participant else None)  # fmt: skip
             except PartDeferred:
                 pipe.unwatch()
                 return ApplyOutcome(applied=False)
@@ -240,8 +241,8 @@ class MonitorStore:
             else:
                 pipe.incrby(parts_key, len(todo))
                 pipe.expire(parts_key, keys.RUN_TTL_S)
-            if self.participant is not None:
-                self.participant.write(pipe, joined, spec=spec, states=states, verdicts=todo,
+            if participant is not None:
+                participant.write(pipe, joined, spec=spec, states=states, verdicts=todo,
                                        transitions=outcome.transitions, now=now)  # fmt: skip
             pipe.execute()
         return outcome
