@@ -28,6 +28,8 @@ verdicts after the last result - and prints it as a share of the median off run.
 
     python -m bench monitor
     OPSQ_BENCH_MONITOR_N=1000 OPSQ_BENCH_ROUNDS=7 OPSQ_BENCH_MONITOR_CHURN=1 python -m bench monitor
+
+It also prints the CPU time per run of the worker (with its pool) and valkey-server.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ from opsq.engines.monitor.store import MonitorStore
 from producers.probes import ProbeProducer
 
 N = int(os.environ.get("OPSQ_BENCH_MONITOR_N", "3000"))
-ROUNDS = int(os.environ.get("OPSQ_BENCH_ROUNDS", "5"))
+ROUNDS = int(os.environ.get("OPSQ_BENCH_ROUNDS", "15"))
+"""15: a 3,000-target run lasts ~0.7 s, and round-to-round ratios spread 0.76-1.17 on
+the quiet 2-core VM; with 5 rounds the median moved by more than the cost itself."""
 CHURN_ROUNDS = int(os.environ.get("OPSQ_BENCH_MONITOR_CHURN", "2"))
 """Rounds that also measure churn (each delivers ~20% of N notifications: slow)."""
 STATE = "on, state+alerts only"
@@ -117,16 +121,33 @@ def main() -> int:
         server = RedisServer(tmp / "valkey", appendonly=False)
         server.start()
         try:
-            with _worker(server.url, tmp, {**TUNED.worker_env, "OPSQ_CONFIG": str(config)}):
-                results = run_rounds(server.url, config, file, base, closed, sink)
+            with _worker(server.url, tmp, {**TUNED.worker_env, "OPSQ_CONFIG": str(config)}) as w:
+                groups = (w.pid, server.proc.pid if server.proc else -1)
+                results = run_rounds(server.url, config, file, base, closed, sink, groups)
         finally:
             server.stop()
     report(results, what)
     return 0
 
 
-def run_rounds(redis_url: str, config: Path, file: Path, base: str, closed: str,
-               sink: Sink) -> dict[str, list[float]]:  # fmt: skip
+def cpu_seconds(groups: tuple[int, ...]) -> float:
+    """CPU time (user + system) of every process in these process groups (the worker and
+    its pool, valkey-server): what a run costs the machine, whatever the load."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) in groups:  # pgrp; utime and stime in clock ticks
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def run_rounds(
+    redis_url: str, config: Path, file: Path, base: str, closed: str, sink: Sink,
+    groups: tuple[int, ...],
+) -> dict[str, list[float]]:  # fmt: skip
     """Both paths send the same validated batches from here (no file read by a worker):
     the only difference is the monitoring spec registered for the run, so the figure
     is the cost of state and alerting alone."""
@@ -138,6 +159,7 @@ def run_rounds(redis_url: str, config: Path, file: Path, base: str, closed: str,
     steady = load_targets(targets(base, closed, 0))
     results: dict[str, list[float]] = {"off": [], STATE: [], "on, steady": [], "on, churn": []}
     tails: dict[str, list[float]] = {"register": [], "apply": [], "state apply": []}
+    cpu: dict[str, list[float]] = {"off": [], STATE: [], "on, steady": []}
 
     def run(
         batch: list[Any], *, monitored: bool, drain: bool = False, name: str = "bench"
@@ -180,7 +202,9 @@ def run_rounds(redis_url: str, config: Path, file: Path, base: str, closed: str,
             # Rotate the order: on a shared machine load drifts within a round too.
             order = list(paths)[number % 3 :] + list(paths)[: number % 3]
             for path in order if number % 2 == 0 else reversed(order):
+                used = cpu_seconds(groups)
                 results[path].append(run(steady, **paths[path]))  # type: ignore[arg-type]
+                cpu[path].append(cpu_seconds(groups) - used)
             print(f"  round {number + 1}: off {results['off'][-1]:,.0f}/s, state+alerts "
                   f"{results[STATE][-1]:,.0f}/s, +history {results['on, steady'][-1]:,.0f}/s, "
                   f"load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
@@ -195,6 +219,10 @@ def run_rounds(redis_url: str, config: Path, file: Path, base: str, closed: str,
         producer.close()
         client.close()
     results["extra s"] = [statistics.median(tails["register"]) + statistics.median(tails["apply"])]
+    spent = {path: statistics.median(values) for path, values in cpu.items()}
+    print("  CPU per run (worker and its pool, valkey-server; median): " + ", ".join(
+        f"{path} {value:.2f} s ({value / spent['off'] - 1:+.1%})" for path, value in spent.items()),
+        flush=True)  # fmt: skip
     print(f"  steady on-path extras (median): spec registered in "
           f"{statistics.median(tails['register']) * 1000:.0f} ms; verdicts applied "
           f"{statistics.median(tails['apply']) * 1000:.0f} ms after the last result "
