@@ -320,3 +320,47 @@ def test_a_set_without_history_keeps_state_and_alerts_only(redis_client: redis.R
     assert store.apply("l1", loud, one_place_results(down={0}), now=101.0).applied
     assert redis_client.keys(keys.history_raw("loud", "*"))
     assert not redis_client.keys(keys.history_raw("quiet", "*"))
+
+
+class _Meddler:
+    """A participant that changes the set's state from another connection every time a
+    transaction reads it: every EXEC then fails its WATCH, as with a busy set."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.calls = 0
+
+    def watch_keys(self, set_name: str) -> tuple[str, ...]:
+        return ()
+
+    def prepare(
+        self, pipe: Any, spec: RunSpec, results: Any, now: float, *, whole: bool = True
+    ) -> None:
+        self.calls += 1
+        self.client.hset(keys.monitor_state(spec.set), "meddle", self.calls)
+
+    def write(self, pipe: Any, prepared: Any, **_: Any) -> None:
+        return
+
+
+def test_a_batch_that_keeps_losing_its_watch_is_left_to_the_runs_end(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """Every attempt loses the race: a batch gives up quietly (its targets are applied
+    at the run's end: nothing lost, the batch's task does not fail); the run's end
+    itself reports the failure (its task retries)."""
+    other = redis.Redis.from_url(redis_url, decode_responses=True)
+    meddler = _Meddler(other)
+    store = MonitorStore(redis_client, ALERTS, meddler)
+    spec = build_spec("one", ONE_PLACE, FOUR, created_at=100.0)
+    store.register("m1", spec)
+    batch = one_place_results(down=set(), which=[0, 1])
+    outcome = store.apply_part("m1", "m1#0", batch_spec(store, "m1", batch), batch, now=101.0)
+    assert not outcome.applied
+    assert meddler.calls == 20
+    assert store.parts_done("m1") == 0
+    with pytest.raises(RuntimeError, match="kept changing"):
+        store.apply("m1", spec, one_place_results(down=set()), now=102.0)
+    assert MonitorStore(redis_client, ALERTS).apply(
+        "m1", spec, one_place_results(down=set()), now=103.0).applied  # fmt: skip
+    other.close()
