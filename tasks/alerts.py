@@ -12,8 +12,9 @@ Thin, as every task module: the decisions live in :mod:`opsq.engines.monitor` an
   sends the notification jobs of its outbox as ``opsq.notify`` tasks.
 - ``opsq.notify`` (queue ``alerts``) delivers one job: ``acks_late`` and
   ``reject_on_worker_lost`` so a killed worker's job comes back, a key so it is sent
-  once (:mod:`opsq.engines.alerts.delivery`); temporary failures retry with full-jitter
-  backoff up to ``alerts.max_retries``, then the job is dropped, counted and logged.
+  once (:mod:`opsq.engines.alerts.delivery`); temporary failures (and a send still
+  waiting at the task's soft time limit) retry with full-jitter backoff up to
+  ``alerts.max_retries``, then the job is dropped, counted and logged.
 - ``opsq.alerts_tick`` (beat, every ``alerts.tick_interval``): applies runs whose
   deadline passed (locations that never answered are ``missing``), sends reminders and
   Alertmanager re-posts, flushes outboxes a crashed worker left behind, and drops
@@ -29,6 +30,7 @@ from typing import Any
 
 import redis
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from opsq.core import keys, signatures
 from opsq.core.backoff import full_jitter
@@ -124,6 +126,22 @@ def retry_countdown(retries: int, hint: float | None) -> float:
     return min(delay, cap)
 
 
+def retry_or_drop(
+    task: Task, notifier: str, key: str, exc: TemporaryError, *, cause: BaseException
+) -> dict[str, Any]:
+    """Retry a temporary failure with backoff (raises), or, with the retries used up,
+    count and log the notification as dropped."""
+    if task.request.retries >= task.max_retries:
+        metrics.NOTIFICATIONS.labels(notifier, "dropped").inc()
+        log.error("notification %s dropped after %d retries: %s", key, task.request.retries,
+                  exc)  # fmt: skip
+        return {"result": "dropped", "error": str(exc)}
+    metrics.NOTIFICATIONS.labels(notifier, "retried").inc()
+    countdown = retry_countdown(task.request.retries, exc.delay)
+    log.warning("notification %s: %s; retry in %.1fs", key, exc, countdown)
+    raise retry_or_requeue(task, exc, countdown) from cause
+
+
 @app.task(  # type: ignore[untyped-decorator]  # celery is untyped
     name=signatures.NOTIFY, bind=True, acks_late=True, reject_on_worker_lost=True,
     max_retries=settings.alerts.max_retries,
@@ -134,16 +152,13 @@ def notify(self: Task, notifier: str, message: dict[str, Any]) -> dict[str, Any]
     try:
         outcome = deliver(_client(), settings.alerts, {"notifier": notifier, "message": message},
                           task_id=self.request.id or key)  # fmt: skip
+    except SoftTimeLimitExceeded as exc:  # a receiver that accepts and never answers
+        limit = f"{settings.probes.soft_time_limit:g}s"
+        return retry_or_drop(self, notifier, key, TemporaryError(
+            f"no answer within the task's soft time limit ({limit}, probes.soft_time_limit)"),
+            cause=exc)  # fmt: skip
     except TemporaryError as exc:
-        if self.request.retries >= self.max_retries:
-            metrics.NOTIFICATIONS.labels(notifier, "dropped").inc()
-            log.error("notification %s dropped after %d retries: %s", key,
-                      self.request.retries, exc)  # fmt: skip
-            return {"result": "dropped", "error": str(exc)}
-        metrics.NOTIFICATIONS.labels(notifier, "retried").inc()
-        countdown = retry_countdown(self.request.retries, exc.delay)
-        log.warning("notification %s: %s; retry in %.1fs", key, exc, countdown)
-        raise retry_or_requeue(self, exc, countdown) from exc
+        return retry_or_drop(self, notifier, key, exc, cause=exc)
     except PermanentError as exc:
         metrics.NOTIFICATIONS.labels(notifier, "failed").inc()
         log.error("notification %s failed, not retried: %s", key, exc)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import threading
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -179,8 +181,9 @@ def test_one_notification_per_transition_despite_kill_9(
 
     accepted = Counter(x.key for x in receiver.accepted)
     # On failure, what the redelivering worker said (retries, claim take-overs, errors).
-    said = "\n".join(line for line in second.log().splitlines() if "notification" in line
-                     or "claim" in line or "ERROR" in line or "WARNING" in line)[-6000:]  # fmt: skip
+    said = "\n".join(line for line in second.log().splitlines()
+                     if any(word in line for word in ("notification", "claim", "ERROR", "WARN")))
+    said = said[-6000:]
     assert len(accepted) == 4, (accepted, said)  # 2 transitions x 2 notifiers
     assert set(accepted.values()) == {1}, (accepted, said)
     assert sorted(k.rsplit(":", 1)[1] for k in accepted) == ["firing", "firing", "resolved",
@@ -310,3 +313,59 @@ def test_a_set_run_is_applied_batch_by_batch_by_real_workers(
     firing = Counter(r.json["labels"]["target"] for r in receiver.accepted)
     assert firing == {f"t{i}": 1 for i in (0, 3, 6, 9)}
     assert {r.json["event"] for r in receiver.accepted} == {"firing"}
+
+
+def notification_counts(worker: Worker) -> dict[tuple[str, str], float]:
+    """opsq_notifications_total by (notifier, result), as the worker's /metrics shows it."""
+    port = re.search(r"opsq worker metrics on http://[\d.]+:(\d+)/metrics", worker.log())
+    assert port is not None, worker.log()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port.group(1)}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found = re.findall(r'^opsq_notifications_total\{notifier="(\w+)",result="(\w+)"\} (\S+)$',
+                       text, re.MULTILINE)  # fmt: skip
+    return {(notifier, result): float(value) for notifier, result, value in found}
+
+
+@pytest.mark.slow
+def test_failed_and_dropped_notifications_are_counted_and_logged(
+    redis_url: str, tmp_path: Path, target_server: TargetServer,
+    start_worker: Callable[..., Worker],
+) -> None:  # fmt: skip
+    """A target goes down; its three notifiers' receivers refuse it for good (400: failed,
+    not retried), fail it for good (503: retried, then dropped with alerts.max_retries
+    1) and accept it but never answer (the task's soft time limit ends each try:
+    retried, then dropped). Each outcome is counted in opsq_notifications_total by
+    notifier and result, and logged with its reason."""
+    refusing, failing = HttpReceiver(status=400).start(), HttpReceiver(status=503).start()
+    silent = HttpReceiver(hold=threading.Event()).start()
+    target_server.codes["/svc"] = 503
+    env = {"OPSQ_PROBES__SOFT_TIME_LIMIT": "3", "OPSQ_PROBES__TIME_LIMIT": "8",
+           **write_config(tmp_path / "opsq.yaml", {
+        "probes": {"sets": {"web": {
+            "interval": 3600, "failure_threshold": 1, "notify": ["refusing", "failing", "silent"],
+            "targets": [{"name": "svc", "url": f"{target_server.url}/svc", "timeout": "2s"}]}}},
+        "alerts": {"max_retries": 1, "retry_backoff_base": "100ms", "retry_backoff_cap": "200ms",
+                   "notifiers": {
+            "refusing": {"kind": "webhook", "url": f"{refusing.url}/hook"},
+            "failing": {"kind": "webhook", "url": f"{failing.url}/hook"},
+            "silent": {"kind": "webhook", "url": f"{silent.url}/hook", "timeout": "30s"}}},
+    })}  # fmt: skip
+    try:
+        worker = start_worker(env=env)
+        send_set(env, redis_url, "web")
+        want = {("refusing", "failed"): 1.0, ("failing", "retried"): 1.0,
+                ("failing", "dropped"): 1.0, ("silent", "retried"): 1.0,
+                ("silent", "dropped"): 1.0}  # fmt: skip
+        wait_for(lambda: want.items() <= notification_counts(worker).items(), 90,
+                 "every notification counted")  # fmt: skip
+        assert not {k: v for k, v in notification_counts(worker).items()
+                    if k[1] == "sent" and v}  # fmt: skip
+        log = worker.log()
+        assert re.search(r"notification \S+:refusing:firing failed, not retried: .*400", log), log
+        assert re.search(r"notification \S+:failing:firing dropped after 1 retries: .*503", log)
+        assert re.search(r"notification \S+:silent:firing dropped after 1 retries: no answer "
+                         r"within the task's soft time limit \(3s", log), log  # fmt: skip
+        assert len(silent.received) == 2
+    finally:
+        for server in (refusing, failing, silent):
+            server.stop()
