@@ -128,6 +128,14 @@ def test_quorum_of_three_locations_bound_to_their_own_addresses(
     assert {k: v["verdict"] for k, v in state.locations.items()} == {
         "a": "down", "b": "up", "c": "missing"}  # fmt: skip
     assert transitions(redis_url) == [("unknown", "up"), ("up", "down"), ("down", "up")]
+    for failing in ({SOURCE["b"]}, {SOURCE["a"]}):  # no flapping while c stays away
+        target_server.failing_from = failing
+        again = probe_set(env, redis_url)
+        state = target_state(redis_url, "web", "svc")
+        assert state is not None
+        assert (state.state, state.last_run) == ("up", again["run_id"])
+        assert state.locations["c"]["verdict"] == "missing"
+    assert transitions(redis_url) == [("unknown", "up"), ("up", "down"), ("down", "up")]
 
     shown = run_cli(["runs", "show", late["run_id"]], redis_url, env=env)
     assert shown.returncode == 1  # a result never came
