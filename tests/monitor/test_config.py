@@ -60,9 +60,14 @@ def test_the_full_example_is_valid(tmp_path: Path) -> None:
          "quorum 4 is more than the 3 location(s); lower quorum or add locations"),
         (("alerts", "maintenance", "nightly", "sets"), ["webb"],
          "alerts.maintenance.nightly.sets names unknown probe set(s) ['webb']"),
+        (("probes", "sets", "web", "locations"), [],
+         "field probes.sets.web: locations is empty: list the locations to probe from, or "
+         "leave locations out"),
+        (("probes", "sets", "web", "history"), "sometimes",
+         "field probes.sets.web.history: Input should be a valid boolean"),
     ],
     ids=["unknown-notifier", "unknown-target-notifier", "bad-cron", "unknown-tz",
-         "quorum-over-locations", "window-unknown-set"],
+         "quorum-over-locations", "window-unknown-set", "no-locations", "history-not-bool"],
 )  # fmt: skip
 def test_bad_monitoring_config_exits_2_naming_the_field(
     tmp_path: Path, path: tuple[str, ...], value: object, expected: str

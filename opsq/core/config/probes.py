@@ -398,6 +398,9 @@ class ProbeSet(Section):
 
     @model_validator(mode="after")
     def _quorum_fits(self) -> ProbeSet:
+        if self.locations == []:
+            raise ValueError("locations is empty: list the locations to probe from, or "
+                             "leave locations out to probe from the probes queue")  # fmt: skip
         locations = self.locations or []
         if len(set(locations)) != len(locations):
             raise ValueError(f"locations {locations} name a location twice")
