@@ -181,8 +181,11 @@ def test_one_notification_per_transition_despite_kill_9(
 
     accepted = Counter(x.key for x in receiver.accepted)
     # On failure, what the redelivering worker said (retries, claim take-overs, errors).
-    said = "\n".join(line for line in second.log().splitlines()
-                     if any(word in line for word in ("notification", "claim", "ERROR", "WARN")))
+    said = "\n".join(
+        line
+        for line in second.log().splitlines()
+        if any(word in line for word in ("notification", "claim", "ERROR", "WARN"))
+    )
     said = said[-6000:]
     assert len(accepted) == 4, (accepted, said)  # 2 transitions x 2 notifiers
     assert set(accepted.values()) == {1}, (accepted, said)
