@@ -170,6 +170,7 @@ def test_one_notification_per_transition_despite_kill_9(
     send_set(env, redis_url, "web")
     receiver.wait_for(lambda r: len(r.received) >= 1, 60)
     first.kill9()
+    assert receiver.wait_held_gone(), "a held request's connection stayed open"
     receiver.hold.set()
     second = start_worker(env=env)
     receiver.wait_for(lambda r: len({x.key for x in r.accepted}) >= 2, 90)

@@ -54,6 +54,8 @@ class HttpReceiver:
     received: list[Received] = field(default_factory=list)
     accepted: list[Received] = field(default_factory=list)
     arrived: threading.Condition = field(default_factory=threading.Condition)
+    held: list[socket.socket] = field(default_factory=list)
+    """Connections of requests waiting for ``hold``."""
 
     def __post_init__(self) -> None:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -82,6 +84,19 @@ class HttpReceiver:
                 self.arrived.wait(min(left, 0.5))
         return True
 
+    def wait_held_gone(self, timeout: float = 10) -> bool:
+        """Block until every held request's sender has closed its connection (True), or
+        *timeout*. After a kill -9 the sender's FIN is sent as its process exits, but on
+        a loaded machine the kernel may deliver it a little later: a held request
+        released before it arrives would be answered to a process that never reads it
+        (a duplicate notification that was never one, seen in issue 12)."""
+        deadline = time.monotonic() + timeout
+        while not all(_client_gone(conn) for conn in list(self.held)):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
     def _record(self, item: Received, accepted: bool) -> None:
         with self.arrived:
             (self.accepted if accepted else self.received).append(item)
@@ -101,9 +116,13 @@ class HttpReceiver:
                                 self.rfile.read(length))  # fmt: skip
                 receiver._record(item, accepted=False)
                 if receiver.hold is not None:
+                    receiver.held.append(self.connection)
                     receiver.hold.wait(60)
-                    if _client_gone(self.connection):
-                        return  # the sender died while we held it: never acknowledged
+                    # A sender that died while held: never acknowledged. Its FIN may lag
+                    # its death on a loaded machine; a live sender never writes after
+                    # its request, so the short wait only delays a held answer.
+                    if _client_gone(self.connection, grace=0.3):
+                        return
                 code = receiver.status
                 body = b'{"ok": true}' if code < 300 else b'{"error": "try later"}'
                 # Recorded before the answer is written: a sender that returns on reading
@@ -126,9 +145,13 @@ class HttpReceiver:
         return Handler
 
 
-def _client_gone(connection: socket.socket) -> bool:
-    """True when the peer closed its side (a killed process's socket reads EOF)."""
-    ready, _, _ = select.select([connection], [], [], 0)
+def _client_gone(connection: socket.socket, grace: float = 0.0) -> bool:
+    """True when the peer closed its side (a killed process's socket reads EOF), seen
+    within *grace* seconds."""
+    try:
+        ready, _, _ = select.select([connection], [], [], grace)
+    except (OSError, ValueError):  # closed here already
+        return True
     if not ready:
         return False
     try:
