@@ -32,6 +32,7 @@ from opsq.core.redis_errors import redis_errors
 from opsq.core.runs import Progress, RunStore, RunView, Submitted, plan_run
 from opsq.core.settings import Settings
 from opsq.core.targets import EncodedBatch, encode_targets, load_batches
+from opsq.engines.history.recorder import HistoryRecorder
 from opsq.engines.monitor.setrun import SetRun, finish, submit_set
 from opsq.engines.monitor.store import MonitorStore
 
@@ -190,9 +191,11 @@ class ProbeProducer:
     def finish_at_deadline(self, run_id: str) -> int:
         """Apply a set run past its deadline (once, whoever is first) and enqueue its
         notifications; returns how many were enqueued."""
-        monitor = MonitorStore(self.store.client, self.settings.alerts)
+        history = HistoryRecorder(self.settings.history) if self.settings.history.enabled else None
+        monitor = MonitorStore(self.store.client, self.settings.alerts, history)
         finish(monitor, self.store, run_id, at_deadline=True, now=time.time())
-        return enqueue_outbox(monitor, run_id)
+        # The run's own outbox, and its batches' that a worker died before sending.
+        return sum(enqueue_outbox(monitor, owner) for owner in monitor.outboxes_of(run_id))
 
 
 def enqueue_outbox(monitor: MonitorStore, owner: str) -> int:
@@ -205,7 +208,7 @@ def enqueue_outbox(monitor: MonitorStore, owner: str) -> int:
     messages = [_notify_message(job) for job in jobs]
     with redis_errors("enqueue notifications"):
         monitor.client.lpush(keys.QUEUE_ALERTS, *messages)
-    monitor.clear_outbox(owner)
+    monitor.clear_outbox(owner, len(jobs))
     return len(jobs)
 
 

@@ -114,7 +114,7 @@ def send_outbox(monitor: MonitorStore, owner: str) -> int:
     for job in jobs:
         notify.apply_async(kwargs=job)
     if jobs:
-        monitor.clear_outbox(owner)
+        monitor.clear_outbox(owner, len(jobs))
     return len(jobs)
 
 

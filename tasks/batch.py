@@ -141,6 +141,9 @@ class ResultRecorder:
         self.written = 0
         self.recorded: set[str] = set()
         self.results: list[dict[str, Any]] = []
+        """The results this delivery wrote (a flush whose write found some already
+        stored, by another copy of the batch, adds none: the run's end applies those)."""
+        self._pending: list[dict[str, Any]] = []
         self._task = asyncio.create_task(self._flush_loop(), name=f"recorder-{meta.run_id}")
 
     def add(self, result: ProbeResult) -> None:
@@ -155,7 +158,7 @@ class ResultRecorder:
         if self._location is not None:
             fields["location"] = self._location
         stored = encode_result(fields, index, self._meta.created_at)
-        self.results.append(fields)
+        self._pending.append(fields)
         self._queue.append((result_key(index, self._location), stored, result.up))
         self._wake.set()
 
@@ -164,9 +167,12 @@ class ResultRecorder:
             await self._wake.wait()
             self._wake.clear()
             entries, self._queue = self._queue, []
+            results, self._pending = self._pending, []
             if entries:
                 outcome = await self._store.record(self._meta, entries)
                 self.written += outcome.added
+                if outcome.added == len(entries):
+                    self.results += results
                 metrics.RESULTS_WRITTEN.inc(outcome.added)
                 if outcome.needs_finalize and await self._store.finalize(self._meta.run_id):
                     metrics.RUNS_COMPLETED.inc()

@@ -28,6 +28,7 @@ from opsq.core.runs import (
     result_key,
 )
 from opsq.core.settings import load_settings
+from opsq.engines.probe.result import ProbeResult
 from producers.probes import ProbeProducer, encode_targets
 
 
@@ -294,3 +295,33 @@ def test_a_run_stored_by_an_older_opsq_is_still_shown(
     assert store.summary(run_id) == old
     listed = store.list_runs()[0]
     assert (listed["up"], listed["down"], listed["finished_at"]) == (1, 0, 1.5)
+
+
+def test_a_delivery_keeps_for_the_monitor_only_the_results_it_wrote(redis_url: str) -> None:
+    """Another copy of the batch stored t0's result first: the flush that finds it
+    stored keeps none of its results for the monitor (the run's end applies them from
+    what is stored), so target state never follows a result the run does not show; a
+    flush that wrote everything keeps its results."""
+    from tasks.batch import ResultRecorder  # noqa: PLC0415 - the worker's side
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        store, sync = AsyncRunStore(client), RunStore.from_url(redis_url)
+        run_id = sync.submit(_plan(["t0", "t1", "t2", "t3"])).run_id
+        meta = await store.run_meta(run_id)
+        sync.record(run_id, [_entry(sync, run_id, "t0", False, 0)])  # the other copy
+        index = {f"t{i}|http://127.0.0.1/t{i}": i for i in range(4)}
+        kept = []
+        for names in (["t0", "t1"], ["t2", "t3"]):  # two deliveries, one flush each
+            recorder = ResultRecorder(store, meta, index)
+            for name in names:
+                recorder.add(ProbeResult(**_result(name, True)))  # type: ignore[arg-type]
+            await recorder.close()
+            kept.append([str(r["name"]) for r in recorder.results])
+        sync.close()
+        await client.aclose()
+        return kept[0], kept[1]
+
+    lost_race, clean = asyncio.run(scenario())
+    assert lost_race == []
+    assert clean == ["t2", "t3"]

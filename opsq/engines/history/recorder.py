@@ -317,7 +317,7 @@ class HistoryRecorder:
             changed.add(key)
         _append_raw(pipe, appends, raw_cutoff)
         self._write_entries(pipe, prepared, spec, changed)
-        self._write_incidents(pipe, prepared, transitions)
+        self._write_incidents(pipe, prepared.set, prepared.open, transitions)
         if prepared.sealing:
             self._write_seal(pipe, prepared, spec=spec, hours=sealed_hours, days=sealed_days)
 
@@ -353,11 +353,28 @@ class HistoryRecorder:
         if empty:
             pipe.hdel(acc_key, *empty)
 
+    # --- a set that records no history (``history: false``) ------------------------------
+    def prepare_paused(self, pipe: Any, spec: RunSpec) -> dict[str, Incident]:
+        """Its open incidents, under the WATCH: one that was open when the set's history
+        was switched off still ends when its target recovers (it stayed "ongoing" on the
+        status page), and no new one opens."""
+        raw_open = cast(dict[str, str], pipe.hgetall(keys.history_open(spec.set)))
+        return {k: Incident.from_dict(orjson.loads(v)) for k, v in raw_open.items()}
+
+    def write_paused(
+        self, pipe: Any, prepared: dict[str, Incident], *, spec: RunSpec,
+        transitions: Sequence[Transition],
+    ) -> None:  # fmt: skip
+        followed = [change for change in transitions if change.target in prepared]
+        self._write_incidents(pipe, spec.set, prepared, followed)
+
     @staticmethod
-    def _write_incidents(pipe: Any, prepared: Prepared, transitions: Sequence[Transition]) -> None:
-        name = prepared.set
+    def _write_incidents(
+        pipe: Any, name: str, open_incidents: dict[str, Incident],
+        transitions: Sequence[Transition],
+    ) -> None:  # fmt: skip
         for change in transitions:
-            incident = follow(prepared.open.get(change.target), change.to_dict())
+            incident = follow(open_incidents.get(change.target), change.to_dict())
             if incident is None:
                 continue
             value = orjson.dumps(incident)
@@ -365,10 +382,10 @@ class HistoryRecorder:
             pipe.zadd(keys.history_incident_starts(name), {incident.id: incident.started_at})
             if incident.ended_at is None:
                 pipe.hset(keys.history_open(name), change.target, value)
-                prepared.open[change.target] = incident
+                open_incidents[change.target] = incident
             else:
                 pipe.hdel(keys.history_open(name), change.target)
-                prepared.open.pop(change.target, None)
+                open_incidents.pop(change.target, None)
 
     def _write_seal(
         self, pipe: Any, prepared: Prepared, *, spec: RunSpec, hours: Sealed, days: Sealed

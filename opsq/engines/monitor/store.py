@@ -117,6 +117,14 @@ class Participant(Protocol):
         verdicts: Mapping[str, TargetVerdict], transitions: Sequence[Transition], now: float,
     ) -> None: ...  # fmt: skip
 
+    def prepare_paused(self, pipe: Any, spec: RunSpec) -> Any:
+        """For a set that records no history (``history: false``), under the WATCH."""
+
+    def write_paused(
+        self, pipe: Any, prepared: Any, *, spec: RunSpec, transitions: Sequence[Transition]
+    ) -> None:
+        """For a set that records no history, in the MULTI."""
+
 
 class MonitorStore:
     """Synchronous access: the Celery adapters and the CLI each hold one."""
@@ -154,7 +162,7 @@ class MonitorStore:
 
     @redis_errors("count a run's targets applied batch by batch")
     def parts_done(self, run_id: str) -> int:
-        return int(self.client.get(keys.monitor_parts(run_id)) or 0)
+        return int(self.client.scard(keys.monitor_parts(run_id)))
 
     @redis_errors("list set runs past their deadline")
     def overdue(self, now: float, limit: int = 100) -> list[str]:
@@ -208,48 +216,79 @@ class MonitorStore:
         self, run_id: str, spec: RunSpec, judge: Callable[[], dict[str, TargetVerdict]],
         results: Sequence[Mapping[str, Any]], *, now: float, part: str | None,
     ) -> ApplyOutcome:  # fmt: skip
-        state_key = keys.monitor_state(spec.set)
-        applied_key, parts_key = keys.monitor_applied(run_id), keys.monitor_parts(run_id)
-        participant = self.participant if spec.history else None
-        extra = participant.watch_keys(spec.set) if participant else ()
+        state_key, parts_key = keys.monitor_state(spec.set), keys.monitor_parts(run_id)
+        extra = self.participant.watch_keys(spec.set) if self.participant else ()
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.watch(applied_key, parts_key, state_key, keys.monitor_firing(spec.set), *extra)
-            if pipe.exists(applied_key):
-                pipe.unwatch()
-                return ApplyOutcome(applied=False)
-            if part is None and _count(pipe.get(parts_key)) >= spec.size > 0:
-                pipe.multi()  # every target was applied batch by batch: close the run
-                self._close_run(pipe, run_id, now)
-                pipe.execute()
-                return ApplyOutcome(applied=True)
-            states = self._load_states(pipe, state_key, spec)
-            todo = {k: v for k, v in judge().items() if states[k].last_run != run_id}
-            if part is not None and not todo:
+            pipe.watch(keys.monitor_applied(run_id), parts_key, state_key,
+                       keys.monitor_firing(spec.set), *extra)  # fmt: skip
+            todo = self._todo(pipe, run_id, spec, judge, part)
+            if todo is None:
                 pipe.unwatch()
                 return ApplyOutcome(applied=False)
             try:
-                joined = (participant.prepare(pipe, spec, results, now, whole=part is None)
-                          if participant else None)  # fmt: skip
+                joined = (self._prepare_participant(pipe, spec, results, now=now, part=part)
+                          if todo else None)  # fmt: skip
             except PartDeferred:
                 pipe.unwatch()
                 return ApplyOutcome(applied=False)
+            states = self._load_states(pipe, state_key, spec, todo)
             outcome = self._advance(run_id, spec, states, todo, now)
             firing = self._firing(pipe, spec, outcome.transitions)
             for change in outcome.transitions:
                 outcome.silenced += self._plan(spec, change, firing, outcome.jobs, now=now)
             pipe.multi()
-            self._write(pipe, run_id, spec, states={k: states[k] for k in todo}, outcome=outcome,
+            self._write(pipe, run_id, spec, states=states, outcome=outcome,
                         firing_writes=firing.writes, now=now, part=part)  # fmt: skip
             if part is None:
                 self._close_run(pipe, run_id, now)
             else:
-                pipe.incrby(parts_key, len(todo))
+                pipe.sadd(parts_key, *todo)
                 pipe.expire(parts_key, keys.RUN_TTL_S)
-            if participant is not None:
-                participant.write(pipe, joined, spec=spec, states=states, verdicts=todo,
-                                       transitions=outcome.transitions, now=now)  # fmt: skip
+            if todo and self.participant is not None:
+                self._write_participant(pipe, joined, spec, states, outcome, now=now)
             pipe.execute()
         return outcome
+
+    @staticmethod
+    def _todo(
+        pipe: Any, run_id: str, spec: RunSpec, judge: Callable[[], dict[str, TargetVerdict]],
+        part: str | None,
+    ) -> dict[str, TargetVerdict] | None:  # fmt: skip
+        """The verdicts of the targets this run has not applied yet (read under the
+        WATCH): empty when the run's end has only to close the run; None when there is
+        nothing to do (the run is closed, or this batch was applied)."""
+        if pipe.exists(keys.monitor_applied(run_id)):
+            return None
+        parts_key = keys.monitor_parts(run_id)
+        if part is None and _count(pipe.scard(parts_key)) >= spec.size > 0:
+            return {}  # every target was applied batch by batch: nothing is judged
+        verdicts = judge()
+        names = list(verdicts)
+        done = pipe.smismember(parts_key, names) if names else []
+        todo = {k: verdicts[k] for k, seen in zip(names, done, strict=True) if not seen}
+        return None if part is not None and not todo else todo
+
+    def _prepare_participant(
+        self, pipe: Any, spec: RunSpec, results: Sequence[Mapping[str, Any]], *, now: float,
+        part: str | None,
+    ) -> Any:  # fmt: skip
+        if self.participant is None:
+            return None
+        if not spec.history:  # the set records no history: only its open incidents end
+            return self.participant.prepare_paused(pipe, spec)
+        return self.participant.prepare(pipe, spec, results, now, whole=part is None)
+
+    def _write_participant(
+        self, pipe: Any, joined: Any, spec: RunSpec, states: Mapping[str, TargetState],
+        outcome: ApplyOutcome, *, now: float,
+    ) -> None:  # fmt: skip
+        assert self.participant is not None
+        if not spec.history:
+            self.participant.write_paused(pipe, joined, spec=spec,
+                                          transitions=outcome.transitions)  # fmt: skip
+            return
+        self.participant.write(pipe, joined, spec=spec, states=states, verdicts=outcome.verdicts,
+                               transitions=outcome.transitions, now=now)  # fmt: skip
 
     @staticmethod
     def _advance(
@@ -283,8 +322,11 @@ class MonitorStore:
                         for k, v in found.items()})  # fmt: skip
 
     @staticmethod
-    def _load_states(pipe: Any, state_key: str, spec: RunSpec) -> dict[str, TargetState]:
-        names = list(spec.names)
+    def _load_states(
+        pipe: Any, state_key: str, spec: RunSpec, todo: Mapping[str, Any]
+    ) -> dict[str, TargetState]:
+        """The stored states of the targets in *todo* (a new target: ``unknown``)."""
+        names = list(todo)
         raw = pipe.hmget(state_key, names) if names else []
         states = {}
         for key, value in zip(names, raw, strict=True):
@@ -431,11 +473,21 @@ class MonitorStore:
         return [orjson.loads(raw) for raw in self.client.lrange(keys.monitor_outbox(owner), 0, -1)]
 
     @redis_errors("clear a notification outbox")
-    def clear_outbox(self, owner: str) -> None:
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(keys.monitor_outbox(owner))
-        pipe.zrem(keys.MONITOR_OUTBOXES, owner)
-        pipe.execute()
+    def clear_outbox(self, owner: str, sent: int) -> None:
+        """Remove the first *sent* jobs (what :meth:`outbox` returned and was sent); the
+        outbox goes when nothing is left. A job appended meanwhile (a second copy of a
+        batch applying into the same outbox) stays for its own sender or the tick."""
+        self._clear(keys=[keys.monitor_outbox(owner), keys.MONITOR_OUTBOXES], args=[sent, owner])
+
+    @property
+    def _clear(self) -> Any:
+        return self.client.register_script(_CLEAR_OUTBOX_LUA)
+
+    @redis_errors("list a run's notification outboxes")
+    def outboxes_of(self, run_id: str) -> list[str]:
+        """The outboxes of a run not sent yet: its own and its batches' (``<run>#...``)."""
+        owners = self.client.zrange(keys.MONITOR_OUTBOXES, 0, -1)
+        return [o for o in owners if o == run_id or o.startswith(f"{run_id}#")]
 
     @redis_errors("list notification outboxes left behind")
     def stale_outboxes(self, now: float) -> list[str]:
@@ -487,6 +539,15 @@ def _transition_fields(change: Transition) -> dict[str, str | float]:
         "reason": change.reason, "detail": change.detail or "", "run_id": change.run_id,
         "locations": orjson.dumps(change.locations).decode(),
     }  # fmt: skip
+
+
+_CLEAR_OUTBOX_LUA = """
+redis.call('LTRIM', KEYS[1], ARGV[1], -1)
+if redis.call('LLEN', KEYS[1]) == 0 then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+end
+return 1
+"""
 
 
 def _count(value: Any) -> int:
