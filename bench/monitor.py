@@ -44,6 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis
 import yaml
 
@@ -215,6 +216,9 @@ def run_rounds(
                                             monitored=True, drain=True))  # fmt: skip
             print(f"  round {number + 1}: {sink.count - sent} notifications delivered", flush=True)
             run(steady, monitored=True, drain=True)  # back to the steady pattern
+        ends = ended_runs(client)
+        print(f"  runs whose end still applied targets (not batch by batch): {len(ends)}"
+              f"{' (' + ', '.join(ends) + ')' if ends else ''}", flush=True)  # fmt: skip
     finally:
         producer.close()
         client.close()
@@ -229,6 +233,15 @@ def run_rounds(
           f"({statistics.median(tails['state apply']) * 1000:.0f} ms without history)",
           flush=True)  # fmt: skip
     return results
+
+
+def ended_runs(client: redis.Redis[str]) -> list[str]:
+    """Runs (of the last 15 minutes) whose end applied targets rather than only closing
+    the run: the first run of a set, the first after an hour turned, a batch whose
+    worker died... In a steady bench none should be."""
+    entries = client.xrange(keys.MONITOR_VERDICTS)
+    return [f"{f['run_id']}: {len(orjson.loads(f['verdicts']))} targets" for _, f in entries
+            if not f.get("part")]  # fmt: skip
 
 
 def load_targets(raw: list[dict[str, Any]]) -> list[Any]:
