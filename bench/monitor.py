@@ -1,7 +1,8 @@
 """Cost of target state and alerting: probes/s with monitoring on vs off, same run.
 
 One private valkey-server, one local nginx (as :mod:`bench.probes`), one real
-``celery -A tasks worker --concurrency 2`` with the tuned pipeline settings, N targets
+``celery -A tasks worker`` (2 processes on 2 cores) with the default settings
+(``OPSQ_BENCH_MONITOR_PROFILE=tuned``: the README's tuned pipeline settings), N targets
 (default 3,000) of which 10% point at a closed port (down). Interleaved rounds (the
 order of the paths rotates, so a load change on a shared machine hits each), the
 median of each:
@@ -49,7 +50,7 @@ import redis
 import yaml
 
 from bench.probe_transports import local_server
-from bench.probes import TUNED, _worker
+from bench.probes import DEFAULT, TUNED, _worker
 from opsq.core import keys
 from opsq.core.config.probes import TargetsFile
 from opsq.core.redis_server import RedisServer, free_port
@@ -66,6 +67,8 @@ ROUNDS = int(os.environ.get("OPSQ_BENCH_ROUNDS", "15"))
 the quiet 2-core VM; with 5 rounds the median moved by more than the cost itself."""
 CHURN_ROUNDS = int(os.environ.get("OPSQ_BENCH_MONITOR_CHURN", "2"))
 """Rounds that also measure churn (each delivers ~20% of N notifications: slow)."""
+PROFILE = TUNED if os.environ.get("OPSQ_BENCH_MONITOR_PROFILE") == "tuned" else DEFAULT
+"""The user's default settings (batches of 100), or the README's tuned ones (500)."""
 STATE = "on, state+alerts only"
 """The same runs as a set with ``history: false``: what issue 12's goal is about."""
 DOWN_SHARE = 10
@@ -106,7 +109,8 @@ def write(path: Path, doc: Any) -> Path:
 
 
 def main() -> int:
-    print(f"bench/monitor: N={N}, rounds={ROUNDS}, load {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"bench/monitor: N={N}, rounds={ROUNDS}, {PROFILE.name} settings, load "
+          f"{os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
     with local_server() as (base, what), tempfile.TemporaryDirectory(prefix="opsq-mon-") as t:
         tmp = Path(t)
         closed = f"http://127.0.0.1:{free_port()}"
@@ -122,7 +126,7 @@ def main() -> int:
         server = RedisServer(tmp / "valkey", appendonly=False)
         server.start()
         try:
-            with _worker(server.url, tmp, {**TUNED.worker_env, "OPSQ_CONFIG": str(config)}) as w:
+            with _worker(server.url, tmp, {**PROFILE.worker_env, "OPSQ_CONFIG": str(config)}) as w:
                 groups = (w.pid, server.proc.pid if server.proc else -1)
                 results = run_rounds(server.url, config, file, base, closed, sink, groups)
         finally:
@@ -153,7 +157,7 @@ def run_rounds(
     the only difference is the monitoring spec registered for the run, so the figure
     is the cost of state and alerting alone."""
     settings = load_settings(config, redis_url=redis_url, probes={
-        "batch_size": int(TUNED.cli_env["OPSQ_PROBES__BATCH_SIZE"])})  # fmt: skip
+        "batch_size": int(PROFILE.cli_env.get("OPSQ_PROBES__BATCH_SIZE", 100))})  # fmt: skip
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     producer = ProbeProducer(settings)
     monitor = MonitorStore(client, settings.alerts)
@@ -262,7 +266,7 @@ def report(results: dict[str, list[float]], what: str) -> None:
     ratios = [on / off for off, on in zip(results["off"], results["on, steady"], strict=True)]
     state_ratios = [on / off for off, on in zip(results["off"], results[STATE], strict=True)]
     print(
-        f"\n| path ({N} targets, {what}, worker --concurrency 2) | probes/s (median of "
+        f"\n| path ({N} targets, {what}, {PROFILE.name} settings) | probes/s (median of "
         f"{ROUNDS}) | vs off |\n|---|---:|---:|"
     )
     for name, value in middle.items():
