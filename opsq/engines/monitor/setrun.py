@@ -19,7 +19,8 @@ worker has recorded it, from the results in that worker's memory: judging and
 recording 3,000 targets after the last result cost ~160 ms, serial, at the end of a
 run that probed them in ~650 ms. Now that work overlaps the probing of later batches
 and the run's end has only its last batch left. A target is still applied once
-(its state records the run); :func:`finish` applies whatever no batch did.
+(the run keeps the set of targets it applied); :func:`finish` applies whatever no
+batch did.
 """
 
 from __future__ import annotations

@@ -9,23 +9,33 @@ What is stored (every name is in :mod:`opsq.core.keys`):
   ``target`` (``name|url``), ``name``, ``url``, ``from``, ``to``, ``at`` (epoch s),
   ``reason`` (category), ``detail``, ``run_id``, ``locations`` (JSON: location ->
   {verdict, reason, detail, duration_s, status_code}). Trimmed by time (MINID).
-- ``opsq:monitor:verdicts`` stream, one entry per applied run: ``set``, ``run_id``,
-  ``at``, ``verdicts`` (JSON: ``name|url`` -> [verdict, reason, {location: verdict}]).
+- ``opsq:monitor:verdicts`` stream, one entry per applied batch or run end: ``set``,
+  ``run_id``, ``part``, ``at``, ``verdicts`` (JSON: ``name|url`` -> [verdict, reason,
+  {location: verdict}]) of the targets it applied.
 - ``opsq:monitor:firing:<set>`` hash ``name|url|notifier`` -> firing entry while a
   target is down or degraded (:mod:`.alerting`).
+- While a run is open: its spec, the spec's head (no target names) and
+  ``opsq:monitor:parts:<run>``, the set of targets the run has applied.
 
-**Exactly once.** :meth:`MonitorStore.apply` reads the set's states under ``WATCH``,
-computes every transition in Python (:mod:`.state`, pure) and writes, in one
-``MULTI``: the states, the transitions, the verdicts entry, the firing entries, the
-notification jobs (outbox) and the marker ``opsq:monitor:applied:<run>``. A second
-finisher (a redelivered batch, two workers completing at once, the tick at the
-deadline) either sees the marker and does nothing, or loses the WATCH race, retries
-and then sees the marker. So a run's verdict moves each state at most once, and a
-crash before EXEC leaves the run unapplied for the next finisher.
+**Exactly once, batch by batch.** :meth:`MonitorStore.apply_part` applies one batch
+as soon as its worker recorded it (:func:`.setrun.finish_part`);
+:meth:`MonitorStore.apply` applies what is left at the run's end (or deadline) and
+closes the run. Both read, under ``WATCH``, the run's applied set and the states of
+the targets not in it, compute their transitions in Python (:mod:`.state`, pure) and
+write, in one ``MULTI``: the states, the transitions, a verdicts entry, the firing
+entries, the notification jobs (outbox), the targets added to the applied set, and,
+at the end, the marker ``opsq:monitor:applied:<run>``. A second finisher (a
+redelivered batch, two workers completing at once, the tick at the deadline) finds
+its targets applied or the marker set, or loses the WATCH race, retries and then
+does. So a run moves each target's state once - even a run overtaken by a newer one,
+which :func:`.state.advance` then leaves alone - and a crash before EXEC leaves the
+targets for the next finisher.
 
-**Outbox.** Jobs are written with the state change, sent as Celery tasks afterwards,
-and deleted once sent; a crash in between leaves them for the next finisher or the
-tick. A job sent twice is harmless: delivery is keyed (:mod:`.delivery`).
+**Outbox.** Jobs are written with the state change (one outbox per batch, and the
+run's own), sent as Celery tasks afterwards, and removed once sent (only what was
+read: a second copy of a batch may have appended meanwhile); a crash in between
+leaves them for the tick. A job sent twice is harmless: delivery is keyed
+(:mod:`.delivery`).
 """
 
 from __future__ import annotations
@@ -183,8 +193,8 @@ class MonitorStore:
     ) -> ApplyOutcome:  # fmt: skip
         """Apply one batch of a run as soon as its results are in (*spec*: the run's head
         over the batch's targets, *part*: names the batch). Each target is applied once:
-        its state records the run (``last_run``), and the part counts its targets so the
-        run's end knows when nothing is left. Not applied (the run's end applies these
+        the batch adds its targets to the run's applied set, so a second copy of it, and
+        the run's end, leave them alone. Not applied (the run's end applies these
         targets) when the run is closed, or a participant needs the whole run."""
         with _gc_paused():
             return self._apply(run_id, spec, results, now, part=part)
