@@ -182,6 +182,8 @@ class ProbeProducer:
             if timeout is not None and time.monotonic() - began >= timeout:
                 break
             time.sleep(POLL_INTERVAL_S)
+        if self._applied(run.run_id):
+            self.flush_outboxes(run.run_id)
         return self._open(run.run_id)
 
     def _applied(self, run_id: str) -> bool:
@@ -191,11 +193,20 @@ class ProbeProducer:
     def finish_at_deadline(self, run_id: str) -> int:
         """Apply a set run past its deadline (once, whoever is first) and enqueue its
         notifications; returns how many were enqueued."""
-        history = HistoryRecorder(self.settings.history) if self.settings.history.enabled else None
-        monitor = MonitorStore(self.store.client, self.settings.alerts, history)
+        monitor = self._monitor()
         finish(monitor, self.store, run_id, at_deadline=True, now=time.time())
-        # The run's own outbox, and its batches' that a worker died before sending.
+        return self.flush_outboxes(run_id, monitor)
+
+    def flush_outboxes(self, run_id: str, monitor: MonitorStore | None = None) -> int:
+        """Enqueue what a set run's outboxes still hold: its own, and its batches' that a
+        worker killed between applying and sending left (without beat, nothing else
+        would send them). A job enqueued twice is harmless: delivery is keyed."""
+        monitor = monitor or self._monitor()
         return sum(enqueue_outbox(monitor, owner) for owner in monitor.outboxes_of(run_id))
+
+    def _monitor(self) -> MonitorStore:
+        history = HistoryRecorder(self.settings.history)
+        return MonitorStore(self.store.client, self.settings.alerts, history)
 
 
 def enqueue_outbox(monitor: MonitorStore, owner: str) -> int:

@@ -37,10 +37,10 @@ from opsq.core.backoff import full_jitter
 from opsq.core.errors import PermanentError, TemporaryError
 from opsq.core.metrics import alerts as metrics
 from opsq.core.runs import RunStore
-from opsq.engines.alerts import deliver
+from opsq.engines.alerts import deliver, task_time_limits
 from opsq.engines.history.recorder import HistoryRecorder
 from opsq.engines.monitor.queues import drop_expired
-from opsq.engines.monitor.setrun import Finished, finish
+from opsq.engines.monitor.setrun import Finished, finish, part_owner
 from opsq.engines.monitor.setrun import finish_part as finish_part_of
 from opsq.engines.monitor.spec import RunSpec
 from opsq.engines.monitor.store import ApplyOutcome, MonitorStore
@@ -56,9 +56,9 @@ def _client() -> redis.Redis[str]:
 
 
 def _monitor() -> MonitorStore:
-    # History (raw verdicts, rollups, incidents) is written in the same transaction.
-    history = HistoryRecorder(settings.history) if settings.history.enabled else None
-    return MonitorStore(_client(), settings.alerts, history)
+    # History (raw verdicts, rollups, incidents) is written in the same transaction; with
+    # history.enabled false the recorder only ends incidents that were open.
+    return MonitorStore(_client(), settings.alerts, HistoryRecorder(settings.history))
 
 
 def finish_run(run_id: str, *, at_deadline: bool = False, now: float | None = None) -> bool:
@@ -75,7 +75,8 @@ def finish_run(run_id: str, *, at_deadline: bool = False, now: float | None = No
         return False
     if done.outcome.applied:
         record_applied(done)
-    send_outbox(monitor, run_id)
+    for owner in monitor.outboxes_of(run_id):  # the run's and what its batches left
+        send_outbox(monitor, owner)
     return done.outcome.applied
 
 
@@ -84,12 +85,12 @@ def finish_part(run_id: str, batch_id: str, results: list[dict[str, Any]]) -> bo
     notifications; True when this call applied it (see :func:`.setrun.finish_part`)."""
     monitor = _monitor()
     done = finish_part_of(monitor, run_id, batch_id, results, now=time.time())
-    if done is None:
-        return False
-    if done.outcome.applied:
+    if done is not None and done.outcome.applied:
         record_transitions(done.spec, done.outcome)
-    send_outbox(monitor, done.owner)
-    return done.outcome.applied
+    # Also when nothing was applied: a copy of this batch killed after applying it left
+    # its notifications here (its results are stored, so this copy has none to apply).
+    send_outbox(monitor, part_owner(run_id, batch_id))
+    return done is not None and done.outcome.applied
 
 
 def record_applied(done: Finished) -> None:
@@ -142,9 +143,13 @@ def retry_or_drop(
     raise retry_or_requeue(task, exc, countdown) from cause
 
 
+SEND_SOFT_LIMIT_S, SEND_LIMIT_S = task_time_limits(settings.alerts)
+
+
 @app.task(  # type: ignore[untyped-decorator]  # celery is untyped
     name=signatures.NOTIFY, bind=True, acks_late=True, reject_on_worker_lost=True,
-    max_retries=settings.alerts.max_retries,
+    max_retries=settings.alerts.max_retries, soft_time_limit=SEND_SOFT_LIMIT_S,
+    time_limit=SEND_LIMIT_S,
 )  # fmt: skip
 def notify(self: Task, notifier: str, message: dict[str, Any]) -> dict[str, Any]:
     """Deliver one notification job (see the module docstring)."""
@@ -153,9 +158,8 @@ def notify(self: Task, notifier: str, message: dict[str, Any]) -> dict[str, Any]
         outcome = deliver(_client(), settings.alerts, {"notifier": notifier, "message": message},
                           task_id=self.request.id or key)  # fmt: skip
     except SoftTimeLimitExceeded as exc:  # a receiver that accepts and never answers
-        limit = f"{settings.probes.soft_time_limit:g}s"
         return retry_or_drop(self, notifier, key, TemporaryError(
-            f"no answer within the task's soft time limit ({limit}, probes.soft_time_limit)"),
+            f"no answer within the task's soft time limit ({SEND_SOFT_LIMIT_S:g}s)"),
             cause=exc)  # fmt: skip
     except TemporaryError as exc:
         return retry_or_drop(self, notifier, key, exc, cause=exc)

@@ -128,8 +128,14 @@ def monitor_spec_head(run_id: str) -> str:
     return f"{PREFIX}:monitor:spec-head:{run_id}"
 
 
+def monitor_spec_over(run_id: str) -> str:
+    """Hash target key -> its own thresholds, notifiers and warning lines (targets that
+    differ from their set): a batch reads its targets' alone."""
+    return f"{PREFIX}:monitor:spec-over:{run_id}"
+
+
 def monitor_parts(run_id: str) -> str:
-    """Count of a set run's targets already applied batch by batch (in their MULTIs)."""
+    """Set of the target keys a set run has applied (in the MULTIs that applied them)."""
     return f"{PREFIX}:monitor:parts:{run_id}"
 
 

@@ -94,7 +94,8 @@ class Sim:
         for start in range(0, len(results), size):
             batch = results[start : start + size]
             names = {f"{r['name']}|{r['url']}": (r["name"], r["url"]) for r in batch}
-            self.store.apply_part(run_id, f"{run_id}#{start}", head.with_names(names), batch,
+            self.store.apply_part(run_id, f"{run_id}#{start}",
+                                  self.store.batch_spec(run_id, head, names), batch,
                                   now=now)  # fmt: skip
         if self.store.parts_done(run_id) >= head.size:
             self.deferred.append(False)

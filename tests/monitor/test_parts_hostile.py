@@ -43,7 +43,8 @@ def one_place_results(down: set[int], which: range | list[int] = range(4)) -> li
 def batch_spec(store: MonitorStore, run_id: str, batch: list[dict]) -> RunSpec:
     head = store.head(run_id)
     assert head is not None
-    return head.with_names({f"{r['name']}|{r['url']}": (r["name"], r["url"]) for r in batch})
+    names = {f"{r['name']}|{r['url']}": (r["name"], r["url"]) for r in batch}
+    return store.batch_spec(run_id, head, names)
 
 
 def hour_runs(client: redis.Redis, set_name: str, key: str) -> int:

@@ -134,8 +134,8 @@ def test_a_spec_keeps_only_targets_that_differ_and_survives_redis() -> None:
     assert spec.target("strict|http://d/").thresholds.failure == 5
     assert RunSpec.loads(spec.dumps()) == spec
     head = RunSpec.loads(spec.dumps_head())
-    assert (head.names, head.size, head.overrides) == ({}, 4, spec.overrides)
-    assert head.with_names(spec.names) == spec
+    assert (head.names, head.size, head.overrides, head.overridden) == ({}, 4, {}, 3)
+    assert head.for_batch(spec.names, spec.dumps_overrides()) == spec
 
 
 class _GcWatcher:
@@ -148,6 +148,15 @@ class _GcWatcher:
 
     def watch_keys(self, set_name: str) -> tuple[str, ...]:
         return ()
+
+    def records(self, spec: RunSpec) -> bool:
+        return True
+
+    def prepare_paused(self, pipe: Any, spec: RunSpec) -> None:
+        return
+
+    def write_paused(self, pipe: Any, prepared: Any, **_: Any) -> None:
+        return
 
     def prepare(
         self, pipe: Any, spec: RunSpec, results: Any, now: float, *, whole: bool = True
@@ -198,7 +207,8 @@ def batch_spec(store: MonitorStore, run_id: str, batch: list[dict]) -> RunSpec:
     head = store.head(run_id)
     assert head is not None
     assert (head.names, head.size) == ({}, 4)
-    return head.with_names({f"{r['name']}|{r['url']}": (r["name"], r["url"]) for r in batch})
+    names = {f"{r['name']}|{r['url']}": (r["name"], r["url"]) for r in batch}
+    return store.batch_spec(run_id, head, names)
 
 
 def test_batches_are_applied_once_each_and_the_end_applies_only_what_is_left(
@@ -332,6 +342,15 @@ class _Meddler:
 
     def watch_keys(self, set_name: str) -> tuple[str, ...]:
         return ()
+
+    def records(self, spec: RunSpec) -> bool:
+        return True
+
+    def prepare_paused(self, pipe: Any, spec: RunSpec) -> None:
+        return
+
+    def write_paused(self, pipe: Any, prepared: Any, **_: Any) -> None:
+        return
 
     def prepare(
         self, pipe: Any, spec: RunSpec, results: Any, now: float, *, whole: bool = True

@@ -11,7 +11,7 @@ Plain Python with no Celery. The public API:
   message.to_dict()}``; it retries with backoff.
 """
 
-from opsq.engines.alerts.delivery import DeliveryOutcome, deliver, send_via
+from opsq.engines.alerts.delivery import DeliveryOutcome, deliver, send_via, task_time_limits
 from opsq.engines.alerts.message import Message, notice, trial_message
 from opsq.engines.alerts.notifiers import Delivery
 
@@ -22,5 +22,6 @@ __all__ = [
     "deliver",
     "notice",
     "send_via",
+    "task_time_limits",
     "trial_message",
 ]

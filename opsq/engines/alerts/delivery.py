@@ -43,6 +43,16 @@ CLAIM_MARGIN_S = 30.0
 CLAIM_TIMEOUTS = 4
 
 
+def task_time_limits(alerts: AlertsSettings) -> tuple[float, float]:
+    """(soft, hard) time limits of one notification task: room for the slowest
+    notifier's whole send (connect, write and read, each with its ``timeout``), inside
+    its delivery lease. Not the probes' limits, which Celery would apply otherwise: a
+    send cut before the notifier's timeout was retried while the receiver had it."""
+    slowest = max((n.timeout for n in alerts.notifiers.values()), default=10.0)
+    soft = CLAIM_TIMEOUTS * slowest + CLAIM_MARGIN_S / 2
+    return soft, soft + CLAIM_MARGIN_S / 4
+
+
 STALE_EVENTS = ("firing", "reminder")
 """What a later transition of the target makes stale; ``resolved`` never is."""
 

@@ -202,6 +202,11 @@ class HistoryRecorder:
     def watch_keys(self, set_name: str) -> tuple[str, ...]:
         return keys.history_acc(set_name), keys.history_open(set_name)
 
+    def records(self, spec: RunSpec) -> bool:
+        """History is recorded for the run: on for opsq (``history.enabled``) and for
+        its set (``history``). Otherwise only open incidents follow (``*_paused``)."""
+        return self.settings.enabled and spec.history
+
     # --- reads, under WATCH ---------------------------------------------------------------
     def prepare(
         self, pipe: Any, spec: RunSpec, results: Sequence[Mapping[str, Any]], now: float, *,
@@ -217,7 +222,7 @@ class HistoryRecorder:
             return self._prepare_part(pipe, spec, results, now, mark)
         reply = self._read(pipe, name, now, mark)
         entries = {k: LiveEntry.loads(v) for k, v in _pairs(reply[0]).items() if k != PERIOD_FIELD}
-        prepared = self._prepared(name, now, entries, reply[1], results)
+        prepared = self._prepared(name, now, entries, _pairs(reply[1]), results)
         if any(e.hour.period < prepared.hour or e.day.period < prepared.day
                for e in entries.values()):  # fmt: skip
             if len(reply) == 2:  # the mark said current, the entries disagree: read again
@@ -235,19 +240,17 @@ class HistoryRecorder:
         if not reply:  # the hour or the day turned: seal at the end
             raise PartDeferred(f"set {spec.set}: history seals a period")
         entries = {k: LiveEntry.loads(v) for k, v in zip(names, reply[0], strict=True) if v}
-        prepared = self._prepared(spec.set, now, entries, reply[1], results)
+        prepared = self._prepared(spec.set, now, entries, _found(names, reply[1]), results)
         if any(e.hour.period < prepared.hour or e.day.period < prepared.day
                for e in entries.values()):  # fmt: skip
             raise PartDeferred(f"set {spec.set}: an accumulator is of an earlier period")
         return prepared
 
     def _prepared(
-        self, name: str, now: float, entries: dict[str, LiveEntry], open_flat: Sequence[Any],
+        self, name: str, now: float, entries: dict[str, LiveEntry], open_raw: Mapping[str, str],
         results: Sequence[Mapping[str, Any]],
     ) -> Prepared:  # fmt: skip
-        open_incidents = {
-            k: Incident.from_dict(orjson.loads(v)) for k, v in _pairs(open_flat).items()
-        }
+        open_incidents = {k: Incident.from_dict(orjson.loads(v)) for k, v in open_raw.items()}
         # Time never runs backwards for a set: a worker whose clock is behind adds to
         # the newest period rather than reopening a sealed one.
         hour = max([int(now // HOUR_S), *(e.hour.period for e in entries.values())])
@@ -358,8 +361,9 @@ class HistoryRecorder:
         """Its open incidents, under the WATCH: one that was open when the set's history
         was switched off still ends when its target recovers (it stayed "ongoing" on the
         status page), and no new one opens."""
-        raw_open = cast(dict[str, str], pipe.hgetall(keys.history_open(spec.set)))
-        return {k: Incident.from_dict(orjson.loads(v)) for k, v in raw_open.items()}
+        names = list(spec.names)  # the run's (or batch's) targets, not the whole set's
+        found = _found(names, pipe.hmget(keys.history_open(spec.set), names) if names else [])
+        return {k: Incident.from_dict(orjson.loads(v)) for k, v in found.items()}
 
     def write_paused(
         self, pipe: Any, prepared: dict[str, Incident], *, spec: RunSpec,
@@ -489,7 +493,8 @@ return {acc, open, redis.call('HGETALL', KEYS[3]),
 """
 
 
-# One batch of a run: the batch's accumulators (ARGV[2..]) and the open incidents, or an
+# One batch of a run: the batch's accumulators (ARGV[2..]) and its targets' open
+# incidents (not the set's: in an outage every target has one), or an
 # empty reply when the set's live period is not ARGV[1] (sealing is the run end's job);
 # a set with no accumulators yet has nothing to seal.
 _PREPARE_PART_LUA = """
@@ -497,16 +502,23 @@ local mark = redis.call('HGET', KEYS[1], '@period')
 if mark ~= ARGV[1] and (mark or redis.call('EXISTS', KEYS[1]) == 1) then
   return {}
 end
-local values = {}
+local values, open = {}, {}
 for i = 2, #ARGV, 1000 do
   local last = math.min(i + 999, #ARGV)
   local got = redis.call('HMGET', KEYS[1], unpack(ARGV, i, last))
+  local incidents = redis.call('HMGET', KEYS[2], unpack(ARGV, i, last))
   for j = 1, #got do
     values[#values + 1] = got[j]
+    open[#open + 1] = incidents[j]
   end
 end
-return {values, redis.call('HGETALL', KEYS[2])}
+return {values, open}
 """
+
+
+def _found(names: Sequence[str], values: Sequence[Any]) -> dict[str, str]:
+    """An HMGET reply as a dict of the fields that exist."""
+    return {k: v for k, v in zip(names, values, strict=True) if v}
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:

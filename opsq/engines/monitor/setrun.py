@@ -155,6 +155,11 @@ class PartFinished:
     outcome: ApplyOutcome
 
 
+def part_owner(run_id: str, batch_id: str) -> str:
+    """The outbox of one batch of a run."""
+    return f"{run_id}#{batch_id}"
+
+
 def finish_part(
     monitor: MonitorStore, run_id: str, batch_id: str, results: Sequence[Mapping[str, Any]], *,
     now: float,
@@ -169,6 +174,7 @@ def finish_part(
     if head is None or len(head.locations) > 1:
         return None
     names = {f"{r['name']}|{r['url']}": (str(r["name"]), str(r["url"])) for r in results}
-    owner = f"{run_id}#{batch_id}"
-    outcome = monitor.apply_part(run_id, owner, head.with_names(names), results, now=now)
+    owner = part_owner(run_id, batch_id)
+    spec = monitor.batch_spec(run_id, head, names)
+    outcome = monitor.apply_part(run_id, owner, spec, results, now=now)
     return PartFinished(head, owner, outcome)

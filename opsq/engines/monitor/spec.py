@@ -9,7 +9,7 @@ a target differs from the set, which keeps a 10,000-target spec small.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -55,6 +55,8 @@ class RunSpec:
     """Targets of the run (``names`` of the whole run; a head or a batch has fewer)."""
     history: bool = True
     """Whether the set's runs are recorded as history (the set's ``history``)."""
+    overridden: int = 0
+    """Targets with their own spec (a head keeps them apart, in a hash)."""
 
     @property
     def size(self) -> int:
@@ -75,15 +77,25 @@ class RunSpec:
         })  # fmt: skip
 
     def dumps_head(self) -> bytes:
-        """The spec without ``names``: what applying one batch of the run reads (the
-        batch's results name its targets), a few hundred bytes for most sets."""
+        """The spec without ``names`` and ``overrides`` (a few hundred bytes): what
+        applying one batch of the run reads, with its targets' overrides
+        (:meth:`dumps_overrides`, a hash) and the names its results carry."""
         return orjson.dumps({
             "set": self.set, "locations": self.locations, "quorum": self.quorum,
             "created_at": self.created_at, "deadline_at": self.deadline_at,
-            "defaults": asdict(self.defaults),
-            "overrides": {k: asdict(v) for k, v in self.overrides.items()},
-            "names": {}, "total": self.size, "history": self.history,
+            "defaults": asdict(self.defaults), "overrides": {}, "names": {},
+            "total": self.size, "history": self.history, "overridden": len(self.overrides),
         })  # fmt: skip
+
+    def dumps_overrides(self) -> dict[str, bytes]:
+        return {k: orjson.dumps(asdict(v)) for k, v in self.overrides.items()}
+
+    def for_batch(
+        self, names: dict[str, tuple[str, str]], overrides: Mapping[str, str | bytes]
+    ) -> RunSpec:
+        """This head over one batch: its targets and their stored overrides."""
+        own = {k: _target_spec(orjson.loads(v)) for k, v in overrides.items()}
+        return replace(self, names=names, overrides=own, overridden=len(own))
 
     def with_names(self, names: dict[str, tuple[str, str]]) -> RunSpec:
         """This spec over *names* only (one batch of the run)."""
@@ -99,6 +111,7 @@ class RunSpec:
             overrides={k: _target_spec(v) for k, v in data["overrides"].items()},
             names={k: (v[0], v[1]) for k, v in data["names"].items()},
             total=int(data.get("total") or 0), history=bool(data.get("history", True)),
+            overridden=int(data.get("overridden") or len(data["overrides"])),
         )  # fmt: skip
 
 
@@ -156,6 +169,7 @@ class SpecBuilder:
             created_at=created_at, deadline_at=created_at + probe_set.effective_deadline,
             defaults=self._defaults, overrides=self._overrides, names=self._names,
             total=len(self._names), history=probe_set.history,
+            overridden=len(self._overrides),
         )  # fmt: skip
 
 

@@ -117,6 +117,9 @@ class Participant(Protocol):
 
     def watch_keys(self, set_name: str) -> tuple[str, ...]: ...
 
+    def records(self, spec: RunSpec) -> bool:
+        """Whether the run is recorded (``prepare``/``write``) or paused (``*_paused``)."""
+
     def prepare(
         self, pipe: Any, spec: RunSpec, results: Sequence[Mapping[str, Any]], now: float, *,
         whole: bool = True,
@@ -154,6 +157,10 @@ class MonitorStore:
         pipe = self.client.pipeline(transaction=True)
         pipe.set(keys.monitor_spec(run_id), spec.dumps(), ex=keys.RUN_TTL_S)
         pipe.set(keys.monitor_spec_head(run_id), spec.dumps_head(), ex=keys.RUN_TTL_S)
+        if spec.overrides:
+            overrides = cast(dict[str | bytes, Any], spec.dumps_overrides())
+            pipe.hset(keys.monitor_spec_over(run_id), mapping=overrides)
+            pipe.expire(keys.monitor_spec_over(run_id), keys.RUN_TTL_S)
         pipe.zadd(keys.MONITOR_OPEN_RUNS, {run_id: spec.deadline_at})
         pipe.sadd(keys.MONITOR_SETS, spec.set)
         pipe.execute()
@@ -169,6 +176,16 @@ class MonitorStore:
         the run is no set run, or applied already."""
         raw = self.client.get(keys.monitor_spec_head(run_id))
         return RunSpec.loads(raw) if raw is not None else None
+
+    @redis_errors("read a batch's monitoring spec")
+    def batch_spec(self, run_id: str, head: RunSpec, names: dict[str, tuple[str, str]]) -> RunSpec:
+        """*head* over one batch's targets, with their own overrides (only theirs)."""
+        found: dict[str, str] = {}
+        if head.overridden and names:
+            wanted = list(names)
+            values = self.client.hmget(keys.monitor_spec_over(run_id), wanted)
+            found = {k: v for k, v in zip(wanted, values, strict=True) if v}
+        return head.for_batch(names, found)
 
     @redis_errors("count a run's targets applied batch by batch")
     def parts_done(self, run_id: str) -> int:
@@ -284,7 +301,7 @@ class MonitorStore:
     ) -> Any:  # fmt: skip
         if self.participant is None:
             return None
-        if not spec.history:  # the set records no history: only its open incidents end
+        if not self.participant.records(spec):  # no history: only open incidents end
             return self.participant.prepare_paused(pipe, spec)
         return self.participant.prepare(pipe, spec, results, now, whole=part is None)
 
@@ -293,7 +310,7 @@ class MonitorStore:
         outcome: ApplyOutcome, *, now: float,
     ) -> None:  # fmt: skip
         assert self.participant is not None
-        if not spec.history:
+        if not self.participant.records(spec):
             self.participant.write_paused(pipe, joined, spec=spec,
                                           transitions=outcome.transitions)  # fmt: skip
             return
@@ -418,7 +435,7 @@ class MonitorStore:
         no spec and returns; the tick flushes an outbox a crash left behind."""
         pipe.set(keys.monitor_applied(run_id), now, ex=keys.RUN_TTL_S)
         pipe.delete(keys.monitor_spec(run_id), keys.monitor_spec_head(run_id),
-                    keys.monitor_parts(run_id))  # fmt: skip
+                    keys.monitor_spec_over(run_id), keys.monitor_parts(run_id))  # fmt: skip
         pipe.zrem(keys.MONITOR_OPEN_RUNS, run_id)
 
     @staticmethod
