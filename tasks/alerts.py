@@ -80,16 +80,34 @@ def finish_run(run_id: str, *, at_deadline: bool = False, now: float | None = No
     return done.outcome.applied
 
 
-def finish_part(run_id: str, batch_id: str, results: list[dict[str, Any]]) -> bool:
+_HEADS: dict[str, RunSpec | None] = {}
+"""Spec heads of recent runs in this process (a run's head never changes; None: no set
+run, or closed): one GET per run and process instead of one per batch."""
+HEADS_KEPT = 32
+
+
+def _head(monitor: MonitorStore, run_id: str) -> RunSpec | None:
+    if run_id not in _HEADS:
+        while len(_HEADS) >= HEADS_KEPT:
+            del _HEADS[next(iter(_HEADS))]
+        _HEADS[run_id] = monitor.head(run_id)
+    return _HEADS[run_id]
+
+
+def finish_part(
+    run_id: str, batch_id: str, results: list[dict[str, Any]], *, redelivered: bool
+) -> bool:
     """Apply one batch of a set run from the results just recorded, and send its
     notifications; True when this call applied it (see :func:`.setrun.finish_part`)."""
     monitor = _monitor()
-    done = finish_part_of(monitor, run_id, batch_id, results, now=time.time())
+    head = _head(monitor, run_id) if results else None
+    done = finish_part_of(monitor, run_id, batch_id, results, now=time.time(), head=head)
     if done is not None and done.outcome.applied:
         record_transitions(done.spec, done.outcome)
-    # Also when nothing was applied: a copy of this batch killed after applying it left
-    # its notifications here (its results are stored, so this copy has none to apply).
-    send_outbox(monitor, part_owner(run_id, batch_id))
+    # Also when this copy applied nothing but is a redelivery: a copy of this batch
+    # killed after applying it left its notifications here.
+    if redelivered or (done is not None and done.outcome.jobs):
+        send_outbox(monitor, part_owner(run_id, batch_id))
     return done is not None and done.outcome.applied
 
 

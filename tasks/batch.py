@@ -86,6 +86,9 @@ class BatchReport:
     results: list[dict[str, Any]] = field(default_factory=list, repr=False, compare=False)
     """What this delivery probed, as recorded (the monitor applies a set run's batch
     from these, without reading them back); not part of :meth:`to_dict`."""
+    run_complete: bool = field(default=False, compare=False)
+    """This delivery found every result of the run stored (it wrote the last, or came
+    late): the run's end is due. Not part of :meth:`to_dict`."""
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in _REPORT_FIELDS}
@@ -110,7 +113,9 @@ def synthetic_down(target: Target, error: str, kind: ErrorKind) -> ProbeResult:
 
 
 _RESULT_FIELDS = tuple(f.name for f in fields(ProbeResult))
-_REPORT_FIELDS = tuple(f.name for f in fields(BatchReport) if f.name != "results")
+_REPORT_FIELDS = tuple(
+    f.name for f in fields(BatchReport) if f.name not in ("results", "run_complete")
+)
 
 
 def _as_dict(result: ProbeResult) -> dict[str, Any]:
@@ -144,6 +149,7 @@ class ResultRecorder:
         """The results this delivery wrote (a flush whose write found some already
         stored, by another copy of the batch, adds none: the run's end applies those)."""
         self._pending: list[dict[str, Any]] = []
+        self.run_complete = False
         self._task = asyncio.create_task(self._flush_loop(), name=f"recorder-{meta.run_id}")
 
     def add(self, result: ProbeResult) -> None:
@@ -174,6 +180,7 @@ class ResultRecorder:
                 if outcome.added == len(entries):
                     self.results += results
                 metrics.RESULTS_WRITTEN.inc(outcome.added)
+                self.run_complete = self.run_complete or outcome.needs_finalize
                 if outcome.needs_finalize and await self._store.finalize(self._meta.run_id):
                     metrics.RUNS_COMPLETED.inc()
             if self._closing and not self._queue:
@@ -246,7 +253,7 @@ class BatchRunner:
             raise PermanentError(f"run {req.run_id} is unknown or expired; batch dropped")
         if meta.finished_at is not None:  # a late redelivery: every result is stored
             metrics.RESULTS_SKIPPED.inc(len(req.targets))
-            return BatchReport("done", 0, 0, len(req.targets), 0)
+            return BatchReport("done", 0, 0, len(req.targets), 0, run_complete=True)
         delivery = await store.count_delivery(meta, _delivery_id(req))
         if delivery > 1:
             metrics.BATCH_REDELIVERIES.inc()
@@ -271,7 +278,7 @@ class BatchRunner:
         finally:
             await recorder.close()
         return BatchReport(outcome, delivery, len(todo), len(stored), recorder.written,
-                           recorder.results)  # fmt: skip
+                           recorder.results, run_complete=recorder.run_complete)  # fmt: skip
 
     async def _probe(
         self, engine: ProbeEngine, todo: list[Target], recorder: ResultRecorder

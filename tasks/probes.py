@@ -107,8 +107,11 @@ def probe_batch(
     started = time.monotonic()
     try:
         report = runner().run(BatchRequest.parse(run_id, batch_id, offset, targets, location))
-        finish_part(run_id, batch_id, report.results)  # this batch's verdicts, at once
-        finish_run(run_id)  # the rest of a set run's verdicts, once, when its last batch is in
+        # This batch's verdicts at once; the rest of a set run's, once, when it is complete
+        # (or when this delivery wrote nothing: a copy that died may have completed it).
+        finish_part(run_id, batch_id, report.results, redelivered=report.delivery != 1)
+        if report.run_complete or not report.results:
+            finish_run(run_id)
     except TemporaryError as exc:
         metrics.BATCHES.labels("retry").inc()
         log.warning("batch %s/%s: %s; retrying", run_id, batch_id, exc)

@@ -36,7 +36,7 @@ from opsq.core.errors import ConfigError
 from opsq.core.runs import Kind, Progress, RunStore, Submitted, plan_run
 from opsq.core.settings import Settings, check_notifier_refs
 from opsq.core.targets import Collector, EncodedBatch, encode_targets, load_batches
-from opsq.engines.monitor.spec import RunSpec, SpecBuilder
+from opsq.engines.monitor.spec import RunSpec, SpecBuilder, TargetSpec
 from opsq.engines.monitor.store import ApplyOutcome, MonitorStore
 
 
@@ -160,9 +160,13 @@ def part_owner(run_id: str, batch_id: str) -> str:
     return f"{run_id}#{batch_id}"
 
 
+_READ = RunSpec("", (), 0, 0.0, 0.0, TargetSpec(0, 0, ()))
+"""``head`` not given: :func:`finish_part` reads it."""
+
+
 def finish_part(
     monitor: MonitorStore, run_id: str, batch_id: str, results: Sequence[Mapping[str, Any]], *,
-    now: float,
+    now: float, head: RunSpec | None = _READ,
 ) -> PartFinished | None:  # fmt: skip
     """Apply one batch of a set run from the results its worker just recorded, so the
     run's end has (nearly) nothing left to apply; None when the run is no set run, or
@@ -170,7 +174,7 @@ def finish_part(
     those runs are applied at their end, or deadline, by :func:`finish`)."""
     if not results:
         return None
-    head = monitor.head(run_id)
+    head = monitor.head(run_id) if head is _READ else head
     if head is None or len(head.locations) > 1:
         return None
     names = {f"{r['name']}|{r['url']}": (str(r["name"]), str(r["url"])) for r in results}
