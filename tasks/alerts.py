@@ -71,13 +71,13 @@ def finish_run(run_id: str, *, at_deadline: bool = False, now: float | None = No
     monitor = _monitor()
     now = time.time() if now is None else now
     done = finish(monitor, RunStore(_client()), run_id, at_deadline=at_deadline, now=now)
-    if done is None:
-        return False
-    if done.outcome.applied:
+    if done is not None and done.outcome.applied:
         record_applied(done)
-    for owner in monitor.outboxes_of(run_id):  # the run's and what its batches left
+    # Whatever happened: a worker cut after applying the run (or a batch) and before
+    # sending left its outbox here, and only this, the tick or --wait would send it.
+    for owner in monitor.outboxes_of(run_id):
         send_outbox(monitor, owner)
-    return done.outcome.applied
+    return done is not None and done.outcome.applied
 
 
 _HEADS: dict[str, RunSpec | None] = {}

@@ -277,6 +277,11 @@ class BatchRunner:
                 await self._probe(engine, todo, recorder)
         finally:
             await recorder.close()
+        if not todo and await store.finalize(req.run_id):
+            # Every result of this copy was stored already: the copy that wrote the run's
+            # last result may have died before packing it (nothing else would).
+            metrics.RUNS_COMPLETED.inc()
+            recorder.run_complete = True
         return BatchReport(outcome, delivery, len(todo), len(stored), recorder.written,
                            recorder.results, run_complete=recorder.run_complete)  # fmt: skip
 

@@ -14,6 +14,7 @@ from opsq.core import keys
 from opsq.core.config.alerts import AlertsSettings
 from opsq.core.config.history import HistorySettings
 from opsq.core.config.probes import ProbeSet, Target
+from opsq.core.errors import TemporaryError
 from opsq.engines.history.recorder import HistoryRecorder
 from opsq.engines.monitor.setrun import finish_part
 from opsq.engines.monitor.spec import RunSpec, build_spec
@@ -367,7 +368,7 @@ def test_a_batch_that_keeps_losing_its_watch_is_left_to_the_runs_end(
 ) -> None:
     """Every attempt loses the race: a batch gives up quietly (its targets are applied
     at the run's end: nothing lost, the batch's task does not fail); the run's end
-    itself reports the failure (its task retries)."""
+    itself raises a temporary error (its task retries)."""
     other = redis.Redis.from_url(redis_url, decode_responses=True)
     meddler = _Meddler(other)
     store = MonitorStore(redis_client, ALERTS, meddler)
@@ -378,7 +379,7 @@ def test_a_batch_that_keeps_losing_its_watch_is_left_to_the_runs_end(
     assert not outcome.applied
     assert meddler.calls == 20
     assert store.parts_done("m1") == 0
-    with pytest.raises(RuntimeError, match="kept changing"):
+    with pytest.raises(TemporaryError, match="kept changing"):
         store.apply("m1", spec, one_place_results(down=set()), now=102.0)
     assert MonitorStore(redis_client, ALERTS).apply(
         "m1", spec, one_place_results(down=set()), now=103.0).applied  # fmt: skip

@@ -53,6 +53,7 @@ import redis
 from opsq.core import keys
 from opsq.core.config.alerts import AlertsSettings
 from opsq.core.config.probes import DEFAULT_LOCATION
+from opsq.core.errors import TemporaryError
 from opsq.core.redis_errors import redis_errors
 from opsq.engines.monitor import alerting
 from opsq.engines.monitor.maintenance import active_window
@@ -237,7 +238,9 @@ class MonitorStore:
             log.warning("run %s, batch %s: state of set %s kept changing; left to the "
                         "run's end", run_id, part, spec.set)  # fmt: skip
             return ApplyOutcome(applied=False)
-        raise RuntimeError(f"run {run_id}: state of set {spec.set} kept changing; retry later")
+        # Temporary: the run's task retries (no other delivery would close the run).
+        raise TemporaryError(f"run {run_id}: state of set {spec.set} kept changing; "
+                             "retrying later")  # fmt: skip
 
     def _apply_once(
         self, run_id: str, spec: RunSpec, judge: Callable[[], dict[str, TargetVerdict]],
