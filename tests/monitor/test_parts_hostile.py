@@ -13,38 +13,18 @@ import pytest
 import redis
 
 from opsq.core import keys
-from opsq.core.config.alerts import AlertsSettings
 from opsq.core.config.history import HistorySettings
-from opsq.core.config.probes import ProbeSet, Target
 from opsq.engines.history.recorder import HistoryRecorder, LiveEntry
-from opsq.engines.monitor.spec import RunSpec, build_spec
+from opsq.engines.monitor.spec import build_spec
 from opsq.engines.monitor.store import MonitorStore
 from tests.monitor.conftest import TargetServer, wait_for, write_config
+from tests.monitor.test_store import ALERTS, FOUR, ONE_PLACE, batch_spec, one_place_results
 from tests.support.workers import Worker
 
-ALERTS = AlertsSettings.model_validate(
-    {"notifiers": {"hook": {"kind": "webhook", "url": "http://127.0.0.1:1/h"}}}
-)
-ONE_PLACE = ProbeSet(targets=[{"name": f"t{i}", "url": f"http://t{i}/"} for i in range(4)],
-                     failure_threshold=1, success_threshold=1, notify=("hook",))  # fmt: skip
-FOUR = [Target(name=f"t{i}", url=f"http://t{i}/") for i in range(4)]
 HOUR = float(int(time.time() // 3600) * 3600)
 """The start of this hour: every apply below is in one hour, and recent enough that the
 verdicts stream (trimmed to 15 minutes before ``now``) keeps what the tests read."""
 T0 = "t0|http://t0/"
-
-
-def one_place_results(down: set[int], which: range | list[int] = range(4)) -> list[dict]:
-    return [{"name": f"t{i}", "url": f"http://t{i}/", "up": i not in down,
-             "error_kind": None if i not in down else "connect",
-             "error": None if i not in down else "refused"} for i in which]  # fmt: skip
-
-
-def batch_spec(store: MonitorStore, run_id: str, batch: list[dict]) -> RunSpec:
-    head = store.head(run_id)
-    assert head is not None
-    names = {f"{r['name']}|{r['url']}": (r["name"], r["url"]) for r in batch}
-    return store.batch_spec(run_id, head, names)
 
 
 def hour_runs(client: redis.Redis, set_name: str, key: str) -> int:

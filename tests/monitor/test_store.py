@@ -139,13 +139,8 @@ def test_a_spec_keeps_only_targets_that_differ_and_survives_redis() -> None:
     assert head.for_batch(spec.names, spec.dumps_overrides()) == spec
 
 
-class _GcWatcher:
-    """A participant that notes whether the cyclic GC runs while a run is applied, and
-    can fail the apply (the GC must come back on then too)."""
-
-    def __init__(self, fail: bool = False) -> None:
-        self.fail = fail
-        self.seen: list[bool] = []
+class _Participant:
+    """What a participant needs beside ``prepare`` and ``write`` (no history here)."""
 
     def watch_keys(self, set_name: str) -> tuple[str, ...]:
         return ()
@@ -158,6 +153,15 @@ class _GcWatcher:
 
     def write_paused(self, pipe: Any, prepared: Any, **_: Any) -> None:
         return
+
+
+class _GcWatcher(_Participant):
+    """A participant that notes whether the cyclic GC runs while a run is applied, and
+    can fail the apply (the GC must come back on then too)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.seen: list[bool] = []
 
     def prepare(
         self, pipe: Any, spec: RunSpec, results: Any, now: float, *, whole: bool = True
@@ -333,25 +337,13 @@ def test_a_set_without_history_keeps_state_and_alerts_only(redis_client: redis.R
     assert not redis_client.keys(keys.history_raw("quiet", "*"))
 
 
-class _Meddler:
+class _Meddler(_Participant):
     """A participant that changes the set's state from another connection every time a
     transaction reads it: every EXEC then fails its WATCH, as with a busy set."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self.calls = 0
-
-    def watch_keys(self, set_name: str) -> tuple[str, ...]:
-        return ()
-
-    def records(self, spec: RunSpec) -> bool:
-        return True
-
-    def prepare_paused(self, pipe: Any, spec: RunSpec) -> None:
-        return
-
-    def write_paused(self, pipe: Any, prepared: Any, **_: Any) -> None:
-        return
 
     def prepare(
         self, pipe: Any, spec: RunSpec, results: Any, now: float, *, whole: bool = True
