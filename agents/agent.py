@@ -70,6 +70,13 @@ PREFIX_CHECK_S = 5.0
 READY_TIMEOUT_S = 2.0
 EXIT_MARGIN_S = 1.0
 """Of ``shutdown_grace``, what is kept for the process to exit after the drain."""
+PRUNE_AFTER_SCANS = 2
+"""Consecutive discoveries a checkpointed file must be missing from before its checkpoint
+is forgotten. One scan can miss a file that is there: logrotate renames every rotated
+name (``app.log.1`` -> ``app.log.2``) while the rescan its renames triggered lists the
+directory, and a name renamed between the listing and its ``lstat`` is seen under
+neither name. Forgetting a copy's checkpoint on that one miss made the next scan read
+the copy again from 0 (``app.log*``: every line of it shipped a second time)."""
 COPY_SEARCH_S = 10.0
 """How long to keep looking for a copytruncate copy that was not there at once (a
 copy on a slow network filesystem) before its bytes are counted lost."""
@@ -130,6 +137,8 @@ class Agent:
         self.pods = PodFiles(self.cfg)
         """Kubernetes: per-file format, pod identity, admission, entry metadata."""
         self._last_prefix_check = 0.0
+        self._missed: dict[str, int] = {}
+        """Checkpoints (fid) whose file the last discoveries did not find: how many in a row."""
         self._stop_at: float | None = None
         self._blocked = False
         """Set when the queue refused a batch this round (block mode, queue full)."""
@@ -700,12 +709,21 @@ class Agent:
         )
 
     def _prune_checkpoints(self, seen: set[Key]) -> None:
-        """Forget checkpoints of files that no longer exist under the globs."""
+        """Forget checkpoints of files no longer found under the globs, once they were
+        missing from ``PRUNE_AFTER_SCANS`` discoveries in a row (one scan can miss a
+        file that is being renamed)."""
         live = seen | set(self.tailers)
-        keep = {
-            fid for fid, cp in self.store.snapshot().items() if (cp.identity.dev, cp.ino) in live
-        }
-        keep.update(o.identity.fid for o in self.orphans)
+        orphaned = {o.identity.fid for o in self.orphans}
+        keep = set()
+        missed = {}
+        for fid, cp in self.store.snapshot().items():
+            if (cp.identity.dev, cp.ino) in live or fid in orphaned:
+                keep.add(fid)
+                continue
+            missed[fid] = self._missed.get(fid, 0) + 1
+            if missed[fid] < PRUNE_AFTER_SCANS:
+                keep.add(fid)
+        self._missed = {fid: n for fid, n in missed.items() if fid in keep}
         self.store.forget_all_except(keep)
 
     def _warn_once(self, path: str, message: str) -> None:
